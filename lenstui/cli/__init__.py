@@ -1,0 +1,54 @@
+"""`lenstui`: the app, plus headless subcommands that print tables or --json.
+
+`lenstui [PROMPT] [--model SPEC] [--theme NAME]` opens the explorer;
+`lenstui lens|token|speak|scan ...` run the same engine without a screen.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Optional, Sequence
+
+from lenstui.cli import app_cmd, lens_cmd, speak_cmd, token_cmd
+from lenstui.cli.common import fail
+from lenstui.engine.errors import LenstuiError
+
+SUBCOMMANDS = {
+    "lens": lens_cmd,
+    "token": token_cmd,
+    "speak": speak_cmd,
+    "scan": speak_cmd,
+}
+
+
+def build_parser(command: Optional[str]) -> argparse.ArgumentParser:
+    if command is None:
+        parser = argparse.ArgumentParser(
+            prog="lenstui",
+            description="Terminal explorer for transformer internals. Subcommands: "
+            + ", ".join(SUBCOMMANDS)
+            + " (lenstui SUBCOMMAND --help).",
+        )
+        app_cmd.configure(parser)
+        return parser
+    parser = argparse.ArgumentParser(prog=f"lenstui {command}")
+    SUBCOMMANDS[command].configure(parser, command)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    command = args_list[0] if args_list and args_list[0] in SUBCOMMANDS else None
+    parser = build_parser(command)
+    args = parser.parse_args(args_list[1:] if command else args_list)
+    try:
+        return int(args.func(args) or 0)
+    except LenstuiError as err:
+        return fail(str(err))
+    except KeyboardInterrupt:
+        return fail("Interrupted.", status=130)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,3 @@
+from lenstui.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,46 @@
+"""Options and helpers every headless subcommand shares."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any, Optional
+
+
+def add_model_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--model",
+        metavar="SPEC",
+        default=None,
+        help="a .gguf file, a Hugging Face model directory or id; default: the embedded SmolLM2-135M-Instruct",
+    )
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:N or mps (default: best available)")
+    parser.add_argument(
+        "--dtype", default="float32", choices=("float32", "float16", "bfloat16"), help="weights dtype"
+    )
+
+
+def load_from_args(args: argparse.Namespace):
+    """Load the model named by --model/--device/--dtype, reporting progress on stderr."""
+    from lenstui.engine.models import load_model
+
+    def progress(message: str, fraction: Optional[float]) -> None:
+        if sys.stderr.isatty():
+            print(f"\r\033[2K{message}…", end="", file=sys.stderr, flush=True)
+
+    try:
+        return load_model(args.model, device=args.device, dtype=args.dtype, progress=progress)
+    finally:
+        if sys.stderr.isatty():
+            print("\r\033[2K", end="", file=sys.stderr, flush=True)
+
+
+def print_json(payload: Any) -> None:
+    json.dump(payload, sys.stdout, ensure_ascii=False)
+    sys.stdout.write("\n")
+
+
+def fail(message: str, status: int = 2) -> int:
+    print(f"lenstui: {message}", file=sys.stderr)
+    return status

@@ -1,0 +1,46 @@
+"""Shared fixtures: tiny local models (fast) and the real embedded model (integration).
+
+Nothing here may reach a model hub: HF_HUB_OFFLINE is forced on, and the user's own
+lenstui config never leaks in (LENSTUI_CONFIG_DIR / LENSTUI_DATA_DIR point at temp dirs).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+
+
+@pytest.fixture(autouse=True)
+def _isolated_user_dirs(tmp_path_factory, monkeypatch):
+    base = tmp_path_factory.mktemp("user")
+    monkeypatch.setenv("LENSTUI_CONFIG_DIR", str(base / "config"))
+    monkeypatch.setenv("LENSTUI_DATA_DIR", str(base / "data"))
+
+
+@pytest.fixture(scope="session")
+def tiny_gpt2():
+    from tiny_models import tiny_gpt2 as build
+
+    return build()
+
+
+@pytest.fixture(scope="session")
+def tiny_llama():
+    from tiny_models import tiny_llama as build
+
+    return build()
+
+
+@pytest.fixture(scope="session")
+def embedded():
+    """The real SmolLM2-135M-Instruct (dequantized once, then from the user cache)."""
+    from lenstui.engine.models import load_model
+
+    return load_model()

@@ -1,0 +1,87 @@
+"""Tiny models built locally from configs, for fast unit tests (no hub, no downloads).
+
+The tokenizer is a byte-level BPE trained here on a few sentences with the
+``tokenizers`` library, so it needs no files from anywhere.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import torch
+
+from lenstui.engine.models import LoadedModel, wrap_model
+
+CORPUS = [
+    "The Eiffel Tower is located in the city of Paris.",
+    "Sometimes, when people say plasma, they mean a state of matter.",
+    "Is there a seahorse emoji? Yes: 🐠 🐴 🌊 and café naïve 東京.",
+    "hello world, hello tokens, hello bytes",
+]
+
+
+def tiny_tokenizer(vocab_size: int = 400):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=["<|endoftext|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(CORPUS * 4, trainer=trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, eos_token="<|endoftext|>", bos_token="<|endoftext|>", pad_token="<|endoftext|>"
+    )
+    # TransformerLens re-reads a tokenizer from its name_or_path, so give it one on disk.
+    folder = Path(tempfile.mkdtemp(prefix="lenstui-tiny-tok-"))
+    fast.save_pretrained(folder)
+    return AutoTokenizer.from_pretrained(folder)
+
+
+def tiny_gpt2(seed: int = 0) -> LoadedModel:
+    """GPT-2 style: LayerNorm with biases, learned positions, untied unembedding."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    tokenizer = tiny_tokenizer()
+    torch.manual_seed(seed)
+    config = GPT2Config(
+        vocab_size=len(tokenizer),
+        n_positions=64,
+        n_embd=32,
+        n_layer=3,
+        n_head=4,
+        tie_word_embeddings=False,
+        bos_token_id=0,
+        eos_token_id=0,
+    )
+    model = GPT2LMHeadModel(config)
+    return wrap_model(model, tokenizer, name="tiny-gpt2", device="cpu")
+
+
+def tiny_llama(seed: int = 0) -> LoadedModel:
+    """Llama style: RMSNorm, rotary positions, tied embeddings."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tokenizer = tiny_tokenizer()
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        tie_word_embeddings=True,
+        bos_token_id=0,
+        eos_token_id=0,
+        pad_token_id=0,
+    )
+    model = LlamaForCausalLM(config)
+    return wrap_model(model, tokenizer, name="tiny-llama", device="cpu")
