@@ -35,6 +35,8 @@ from lenstui.engine.vocab import TokenRef, TokenSpec, encode_prompt, resolve_tok
 
 LENS_KINDS = ("logit", "extended", "raw")
 MAX_TOP_K = 100
+# Residual vectors read per logit_readout call (each holds d_vocab float32 logits).
+READOUT_VECTORS = 256
 
 
 class Cancelled(LenstuiError):
@@ -224,29 +226,38 @@ def run_lens(
             else torch.full((len(ids),), target_id, device=final_lp.device)
         )
         grid: list[list[LensCell]] = []
-        for row in range(stack.shape[0]):
+        # Several rows per readout call (bounded so a call holds at most ~READOUT_VECTORS
+        # x d_vocab logits): logit_readout's per-call model checks cost more than its math
+        # on short prompts.
+        rows_per_call = max(1, READOUT_VECTORS // len(ids))
+        for first in range(0, stack.shape[0], rows_per_call):
             check_cancel()
-            readout = logit_readout(bridge, stack[row], apply_ln=lens != "raw", return_type="logits")
-            row_logits = readout.values.float()
-            row_lp = torch.log_softmax(row_logits, dim=-1)
-            kl = (final_p * (final_lp - row_lp)).sum(dim=-1).clamp_min(0.0)
-            top = torch.topk(row_logits, k=top_k, dim=-1)
-            top_probs = row_lp.gather(-1, top.indices).exp()
-            target_logit = row_logits.gather(-1, targets[:, None])
-            ranks = (row_logits > target_logit).sum(dim=-1)
-            target_probs = row_lp.gather(-1, targets[:, None]).exp()[:, 0]
-            grid.append(
-                _row_cells(
-                    model,
-                    top.indices.tolist(),
-                    top_probs.tolist(),
-                    top.values.tolist(),
-                    readout.entropy.tolist(),
-                    kl.tolist(),
-                    ranks.tolist(),
-                    target_probs.tolist(),
-                )
+            rows = stack[first : first + rows_per_call]
+            readout = logit_readout(
+                bridge, rows, apply_ln=lens != "raw", return_type="logits", chunk_size=READOUT_VECTORS
             )
+            all_logits = readout.values.float()
+            for offset in range(rows.shape[0]):
+                row_logits = all_logits[offset]
+                row_lp = torch.log_softmax(row_logits, dim=-1)
+                kl = (final_p * (final_lp - row_lp)).sum(dim=-1).clamp_min(0.0)
+                top = torch.topk(row_logits, k=top_k, dim=-1)
+                top_probs = row_lp.gather(-1, top.indices).exp()
+                target_logit = row_logits.gather(-1, targets[:, None])
+                ranks = (row_logits > target_logit).sum(dim=-1)
+                target_probs = row_lp.gather(-1, targets[:, None]).exp()[:, 0]
+                grid.append(
+                    _row_cells(
+                        model,
+                        top.indices.tolist(),
+                        top_probs.tolist(),
+                        top.values.tolist(),
+                        readout.entropy[offset].tolist(),
+                        kl.tolist(),
+                        ranks.tolist(),
+                        target_probs.tolist(),
+                    )
+                )
     return LensResult(
         model=model.name,
         lens=lens,
