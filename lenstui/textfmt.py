@@ -1,52 +1,111 @@
 """How a token's text is shown in a fixed-width cell: legible and alignment-safe.
 
-No Textual and no tensors here: the CLI tables and the app's grid both use it.
-Leading/trailing spaces become a visible "␣", newlines and other control characters
-become escapes (\\n, \\t, \\x1b), and the replacement character that a partial UTF-8
-byte sequence decodes to is kept as "�" (the inspector shows the real bytes).
-Widths are terminal cells (wide CJK/emoji count 2, combining marks 0).
+No Textual and no tensors here: the CLI tables, the app's grid and the inspector use it.
+
+- Spaces become a visible "␣"; newlines, tabs and other control or format characters
+  become escapes (\\n, \\t, \\x1b, \\u200d), so a token can never move the cursor, start
+  an escape sequence, or flip the terminal's text direction (the bidi controls U+200E,
+  U+202A..U+202E, U+2066..U+2069 are format characters and are escaped too).
+- Right-to-left letters (Hebrew, Arabic) are shown as they are: each is one cell.
+- A combining mark with nothing to sit on gets a dotted circle "◌".
+- Sequences whose width terminals disagree on are taken apart: a zero-width joiner is
+  escaped (so 👨‍👩 shows as two 2-cell emoji with \\u200d between), the emoji
+  presentation selector U+FE0F (which widens "❤" to 2 cells on some terminals only) is
+  shown as \\ufe0f, and so are skin-tone modifiers. What is left measures the same
+  under Rich's grapheme rules and a plain per-character wcwidth.
+- :func:`visible_bytes` shows bytes that are not whole UTF-8 characters as hex in
+  angle brackets (``␣⟨f0 9f⟩`` for ``ĠðŁ``) instead of "�".
+
+Widths are terminal cells as Rich (and so Textual) measures them: wide CJK/emoji count
+2, combining marks 0.
 """
 
 from __future__ import annotations
 
 import unicodedata
 
-from rich.cells import cell_len
+from rich.cells import cell_len, split_graphemes
 
 SPACE_MARK = "␣"
+EMPTY_MARK = "∅"
+BYTES_OPEN, BYTES_CLOSE = "⟨", "⟩"
 _NAMED = {"\n": "\\n", "\t": "\\t", "\r": "\\r"}
+# Characters that glue graphemes together in ways terminals measure differently.
+_ESCAPED_JOINERS = {"\u200d", "\ufe0e", "\ufe0f"}
+_SKIN_TONES = range(0x1F3FB, 0x1F400)
+_ESCAPED_CATEGORIES = ("Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp")
+
+
+def _escape(char: str) -> str:
+    code = ord(char)
+    if code < 0x100:
+        return f"\\x{code:02x}"
+    if code < 0x10000:
+        return f"\\u{code:04x}"
+    return f"\\U{code:08x}"
 
 
 def visible(text: str) -> str:
     """A one-line, unambiguous rendering of a token's decoded text."""
     if text == "":
-        return "∅"
-    out = []
+        return EMPTY_MARK
+    out: list[str] = []
     for char in text:
+        category = unicodedata.category(char)
         if char == " ":
             out.append(SPACE_MARK)
         elif char in _NAMED:
             out.append(_NAMED[char])
-        elif unicodedata.category(char) in ("Cc", "Cf", "Zl", "Zp") or char == "\x7f":
-            out.append(f"\\x{ord(char):02x}" if ord(char) < 0x100 else f"\\u{ord(char):04x}")
-        elif unicodedata.category(char).startswith("M") and not out:
+        elif (
+            category in _ESCAPED_CATEGORIES
+            or char == "\x7f"
+            or char in _ESCAPED_JOINERS
+            or ord(char) in _SKIN_TONES
+        ):
+            out.append(_escape(char))
+        elif category.startswith("M") and (not out or out[-1].startswith("\\")):
             out.append("◌" + char)  # a combining mark needs a base to sit on
         else:
             out.append(char)
     return "".join(out)
 
 
+def visible_bytes(data: bytes) -> str:
+    """Like :func:`visible`, for raw bytes: whole characters as text, the rest as hex.
+
+    ``b" \\xf0\\x9f"`` -> ``"␣⟨f0 9f⟩"``; ``b"\\x90\\xa0"`` -> ``"⟨90 a0⟩"``.
+    """
+    from lenstui.engine.tokens import bytes_hex, utf8_segments
+
+    if not data:
+        return EMPTY_MARK
+    parts = []
+    for segment in utf8_segments(data):
+        if segment.kind == "text":
+            parts.append(visible(segment.text))
+        else:
+            parts.append(BYTES_OPEN + bytes_hex(segment.data) + BYTES_CLOSE)
+    return "".join(parts)
+
+
 def fit(text: str, width: int) -> str:
-    """Pad or truncate (with …) to exactly ``width`` terminal cells."""
+    """Pad or truncate (with …) to exactly ``width`` terminal cells.
+
+    Truncation cuts between graphemes, never inside one, so a wide character or a
+    letter with its combining marks is either shown whole or not at all.
+    """
     if width <= 0:
         return ""
-    if cell_len(text) <= width:
-        return text + " " * (width - cell_len(text))
+    spans, total = split_graphemes(text)
+    if total <= width:
+        return text + " " * (width - total)
     out, used = [], 0
-    for char in text:
-        w = cell_len(char)
-        if used + w > width - 1:
+    for start, end, cells in spans:
+        if used + cells > width - 1:
             break
-        out.append(char)
-        used += w
+        out.append(text[start:end])
+        used += cells
     return "".join(out) + "…" + " " * (width - 1 - used)
+
+
+__all__ = ["EMPTY_MARK", "SPACE_MARK", "cell_len", "fit", "visible", "visible_bytes"]

@@ -66,6 +66,13 @@ def tiny_gpt2(seed: int = 0) -> LoadedModel:
 
 def tiny_llama(seed: int = 0) -> LoadedModel:
     """Llama style: RMSNorm, rotary positions, tied embeddings."""
+    model, tokenizer = tiny_llama_hf(seed)
+    return wrap_model(model, tokenizer, name="tiny-llama", device="cpu")
+
+
+def tiny_llama_hf(seed: int = 0):
+    """The plain Hugging Face model and tokenizer behind tiny_llama (not wrapped:
+    TransformerLens' bridge rewires the modules it wraps)."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     tokenizer = tiny_tokenizer()
@@ -83,5 +90,4 @@ def tiny_llama(seed: int = 0) -> LoadedModel:
         eos_token_id=0,
         pad_token_id=0,
     )
-    model = LlamaForCausalLM(config)
-    return wrap_model(model, tokenizer, name="tiny-llama", device="cpu")
+    return LlamaForCausalLM(config).eval(), tokenizer

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Optional, Sequence
 
@@ -48,6 +49,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return fail(str(err))
     except KeyboardInterrupt:
         return fail("Interrupted.", status=130)
+    except BrokenPipeError:
+        # `lenstui lens ... | head`: the reader left; that is not an error worth a traceback.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":
