@@ -18,6 +18,7 @@ what to do.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.metadata
 import logging
@@ -173,6 +174,33 @@ def _report(progress: Optional[Progress], message: str, fraction: Optional[float
         progress(message, fraction)
 
 
+@contextlib.contextmanager
+def _dequant_progress(progress: Optional[Progress], start: float, end: float):
+    """Turn transformers' per-tensor GGUF progress bar into our progress callback.
+
+    transformers drives a bare tqdm over the GGUF tensors (it would draw on the terminal
+    the app owns); for the length of the load that name is swapped for an iterator that
+    reports the same progress through ``progress``.
+    """
+    import transformers.modeling_gguf_pytorch_utils as gguf_utils
+
+    original = gguf_utils.tqdm
+
+    def reporting(iterable, desc=None, **_):
+        items = list(iterable)
+        for index, item in enumerate(items):
+            if index % 16 == 0:
+                fraction = start + (end - start) * index / max(1, len(items))
+                _report(progress, f"dequantizing GGUF weights {index}/{len(items)} (once; cached afterwards)", fraction)
+            yield item
+
+    gguf_utils.tqdm = reporting
+    try:
+        yield
+    finally:
+        gguf_utils.tqdm = original
+
+
 def _load_gguf(
     path: Path, dtype: torch.dtype, progress: Optional[Progress]
 ) -> tuple[Any, Any, bool]:
@@ -192,8 +220,8 @@ def _load_gguf(
 
     _report(progress, "reading the GGUF tokenizer", 0.1)
     tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-    _report(progress, "dequantizing GGUF weights (once; cached afterwards)", 0.3)
-    model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+    with _dequant_progress(progress, start=0.3, end=0.7):
+        model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
     # The dequantized weights are plain float tensors; dropping the GGUF quantizer
     # record is what lets save_pretrained write them as ordinary safetensors.
     model.hf_quantizer = None
