@@ -26,6 +26,8 @@ import unicodedata
 
 from rich.cells import cell_len, split_graphemes
 
+from lenstui.engine.tokens import bytes_hex, utf8_segments
+
 SPACE_MARK = "␣"
 EMPTY_MARK = "∅"
 BYTES_OPEN, BYTES_CLOSE = "⟨", "⟩"
@@ -75,8 +77,6 @@ def visible_bytes(data: bytes) -> str:
 
     ``b" \\xf0\\x9f"`` -> ``"␣⟨f0 9f⟩"``; ``b"\\x90\\xa0"`` -> ``"⟨90 a0⟩"``.
     """
-    from lenstui.engine.tokens import bytes_hex, utf8_segments
-
     if not data:
         return EMPTY_MARK
     parts = []
@@ -108,4 +108,55 @@ def fit(text: str, width: int) -> str:
     return "".join(out) + "…" + " " * (width - 1 - used)
 
 
-__all__ = ["EMPTY_MARK", "SPACE_MARK", "cell_len", "fit", "visible", "visible_bytes"]
+def report_rows(report) -> list[tuple[str, str, str]]:
+    """A token report (:class:`lenstui.engine.neighbors.TokenReport`) as labelled rows.
+
+    Each row is ``(label, value, tone)`` with tone one of "", "good", "warn", "bad", so
+    the CLI prints the same facts the inspector pane colours.
+    """
+    shown = visible(report.text) if report.special else visible_bytes(report.data)
+    utf8 = ("complete: " if report.complete_utf8 else "incomplete: ") + report.utf8_description
+    rows = [
+        ("shows as", shown, ""),
+        ("bytes", report.bytes_hex or "(none)", ""),
+        ("UTF-8", utf8, "" if report.complete_utf8 else "warn"),
+        ("decodes to", repr(report.decoded), ""),
+        ("scheme", report.scheme + ("  (control token)" if report.special else ""), ""),
+        ("|W_U col|", f"{report.unembed_norm:.4f}", ""),
+        ("|W_eff row|", f"{report.effective_norm:.4f}  (final {report.norm_kind} norm gain folded in)", ""),
+    ]
+    if report.unembed_bias is not None:
+        rows.append(("b_U", f"{report.unembed_bias:+.4f}", ""))
+    if report.readout_offset is not None:
+        rows.append(("readout offset", f"{report.readout_offset:+.4f}  (b_U + W_U·norm bias)", ""))
+    if report.own_best_match:
+        rows.append(("own best match", f"yes, by {report.self_margin:.3f}", "good"))
+    else:
+        best = report.best_match
+        rows.append(
+            (
+                "own best match",
+                f"no: {best.id} {visible_bytes(best.data)} wins by {-report.self_margin:.3f} (hard to speak)",
+                "bad",
+            )
+        )
+    embedding = "tied to the unembedding" if report.tied_embedding else f"untied, |W_E row| {report.embed_norm:.4f}"
+    rows.append(("embedding", embedding, ""))
+    return rows
+
+
+def neighbor_row(cosine: float, token_id: int, data: bytes, piece: str) -> str:
+    """One neighbour as ``+0.8609  40303  ␣⟨f0 9f 98⟩      ĠðŁĺ`` (45 cells + piece)."""
+    return fit(f"{cosine:+.4f}", 9) + fit(str(token_id), 7) + fit(visible_bytes(data), 18) + visible(piece)
+
+
+__all__ = [
+    "EMPTY_MARK",
+    "SPACE_MARK",
+    "cell_len",
+    "fit",
+    "neighbor_row",
+    "report_rows",
+    "visible",
+    "visible_bytes",
+]

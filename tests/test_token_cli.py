@@ -1,0 +1,112 @@
+"""`lenstui token`: in-process through lenstui.cli.main, plus one real subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from lenstui.cli import main
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    """A tiny GPT-2 saved as a Hugging Face directory, so --model can load it quickly."""
+    import torch
+    from tiny_models import tiny_tokenizer
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    tokenizer = tiny_tokenizer()
+    torch.manual_seed(2)
+    config = GPT2Config(
+        vocab_size=len(tokenizer), n_positions=64, n_embd=32, n_layer=2, n_head=4,
+        tie_word_embeddings=False, bos_token_id=0, eos_token_id=0,
+    )
+    folder = tmp_path_factory.mktemp("tiny-gpt2")
+    GPT2LMHeadModel(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return str(folder)
+
+
+def run_cli(capsys, *argv):
+    status = main(["token", *argv])
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+def test_json_by_id(capsys, tiny_dir):
+    status, out, err = run_cli(capsys, "--id", "7", "--model", tiny_dir, "--device", "cpu", "--json", "--neighbors", "3")
+    assert status == 0, err
+    payload = json.loads(out)
+    assert payload["id"] == 7
+    assert {"id", "text", "bytes_hex", "complete_utf8", "neighbors"} <= set(payload)
+    assert len(payload["neighbors"]) == 3 and 7 not in [n["id"] for n in payload["neighbors"]]
+    assert payload["embedding_neighbors"] is not None  # the tiny GPT-2 is untied
+
+
+def test_text_output_by_piece(capsys, tiny_dir):
+    status, out, err = run_cli(capsys, "Ġhello", "--model", tiny_dir, "--device", "cpu", "--neighbors", "2")
+    assert status == 0, err
+    assert "shows as        ␣hello" in out
+    assert "bytes           20 68 65 6c 6c 6f" in out
+    assert "nearest by readout direction" in out and "nearest by embedding" in out
+    assert max(len(line) for line in out.splitlines()) <= 80
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--id", "100000"], "out of range"),
+        (["not-one-token-at-all"], "tokens"),
+        (["hello", "--id", "3"], "exactly one"),
+        ([], "exactly one"),
+        (["--id", "3", "--neighbors", "-2"], "neighbors"),
+    ],
+)
+def test_bad_input_exits_2_with_a_message(capsys, tiny_dir, argv, message):
+    status, out, err = run_cli(capsys, *argv, "--model", tiny_dir, "--device", "cpu")
+    assert status == 2
+    assert out == ""
+    assert err.startswith("lenstui: ") and message in err and "Traceback" not in err
+
+
+@pytest.mark.integration
+def test_embedded_fish_head_in_process(capsys):
+    status, out, err = run_cli(capsys, "--id", "15107", "--json")
+    assert status == 0, err
+    payload = json.loads(out)
+    assert payload["text"] == "ĠðŁ" and payload["bytes_hex"] == "20 f0 9f"
+    assert payload["complete_utf8"] is False
+    assert payload["utf8_description"] == "space, then the first 2 of 4 bytes of a 4-byte character"
+    assert len(payload["neighbors"]) == 10
+
+
+def lenstui_command() -> list[str]:
+    """The installed console script next to this interpreter, else the package's __main__."""
+    script = Path(sys.executable).with_name("lenstui")
+    return [str(script)] if script.is_file() else [sys.executable, "-m", "lenstui.cli"]
+
+
+@pytest.mark.integration
+def test_embedded_subprocess_text_and_multi_token_error():
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    ok = subprocess.run(
+        [*lenstui_command(), "token", "ĠðŁ", "--neighbors", "3"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert ok.returncode == 0, ok.stderr
+    assert "15107" in ok.stdout and "20 f0 9f" in ok.stdout
+    assert "space, then the first 2 of 4 bytes" in ok.stdout
+
+    bad = subprocess.run(
+        [*lenstui_command(), "token", " 🐠"], capture_output=True, text=True, env=env, timeout=300
+    )
+    assert bad.returncode == 2
+    assert "3 tokens" in bad.stderr and "'ĠðŁ' + 'Ĳ' + 'ł'" in bad.stderr
