@@ -1,16 +1,211 @@
-"""Placeholder until this subcommand lands (owned by its issue)."""
+"""`lenstui speak TOKEN` (one token's certified verdict) and `lenstui scan` (every token)."""
 
 from __future__ import annotations
 
 import argparse
+import sys
+import time
+from pathlib import Path
 
-from lenstui.engine.errors import LenstuiError
+from lenstui.cli.common import add_model_options, load_from_args, print_json
+from lenstui.engine.errors import InputError
+from lenstui.textfmt import visible
 
 
-def configure(parser: argparse.ArgumentParser, command: str = "") -> None:
-    parser.add_argument("rest", nargs="*")
+def configure(parser: argparse.ArgumentParser, command: str = "speak") -> None:
+    if command == "scan":
+        parser.description = (
+            "Give every token of the vocabulary a certified verdict (speakable / unspeakable / "
+            "undetermined) and say which are hard to speak. Interruptible (Ctrl-C keeps what is "
+            "done) and resumable; the result is cached per model."
+        )
+        add_model_options(parser)
+        parser.add_argument("--out", metavar="FILE", default=None, help="write every token's row to FILE (.csv or .json)")
+        parser.add_argument("--limit", type=int, default=None, metavar="N", help="scan only ids 0..N-1 (for testing; not cached)")
+        parser.add_argument("--no-resume", action="store_true", help="start over instead of continuing a cached partial scan")
+        parser.add_argument("--json", action="store_true", help="print the summary as JSON")
+        parser.set_defaults(func=run_scan)
+        return
+    parser.description = (
+        "Can any final residual make this token the model's argmax? A witness residual or a "
+        "certificate of infeasibility, both re-checked in float64."
+    )
+    parser.add_argument("token", nargs="?", default=None, help="the token's text (or vocabulary piece)")
+    parser.add_argument("--id", type=int, default=None, metavar="N", help="the token id instead of its text")
+    add_model_options(parser)
+    parser.add_argument("--json", action="store_true", help="print the result as JSON")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    raise LenstuiError("this command is not built yet")
+    """`lenstui speak`."""
+    from lenstui.engine.speak import check_speakable
+    from lenstui.engine.vocab import resolve_token
+
+    if (args.token is None) == (args.id is None):
+        raise InputError("Pass exactly one of a token's text or --id N.")
+    model = load_from_args(args)
+    token_id = resolve_token(model, args.id if args.id is not None else args.token)
+    bar = _StderrBar("checking")
+    try:
+        result = check_speakable(model, token_id, progress=bar)
+    finally:
+        bar.clear()
+    if args.json:
+        print_json(result.to_json())
+    else:
+        print(format_result(result))
+    return 0
+
+
+def format_result(result) -> str:
+    """A readable summary of a SpeakResult."""
+    name = f"{visible(result.text)!s} (id {result.id})"
+    lines = [f"{name} · {result.model} · {result.norm} final norm", ""]
+    if result.verdict == "speakable":
+        runner = f"{visible(result.runner_up.text)} (id {result.runner_up.id})" if result.runner_up else "?"
+        lines.append(f"speakable: a witness residual makes it the argmax by {result.margin:.6g} over {runner}")
+        module = f"{result.module_margin:.6g}" if result.module_margin is not None else "n/a"
+        lines.append(
+            f"  witness residual from the {result.method} direction, re-checked in float64 over the "
+            f"whole vocabulary (needs > {result.speak_tolerance:.3g}); through the model's own "
+            f"final norm and unembedding the gap is {module}"
+        )
+    elif result.verdict == "unspeakable":
+        cert = result.certificate
+        if result.method == "twin":
+            twin = result.binding[0]
+            lines.append(
+                f"unspeakable: its effective unembedding vector is an exact copy of {visible(twin.text)} "
+                f"(id {twin.id}), whose offset is no lower, so it can at best tie"
+            )
+        else:
+            lines.append("unspeakable: a convex combination of other tokens' effective vectors dominates it")
+        tokens = "token" if len(cert.ids) == 1 else "tokens"
+        lines.append(
+            f"  certificate: {len(cert.ids)} {tokens}, residual norm {cert.residual_norm:.3g}, "
+            f"best possible lead <= {cert.bound:.3g} (tolerance {result.certificate_tolerance:.3g})"
+        )
+    else:
+        lines.append("undetermined: neither a witness nor a certificate passed its tolerance")
+        if result.best_gap_found is not None:
+            lines.append(f"  best witness gap found {result.best_gap_found:.6g} (needs > {result.speak_tolerance:.3g})")
+        if result.certificate is not None:
+            lines.append(f"  best certificate bound {result.certificate.bound:.3g} (needs <= {result.certificate_tolerance:.3g})")
+        if result.reason:
+            lines.append(f"  {result.reason}")
+    best = result.best_match
+    if result.hard_to_speak:
+        lines.append(f"hard to speak: yes, along its own direction {visible(best.text)} (id {best.id}) wins")
+    else:
+        lines.append("hard to speak: no, its own direction already says it")
+    if result.binding:
+        label = "certificate tokens" if result.verdict == "unspeakable" else "binding competitors"
+        shown = ", ".join(f"{visible(b.text)} ({b.id})" for b in result.binding)
+        lines.append(f"{label}: {shown}")
+    lines.append(f"reachable set: {result.reachable_set}")
+    if result.lp_rounds:
+        lines.append(f"LP: {result.lp_rounds} rounds, {result.lp_constraints} competitors")
+    lines.append(f"{result.seconds:.3f} s")
+    return "\n".join(lines)
+
+
+def run_scan(args: argparse.Namespace) -> int:
+    """`lenstui scan`."""
+    from lenstui.engine.scan import scan_dir, scan_vocabulary
+    from lenstui.engine.speak import as_readout
+
+    out = Path(args.out) if args.out else None
+    if out is not None and out.suffix.lower() not in (".csv", ".json"):
+        raise InputError(f"Cannot write {out.name}: use a .csv or .json file name.")
+    if args.limit is not None and args.limit < 1:
+        raise InputError("--limit must be at least 1.")
+    model = load_from_args(args)
+    bar = _StderrBar("scan", always=True)
+    started = time.perf_counter()
+    try:
+        result = scan_vocabulary(model, progress=bar, resume=not args.no_resume, limit=args.limit)
+    except KeyboardInterrupt:
+        bar.clear()
+        print(
+            "lenstui: interrupted; the tokens done so far are saved, run the same command again to resume.",
+            file=sys.stderr,
+        )
+        return 130
+    finally:
+        bar.clear()
+    if out is not None:
+        result.write(out)
+    counts = result.counts()
+    folder = scan_dir(as_readout(model)) if args.limit is None else None
+    if args.json:
+        print_json(
+            {
+                "model": result.model,
+                "tokens": result.n_scanned,
+                "complete": result.complete,
+                "counts": counts,
+                "unspeakable": sorted(result.unspeakable_ids),
+                "undetermined": sorted(result.undetermined_ids),
+                "seconds": result.seconds,
+                "cache": str(folder) if folder else None,
+                "out": str(out) if out else None,
+            }
+        )
+        return 0
+    print(format_scan(result, counts, time.perf_counter() - started, folder, out))
+    return 0
+
+
+def format_scan(result, counts, wall: float, folder, out) -> str:
+    decode = result.decode or (lambda i: f"#{i}")
+    lines = [f"{result.model} · {result.n_scanned:,} tokens · {result.reachable_set}"]
+    for verdict in ("speakable", "unspeakable", "undetermined", "pending"):
+        if counts[verdict] or verdict != "pending":
+            lines.append(f"  {verdict:<13}{counts[verdict]:>8,}")
+    lines.append(
+        f"  hard to speak{counts['hard_to_speak']:>8,}  (of which speakable: {counts['hard_to_speak_but_speakable']:,})"
+    )
+    for label, ids in (("unspeakable", result.unspeakable_ids), ("undetermined", result.undetermined_ids)):
+        if ids:
+            shown = sorted(ids)[:40]
+            more = f" … and {len(ids) - len(shown)} more" if len(ids) > len(shown) else ""
+            lines.append(f"{label}: " + ", ".join(f"{i} {visible(decode(i))}" for i in shown) + more)
+    lines.append(
+        f"scan time {result.seconds:.1f} s (this run {wall:.1f} s)"
+        + (f" · cached in {folder}" if folder else "")
+        + (f" · written to {out}" if out else "")
+    )
+    return "\n".join(lines)
+
+
+class _StderrBar:
+    """A one-line progress bar on stderr (a line every 10 s when stderr is not a terminal)."""
+
+    def __init__(self, label: str, always: bool = False):
+        self.label = label
+        self.tty = sys.stderr.isatty()
+        self.always = always
+        self.last = 0.0
+        self.drawn = False
+
+    def __call__(self, fraction: float, message: str) -> None:
+        now = time.monotonic()
+        if self.tty:
+            if now - self.last < 0.1 and fraction < 1.0:
+                return
+            width = 30
+            filled = int(round(width * max(0.0, min(1.0, fraction))))
+            bar = "█" * filled + "·" * (width - filled)
+            print(f"\r\033[2K{self.label} {bar} {fraction * 100:5.1f}%  {message}", end="", file=sys.stderr, flush=True)
+            self.drawn = True
+        elif self.always and now - self.last >= 10.0:
+            print(f"{self.label}: {fraction * 100:5.1f}% {message}", file=sys.stderr, flush=True)
+        else:
+            return
+        self.last = now
+
+    def clear(self) -> None:
+        if self.tty and self.drawn:
+            print("\r\033[2K", end="", file=sys.stderr, flush=True)
+            self.drawn = False

@@ -1,0 +1,337 @@
+"""Can the model say token t at all? A certified check for one token.
+
+Verdicts, each with its proof (tolerances in ``speak_readout``):
+
+- ``speakable``: a witness, a pre-norm residual that the model's own final norm and
+  unembedding turn into logits with t the strict argmax, by a gap re-checked in float64
+  over the whole vocabulary that exceeds twice the worst-case float32 rounding of a logit;
+- ``unspeakable``: convex weights on other tokens whose float64 check bounds t's best
+  possible lead over the whole reachable set by the certificate tolerance;
+- ``undetermined``: neither passed its tolerance; the numbers are reported.
+
+Also reported: "hard to speak" (t is not the argmax of w_j . w_t + c_j: its own direction
+does not say it) and which token wins instead.
+
+Order of work: cheap candidate directions (own, centred, whitened), each verified over the
+whole vocabulary in float64 (a few matrix-vector products); an exact twin of t (identical
+effective row, no lower offset) is an immediate certificate; only then the LP.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+import torch
+
+from lenstui.engine.errors import InputError
+from lenstui.engine.lens import Cancelled
+from lenstui.engine.speak_lp import Certificate, check_certificate, solve_speak_lp
+from lenstui.engine.speak_readout import Readout, readout_for_model
+
+VERDICTS = ("speakable", "unspeakable", "undetermined")
+# Candidate witness directions, in the order the scan tries them (see candidate_directions).
+CANDIDATE_FAMILIES = ("whitened", "precision", "centred", "own")
+# Competitors reported as binding at most.
+MAX_BINDING = 8
+
+Progress = Callable[[float, str], None]
+StopCheck = Callable[[], bool]
+
+
+@dataclass(frozen=True)
+class TokenText:
+    id: int
+    text: str
+
+    def to_json(self) -> dict:
+        return {"id": self.id, "text": self.text}
+
+
+@dataclass
+class SpeakResult:
+    """One token's verdict with its proof; ``to_json`` is the CLI's ``--json`` contract."""
+
+    id: int
+    text: str
+    verdict: str  # "speakable" | "unspeakable" | "undetermined"
+    hard_to_speak: bool  # its own direction does not make it the argmax
+    best_match: TokenText  # argmax_j of w_j . w_t + c_j (t itself unless hard to speak)
+    margin: Optional[float]  # speakable: witness' float64 gap over the runner-up
+    witness_resid: Optional[list[float]]  # speakable: pre-norm residual (d_model floats)
+    binding: list[TokenText]  # runner-up / active LP constraints / certificate tokens
+    certificate: Optional[Certificate]
+    seconds: float
+    # Extras: how the verdict was reached and the numbers behind it.
+    model: str = ""
+    method: str = ""  # "own", "centred", "whitened", "precision", "zero", "lp", "twin" or ""
+    norm: str = ""  # "RMS" or "LN"
+    reachable_set: str = ""
+    runner_up: Optional[TokenText] = None
+    module_margin: Optional[float] = None  # the gap through the model's own modules (its dtype)
+    speak_tolerance: float = 0.0
+    certificate_tolerance: float = 0.0
+    best_gap_found: Optional[float] = None  # undetermined: the best witness gap seen
+    lp_rounds: int = 0
+    lp_constraints: int = 0
+    reason: str = ""
+    decode: Optional[Callable[[int], str]] = field(default=None, repr=False, compare=False)
+
+    def to_json(self) -> dict:
+        return {
+            "id": self.id,
+            "text": self.text,
+            "verdict": self.verdict,
+            "hard_to_speak": self.hard_to_speak,
+            "best_match": self.best_match.to_json(),
+            "margin": self.margin,
+            "witness_resid": self.witness_resid,
+            "binding": [b.to_json() for b in self.binding],
+            "certificate": self.certificate.to_json(self.decode) if self.certificate else None,
+            "seconds": self.seconds,
+            "model": self.model,
+            "method": self.method,
+            "norm": self.norm,
+            "reachable_set": self.reachable_set,
+            "runner_up": self.runner_up.to_json() if self.runner_up else None,
+            "module_margin": self.module_margin,
+            "tolerances": {"speak": self.speak_tolerance, "certificate": self.certificate_tolerance},
+            "best_gap_found": self.best_gap_found,
+            "lp_rounds": self.lp_rounds,
+            "lp_constraints": self.lp_constraints,
+            "reason": self.reason,
+        }
+
+
+def as_readout(source) -> Readout:
+    """A Readout from a LoadedModel (memoized) or a Readout itself."""
+    if isinstance(source, Readout):
+        return source
+    return readout_for_model(source)
+
+
+def candidate_directions(readout: Readout, token_ids: torch.Tensor, family: str) -> torch.Tensor:
+    """Candidate witnesses (normalized residuals, float64, [b, d]) for a batch of tokens,
+    on the reachable set at the witness radius.
+
+    ``own``: v_t. ``centred``: v_t minus the mean row (the shared direction that makes a
+    few tokens win most dot products). ``whitened``: Sigma^-1/2 (v_t - mean). ``precision``:
+    Sigma^+ (v_t - mean), the direction a linear discriminant would take."""
+    rows = readout.V[token_ids]
+    if family != "own":
+        white = readout.whitening()
+        rows = rows - white["mean"]
+        if family == "whitened":
+            rows = rows @ white["zca"]
+        elif family == "precision":
+            rows = rows @ white["siginv"]
+        elif family != "centred":
+            raise ValueError(family)
+    rows = readout.project(rows)
+    norms = rows.norm(dim=1, keepdim=True).clamp_min(1e-300)
+    return rows * (readout.witness_radius / norms)
+
+
+def hard_to_speak(readout: Readout, token_id: int) -> tuple[bool, int]:
+    """(hard to speak?, best match): argmax_j of w_j . w_t + c_j in float64; t is hard to
+    speak when some other token reaches at least its value (ties count against t)."""
+    logits = readout.own_logits64(token_id)
+    own = logits[token_id].item()
+    logits[token_id] = -torch.inf
+    rival = int(torch.argmax(logits))
+    if logits[rival].item() >= own:
+        return True, rival
+    return False, int(token_id)
+
+
+def find_twin(readout: Readout, token_id: int) -> Optional[int]:
+    """Another token with exactly the same effective row and an offset at least t's: t
+    can never beat it, so it is a one-token certificate (duplicated unused rows)."""
+    same = (readout.V == readout.V[token_id]).all(dim=1) & (readout.c >= readout.c[token_id])
+    same[token_id] = False
+    hits = torch.nonzero(same).flatten()
+    return int(hits[0]) if len(hits) else None
+
+
+def _gaps(readout: Readout, token_id: int, zs: torch.Tensor) -> torch.Tensor:
+    """Exact (float64) gap of t over its strongest competitor at each z in a batch."""
+    logits = readout.logits64(zs)
+    own = logits[:, token_id].clone()
+    logits[:, token_id] = -torch.inf
+    return own - logits.max(dim=1).values
+
+
+def check_speakable(
+    model,
+    token_id: int,
+    *,
+    should_stop: Optional[StopCheck] = None,
+    progress: Optional[Progress] = None,
+    time_limit: Optional[float] = None,
+) -> SpeakResult:
+    """Certified verdict for one token. ``model``: a LoadedModel or a Readout.
+
+    ``should_stop()`` is checked between steps and LP rounds (raises Cancelled);
+    ``progress(fraction, message)`` reports them."""
+    started = time.perf_counter()
+    readout = as_readout(model)
+    t = int(token_id)
+    if not 0 <= t < readout.n_vocab:
+        raise InputError(f"Token id {t} is out of range: {readout.name} has ids 0..{readout.n_vocab - 1}.")
+
+    def step(fraction: float, message: str) -> None:
+        if should_stop is not None and should_stop():
+            raise Cancelled("speakability check cancelled")
+        if progress is not None:
+            progress(fraction, message)
+
+    with torch.no_grad():
+        step(0.0, "own direction")
+        hard, best_match = hard_to_speak(readout, t)
+        cert_tol = readout.certificate_tolerance
+
+        # Cheap candidates, all checked over the whole vocabulary in float64 at once.
+        step(0.05, "candidate directions")
+        t_index = torch.tensor([t], device=readout.V.device)
+        families = ("own",) + CANDIDATE_FAMILIES[:-1]
+        candidates = [candidate_directions(readout, t_index, family)[0] for family in families]
+        if not readout.direction_only:
+            families += ("zero",)  # z = 0: the offsets alone decide
+            candidates.append(torch.zeros(readout.d, dtype=torch.float64, device=readout.V.device))
+        gaps = _gaps(readout, t, torch.stack(candidates))
+        pick = int(torch.argmax(gaps))
+        best_z, best_gap, method = candidates[pick], float(gaps[pick]), families[pick]
+
+        certificate, lp = None, None
+        if best_gap <= readout.speak_tolerance(float(best_z.norm())):
+            twin = find_twin(readout, t)
+            if twin is not None:
+                certificate, method = check_certificate(readout, t, [twin], [1.0]), "twin"
+            else:
+                step(0.3, "LP")
+                lp = solve_speak_lp(
+                    readout,
+                    t,
+                    seeds=[best_z] if best_z.norm() > 0 else [],
+                    should_stop=should_stop,
+                    progress=(lambda f, m: progress(0.3 + 0.65 * f, m)) if progress else None,
+                    time_limit=time_limit,
+                )
+                if lp.status == "witness" or (lp.z is not None and lp.gap > best_gap):
+                    best_z, best_gap, method = lp.z, lp.gap, "lp"
+                if lp.status == "certificate":
+                    certificate, method = lp.certificate, "lp"
+
+        step(0.97, "re-checking")
+        result = _assemble(readout, t, hard, best_match, best_z, best_gap, method, certificate, lp, cert_tol)
+    result.seconds = time.perf_counter() - started
+    if progress is not None:
+        progress(1.0, result.verdict)
+    return result
+
+
+def _assemble(readout, t, hard, best_match, best_z, best_gap, method, certificate, lp, cert_tol) -> SpeakResult:
+    decode = readout.decode
+
+    def ref(i: int) -> TokenText:
+        return TokenText(int(i), decode(int(i)))
+
+    result = SpeakResult(
+        id=t,
+        text=decode(t),
+        verdict="undetermined",
+        hard_to_speak=hard,
+        best_match=ref(best_match),
+        margin=None,
+        witness_resid=None,
+        binding=[],
+        certificate=None,
+        seconds=0.0,
+        model=readout.name,
+        method=method,
+        norm=readout.kind,
+        reachable_set=readout.reachable_set_text(),
+        speak_tolerance=readout.speak_tolerance(readout.witness_radius),
+        certificate_tolerance=cert_tol,
+        decode=decode,
+    )
+    if lp is not None:
+        result.lp_rounds, result.lp_constraints = lp.rounds, lp.constraints
+
+    if certificate is not None and certificate.bound <= cert_tol:
+        result.verdict = "unspeakable"
+        result.certificate = certificate
+        order = sorted(range(len(certificate.ids)), key=lambda k: -certificate.weights[k])
+        result.binding = [ref(certificate.ids[k]) for k in order[:MAX_BINDING]]
+        result.reason = (
+            f"no reachable residual gives it a lead above {certificate.bound:.3g} "
+            f"(tolerance {cert_tol:.3g})"
+        )
+        return result
+
+    if best_z is not None:
+        verified = _verify_witness(readout, t, best_z)
+        result.speak_tolerance = verified["tolerance"]
+        result.runner_up = ref(verified["runner_up"])
+        result.module_margin = verified["module_gap"]
+        if verified["ok"]:
+            result.verdict = "speakable"
+            result.margin = verified["gap"]
+            result.witness_resid = verified["resid"]
+            if method == "lp" and lp is not None and lp.binding:
+                result.binding = [ref(j) for j in lp.binding[:MAX_BINDING]]
+            else:
+                result.binding = [ref(j) for j in verified["close"]]
+            result.reason = f"witness from the {method} direction"
+            return result
+        result.best_gap_found = verified["gap"] if verified["gap"] is not None else best_gap
+        result.reason = verified["why"]
+    if lp is not None:
+        result.reason = "; ".join(r for r in (result.reason, lp.message) if r)
+        result.binding = [ref(j) for j in lp.binding[:MAX_BINDING]]
+        if lp.certificate is not None:
+            result.certificate = lp.certificate  # reported, though above tolerance
+    return result
+
+
+def _verify_witness(readout: Readout, t: int, z: torch.Tensor) -> dict:
+    """Turn z into a pre-norm residual, then re-check it: float64 from the parameters over
+    the whole vocabulary, and through the model's own modules when there are any."""
+    tolerance = readout.speak_tolerance(float(z.norm()))
+    try:
+        resid = readout.residual_for(z) if float(z.norm()) > 0 else torch.zeros(readout.d, dtype=torch.float32)
+    except ValueError as err:
+        return {"ok": False, "gap": None, "tolerance": tolerance, "runner_up": t, "module_gap": None, "why": str(err)}
+    logits = readout.forward64(resid)
+    own = float(logits[t])
+    logits[t] = -torch.inf
+    runner_up = int(torch.argmax(logits))
+    gap = own - float(logits[runner_up])
+    close = torch.nonzero(logits >= logits[runner_up] - max(tolerance, 1e-9 * abs(own))).flatten()
+    close = sorted(close.tolist(), key=lambda j: -float(logits[j]))[:MAX_BINDING]
+
+    module_gap = None
+    module_logits = readout.forward_module(resid)
+    if module_logits is not None:
+        module_logits = module_logits.to(torch.float64)
+        module_own = float(module_logits[t])
+        module_logits[t] = -torch.inf
+        module_gap = module_own - float(module_logits.max())
+    ok = gap > tolerance and (module_gap is None or module_gap > 0)
+    if gap <= tolerance:
+        why = f"best witness gap {gap:.3g} is not above the tolerance {tolerance:.3g}"
+    elif not ok:
+        why = f"float64 gap {gap:.3g} but the model's own modules give {module_gap:.3g}"
+    else:
+        why = ""
+    return {
+        "ok": ok,
+        "gap": gap,
+        "tolerance": tolerance,
+        "runner_up": runner_up,
+        "module_gap": module_gap,
+        "resid": [float(v) for v in resid.tolist()],
+        "close": close,
+        "why": why,
+    }
