@@ -1,16 +1,38 @@
-"""Placeholder until this subcommand lands (owned by its issue)."""
+"""`lenstui [PROMPT] [--model SPEC] [--theme NAME]`: open the explorer."""
 
 from __future__ import annotations
 
 import argparse
 
-from lenstui.engine.errors import LenstuiError
+from lenstui.cli.common import add_model_options
 
 
 def configure(parser: argparse.ArgumentParser, command: str = "") -> None:
-    parser.add_argument("rest", nargs="*")
+    parser.add_argument("prompt", nargs="?", default="", help="a prompt to run as soon as the model is ready")
+    add_model_options(parser)
+    parser.add_argument(
+        "--theme",
+        metavar="NAME",
+        default=None,
+        help="lenstui-dark (default), lenstui-light, lenstui-contrast, or one of yours in the config dir",
+    )
+    chat = parser.add_mutually_exclusive_group()
+    chat.add_argument("--chat", dest="chat", action="store_true", default=None, help="wrap the prompt in the chat template")
+    chat.add_argument("--no-chat", dest="chat", action="store_false", help="use the prompt as typed (default)")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    raise LenstuiError("this command is not built yet")
+    # Imported here so `lenstui lens ...` never pays for Textual.
+    from lenstui.app import LenstuiApp
+
+    app = LenstuiApp(
+        args.prompt,
+        model=args.model,
+        device=args.device,
+        dtype=args.dtype,
+        theme=args.theme,
+        chat=args.chat,
+    )
+    app.run()
+    return int(app.return_code or 0)

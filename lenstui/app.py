@@ -1,0 +1,516 @@
+"""The Textual app: composes the panes, routes worker results, owns bindings and commands.
+
+No torch here and no tensors: the model lives in ``lenstui.worker``'s thread. The app
+submits typed requests and gets ``WorkerReply`` messages back (posted thread-safely
+from the worker), drops any that ``worker.is_current`` calls stale, and hands the
+rest to the pane that asked.
+
+Other features plug in with three calls (see ``lenstui/widgets/events.py``)::
+
+    app.register_handler(InspectToken, inspect_handler)   # runs on the worker thread
+    app.mount_pane("inspector", InspectorPane())           # replaces the placeholder
+    seq = app.submit(InspectToken(token_id), reply_to=pane)  # pane gets WorkerReply
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Optional
+
+from textual.app import App, ComposeResult, SystemCommand
+from textual.binding import Binding
+from textual.containers import Container, Vertical
+from textual.message import Message
+from textual.screen import Screen
+from textual.widget import Widget
+from textual.widgets import Footer, Input, Static
+
+from lenstui.config import load_config
+from lenstui.theming import DEFAULT_THEME, load_themes
+from lenstui.textfmt import visible
+from lenstui.widgets.events import ModelLoaded, TokenFocused
+from lenstui.widgets.grid import LensGrid
+from lenstui.widgets.prompt import PRESETS, Preset, PromptPane
+from lenstui.widgets.status import StatusBar
+from lenstui.worker import (
+    Done,
+    Failed,
+    Handler,
+    LoadModel,
+    ModelInfo,
+    ModelWorker,
+    Progress,
+    Request,
+    Result,
+    RunLens,
+)
+
+PANE_SLOTS = {
+    "inspector": (
+        "token inspector",
+        "The selected token's bytes and its nearest unembedding neighbours will show here.",
+    ),
+    "speak": (
+        "speakability",
+        "Whether the model can say the selected token at all will show here.",
+    ),
+}
+
+
+class WorkerReply(Message, bubble=False):
+    """A worker result, delivered on the UI thread."""
+
+    def __init__(self, result: Result) -> None:
+        super().__init__()
+        self.result = result
+
+    def can_replace(self, message: Message) -> bool:
+        # Only progress merges: a burst of load/scan progress collapses to the latest.
+        return (
+            isinstance(message, WorkerReply)
+            and isinstance(self.result, Progress)
+            and isinstance(message.result, Progress)
+            and message.result.seq == self.result.seq
+        )
+
+
+@dataclass(frozen=True)
+class Step:
+    """One generation step: the prompt's ids after appending ``text``'s token."""
+
+    ids: tuple[int, ...]
+    text: str
+    piece: str
+
+
+class LenstuiApp(App):
+    CSS_PATH = Path(__file__).parent / "app.tcss"  # absolute: subclasses live elsewhere
+    TITLE = "lenstui"
+    HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (110, "-wide")]
+    VERTICAL_BREAKPOINTS = [(0, "-short"), (30, "-tall")]
+
+    BINDINGS = [
+        Binding("f1", "toggle_help", "Keys", id="lenstui.help"),
+        Binding("question_mark", "toggle_help", "Keys", id="lenstui.help_question", show=False),
+        Binding("ctrl+n", "step", "Step", id="lenstui.step"),
+        Binding("ctrl+b", "unstep", "Undo", id="lenstui.unstep"),
+        Binding("f4", "switch_view", "View", id="lenstui.switch_view"),
+        Binding("ctrl+t", "toggle_chat", "Chat", id="lenstui.chat"),
+        Binding("f2", "next_preset", "Preset", id="lenstui.preset"),
+        Binding("f3", "next_theme", "Theme", id="lenstui.theme"),
+        Binding("ctrl+s", "export", "Export", id="lenstui.export"),
+        Binding("slash,i", "focus_prompt", "Edit prompt", id="lenstui.focus_prompt", show=False),
+        Binding("escape", "focus_grid", "To the grid", id="lenstui.focus_grid", show=False),
+    ]
+
+    def __init__(
+        self,
+        prompt: str = "",
+        *,
+        model: Optional[str] = None,
+        device: Optional[str] = None,
+        dtype: str = "float32",
+        theme: Optional[str] = None,
+        chat: Optional[bool] = None,
+        loader: Optional[Callable] = None,
+        show_timings: bool = True,
+    ) -> None:
+        super().__init__()
+        self.config, self._startup_problems = load_config()
+        self.initial_prompt = prompt
+        self.model_request = LoadModel(model, device, dtype)
+        self.loader = loader  # tests pass one that returns an already loaded model
+        self.show_timings = show_timings
+        self.model_info: Optional[ModelInfo] = None
+        self.worker: Optional[ModelWorker] = None
+        self.chat = bool(chat if chat is not None else self.config.chat)
+        self.steps: list[Step] = []
+        self.shown_result = None  # the LensResult on screen (plain data)
+        self.shown_request: Optional[RunLens] = None
+        # Set when no lens run is pending / when the model load has finished either way:
+        # tests and the benchmark await these instead of sleeping.
+        self.lens_settled = asyncio.Event()
+        self.lens_settled.set()
+        self.model_settled = asyncio.Event()
+        self.worker_stop_timeout = 0.5
+        self._prompt_text = ""
+        self._last_lens_request: Optional[RunLens] = None
+        self._last_lens_failed = False
+        self._reply_to: dict[type, tuple[int, Widget]] = {}
+        self._panes: dict[str, Widget] = {}
+        self._preset_index = -1
+        self._install_themes(theme)
+        if self.config.keymap:
+            self.set_keymap(self.config.keymap)
+
+    # ------------------------------------------------------------ layout
+
+    def compose(self) -> ComposeResult:
+        yield PromptPane(id="prompt", debounce_ms=self.config.debounce_ms)
+        with Container(id="body"):
+            yield LensGrid(id="grid")
+            with Container(id="side"):
+                for slot, (title, text) in PANE_SLOTS.items():
+                    with Vertical(id=slot, classes="pane") as pane:
+                        pane.border_title = title
+                        yield Static(text, classes="placeholder", id=f"{slot}-placeholder")
+        yield StatusBar(id="status", show_timings=self.show_timings)
+        yield Footer(compact=True)
+
+    @property
+    def grid(self) -> LensGrid:
+        return self.query_one(LensGrid)
+
+    @property
+    def prompt_pane(self) -> PromptPane:
+        return self.query_one(PromptPane)
+
+    @property
+    def status(self) -> StatusBar:
+        return self.query_one(StatusBar)
+
+    def on_mount(self) -> None:
+        for problem in self._startup_problems:
+            self.notify(problem, title="Settings", severity="warning", timeout=10)
+        self.worker = ModelWorker(self._post_from_worker, loader=self.loader).start()
+        self.submit(self.model_request)
+        name = self.model_request.spec or "the embedded SmolLM2-135M-Instruct"
+        self.grid.show_hint(f"Loading {name}… type a prompt meanwhile.")
+        self.status.model = self.model_request.spec or "embedded model"
+        self.status.set_loading("starting", 0.0)
+        if self.initial_prompt:
+            self.prompt_pane.set_text(self.initial_prompt)
+            self._run_text(self.initial_prompt, immediate=True)
+        self.prompt_pane.input.focus()
+        self._refresh_prompt_info()
+
+    def on_unmount(self) -> None:
+        if self.worker is not None:
+            self.worker.stop(timeout=self.worker_stop_timeout)
+
+    # ------------------------------------------------------------ features
+
+    def register_handler(self, kind: type, handler: Handler) -> None:
+        """Route requests of ``kind`` to ``handler`` on the worker thread."""
+        if self.worker is None:
+            raise RuntimeError("register handlers from on_mount or later")
+        self.worker.register(kind, handler)
+
+    def submit(self, request: Request, reply_to: Optional[Widget] = None) -> int:
+        """Send a request to the worker; ``reply_to`` receives its WorkerReply messages."""
+        assert self.worker is not None
+        seq = self.worker.submit(request)
+        # Only the newest request of a kind is ever answered, so one entry per kind
+        # (and superseded requests leave nothing behind).
+        if reply_to is not None:
+            self._reply_to[type(request)] = (seq, reply_to)
+        else:
+            self._reply_to.pop(type(request), None)
+        return seq
+
+    def mount_pane(self, slot: str, widget: Widget) -> None:
+        """Put a feature's pane into ``#inspector`` or ``#speak`` (the placeholder goes)."""
+        if slot not in PANE_SLOTS:
+            raise ValueError(f"unknown pane slot {slot!r}: use one of {', '.join(PANE_SLOTS)}")
+        container = self.query_one(f"#{slot}")
+        container.remove_children()
+        container.mount(widget)
+        self._panes[slot] = widget
+        if self.model_info is not None:
+            widget.post_message(ModelLoaded(self.model_info))
+        cell = self.grid.current_cell
+        if cell is not None:
+            widget.post_message(TokenFocused(cell))
+
+    def _post_from_worker(self, result: Result) -> None:
+        # Called on the worker thread; post_message is thread-safe.
+        self.post_message(WorkerReply(result))
+
+    # ------------------------------------------------------------ worker results
+
+    def on_worker_reply(self, message: WorkerReply) -> None:
+        result = message.result
+        if self.worker is None or not self.worker.is_current(result):
+            return  # a newer request of the same kind was sent: this answer is stale
+        seq, target = self._reply_to.get(result.kind, (None, None))
+        if seq != result.seq:
+            target = None
+        elif not isinstance(result, Progress):
+            del self._reply_to[result.kind]
+        if isinstance(result, Failed):
+            self.notify(result.message, title=_title_of(result.request), severity="error", timeout=10)
+        if target is not None:
+            target.post_message(WorkerReply(result))
+        if isinstance(result.request, LoadModel):
+            self._on_load_reply(result)
+        elif isinstance(result.request, RunLens):
+            self._on_lens_reply(result)
+
+    def _on_load_reply(self, result: Result) -> None:
+        if isinstance(result, Progress):
+            self.status.set_loading(result.message, result.fraction)
+        elif isinstance(result, Done):
+            info: ModelInfo = result.value
+            self.model_info = info
+            self.status.set_model(info.name, info.device, info.dtype, info.n_layers, info.load_seconds, info.from_cache)
+            if self.shown_result is None:
+                self.grid.show_hint("Type a prompt and press Enter (F2 cycles through presets).")
+            if self.chat and not info.has_chat_template:
+                self.chat = False
+            for pane in self._panes.values():
+                pane.post_message(ModelLoaded(info))
+            self._refresh_prompt_info()
+            self.model_settled.set()
+        elif isinstance(result, Failed):
+            self.status.set_error(f"not loaded: {result.message}")
+            self.grid.show_hint(f"No model loaded. {result.message}")
+            self.model_settled.set()
+
+    def _on_lens_reply(self, result: Result) -> None:
+        if isinstance(result, Progress):
+            return
+        self.status.set_running(False)
+        if isinstance(result, Done):
+            self.shown_result = result.value
+            self.shown_request = result.request
+            self.grid.show_result(result.value)
+            self.status.set_run(len(result.value.tokens), result.value.seconds)
+            self._refresh_prompt_info()
+        elif isinstance(result, Failed):
+            self._last_lens_failed = True
+            if self.shown_result is None:
+                self.grid.show_hint(result.message)
+        self.lens_settled.set()
+
+    # ------------------------------------------------------------ running the lens
+
+    def on_input_changed(self, event: Input.Changed) -> None:
+        if event.input.id == "prompt-input" and event.value != self._prompt_text:
+            self.lens_settled.clear()  # a debounced run is coming
+
+    def on_prompt_pane_run(self, message: PromptPane.Run) -> None:
+        self._run_text(message.text, message.immediate)
+
+    def _run_text(self, text: str, immediate: bool) -> None:
+        if text != self._prompt_text:
+            self.steps.clear()  # the generated tokens belonged to the old prompt
+            self._prompt_text = text
+        if not text.strip() and not immediate:
+            self.lens_settled.set()  # erasing the prompt is not an error worth a notice
+            self._refresh_prompt_info()
+            return
+        self._submit_lens()
+
+    def _lens_request(self) -> RunLens:
+        top_k = self.config.top_k
+        if self.steps:
+            return RunLens(self.steps[-1].ids, top_k=top_k)
+        return RunLens(self._prompt_text, chat=self.chat, top_k=top_k)
+
+    def _submit_lens(self, force: bool = False) -> None:
+        request = self._lens_request()
+        self._refresh_prompt_info()
+        # The same request again is not re-run (the debounce and Enter often both fire),
+        # unless it failed last time: then Enter is how a user retries.
+        if request == self._last_lens_request and not force and not self._last_lens_failed:
+            if self.worker is not None and RunLens not in self.worker.busy_kinds():
+                self.lens_settled.set()
+            return
+        self._last_lens_request = request
+        self._last_lens_failed = False
+        self.lens_settled.clear()
+        self.status.set_running(True)
+        self.submit(request)
+
+    def _refresh_prompt_info(self) -> None:
+        parts = []
+        if self.model_info is None or self.model_info.has_chat_template:
+            parts.append(f"chat template {'on' if self.chat else 'off'} (^t)")
+        if self.steps:
+            shown = " ".join(_step_label(step) for step in self.steps[-12:])
+            more = "… " if len(self.steps) > 12 else ""
+            parts.append(f"+{len(self.steps)} generated: {more}{shown} (^b undo)")
+        else:
+            parts.append("^n appends the model's next token")
+        self.prompt_pane.show_info(" · ".join(parts))
+
+    # ------------------------------------------------------------ actions
+
+    def action_step(self) -> None:
+        result = self.shown_result
+        if result is None or self.shown_request != self._last_lens_request:
+            why = (
+                "The last lens run failed: fix the prompt first."
+                if self._last_lens_failed
+                else "Wait for the lens to finish, then step."
+            )
+            self.notify(why, severity="warning", timeout=3)
+            return
+        token = result.next_token
+        ids = tuple(result.token_ids) + (token.id,)
+        self.steps.append(Step(ids, token.text, token.piece))
+        self._submit_lens()
+
+    def action_unstep(self) -> None:
+        if not self.steps:
+            self.notify("No generated token to undo.", severity="warning", timeout=3)
+            return
+        self.steps.pop()
+        self._submit_lens()
+
+    def action_switch_view(self) -> None:
+        self.grid.action_switch_view()
+
+    def action_toggle_chat(self) -> None:
+        if self.model_info is not None and not self.model_info.has_chat_template:
+            self.notify(f"{self.model_info.name} has no chat template.", severity="warning", timeout=4)
+            return
+        self.chat = not self.chat
+        self.steps.clear()
+        if self._prompt_text.strip():
+            self._submit_lens()
+        else:
+            self._refresh_prompt_info()
+
+    def action_next_preset(self) -> None:
+        self._preset_index = (self._preset_index + 1) % len(PRESETS)
+        self.apply_preset(PRESETS[self._preset_index])
+
+    def apply_preset(self, preset: Preset) -> None:
+        self.chat = preset.chat and (self.model_info is None or self.model_info.has_chat_template)
+        self.prompt_pane.set_text(preset.text)
+        self.steps.clear()
+        self._prompt_text = preset.text
+        self._submit_lens()
+        self.notify(f"Preset: {preset.name}", timeout=2)
+
+    def action_next_theme(self) -> None:
+        names = self.lenstui_theme_names
+        index = names.index(self.theme) + 1 if self.theme in names else 0
+        self.switch_theme(names[index % len(names)])
+
+    def switch_theme(self, name: str) -> None:
+        self.theme = name
+        self.notify(f"Theme: {name}", timeout=2)
+
+    def action_toggle_help(self) -> None:
+        if self.screen.query("HelpPanel"):
+            self.action_hide_help_panel()
+        else:
+            self.action_show_help_panel()
+
+    def action_focus_prompt(self) -> None:
+        self.prompt_pane.input.focus()
+
+    def action_focus_grid(self) -> None:
+        self.grid.focus()
+
+    def check_action(self, action: str, parameters: tuple) -> Optional[bool]:
+        # Letters like "i" and "?" belong to the prompt while typing.
+        if action in ("focus_prompt",) and isinstance(self.focused, Input):
+            return False
+        return True
+
+    # ------------------------------------------------------------ export
+
+    def export_dir(self) -> Path:
+        """Where exports go: config export_dir, else the current dir if writable, else data dir."""
+        if self.config.export_dir:
+            folder = Path(self.config.export_dir).expanduser()
+        elif os.access(os.getcwd(), os.W_OK):
+            folder = Path.cwd()
+        else:
+            from lenstui.paths import data_dir
+
+            folder = data_dir() / "exports"
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder
+
+    def _export_stem(self) -> str:
+        return time.strftime("lenstui-%Y%m%d-%H%M%S")
+
+    def export_json(self) -> Optional[Path]:
+        if self.shown_result is None:
+            self.notify("Nothing to export yet: run the lens first.", severity="warning")
+            return None
+        import json
+
+        path = self.export_dir() / f"{self._export_stem()}.json"
+        path.write_text(json.dumps(self.shown_result.to_json(), ensure_ascii=False), encoding="utf-8")
+        self.notify(f"Grid saved as JSON: {path}", title="Export", timeout=8)
+        return path
+
+    def export_svg(self) -> Path:
+        folder = self.export_dir()
+        path = Path(self.save_screenshot(f"{self._export_stem()}.svg", str(folder)))
+        self.notify(f"Screen saved as SVG: {path}", title="Export", timeout=8)
+        return path
+
+    def action_export(self) -> None:
+        try:
+            self.export_svg()
+            self.export_json()
+        except OSError as err:
+            self.notify(f"Export failed: {err}", severity="error")
+
+    # ------------------------------------------------------------ grid -> panes
+
+    def on_lens_grid_cell_highlighted(self, message: LensGrid.CellHighlighted) -> None:
+        selected = isinstance(message, LensGrid.CellSelected)
+        for pane in self._panes.values():
+            pane.post_message(TokenFocused(message.cell, selected=selected))
+        cell = message.cell
+        for slot in PANE_SLOTS:
+            if slot not in self._panes:
+                self.query_one(f"#{slot}").border_subtitle = (
+                    f"{visible(cell.text)} · id {cell.token_id} · {cell.layer} @ {cell.position}"
+                )
+
+    # ------------------------------------------------------------ themes & palette
+
+    def _install_themes(self, requested: Optional[str]) -> None:
+        themes = load_themes()
+        self._startup_problems += [f"Theme file skipped: {p}" for p in themes.problems]
+        for theme in themes.themes.values():
+            self.register_theme(theme)
+        self.lenstui_theme_names = sorted(themes.themes) or [self.theme]
+        wanted = requested or self.config.theme or DEFAULT_THEME
+        if wanted not in self.available_themes:
+            fallback = DEFAULT_THEME if DEFAULT_THEME in self.available_themes else "textual-dark"
+            self._startup_problems.append(
+                f"No theme called {wanted!r}; using {fallback}. "
+                f"Available: {', '.join(self.lenstui_theme_names)}."
+            )
+            wanted = fallback
+        self.theme = wanted
+
+    def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
+        yield SystemCommand("grid: switch view", "layer × position ⇄ layer × top-k", self.action_switch_view)
+        yield SystemCommand("grid: stride layers", "show every 1st/2nd/3rd/4th layer (the last always)", self.grid.action_stride)
+        yield SystemCommand("generate: step one token", "append the model's greedy next token", self.action_step)
+        yield SystemCommand("generate: undo step", "remove the last generated token", self.action_unstep)
+        yield SystemCommand("prompt: toggle chat template", "wrap the prompt as a user turn", self.action_toggle_chat)
+        for preset in PRESETS:
+            yield SystemCommand(f"prompt: preset {preset.name}", preset.text, lambda p=preset: self.apply_preset(p))
+        for name in self.lenstui_theme_names:
+            yield SystemCommand(f"theme: {name}", "switch to this theme", lambda n=name: self.switch_theme(n))
+        yield SystemCommand("export: grid as JSON", "same shape as `lenstui lens --json`", self.export_json)
+        yield SystemCommand("export: screen as SVG", "a screenshot for slides", self.export_svg)
+        yield SystemCommand("keys: show or hide bindings", "the keys panel (F1 or ?)", self.action_toggle_help)
+        yield from (c for c in super().get_system_commands(screen) if c.title not in ("Theme", "Screenshot", "Keys"))
+
+
+def _title_of(request: Request) -> str:
+    return {
+        "LoadModel": "Model",
+        "RunLens": "Logit lens",
+    }.get(type(request).__name__, type(request).__name__)
+
+
+def _step_label(step: Step) -> str:
+    # A partial UTF-8 token decodes to U+FFFD alone: its vocabulary piece says more.
+    return step.piece if "\ufffd" in step.text else visible(step.text)

@@ -1,0 +1,53 @@
+"""Prompt history kept across runs: ``data_dir()/history.jsonl``, one JSON string a line
+(JSON so prompts with newlines survive), oldest first, de-duplicated, capped."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+MAX_ENTRIES = 500
+
+
+def history_path() -> Path:
+    from lenstui.paths import data_dir
+
+    return data_dir() / "history.jsonl"
+
+
+class PromptHistory:
+    def __init__(self, path: Optional[Path] = None):
+        self.path = path or history_path()
+        self.entries: list[str] = self._read()
+
+    def _read(self) -> list[str]:
+        try:
+            lines = self.path.read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError):
+            return []
+        entries = []
+        for line in lines:
+            try:
+                value = json.loads(line)
+            except ValueError:
+                continue  # a damaged line costs one entry, not the history
+            if isinstance(value, str) and value:
+                entries.append(value)
+        return entries[-MAX_ENTRIES:]
+
+    def add(self, prompt: str) -> None:
+        """Remember a prompt (moved to the end if already there) and save."""
+        if not prompt.strip():
+            return
+        if prompt in self.entries:
+            self.entries.remove(prompt)
+        self.entries.append(prompt)
+        del self.entries[:-MAX_ENTRIES]
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.path.with_suffix(".tmp")
+            tmp.write_text("".join(json.dumps(e, ensure_ascii=False) + "\n" for e in self.entries), "utf-8")
+            tmp.replace(self.path)
+        except OSError:
+            pass  # an unwritable data dir only loses history, never the session

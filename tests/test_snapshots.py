@@ -1,0 +1,62 @@
+"""Snapshot tests at the sizes people use: 80x24 (SSH) and 120x40.
+
+The real embedded model on a fixed prompt; the app hides timings and the cache state
+(``show_timings=False``) so the screen is the same on every run. Regenerate after a
+deliberate UI change with ``pytest tests/test_snapshots.py --snapshot-update`` and
+look at the SVGs in tests/__snapshots__/ before committing them.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from lenstui.app import LenstuiApp
+
+pytestmark = pytest.mark.integration
+
+EIFFEL = "The Eiffel Tower is located in the city of"
+
+
+@pytest.fixture
+def explorer(embedded):
+    def make(**kwargs) -> LenstuiApp:
+        app = LenstuiApp(EIFFEL, loader=lambda spec, **kw: embedded, show_timings=False, **kwargs)
+        app.worker_stop_timeout = 120  # never leave a worker running on the shared model
+        return app
+
+    return make
+
+
+async def until_settled(pilot) -> None:
+    app = pilot.app
+    app.prompt_pane.input.cursor_blink = False  # a blinking cursor makes two screens differ
+    await app.model_settled.wait()
+    await app.lens_settled.wait()
+    await pilot.pause()
+
+
+def keys_then_settle(*keys):
+    async def run_before(pilot) -> None:
+        await until_settled(pilot)
+        for key in keys:
+            await pilot.press(key)
+            await until_settled(pilot)
+
+    return run_before
+
+
+def test_positions_view_80x24(snap_compare, explorer):
+    assert snap_compare(explorer(), terminal_size=(80, 24), run_before=keys_then_settle())
+
+
+def test_topk_view_80x24(snap_compare, explorer):
+    assert snap_compare(explorer(), terminal_size=(80, 24), run_before=keys_then_settle("escape", "v"))
+
+
+def test_positions_view_120x40(snap_compare, explorer):
+    assert snap_compare(explorer(), terminal_size=(120, 40), run_before=keys_then_settle("escape", "k", "h"))
+
+
+def test_topk_view_contrast_theme_120x40(snap_compare, explorer):
+    app = explorer(theme="lenstui-contrast")
+    assert snap_compare(app, terminal_size=(120, 40), run_before=keys_then_settle("escape", "v"))
