@@ -34,6 +34,7 @@ from lenstui.theming import DEFAULT_THEME, load_themes
 from lenstui.textfmt import visible
 from lenstui.widgets.events import ModelLoaded, TokenFocused
 from lenstui.widgets.grid import LensGrid
+from lenstui.widgets.inspector import InspectorPane
 from lenstui.widgets.prompt import PRESETS, Preset, PromptPane
 from lenstui.widgets.status import StatusBar
 from lenstui.worker import (
@@ -52,11 +53,11 @@ from lenstui.worker import (
 PANE_SLOTS = {
     "inspector": (
         "token inspector",
-        "The selected token's bytes and its nearest unembedding neighbours will show here.",
+        "The selected token's bytes and its nearest unembedding neighbours.",
     ),
     "speak": (
         "speakability",
-        "Whether the model can say the selected token at all will show here.",
+        "Whether the model can say the selected token at all.",
     ),
 }
 
@@ -103,6 +104,12 @@ class LenstuiApp(App):
         Binding("f2", "next_preset", "Preset", id="lenstui.preset"),
         Binding("f3", "next_theme", "Theme", id="lenstui.theme"),
         Binding("ctrl+s", "export", "Export", id="lenstui.export"),
+        Binding("s", "check_speakable", "Speak?", id="lenstui.speak_check"),
+        Binding("x", "cancel_speak", "Cancel check", id="lenstui.speak_cancel", show=False),
+        Binding("t", "target_selected", "Target", id="lenstui.target"),
+        Binding("u", "reset_target", "Default target", id="lenstui.target_reset", show=False),
+        Binding("p", "inspect_prompt_token", "Inspect prompt token", id="lenstui.inspect_prompt", show=False),
+        Binding("f5", "next_lens", "Lens variant", id="lenstui.lens_variant", show=False),
         Binding("slash,i", "focus_prompt", "Edit prompt", id="lenstui.focus_prompt", show=False),
         Binding("escape", "focus_grid", "To the grid", id="lenstui.focus_grid", show=False),
     ]
@@ -143,6 +150,11 @@ class LenstuiApp(App):
         self._reply_to: dict[type, tuple[int, Widget]] = {}
         self._panes: dict[str, Widget] = {}
         self._preset_index = -1
+        # Lens settings the grid's rows depend on (the engine supports all of them).
+        self.target: Optional[int] = None  # None: each position's own top-1
+        self.lens_kind = "logit"
+        self.incl_mid = False
+        self.scan_marks = None  # features.ScanMarks once a vocabulary scan exists
         self._install_themes(theme)
         if self.config.keymap:
             self.set_keymap(self.config.keymap)
@@ -177,6 +189,9 @@ class LenstuiApp(App):
         for problem in self._startup_problems:
             self.notify(problem, title="Settings", severity="warning", timeout=10)
         self.worker = ModelWorker(self._post_from_worker, loader=self.loader).start()
+        from lenstui import features
+
+        self.inspector_pane, self.speak_pane = features.install(self)
         self.submit(self.model_request)
         name = self.model_request.spec or "the embedded SmolLM2-135M-Instruct"
         self.grid.show_hint(f"Loading {name}… type a prompt meanwhile.")
@@ -306,10 +321,10 @@ class LenstuiApp(App):
         self._submit_lens()
 
     def _lens_request(self) -> RunLens:
-        top_k = self.config.top_k
+        options = dict(top_k=self.config.top_k, lens=self.lens_kind, incl_mid=self.incl_mid, target=self.target)
         if self.steps:
-            return RunLens(self.steps[-1].ids, top_k=top_k)
-        return RunLens(self._prompt_text, chat=self.chat, top_k=top_k)
+            return RunLens(self.steps[-1].ids, **options)
+        return RunLens(self._prompt_text, chat=self.chat, **options)
 
     def _submit_lens(self, force: bool = False) -> None:
         request = self._lens_request()
@@ -410,10 +425,86 @@ class LenstuiApp(App):
         self.grid.focus()
 
     def check_action(self, action: str, parameters: tuple) -> Optional[bool]:
-        # Letters like "i" and "?" belong to the prompt while typing.
-        if action in ("focus_prompt",) and isinstance(self.focused, Input):
+        # Letters like "i", "s" and "t" belong to the prompt while typing.
+        if action in LETTER_ACTIONS and isinstance(self.focused, Input):
             return False
         return True
+
+    # ------------------------------------------------------------ inspector, target, speakability
+
+    def action_check_speakable(self) -> None:
+        cell = self.grid.current_cell
+        if cell is None:
+            self.notify("Run the lens first, then pick a token to check.", severity="warning", timeout=3)
+            return
+        self.speak_pane.check(cell.token_id, cell.text)
+
+    def action_cancel_speak(self) -> None:
+        from lenstui.worker import CheckSpeakable, ScanVocabulary
+
+        if self.worker is not None and not (
+            self.worker.cancel(CheckSpeakable) | self.worker.cancel(ScanVocabulary)
+        ):
+            self.notify("No speakability check or scan is running.", timeout=2)
+
+    def action_scan_vocabulary(self) -> None:
+        self.speak_pane.scan()
+
+    def set_scan_marks(self, marks) -> None:
+        """A vocabulary scan landed: mark its tokens in the grid, inspector and speak pane."""
+        self.scan_marks = marks
+        self.inspector_pane.marks = marks
+        self.speak_pane.marks = marks
+        self.grid.set_marks(marks.unspeakable, marks.hard_to_speak)
+
+    def action_target_selected(self) -> None:
+        report = self.inspector_pane.report
+        cell = self.grid.current_cell
+        token_id = report.id if report is not None else (cell.token_id if cell else None)
+        if token_id is None:
+            self.notify("Select a token first.", severity="warning", timeout=3)
+            return
+        self.set_target(token_id)
+
+    def on_inspector_pane_target_requested(self, message: InspectorPane.TargetRequested) -> None:
+        self.set_target(message.token_id)
+
+    def set_target(self, token_id: Optional[int]) -> None:
+        self.target = token_id
+        what = "each position's own top-1" if token_id is None else f"token {token_id}"
+        self.notify(f"Lens target: {what}", timeout=2)
+        self._rerun()
+
+    def action_reset_target(self) -> None:
+        self.set_target(None)
+
+    def action_inspect_prompt_token(self) -> None:
+        cell = self.grid.current_cell
+        if cell is None or self.shown_result is None:
+            return
+        self.inspector_pane.inspect(self.shown_result.token_ids[cell.position], cell.position)
+
+    def action_next_lens(self) -> None:
+        kinds = ("logit", "extended", "raw")
+        self.set_lens(kinds[(kinds.index(self.lens_kind) + 1) % len(kinds)])
+
+    def set_lens(self, kind: str) -> None:
+        self.lens_kind = kind
+        if kind == "extended":
+            self.incl_mid = False  # the extended decoder reads block outputs only
+        self.notify(f"Lens: {kind}", timeout=2)
+        self._rerun()
+
+    def action_toggle_mid(self) -> None:
+        self.incl_mid = not self.incl_mid
+        if self.incl_mid and self.lens_kind == "extended":
+            self.lens_kind = "logit"
+        self.notify(f"Mid-block rows {'on' if self.incl_mid else 'off'}", timeout=2)
+        self._rerun()
+
+    def _rerun(self) -> None:
+        if self._prompt_text.strip() or self.steps:
+            self._submit_lens()
 
     # ------------------------------------------------------------ export
 
@@ -498,16 +589,38 @@ class LenstuiApp(App):
             yield SystemCommand(f"prompt: preset {preset.name}", preset.text, lambda p=preset: self.apply_preset(p))
         for name in self.lenstui_theme_names:
             yield SystemCommand(f"theme: {name}", "switch to this theme", lambda n=name: self.switch_theme(n))
+        yield SystemCommand("lens: target the selected token", "rank this token at every cell (t)", self.action_target_selected)
+        yield SystemCommand("lens: default target", "each position's own top-1 (u)", self.action_reset_target)
+        for kind in ("logit", "extended", "raw"):
+            yield SystemCommand(f"lens: {kind} lens", LENS_DESCRIPTIONS[kind], lambda k=kind: self.set_lens(k))
+        yield SystemCommand("lens: toggle mid-block rows", "also read the residual after each attention", self.action_toggle_mid)
+        yield SystemCommand("inspect: prompt token at the cursor", "the input token, not the prediction (p)", self.action_inspect_prompt_token)
+        yield SystemCommand("speak: check the selected token", "certified LP check (s; x cancels)", self.action_check_speakable)
+        yield SystemCommand("speak: scan the whole vocabulary", "every token a verdict; resumable, cached per model", self.action_scan_vocabulary)
+        yield SystemCommand("speak: stop the check or scan", "x", self.action_cancel_speak)
         yield SystemCommand("export: grid as JSON", "same shape as `lenstui lens --json`", self.export_json)
         yield SystemCommand("export: screen as SVG", "a screenshot for slides", self.export_svg)
         yield SystemCommand("keys: show or hide bindings", "the keys panel (F1 or ?)", self.action_toggle_help)
         yield from (c for c in super().get_system_commands(screen) if c.title not in ("Theme", "Screenshot", "Keys"))
 
 
+LETTER_ACTIONS = frozenset(
+    {"focus_prompt", "check_speakable", "cancel_speak", "target_selected", "reset_target", "inspect_prompt_token"}
+)
+LENS_DESCRIPTIONS = {
+    "logit": "final norm, then unembedding (the classic)",
+    "extended": "the last block joins the decoder (gpt-neo notes)",
+    "raw": "unembedding without the final norm",
+}
+
+
 def _title_of(request: Request) -> str:
     return {
         "LoadModel": "Model",
         "RunLens": "Logit lens",
+        "InspectToken": "Token inspector",
+        "CheckSpeakable": "Speakability",
+        "ScanVocabulary": "Vocabulary scan",
     }.get(type(request).__name__, type(request).__name__)
 
 

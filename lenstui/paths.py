@@ -1,16 +1,18 @@
 """Per-user directories (XDG via platformdirs), each overridable by an environment
-variable so tests and scripted runs never touch a developer's own files."""
+variable so tests and scripted runs never touch a developer's own files.
+
+Deliberately light (no torch, no engine imports): the app reads these before its
+first frame.
+"""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
-from platformdirs import user_config_dir, user_data_dir
+from platformdirs import user_cache_dir, user_config_dir, user_data_dir
 
-from lenstui.engine.models import cache_root
-
-__all__ = ["config_dir", "data_dir", "cache_root"]
+CACHE_ENV = "LENSTUI_CACHE_DIR"
 
 
 def config_dir() -> Path:
@@ -19,5 +21,10 @@ def config_dir() -> Path:
 
 
 def data_dir() -> Path:
-    """Data (prompt history): $LENSTUI_DATA_DIR or the XDG data dir."""
+    """Data (prompt history, vocabulary scans): $LENSTUI_DATA_DIR or the XDG data dir."""
     return Path(os.environ.get("LENSTUI_DATA_DIR") or user_data_dir("lenstui"))
+
+
+def cache_root() -> Path:
+    """Rebuildable caches (dequantized GGUF models): $LENSTUI_CACHE_DIR or the XDG cache dir."""
+    return Path(os.environ.get(CACHE_ENV) or user_cache_dir("lenstui"))

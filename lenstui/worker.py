@@ -319,6 +319,18 @@ class ModelWorker:
             self._cond.notify_all()
         return seq
 
+    def cancel(self, kind: type) -> bool:
+        """Drop a queued request of ``kind`` and stop a running one (it ends ``Stopped``).
+        Returns whether there was anything to cancel."""
+        with self._cond:
+            found = self._pending.pop(kind, None) is not None
+            for job in self._active:
+                if type(job.request) is kind:
+                    job.cancelled = True
+                    found = True
+            self._cond.notify_all()
+        return found
+
     def latest_seq(self, kind: type) -> Optional[int]:
         with self._cond:
             return self._latest.get(kind)

@@ -19,8 +19,9 @@ from lenstui.engine.speak_readout import readout_from_arrays
 
 @pytest.fixture
 def cache_dir(tmp_path, monkeypatch):
-    monkeypatch.setenv("LENSTUI_CACHE_DIR", str(tmp_path / "cache"))
-    return tmp_path / "cache"
+    """Where scans are kept (the data dir: a scan is work a user asked for)."""
+    monkeypatch.setenv("LENSTUI_DATA_DIR", str(tmp_path / "data"))
+    return tmp_path / "data"
 
 
 def assert_scan_matches_single_checks(model, result, ids):

@@ -45,8 +45,9 @@ def tiny_dir(tmp_path_factory):
 
 @pytest.fixture
 def cache_dir(tmp_path, monkeypatch):
-    monkeypatch.setenv("LENSTUI_CACHE_DIR", str(tmp_path / "cache"))
-    return tmp_path / "cache"
+    """Where scans are kept (the data dir: a scan is work a user asked for)."""
+    monkeypatch.setenv("LENSTUI_DATA_DIR", str(tmp_path / "data"))
+    return tmp_path / "data"
 
 
 def run_cli(capsys, *argv):
@@ -124,7 +125,7 @@ def test_scan_writes_csv_and_prints_counts(capsys, tiny_dir, cache_dir, tmp_path
     with open(target, newline="", encoding="utf-8") as handle:
         rows = list(csv.DictReader(handle))
     assert rows[0]["verdict"] == "unspeakable" and len(rows) > 300
-    assert any(cache_dir.glob("scan/*/scan.npz"))
+    assert any(cache_dir.glob("scans/*/scan.npz"))
     # a second run finds the cached scan and does no work
     status, out, err = run_cli(capsys, "scan", "--model", tiny_dir, "--device", "cpu", "--json")
     payload = json.loads(out)

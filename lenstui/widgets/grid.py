@@ -43,6 +43,8 @@ POSITION_COLUMN = 10  # 9 cells of token text + 1 gap
 TOPK_COLUMN = 14  # 9 of token text + 4 of probability + 1 gap
 ENTROPY_W = 6
 KL_W = 7
+UNSPEAKABLE_MARK = "†"
+HARD_TO_SPEAK_MARK = "°"
 HEAT_LEVELS = 20  # shading steps (a 256-colour terminal cannot show finer ones anyway)
 
 
@@ -159,6 +161,9 @@ probability; underlined tokens equal the model's final answer at that position.
         self.cursor_pos = 0  # prompt position
         self.cursor_k = 0  # rank, in the top-k view
         self._heat_styles: Optional[list[tuple[Style, Style]]] = None
+        # From a vocabulary scan (plain id sets): marked in the cells' last column.
+        self._unspeakable: frozenset[int] = frozenset()
+        self._hard_to_speak: frozenset[int] = frozenset()
 
     # ------------------------------------------------------------ data in
 
@@ -180,6 +185,19 @@ probability; underlined tokens equal the model's final answer at that position.
         self._update_geometry()
         self._follow_cursor()
         self._announce()
+
+    def set_marks(self, unspeakable: frozenset[int], hard_to_speak: frozenset[int]) -> None:
+        """Mark tokens a vocabulary scan found unspeakable (†) or hard to speak (°)."""
+        self._unspeakable = unspeakable
+        self._hard_to_speak = hard_to_speak
+        self.refresh()
+
+    def _token_text(self, token_id: int, text: str, width: int) -> str:
+        if token_id in self._unspeakable:
+            return _cell_text(text, width - 1) + UNSPEAKABLE_MARK
+        if token_id in self._hard_to_speak:
+            return _cell_text(text, width - 1) + HARD_TO_SPEAK_MARK
+        return _cell_text(text, width)
 
     def show_hint(self, text: str) -> None:
         """A one-line message where the grid goes, before there is any result."""
@@ -271,6 +289,10 @@ probability; underlined tokens equal the model's final answer at that position.
         if self.result is None:
             return "logit lens"
         stride = f" · every {self.stride} layers" if self.stride > 1 else ""
+        if self.result.lens != "logit":
+            stride += f" · {self.result.lens} lens"
+        if not self.result.target_is_default:
+            stride += f" · target {visible(self.result.targets[0].text)}"
         if self.view == "topk":
             pos = self.cursor_pos
             token = visible(self.result.tokens[pos].text)
@@ -419,7 +441,7 @@ probability; underlined tokens equal the model's final answer at that position.
                 style = underlined if top.id == target_id else plain
                 if on_cursor_row and k == self.cursor_k:
                     style = cursor
-                text = _cell_text(top.text, TOPK_COLUMN - 5) + _percent(top.prob)
+                text = self._token_text(top.id, top.text, TOPK_COLUMN - 5) + _percent(top.prob)
                 cells += [Segment(text, style), gap]
         else:
             for pos in columns:
@@ -428,7 +450,7 @@ probability; underlined tokens equal the model's final answer at that position.
                 style = underlined if top.id == result.targets[pos].id else plain
                 if on_cursor_row and pos == self.cursor_pos:
                     style = cursor
-                cells += [Segment(_cell_text(top.text, POSITION_COLUMN - 1), style), gap]
+                cells += [Segment(self._token_text(top.id, top.text, POSITION_COLUMN - 1), style), gap]
         return fixed, cells
 
     # ------------------------------------------------------------ cursor

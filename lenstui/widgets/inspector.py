@@ -10,7 +10,7 @@ to make the inspected token the lens target (the pane only posts
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -21,8 +21,10 @@ from textual.message import Message
 from textual.widget import Widget
 from textual.widgets import Static
 
-from lenstui.engine.neighbors import Neighbor, TokenReport
 from lenstui.engine.tokens import JoinedSequence, TokenGroup
+
+if TYPE_CHECKING:  # engine.neighbors pulls in torch; the pane only reads its plain data
+    from lenstui.engine.neighbors import Neighbor, TokenReport
 from lenstui.textfmt import cell_len, fit, neighbor_row, report_rows, visible, visible_bytes
 
 LABEL_WIDTH = 16

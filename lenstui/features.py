@@ -1,0 +1,186 @@
+"""Wires the token inspector and the speakability check into the explorer.
+
+Two halves, kept apart by the worker boundary:
+
+- handlers (``inspect_handler``, ``scan_marks_handler``) run on the model thread,
+  call the engine, and hand back plain data (reports, joined sequences, id sets);
+- panes (``WiredInspector``, ``WiredSpeak``) live on the UI thread: they react to the
+  grid's cursor (``TokenFocused``), submit requests through ``app.submit(...,
+  reply_to=self)`` and render the ``WorkerReply`` they get back. No tensors here.
+
+``install(app)`` registers the handlers and mounts the panes into ``#inspector`` and
+``#speak``; the app calls it from ``on_mount``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Optional
+
+from lenstui.widgets.events import ModelLoaded, TokenFocused
+from lenstui.widgets.inspector import InspectorPane
+from lenstui.widgets.speak import SpeakPane
+from lenstui.worker import CheckSpeakable, Done, Failed, InspectToken, Progress, ScanVocabulary, Stopped
+
+if TYPE_CHECKING:
+    from lenstui.engine.neighbors import TokenReport
+    from lenstui.engine.tokens import JoinedSequence
+
+INSPECT_NEIGHBORS = 12
+
+
+# ------------------------------------------------------------------ worker side
+
+
+@dataclass(frozen=True)
+class InspectReply:
+    report: "TokenReport"
+    sequence: Optional["JoinedSequence"]  # the prompt's tokens joined into characters
+    selected: Optional[int]  # prompt position to highlight in the sequence
+
+
+@dataclass(frozen=True)
+class ScanMarks:
+    """What the grid and inspector need from a vocabulary scan: id sets, no arrays."""
+
+    scan: object  # lenstui.engine.scan.ScanResult, for the speak pane's summary line
+    unspeakable: frozenset[int]
+    hard_to_speak: frozenset[int]
+    complete: bool
+
+
+def inspect_handler(model, request: InspectToken, ctx) -> InspectReply:
+    from lenstui.engine.neighbors import inspect_token
+    from lenstui.engine.tokens import join_tokens
+
+    report = inspect_token(model, request.token_id, request.neighbors)
+    ids = request.options.get("sequence")
+    sequence = join_tokens(model, ids) if ids else None
+    return InspectReply(report, sequence, request.options.get("selected"))
+
+
+def scan_marks_handler(model, request: ScanVocabulary, ctx) -> Optional[ScanMarks]:
+    from lenstui.engine.speak_jobs import scan_handler
+
+    scan = scan_handler(model, request, ctx)
+    if scan is None:  # cached_only and no scan cached for this model
+        return None
+    return ScanMarks(scan, scan.unspeakable_ids, scan.hard_to_speak_ids, scan.complete)
+
+
+def speak_handler(model, request: CheckSpeakable, ctx):
+    from lenstui.engine.speak_jobs import speak_handler as engine_speak_handler
+
+    return engine_speak_handler(model, request, ctx)
+
+
+# ------------------------------------------------------------------ UI side
+
+
+class WiredInspector(InspectorPane):
+    """The inspector pane, following the grid's cursor."""
+
+    marks: Optional[ScanMarks] = None
+
+    def on_token_focused(self, message: TokenFocused) -> None:
+        self.inspect(message.cell.token_id, message.cell.position)
+
+    def inspect(self, token_id: int, position: Optional[int] = None) -> None:
+        result = getattr(self.app, "shown_result", None)
+        options = {}
+        if result is not None:
+            options = {"sequence": tuple(result.token_ids), "selected": position}
+        self.app.submit(InspectToken(token_id, INSPECT_NEIGHBORS, options), reply_to=self)
+
+    def on_worker_reply(self, message) -> None:
+        result = message.result
+        if isinstance(result, Done):
+            reply: InspectReply = result.value
+            self.show_report(reply.report)
+            self.show_sequence(reply.sequence, reply.selected)
+            self._show_scan_mark(reply.report.id)
+        elif isinstance(result, Failed):
+            self.show_message(result.message, error=True)
+
+    def _show_scan_mark(self, token_id: int) -> None:
+        marks = self.marks
+        if marks is None:
+            self.border_subtitle = ""
+        elif token_id in marks.unspeakable:
+            self.border_subtitle = "† unspeakable (vocabulary scan)"
+        elif token_id in marks.hard_to_speak:
+            self.border_subtitle = "° hard to speak (vocabulary scan)"
+        else:
+            self.border_subtitle = "speakable (vocabulary scan)" if marks.complete else ""
+
+
+class WiredSpeak(SpeakPane):
+    """The speakability pane: shows the cursor's token, runs checks and scans on request."""
+
+    marks: Optional[ScanMarks] = None
+
+    def on_token_focused(self, message: TokenFocused) -> None:
+        if self.has_class("-running") and self.token_id is not None:
+            return  # a check is running: keep showing its progress
+        cell = message.cell
+        self.show_token(cell.token_id, cell.text, known_verdict=self.known_verdict(cell.token_id))
+
+    def on_model_loaded(self, message: ModelLoaded) -> None:
+        # A scan cached earlier for this model lights up the grid's marks at once.
+        self.app.submit(ScanVocabulary(options={"cached_only": True}), reply_to=self)
+
+    def known_verdict(self, token_id: int) -> Optional[str]:
+        marks = self.marks
+        if marks is None:
+            return None
+        if token_id in marks.unspeakable:
+            return "unspeakable"
+        if marks.complete:
+            hard = " (hard to speak)" if token_id in marks.hard_to_speak else ""
+            return "speakable" + hard
+        return None
+
+    def check(self, token_id: int, text: str) -> None:
+        self.show_running(token_id, text)
+        self.app.submit(CheckSpeakable(token_id), reply_to=self)
+
+    def scan(self) -> None:
+        self.show_scan_progress(0.0, "starting")
+        self.app.submit(ScanVocabulary(), reply_to=self)
+
+    def on_worker_reply(self, message) -> None:
+        result = message.result
+        if isinstance(result.request, ScanVocabulary):
+            self._on_scan_reply(result)
+            return
+        if isinstance(result, Progress):
+            self.show_progress(result.fraction, result.message)
+        elif isinstance(result, Done):
+            self.show_result(result.value)
+        elif isinstance(result, Failed):
+            self.show_error(result.message)
+        elif isinstance(result, Stopped):
+            self.show_cancelled()
+
+    def _on_scan_reply(self, result) -> None:
+        if isinstance(result, Progress):
+            self.show_scan_progress(result.fraction, result.message)
+        elif isinstance(result, Done) and result.value is not None:
+            marks: ScanMarks = result.value
+            self.show_scan(marks.scan)
+            self.app.set_scan_marks(marks)
+        elif isinstance(result, Stopped):
+            self.show_scan_progress(None, "stopped")
+        elif isinstance(result, Failed):
+            self.show_scan_progress(None, f"failed: {result.message}")
+
+
+def install(app) -> tuple[WiredInspector, WiredSpeak]:
+    app.register_handler(InspectToken, inspect_handler)
+    app.register_handler(CheckSpeakable, speak_handler)
+    app.register_handler(ScanVocabulary, scan_marks_handler)
+    inspector = WiredInspector(id="inspector-pane")
+    speak = WiredSpeak(show_timings=app.show_timings, id="speak-pane")
+    app.mount_pane("inspector", inspector)
+    app.mount_pane("speak", speak)
+    return inspector, speak
