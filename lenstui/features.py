@@ -180,6 +180,7 @@ def install(app) -> tuple[WiredInspector, WiredSpeak]:
     app.register_handler(CheckSpeakable, speak_handler)
     app.register_handler(ScanVocabulary, scan_marks_handler)
     inspector = WiredInspector(id="inspector-pane")
+    inspector.show_timings = app.show_timings
     speak = WiredSpeak(show_timings=app.show_timings, id="speak-pane")
     app.mount_pane("inspector", inspector)
     app.mount_pane("speak", speak)

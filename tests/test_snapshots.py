@@ -32,6 +32,12 @@ async def until_settled(pilot) -> None:
     app.prompt_pane.input.cursor_blink = False  # a blinking cursor makes two screens differ
     await app.model_settled.wait()
     await app.lens_settled.wait()
+    # The grid's cursor sends the panes a TokenFocused; each asks the worker for its
+    # report: wait until those answers have landed too (two rounds: ask, then answer).
+    for _ in range(2):
+        await pilot.pause()
+        while app.worker.busy_kinds():
+            await pilot.pause(0.05)
     await pilot.pause()
 
 
