@@ -220,6 +220,7 @@ def run_lens(
         # The model's own output distribution: the reference for KL and default targets.
         final_lp = torch.log_softmax(logits[0].float(), dim=-1)
         final_p = final_lp.exp()
+        final_neg_entropy = torch.linalg.vecdot(final_p, final_lp)  # sum p log p
         targets = (
             final_lp.argmax(dim=-1)
             if target_id is None
@@ -239,13 +240,16 @@ def run_lens(
             all_logits = readout.values.float()
             for offset in range(rows.shape[0]):
                 row_logits = all_logits[offset]
-                row_lp = torch.log_softmax(row_logits, dim=-1)
-                kl = (final_p * (final_lp - row_lp)).sum(dim=-1).clamp_min(0.0)
+                # Everything below is a reduction over the vocabulary, never a second
+                # [positions, d_vocab] tensor: log p = logit - logsumexp, and
+                # KL(final || row) = sum p_f log p_f - (sum p_f logit - logsumexp).
+                lse = torch.logsumexp(row_logits, dim=-1)
+                kl = (final_neg_entropy - torch.linalg.vecdot(final_p, row_logits) + lse).clamp_min(0.0)
                 top = torch.topk(row_logits, k=top_k, dim=-1)
-                top_probs = row_lp.gather(-1, top.indices).exp()
+                top_probs = (top.values - lse[:, None]).exp()
                 target_logit = row_logits.gather(-1, targets[:, None])
                 ranks = (row_logits > target_logit).sum(dim=-1)
-                target_probs = row_lp.gather(-1, targets[:, None]).exp()[:, 0]
+                target_probs = (target_logit[:, 0] - lse).exp()
                 grid.append(
                     _row_cells(
                         model,
