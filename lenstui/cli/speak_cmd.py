@@ -9,7 +9,7 @@ from pathlib import Path
 
 from lenstui.cli.common import add_model_options, load_from_args, print_json
 from lenstui.engine.errors import InputError
-from lenstui.textfmt import visible
+from lenstui.textfmt import visible, visible_bytes
 
 
 def configure(parser: argparse.ArgumentParser, command: str = "speak") -> None:
@@ -54,16 +54,30 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print_json(result.to_json())
     else:
-        print(format_result(result))
+        print(format_result(result, label=lambda token_id: token_label(model, token_id)))
     return 0
 
 
-def format_result(result) -> str:
-    """A readable summary of a SpeakResult."""
-    name = f"{visible(result.text)!s} (id {result.id})"
+def token_label(model, token_id: int) -> str:
+    """The token's true bytes, legible: ``␣⟨f0 9f⟩`` rather than ``␣�``."""
+    from lenstui.engine.tokens import token_bytes
+
+    return visible_bytes(token_bytes(model, token_id).data)
+
+
+def format_result(result, label=None) -> str:
+    """A readable summary of a SpeakResult (``label(id)`` renders a token; default: its text)."""
+    texts = {result.id: result.text}
+    texts.update({b.id: b.text for b in result.binding})
+    for token in (result.runner_up, result.best_match):
+        if token is not None:
+            texts[token.id] = token.text
+    if label is None:
+        label = lambda token_id: visible(texts.get(token_id, ""))  # noqa: E731
+    name = f"{label(result.id)} (id {result.id})"
     lines = [f"{name} · {result.model} · {result.norm} final norm", ""]
     if result.verdict == "speakable":
-        runner = f"{visible(result.runner_up.text)} (id {result.runner_up.id})" if result.runner_up else "?"
+        runner = f"{label(result.runner_up.id)} (id {result.runner_up.id})" if result.runner_up else "?"
         lines.append(f"speakable: a witness residual makes it the argmax by {result.margin:.6g} over {runner}")
         module = f"{result.module_margin:.6g}" if result.module_margin is not None else "n/a"
         lines.append(
@@ -76,7 +90,7 @@ def format_result(result) -> str:
         if result.method == "twin":
             twin = result.binding[0]
             lines.append(
-                f"unspeakable: its effective unembedding vector is an exact copy of {visible(twin.text)} "
+                f"unspeakable: its effective unembedding vector is an exact copy of {label(twin.id)} "
                 f"(id {twin.id}), whose offset is no lower, so it can at best tie"
             )
         else:
@@ -100,9 +114,9 @@ def format_result(result) -> str:
     else:
         lines.append("hard to speak: no, its own direction already says it")
     if result.binding:
-        label = "certificate tokens" if result.verdict == "unspeakable" else "binding competitors"
-        shown = ", ".join(f"{visible(b.text)} ({b.id})" for b in result.binding)
-        lines.append(f"{label}: {shown}")
+        heading = "certificate tokens" if result.verdict == "unspeakable" else "binding competitors"
+        shown = ", ".join(f"{label(b.id)} ({b.id})" for b in result.binding)
+        lines.append(f"{heading}: {shown}")
     lines.append(f"reachable set: {result.reachable_set}")
     if result.lp_rounds:
         lines.append(f"LP: {result.lp_rounds} rounds, {result.lp_constraints} competitors")
