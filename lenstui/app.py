@@ -442,6 +442,7 @@ class LenstuiApp(App):
     def action_cancel_speak(self) -> None:
         from lenstui.worker import CheckSpeakable, ScanVocabulary
 
+        # `|`, not `or`: both kinds must be cancelled, whichever of them is running.
         if self.worker is not None and not (
             self.worker.cancel(CheckSpeakable) | self.worker.cancel(ScanVocabulary)
         ):

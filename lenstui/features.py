@@ -8,6 +8,9 @@ Two halves, kept apart by the worker boundary:
   grid's cursor (``TokenFocused``), submit requests through ``app.submit(...,
   reply_to=self)`` and render the ``WorkerReply`` they get back. No tensors here.
 
+The handlers import the engine inside their bodies: they run on the worker thread,
+and importing it here would pull torch into the app's first frame.
+
 ``install(app)`` registers the handlers and mounts the panes into ``#inspector`` and
 ``#speak``; the app calls it from ``on_mount``.
 """

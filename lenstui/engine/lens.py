@@ -24,7 +24,7 @@ that position).
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Optional, Sequence, Union
 
 import torch
@@ -84,7 +84,6 @@ class LensResult:
     target_is_default: bool = True
     seconds: float = 0.0
     extended_blocks: int = 0
-    meta: dict = field(default_factory=dict)
 
     @property
     def next_token(self) -> TokenRef:
