@@ -44,7 +44,7 @@ import traceback
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar, Optional, Union
 
-from lenstui.engine.errors import LenstuiError
+from lenstui.engine.errors import Cancelled, LenstuiError
 
 log = logging.getLogger(__name__)
 
@@ -64,14 +64,6 @@ __all__ = [
     "JobContext",
     "ModelWorker",
 ]
-
-
-def _cancelled_type() -> type:
-    # Imported on first use, on the worker thread: the engine pulls in torch, and the
-    # app's first frame must not wait for that import.
-    from lenstui.engine.lens import Cancelled
-
-    return Cancelled
 
 
 # ---------------------------------------------------------------- requests
@@ -272,11 +264,11 @@ class JobContext:
         """Call between chunks of a long job: raises Cancelled when superseded, and
         otherwise first serves every queued short request (see the module doc)."""
         if self.should_stop():
-            raise _cancelled_type()("superseded by a newer request")
+            raise Cancelled("superseded by a newer request")
         if self.request.long_running and not self._nested:
             self._worker._serve_short_jobs(outer=self._job)
             if self.should_stop():
-                raise _cancelled_type()("superseded by a newer request")
+                raise Cancelled("superseded by a newer request")
 
 
 class ModelWorker:
@@ -412,7 +404,6 @@ class ModelWorker:
         return self._load_error is not None and not loading
 
     def _run(self, job: _Job, nested: bool) -> None:
-        Cancelled = _cancelled_type()
         started = time.perf_counter()
         result: Result
         try:
@@ -458,7 +449,7 @@ class ModelWorker:
                 self._load_error = str(err).rstrip(".") or type(err).__name__
             raise
         if ctx.should_stop():  # a newer LoadModel is queued: it replaces this one
-            raise _cancelled_type()("superseded by a newer request")
+            raise Cancelled("superseded by a newer request")
         with self._cond:  # _take reads _model under the lock to decide who waits
             self._model = model
             self._load_error = None

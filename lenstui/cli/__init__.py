@@ -14,7 +14,7 @@ from typing import Optional, Sequence
 import importlib
 
 from lenstui.cli.common import fail
-from lenstui.engine.errors import LenstuiError
+from lenstui.engine.errors import Cancelled, LenstuiError
 
 # Imported on use: the subcommands pull in torch, and the app's first frame should not
 # wait for an import it does not need yet.
@@ -46,9 +46,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     command = args_list[0] if args_list and args_list[0] in SUBCOMMANDS else None
     parser = build_parser(command)
     args = parser.parse_args(args_list[1:] if command else args_list)
+    return run_command(args.func, args)
+
+
+def run_command(func, args: argparse.Namespace) -> int:
+    """Run a subcommand; what the user should read becomes one line on stderr, not a traceback."""
     try:
-        return int(args.func(args) or 0)
-    except LenstuiError as err:
+        return int(func(args) or 0)
+    except (LenstuiError, Cancelled) as err:  # Cancelled is not a LenstuiError: name it too
         return fail(str(err))
     except KeyboardInterrupt:
         return fail("Interrupted.", status=130)

@@ -4,6 +4,6 @@ Every public function returns plain dataclasses (ids, floats, strings) that the 
 the CLI's --json output and the tests all consume.
 """
 
-from lenstui.engine.errors import LenstuiError
+from lenstui.engine.errors import Cancelled, LenstuiError
 
-__all__ = ["LenstuiError"]
+__all__ = ["Cancelled", "LenstuiError"]

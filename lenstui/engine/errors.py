@@ -14,3 +14,15 @@ class ModelLoadError(LenstuiError):
 
 class InputError(LenstuiError):
     """A prompt, token or option the model cannot take as given."""
+
+
+class Cancelled(Exception):
+    """A computation stopped because its ``should_stop()`` turned true (a newer request
+    superseded it, or the user cancelled it).
+
+    Deliberately not a ``LenstuiError``: a cancel is not a failure to tell the user
+    about, so code that reports ``LenstuiError`` never swallows it by accident, and
+    ``except Cancelled`` need not come first. It lives here, beside the errors and
+    away from torch, so the worker and the CLI can catch it without importing the
+    engine's numeric modules.
+    """

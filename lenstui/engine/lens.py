@@ -29,7 +29,8 @@ from typing import Callable, Optional, Sequence, Union
 
 import torch
 
-from lenstui.engine.errors import InputError, LenstuiError
+# Cancelled lives in errors.py; re-exported so ``from lenstui.engine.lens import Cancelled`` keeps working.
+from lenstui.engine.errors import Cancelled, InputError  # noqa: F401
 from lenstui.engine.models import LoadedModel
 from lenstui.engine.vocab import TokenRef, TokenSpec, encode_prompt, resolve_token, token_ref
 
@@ -37,10 +38,6 @@ LENS_KINDS = ("logit", "extended", "raw")
 MAX_TOP_K = 100
 # Residual vectors read per logit_readout call (each holds d_vocab float32 logits).
 READOUT_VECTORS = 256
-
-
-class Cancelled(LenstuiError):
-    """A newer request superseded this one while it ran."""
 
 
 @dataclass(frozen=True)

@@ -34,7 +34,7 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
-from lenstui.engine.lens import Cancelled
+from lenstui.engine.errors import Cancelled
 from lenstui.engine.speak import CANDIDATE_FAMILIES, as_readout, candidate_directions, find_twin
 from lenstui.engine.speak_lp import check_certificate, solve_speak_lp
 from lenstui.engine.speak_readout import Readout

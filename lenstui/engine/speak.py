@@ -26,7 +26,7 @@ from typing import Callable, Optional
 import torch
 
 from lenstui.engine.errors import InputError
-from lenstui.engine.lens import Cancelled
+from lenstui.engine.errors import Cancelled
 from lenstui.engine.speak_lp import Certificate, check_certificate, solve_speak_lp
 from lenstui.engine.speak_readout import Readout, readout_for_model
 

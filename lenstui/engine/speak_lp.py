@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from scipy.optimize import linprog, nnls
 
-from lenstui.engine.lens import Cancelled
+from lenstui.engine.errors import Cancelled
 from lenstui.engine.speak_readout import Readout
 
 # Competitors in the first LP, and the most violated ones added per round.
