@@ -148,7 +148,7 @@ class WiredSpeak(SpeakPane):
         self.app.submit(CheckSpeakable(token_id), reply_to=self)
 
     def scan(self) -> None:
-        self.show_scan_progress(0.0, "starting")
+        self.show_scan_progress("starting", 0.0)
         self.app.submit(ScanVocabulary(), reply_to=self)
 
     def on_worker_reply(self, message) -> None:
@@ -157,7 +157,7 @@ class WiredSpeak(SpeakPane):
             self._on_scan_reply(result)
             return
         if isinstance(result, Progress):
-            self.show_progress(result.fraction, result.message)
+            self.show_progress(result.message, result.fraction)
         elif isinstance(result, Done):
             self.show_result(result.value)
         elif isinstance(result, Failed):
@@ -167,15 +167,15 @@ class WiredSpeak(SpeakPane):
 
     def _on_scan_reply(self, result) -> None:
         if isinstance(result, Progress):
-            self.show_scan_progress(result.fraction, result.message)
+            self.show_scan_progress(result.message, result.fraction)
         elif isinstance(result, Done) and result.value is not None:
             marks: ScanMarks = result.value
             self.show_scan(marks.scan)
             self.app.set_scan_marks(marks)
         elif isinstance(result, Stopped):
-            self.show_scan_progress(None, "stopped")
+            self.show_scan_progress("stopped", None)
         elif isinstance(result, Failed):
-            self.show_scan_progress(None, f"failed: {result.message}")
+            self.show_scan_progress(f"failed: {result.message}", None)
 
 
 def install(app) -> tuple[WiredInspector, WiredSpeak]:

@@ -92,7 +92,7 @@ def test_interrupt_keeps_what_is_done_and_resume_finishes(tiny_gpt2, cache_dir, 
     assert 0 < done < tiny_gpt2.d_vocab
 
     seen = []
-    resumed = scan_vocabulary(tiny_gpt2, progress=lambda f, m: seen.append((f, m)))
+    resumed = scan_vocabulary(tiny_gpt2, progress=lambda m, f: seen.append((f, m)))
     assert resumed.complete
     # the resumed run only did the remaining tokens' first phase
     first_phase = [m for f, m in seen if m.startswith("own direction")]
@@ -107,7 +107,7 @@ def test_ctrl_c_in_the_middle_saves_the_partial_scan(tiny_llama, cache_dir, monk
     monkeypatch.setattr(scan_module, "CHUNK", 64)
     seen = []
 
-    def progress(fraction, message):
+    def progress(message, fraction):
         seen.append(message)
         if len(seen) == 3:
             raise KeyboardInterrupt  # what Ctrl-C looks like inside the scan loop

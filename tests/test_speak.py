@@ -209,7 +209,7 @@ def test_lp_uses_few_constraints_and_matches_the_full_lp():
 def test_cancel_and_progress():
     rows = SIMPLEX + [INSIDE]
     seen = []
-    check_speakable(readout_from_arrays(rows), 4, progress=lambda f, m: seen.append(f))
+    check_speakable(readout_from_arrays(rows), 4, progress=lambda m, f: seen.append(f))
     assert seen[-1] == 1.0 and all(0.0 <= f <= 1.0 for f in seen)
     with pytest.raises(Cancelled):
         check_speakable(readout_from_arrays(rows), 4, should_stop=lambda: True)
@@ -347,7 +347,7 @@ async def test_speak_pane_renders_results_progress_and_cancel():
             return str(pane.query_one(selector).render())
 
         pane.show_running(4, "inner")
-        pane.show_progress(0.4, "LP round 2: 12 competitors")
+        pane.show_progress("LP round 2: 12 competitors", 0.4)
         await pilot.pause()
         assert pane.has_class("-running")
         assert "press x to cancel" in text("#speak-hint")

@@ -203,7 +203,7 @@ class _StderrBar:
         self.last = 0.0
         self.drawn = False
 
-    def __call__(self, fraction: float, message: str) -> None:
+    def __call__(self, message: str, fraction: float) -> None:
         now = time.monotonic()
         if self.tty:
             if now - self.last < 0.1 and fraction < 1.0:

@@ -34,6 +34,7 @@ from typing import Any, Callable, Optional
 
 import torch
 
+from lenstui.engine.callbacks import Progress
 from lenstui.engine.errors import ModelLoadError
 from lenstui.paths import cache_root
 
@@ -42,7 +43,6 @@ EMBEDDED_NAME = "SmolLM2-135M-Instruct"
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 # progress(message, fraction or None): called from whichever thread loads the model.
-Progress = Callable[[str, Optional[float]], None]
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 

@@ -34,6 +34,7 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
+from lenstui.engine.callbacks import Progress, StopCheck
 from lenstui.engine.errors import Cancelled
 from lenstui.engine.speak import CANDIDATE_FAMILIES, as_readout, candidate_directions, find_twin
 from lenstui.engine.speak_lp import check_certificate, solve_speak_lp
@@ -50,7 +51,6 @@ TOP_K = 16
 # Seconds between saves of a partial scan.
 SAVE_EVERY = 5.0
 
-Progress = Callable[[float, str], None]
 
 
 @dataclass
@@ -359,7 +359,7 @@ class _Saver:
 def scan_vocabulary(
     model,
     *,
-    should_stop: Optional[Callable[[], bool]] = None,
+    should_stop: Optional[StopCheck] = None,
     progress: Optional[Progress] = None,
     resume: bool = True,
     limit: Optional[int] = None,
@@ -392,7 +392,7 @@ def scan_vocabulary(
         raise
     save(force=True)
     if progress is not None:
-        progress(1.0, "done")
+        progress("done", 1.0)
     return result
 
 
@@ -407,7 +407,7 @@ def _run_phases(readout, result, targets, save, should_stop, progress) -> None:
     def report(base: float, width: float, done: float, total: int, label: str) -> None:
         if progress is not None:
             fraction = base + width * (done / total if total else 1.0)
-            progress(min(fraction, 0.999), f"{label} {int(done):,}/{total:,}")
+            progress(f"{label} {int(done):,}/{total:,}", min(fraction, 0.999))
 
     # Phase 1: own direction (hard-to-speak flag; also a witness test when direction-only).
     rows32, c32 = readout.screen_table()
@@ -518,7 +518,7 @@ def _run_phases(readout, result, targets, save, should_stop, progress) -> None:
             t,
             seeds=seeds,
             should_stop=should_stop,
-            progress=(lambda f, m, k=k: report(0.85, 0.15, k + min(f, 0.99), len(todo), "LP")),
+            progress=(lambda m, f, k=k: report(0.85, 0.15, k + min(f, 0.99), len(todo), "LP")),
         )
         result.tried[t] |= _TRIED["lp"]
         if outcome.status == "witness":

@@ -25,8 +25,8 @@ from typing import Callable, Optional
 
 import torch
 
-from lenstui.engine.errors import InputError
-from lenstui.engine.errors import Cancelled
+from lenstui.engine.callbacks import Progress, StopCheck
+from lenstui.engine.errors import Cancelled, InputError
 from lenstui.engine.speak_lp import Certificate, check_certificate, solve_speak_lp
 from lenstui.engine.speak_readout import Readout, readout_for_model
 
@@ -36,8 +36,6 @@ CANDIDATE_FAMILIES = ("whitened", "precision", "centred", "own")
 # Competitors reported as binding at most.
 MAX_BINDING = 8
 
-Progress = Callable[[float, str], None]
-StopCheck = Callable[[], bool]
 
 
 @dataclass(frozen=True)
@@ -173,7 +171,7 @@ def check_speakable(
     """Certified verdict for one token. ``model``: a LoadedModel or a Readout.
 
     ``should_stop()`` is checked between steps and LP rounds (raises Cancelled);
-    ``progress(fraction, message)`` reports them."""
+    ``progress(message, fraction)`` reports them."""
     started = time.perf_counter()
     readout = as_readout(model)
     t = int(token_id)
@@ -184,7 +182,7 @@ def check_speakable(
         if should_stop is not None and should_stop():
             raise Cancelled("speakability check cancelled")
         if progress is not None:
-            progress(fraction, message)
+            progress(message, fraction)
 
     with torch.no_grad():
         step(0.0, "own direction")
@@ -215,7 +213,7 @@ def check_speakable(
                     t,
                     seeds=[best_z] if best_z.norm() > 0 else [],
                     should_stop=should_stop,
-                    progress=(lambda f, m: progress(0.3 + 0.65 * f, m)) if progress else None,
+                    progress=(lambda m, f: progress(m, 0.3 + 0.65 * f)) if progress else None,
                     time_limit=time_limit,
                 )
                 if lp.status == "witness" or (lp.z is not None and lp.gap > best_gap):
@@ -227,7 +225,7 @@ def check_speakable(
         result = _assemble(readout, t, hard, best_match, best_z, best_gap, method, certificate, lp, cert_tol)
     result.seconds = time.perf_counter() - started
     if progress is not None:
-        progress(1.0, result.verdict)
+        progress(result.verdict, 1.0)
     return result
 
 

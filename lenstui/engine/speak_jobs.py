@@ -20,7 +20,7 @@ def speak_handler(model, request, ctx):
         model,
         request.token_id,
         should_stop=ctx.should_stop,
-        progress=lambda fraction, message: ctx.progress(message, fraction),
+        progress=ctx.progress,
     )
 
 
@@ -40,7 +40,7 @@ def scan_handler(model, request, ctx):
     return scan_vocabulary(
         model,
         should_stop=between_chunks,
-        progress=lambda fraction, message: ctx.progress(message, fraction),
+        progress=ctx.progress,
         resume=options.get("resume", True),
         limit=stop,
     )

@@ -33,6 +33,7 @@ import numpy as np
 import torch
 from scipy.optimize import linprog, nnls
 
+from lenstui.engine.callbacks import Progress, StopCheck
 from lenstui.engine.errors import Cancelled
 from lenstui.engine.speak_readout import Readout
 
@@ -153,8 +154,8 @@ def solve_speak_lp(
     all_constraints: bool = False,
     max_rounds: int = MAX_ROUNDS,
     time_limit: Optional[float] = None,
-    should_stop: Optional[Callable[[], bool]] = None,
-    progress: Optional[Callable[[float, str], None]] = None,
+    should_stop: Optional[StopCheck] = None,
+    progress: Optional[Progress] = None,
 ) -> LPOutcome:
     """Constraint generation until a verified witness, a checked certificate, or
     (neither passing its tolerance) an honest ``undetermined``.
@@ -191,7 +192,7 @@ def solve_speak_lp(
         if should_stop is not None and should_stop():
             raise Cancelled("speakability check cancelled")
         if progress is not None:
-            progress(min(0.95, round_no / 12), f"LP round {round_no}: {len(active)} competitors")
+            progress(f"LP round {round_no}: {len(active)} competitors", min(0.95, round_no / 12))
         idx = np.asarray(active)
         A = np.empty((len(idx) + len(cuts), d + 1))
         A[: len(idx), :d] = V_np[idx] - V_np[t]

@@ -97,7 +97,7 @@ class SpeakPane(Vertical):
         self._body(Content("checking…"))
         self._hint(f"press {self.cancel_key} to cancel")
 
-    def show_progress(self, fraction: Optional[float], message: str) -> None:
+    def show_progress(self, message: str, fraction: Optional[float]) -> None:
         self._set_running(True)
         if fraction is not None:
             self.query_one("#speak-progress", ProgressBar).update(progress=max(0.0, min(1.0, fraction)))
@@ -124,7 +124,7 @@ class SpeakPane(Vertical):
         self._body(Content("check cancelled"))
         self._hint(f"press {self.check_key} to run it again")
 
-    def show_scan_progress(self, fraction: Optional[float], message: str) -> None:
+    def show_scan_progress(self, message: str, fraction: Optional[float]) -> None:
         percent = f"{fraction * 100:.0f}% " if fraction is not None else ""
         self.query_one("#speak-scan", Static).update(
             Content(f"vocabulary scan {percent}{message} (press {self.cancel_key} to stop; it resumes later)")
