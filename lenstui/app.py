@@ -257,7 +257,7 @@ class LenstuiApp(App):
         elif not isinstance(result, Progress):
             del self._reply_to[result.kind]
         if isinstance(result, Failed):
-            self.notify(result.message, title=_title_of(result.request), severity="error", timeout=10)
+            self.notify(result.message, title=result.request.title, severity="error", timeout=10)
         if target is not None:
             target.post_message(WorkerReply(result))
         if isinstance(result.request, LoadModel):
@@ -326,12 +326,12 @@ class LenstuiApp(App):
             return RunLens(self.steps[-1].ids, **options)
         return RunLens(self._prompt_text, chat=self.chat, **options)
 
-    def _submit_lens(self, force: bool = False) -> None:
+    def _submit_lens(self) -> None:
         request = self._lens_request()
         self._refresh_prompt_info()
         # The same request again is not re-run (the debounce and Enter often both fire),
         # unless it failed last time: then Enter is how a user retries.
-        if request == self._last_lens_request and not force and not self._last_lens_failed:
+        if request == self._last_lens_request and not self._last_lens_failed:
             if self.worker is not None and RunLens not in self.worker.busy_kinds():
                 self.lens_settled.set()
             return
@@ -613,16 +613,6 @@ LENS_DESCRIPTIONS = {
     "extended": "the last block joins the decoder (gpt-neo notes)",
     "raw": "unembedding without the final norm",
 }
-
-
-def _title_of(request: Request) -> str:
-    return {
-        "LoadModel": "Model",
-        "RunLens": "Logit lens",
-        "InspectToken": "Token inspector",
-        "CheckSpeakable": "Speakability",
-        "ScanVocabulary": "Vocabulary scan",
-    }.get(type(request).__name__, type(request).__name__)
 
 
 def _step_label(step: Step) -> str:

@@ -57,9 +57,8 @@ def inspect_handler(model, request: InspectToken, ctx) -> InspectReply:
     from lenstui.engine.tokens import join_tokens
 
     report = inspect_token(model, request.token_id, request.neighbors)
-    ids = request.options.get("sequence")
-    sequence = join_tokens(model, ids) if ids else None
-    return InspectReply(report, sequence, request.options.get("selected"))
+    sequence = join_tokens(model, list(request.sequence)) if request.sequence else None
+    return InspectReply(report, sequence, request.selected)
 
 
 def scan_marks_handler(model, request: ScanVocabulary, ctx) -> Optional[ScanMarks]:
@@ -90,10 +89,9 @@ class WiredInspector(InspectorPane):
 
     def inspect(self, token_id: int, position: Optional[int] = None) -> None:
         result = getattr(self.app, "shown_result", None)
-        options = {}
-        if result is not None:
-            options = {"sequence": tuple(result.token_ids), "selected": position}
-        self.app.submit(InspectToken(token_id, INSPECT_NEIGHBORS, options), reply_to=self)
+        sequence = tuple(result.token_ids) if result is not None else None
+        selected = position if result is not None else None
+        self.app.submit(InspectToken(token_id, INSPECT_NEIGHBORS, sequence, selected), reply_to=self)
 
     def on_worker_reply(self, message) -> None:
         result = message.result
@@ -130,7 +128,7 @@ class WiredSpeak(SpeakPane):
 
     def on_model_loaded(self, message: ModelLoaded) -> None:
         # A scan cached earlier for this model lights up the grid's marks at once.
-        self.app.submit(ScanVocabulary(options={"cached_only": True}), reply_to=self)
+        self.app.submit(ScanVocabulary(cached_only=True), reply_to=self)
 
     def known_verdict(self, token_id: int) -> Optional[str]:
         marks = self.marks

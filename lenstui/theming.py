@@ -47,7 +47,6 @@ class ThemeFileError(Exception):
 class ThemeSet:
     themes: dict[str, Theme]  # by name, shipped first, user themes overriding
     problems: list[str]  # one sentence per file that did not load
-    user_names: set[str]
 
 
 def shipped_theme_dir() -> Path:
@@ -108,10 +107,9 @@ def _check_colour(path: Path, key: str, value: object) -> None:
         raise ThemeFileError(f"{path.name}: {key} = {value!r} is not a colour.") from None
 
 
-def _load_folder(folder: Path, themes: dict[str, Theme], problems: list[str]) -> set[str]:
-    names: set[str] = set()
+def _load_folder(folder: Path, themes: dict[str, Theme], problems: list[str]) -> None:
     if not folder.is_dir():
-        return names
+        return
     for path in sorted(folder.glob("*.toml")):
         try:
             theme = theme_from_file(path)
@@ -119,13 +117,11 @@ def _load_folder(folder: Path, themes: dict[str, Theme], problems: list[str]) ->
             problems.append(str(err))
             continue
         themes[theme.name] = theme
-        names.add(theme.name)
-    return names
 
 
 def load_themes(user_dir: Optional[Path] = None) -> ThemeSet:
     themes: dict[str, Theme] = {}
     problems: list[str] = []
     _load_folder(shipped_theme_dir(), themes, problems)
-    user = _load_folder(user_dir if user_dir is not None else user_theme_dir(), themes, problems)
-    return ThemeSet(themes=themes, problems=problems, user_names=user)
+    _load_folder(user_dir if user_dir is not None else user_theme_dir(), themes, problems)
+    return ThemeSet(themes=themes, problems=problems)

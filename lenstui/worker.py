@@ -41,7 +41,7 @@ import logging
 import threading
 import time
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, ClassVar, Optional, Union
 
 from lenstui.engine.errors import Cancelled, LenstuiError
@@ -73,9 +73,15 @@ __all__ = [
 class Request:
     """Base of every request. Subclasses are the "kinds" that supersede each other."""
 
+    title: ClassVar[str] = "Request"  # heads a user's notice about it; default: the class name
     priority: ClassVar[int] = 5  # lower runs sooner
     needs_model: ClassVar[bool] = True
     long_running: ClassVar[bool] = False  # may call ctx.checkpoint() to let short jobs in
+
+    def __init_subclass__(cls, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        if "title" not in cls.__dict__:
+            cls.title = cls.__name__
 
 
 @dataclass(frozen=True)
@@ -84,6 +90,7 @@ class LoadModel(Request):
     device: Optional[str] = None
     dtype: str = "float32"
 
+    title: ClassVar[str] = "Model"
     priority: ClassVar[int] = 0
     needs_model: ClassVar[bool] = False
 
@@ -100,27 +107,31 @@ class RunLens(Request):
     incl_mid: bool = False
     target: Union[str, int, None] = None
 
+    title: ClassVar[str] = "Logit lens"
     priority: ClassVar[int] = 1
 
 
 @dataclass(frozen=True)
 class InspectToken(Request):
-    """The token inspector's request (handler registered by that feature)."""
+    """The token inspector's request: one token's report, and optionally the prompt's
+    ids joined into characters with one position highlighted."""
 
     token_id: int
     neighbors: int = 20
-    options: dict = field(default_factory=dict, hash=False, compare=False)
+    sequence: Optional[tuple[int, ...]] = None  # the prompt's ids, to join into characters
+    selected: Optional[int] = None  # the prompt position to highlight in that sequence
 
+    title: ClassVar[str] = "Token inspector"
     priority: ClassVar[int] = 1
 
 
 @dataclass(frozen=True)
 class CheckSpeakable(Request):
-    """One token's speakability check (handler registered by that feature)."""
+    """One token's certified speakability check."""
 
     token_id: int
-    options: dict = field(default_factory=dict, hash=False, compare=False)
 
+    title: ClassVar[str] = "Speakability"
     priority: ClassVar[int] = 2
 
 
@@ -128,10 +139,11 @@ class CheckSpeakable(Request):
 class ScanVocabulary(Request):
     """A vocabulary-wide speakability scan: long, chunked, interleaved with short jobs."""
 
-    start: int = 0
-    stop: Optional[int] = None
-    options: dict = field(default_factory=dict, hash=False, compare=False)
+    limit: Optional[int] = None  # scan only ids 0..limit-1 (not cached), as `lenstui scan --limit`
+    resume: bool = True  # continue a cached partial scan
+    cached_only: bool = False  # just load the cached scan (None when there is none)
 
+    title: ClassVar[str] = "Vocabulary scan"
     priority: ClassVar[int] = 3
     long_running: ClassVar[bool] = True
 

@@ -97,7 +97,7 @@ async def test_a_vocabulary_scan_marks_tokens_in_the_grid_and_inspector(make_app
         await settle(app, pilot)
         # A scan of the first 300 ids: the special tokens 5 and 7..16 are exact twins
         # in SmolLM2's unembedding, so no residual can make one of them the argmax.
-        app.submit(ScanVocabulary(stop=300), reply_to=app.speak_pane)
+        app.submit(ScanVocabulary(limit=300), reply_to=app.speak_pane)
         await until(pilot, lambda: app.scan_marks is not None, "the scan")
         assert {5, 7, 16} <= app.scan_marks.unspeakable
         inspector = app.query_one(WiredInspector)

@@ -23,3 +23,24 @@ def test_cancelled_reaching_the_cli_is_one_line_not_a_traceback(capsys):
     assert status == 2
     err = capsys.readouterr().err
     assert err == "lenstui: vocabulary scan cancelled\n"
+
+
+def test_each_request_names_its_title_and_a_new_kind_defaults_to_its_class_name():
+    from dataclasses import dataclass
+
+    from lenstui.worker import CheckSpeakable, InspectToken, LoadModel, Request, RunLens, ScanVocabulary
+
+    titles = {kind: kind.title for kind in (LoadModel, RunLens, InspectToken, CheckSpeakable, ScanVocabulary)}
+    assert titles == {
+        LoadModel: "Model",
+        RunLens: "Logit lens",
+        InspectToken: "Token inspector",
+        CheckSpeakable: "Speakability",
+        ScanVocabulary: "Vocabulary scan",
+    }
+
+    @dataclass(frozen=True)
+    class Attribute(Request):
+        token_id: int = 0
+
+    assert Attribute(3).title == "Attribute"

@@ -205,7 +205,7 @@ def test_worker_handlers_run_checks_and_scans(tiny_llama, cache_dir):
             assert type(result).__name__ != "Failed", result
         assert done[check_seq].verdict == "unspeakable"
         assert done[scan_seq].complete and 0 in done[scan_seq].unspeakable_ids
-        cached_seq = worker.submit(ScanVocabulary(options={"cached_only": True}))
+        cached_seq = worker.submit(ScanVocabulary(cached_only=True))
         while True:
             result = results.get(timeout=120)
             if isinstance(result, Done) and result.seq == cached_seq:

@@ -30,7 +30,6 @@ from lenstui.engine.errors import Cancelled, InputError
 from lenstui.engine.speak_lp import Certificate, check_certificate, solve_speak_lp
 from lenstui.engine.speak_readout import Readout, readout_for_model
 
-VERDICTS = ("speakable", "unspeakable", "undetermined")
 # Candidate witness directions, in the order the scan tries them (see candidate_directions).
 CANDIDATE_FAMILIES = ("whitened", "precision", "centred", "own")
 # Competitors reported as binding at most.

@@ -26,21 +26,18 @@ def speak_handler(model, request, ctx):
 
 def scan_handler(model, request, ctx):
     """-> ScanResult. Between chunks it calls ``ctx.checkpoint()``, so lens runs and
-    token checks are served while the scan runs, and a cancel keeps what is done.
-    ``request.options``: ``resume`` (default True), ``cached_only`` (just load the cache)."""
-    options = getattr(request, "options", {}) or {}
-    if options.get("cached_only"):
+    token checks are served while the scan runs, and a cancel keeps what is done."""
+    if request.cached_only:
         return load_cached_scan(model)
 
     def between_chunks() -> bool:
         ctx.checkpoint()  # raises Cancelled when superseded
         return False
 
-    stop = getattr(request, "stop", None)
     return scan_vocabulary(
         model,
         should_stop=between_chunks,
         progress=ctx.progress,
-        resume=options.get("resume", True),
-        limit=stop,
+        resume=request.resume,
+        limit=request.limit,
     )

@@ -81,11 +81,9 @@ class LPOutcome:
     z: Optional[torch.Tensor] = None  # witness (normalized residual), float64
     gap: float = float("-inf")  # exact full-vocabulary gap at z (float64)
     certificate: Optional[Certificate] = None
-    lp_value: float = float("nan")  # the last LP's optimum (upper bound on the gap over S)
     binding: list[int] = field(default_factory=list)  # competitors with positive duals
     rounds: int = 0
     constraints: int = 0
-    cuts: int = 0
     message: str = ""
 
 
@@ -211,13 +209,12 @@ def solve_speak_lp(
                 break
             options["time_limit"] = remaining
         res = linprog(objective, A_ub=A, b_ub=rhs, bounds=bounds, method="highs", options=options)
-        best.rounds, best.constraints, best.cuts = round_no, len(idx), len(cuts)
+        best.rounds, best.constraints = round_no, len(idx)
         if res.status != 0 or res.x is None:
             best.message = f"HiGHS stopped: {res.message}"
             break
         z_star = torch.as_tensor(res.x[:d], dtype=torch.float64, device=V.device)
         m_star = float(res.x[d])
-        best.lp_value = m_star
         duals = np.clip(-np.asarray(res.ineqlin.marginals[: len(idx)]), 0.0, None)
         support = duals > _DUAL_ZERO
         best.binding = [int(j) for j in idx[support][np.argsort(-duals[support])]]
