@@ -1,15 +1,8 @@
-"""Wires the token inspector and the speakability check into the explorer.
+"""Wires the token inspector and the speakability panes into the explorer (UI thread).
 
-Two halves, kept apart by the worker boundary:
-
-- handlers (``inspect_handler``, ``scan_marks_handler``) run on the model thread,
-  call the engine, and hand back plain data (reports, joined sequences, id sets);
-- panes (``WiredInspector``, ``WiredSpeak``) live on the UI thread: they react to the
-  grid's cursor (``TokenFocused``), submit requests through ``app.submit(...,
-  reply_to=self)`` and render the ``WorkerReply`` they get back. No tensors here.
-
-The handlers import the engine inside their bodies: they run on the worker thread,
-and importing it here would pull torch into the app's first frame.
+The panes (``WiredInspector``, ``WiredSpeak``) react to the grid's cursor
+(``TokenFocused``), submit requests through ``app.submit(..., reply_to=self)`` and
+render the ``WorkerReply`` they get back; their handlers live in ``lenstui.handlers``.
 
 ``install(app)`` registers the handlers and mounts the panes into ``#inspector`` and
 ``#speak``; the app calls it from ``on_mount``.
@@ -17,66 +10,15 @@ and importing it here would pull torch into the app's first frame.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Optional
+from typing import Optional
 
+from lenstui.handlers import APP_HANDLERS, InspectReply, ScanMarks
 from lenstui.widgets.events import ModelLoaded, TokenFocused
 from lenstui.widgets.inspector import InspectorPane
 from lenstui.widgets.speak import SpeakPane
 from lenstui.worker import CheckSpeakable, Done, Failed, InspectToken, Progress, ScanVocabulary, Stopped
 
-if TYPE_CHECKING:
-    from lenstui.engine.neighbors import TokenReport
-    from lenstui.engine.tokens import JoinedSequence
-
 INSPECT_NEIGHBORS = 12
-
-
-# ------------------------------------------------------------------ worker side
-
-
-@dataclass(frozen=True)
-class InspectReply:
-    report: "TokenReport"
-    sequence: Optional["JoinedSequence"]  # the prompt's tokens joined into characters
-    selected: Optional[int]  # prompt position to highlight in the sequence
-
-
-@dataclass(frozen=True)
-class ScanMarks:
-    """What the grid and inspector need from a vocabulary scan: id sets, no arrays."""
-
-    scan: object  # lenstui.engine.scan.ScanResult, for the speak pane's summary line
-    unspeakable: frozenset[int]
-    hard_to_speak: frozenset[int]
-    complete: bool
-
-
-def inspect_handler(model, request: InspectToken, ctx) -> InspectReply:
-    from lenstui.engine.neighbors import inspect_token
-    from lenstui.engine.tokens import join_tokens
-
-    report = inspect_token(model, request.token_id, request.neighbors)
-    sequence = join_tokens(model, list(request.sequence)) if request.sequence else None
-    return InspectReply(report, sequence, request.selected)
-
-
-def scan_marks_handler(model, request: ScanVocabulary, ctx) -> Optional[ScanMarks]:
-    from lenstui.engine.speak_jobs import scan_handler
-
-    scan = scan_handler(model, request, ctx)
-    if scan is None:  # cached_only and no scan cached for this model
-        return None
-    return ScanMarks(scan, scan.unspeakable_ids, scan.hard_to_speak_ids, scan.complete)
-
-
-def speak_handler(model, request: CheckSpeakable, ctx):
-    from lenstui.engine.speak_jobs import speak_handler as engine_speak_handler
-
-    return engine_speak_handler(model, request, ctx)
-
-
-# ------------------------------------------------------------------ UI side
 
 
 class WiredInspector(InspectorPane):
@@ -177,9 +119,8 @@ class WiredSpeak(SpeakPane):
 
 
 def install(app) -> tuple[WiredInspector, WiredSpeak]:
-    app.register_handler(InspectToken, inspect_handler)
-    app.register_handler(CheckSpeakable, speak_handler)
-    app.register_handler(ScanVocabulary, scan_marks_handler)
+    for kind, handler in APP_HANDLERS.items():
+        app.register_handler(kind, handler)
     inspector = WiredInspector(id="inspector-pane")
     inspector.show_timings = app.show_timings
     speak = WiredSpeak(show_timings=app.show_timings, id="speak-pane")

@@ -30,8 +30,8 @@ Rules the worker keeps:
   further (a lens run's checkpoints only check for cancellation).
 
 Features plug in without editing this module: they define (or use) a request class
-below and ``register(RequestClass, handler)``; a handler is
-``handler(model, request, ctx) -> value`` and runs on the worker thread.
+below, write a handler in ``lenstui.handlers`` and ``register(RequestClass, handler)``;
+a handler is ``handler(model, request, ctx) -> value`` and runs on the worker thread.
 """
 
 from __future__ import annotations
@@ -225,27 +225,6 @@ class ModelInfo:
 Handler = Callable[[Any, Request, "JobContext"], Any]
 
 
-def run_lens_handler(model, request: RunLens, ctx: "JobContext"):
-    from lenstui.engine.chat import chat_prompt_ids
-    from lenstui.engine.lens import run_lens
-
-    prompt: Union[str, list[int]] = (
-        list(request.prompt) if isinstance(request.prompt, tuple) else request.prompt
-    )
-    if isinstance(prompt, str) and request.chat:
-        prompt = chat_prompt_ids(model, prompt)
-    return run_lens(
-        model,
-        prompt,
-        top_k=min(request.top_k, model.d_vocab),
-        lens=request.lens,
-        extended_blocks=request.extended_blocks,
-        incl_mid=request.incl_mid,
-        target=request.target,
-        should_stop=ctx.should_stop,
-    )
-
-
 class _Job:
     __slots__ = ("seq", "request", "cancelled")
 
@@ -294,6 +273,9 @@ class ModelWorker:
         self._active: list[_Job] = []  # the running job, plus short jobs nested in a long one
         self._latest: dict[type, int] = {}
         self._counter = itertools.count(1)
+        # handlers.py imports this module's request types, so it is imported here, not at the top.
+        from lenstui.handlers import run_lens_handler
+
         self._handlers: dict[type, Handler] = {LoadModel: self._load, RunLens: run_lens_handler}
         self._model = None  # only the worker thread reads or writes it
         self._load_error: Optional[str] = None

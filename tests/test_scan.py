@@ -186,7 +186,7 @@ def test_worker_handlers_run_checks_and_scans(tiny_llama, cache_dir):
     """The handlers the app registers, on the real model worker thread."""
     import queue
 
-    from lenstui.engine.speak_jobs import scan_handler, speak_handler
+    from lenstui.handlers import scan_handler, speak_handler
     from lenstui.worker import CheckSpeakable, Done, LoadModel, ModelWorker, ScanVocabulary
 
     results: "queue.Queue" = queue.Queue()

@@ -3,7 +3,7 @@
 
 Pure rendering: it is handed SpeakResult / ScanResult summaries (plain ids, floats and
 strings) and progress numbers, and never touches tensors or the model. The app wires
-it: on the check key it submits ``CheckSpeakable`` (handler ``speak_jobs.speak_handler``)
+it: on the check key it submits ``CheckSpeakable`` (handler ``lenstui.handlers.speak_handler``)
 and forwards the replies to ``show_progress`` / ``show_result`` / ``show_error`` /
 ``show_cancelled``.
 """
