@@ -5,10 +5,13 @@ submits typed requests and gets ``WorkerReply`` messages back (posted thread-saf
 from the worker), drops any that ``worker.is_current`` calls stale, and hands the
 rest to the pane that asked.
 
-Other features plug in with three calls (see ``lenstui/widgets/events.py``)::
+The panes are composed here directly. The app forwards the grid's cursor
+(``TokenFocused``) and ``ModelLoaded`` to the side panes, hands them what they need
+(the shown prompt's ids), and handles what they post (``WiredSpeak.ScanMarked``,
+``InspectorPane.TargetRequested``); they never reach into the app's state. A pane
+asks the worker with::
 
-    app.register_handler(InspectToken, inspect_handler)   # runs on the worker thread
-    app.mount_pane("inspector", InspectorPane())           # replaces the placeholder
+    app.register_handler(InspectToken, inspect_handler)       # lenstui.handlers; worker thread
     seq = app.submit(InspectToken(token_id), reply_to=pane)  # pane gets WorkerReply
 """
 
@@ -27,9 +30,11 @@ from textual.containers import Container, Vertical
 from textual.message import Message
 from textual.screen import Screen
 from textual.widget import Widget
-from textual.widgets import Footer, Input, Static
+from textual.widgets import Footer, Input
 
 from lenstui.config import load_config
+from lenstui.features import WiredInspector, WiredSpeak
+from lenstui.handlers import APP_HANDLERS
 from lenstui.theming import DEFAULT_THEME, load_themes
 from lenstui.textfmt import visible
 from lenstui.widgets.events import ModelLoaded, TokenFocused
@@ -49,18 +54,6 @@ from lenstui.worker import (
     Result,
     RunLens,
 )
-
-PANE_SLOTS = {
-    "inspector": (
-        "token inspector",
-        "The selected token's bytes and its nearest unembedding neighbours.",
-    ),
-    "speak": (
-        "speakability",
-        "Whether the model can say the selected token at all.",
-    ),
-}
-
 
 class WorkerReply(Message, bubble=False):
     """A worker result, delivered on the UI thread."""
@@ -148,13 +141,12 @@ class LenstuiApp(App):
         self._last_lens_request: Optional[RunLens] = None
         self._last_lens_failed = False
         self._reply_to: dict[type, tuple[int, Widget]] = {}
-        self._panes: dict[str, Widget] = {}
         self._preset_index = -1
         # Lens settings the grid's rows depend on (the engine supports all of them).
         self.target: Optional[int] = None  # None: each position's own top-1
         self.lens_kind = "logit"
         self.incl_mid = False
-        self.scan_marks = None  # features.ScanMarks once a vocabulary scan exists
+        self.scan_marks = None  # handlers.ScanMarks once a vocabulary scan exists
         self._install_themes(theme)
         if self.config.keymap:
             self.set_keymap(self.config.keymap)
@@ -166,10 +158,14 @@ class LenstuiApp(App):
         with Container(id="body"):
             yield LensGrid(id="grid")
             with Container(id="side"):
-                for slot, (title, text) in PANE_SLOTS.items():
-                    with Vertical(id=slot, classes="pane") as pane:
-                        pane.border_title = title
-                        yield Static(text, classes="placeholder", id=f"{slot}-placeholder")
+                with Vertical(id="inspector", classes="pane") as slot:
+                    slot.border_title = "token inspector"
+                    inspector = WiredInspector(id="inspector-pane")
+                    inspector.show_timings = self.show_timings
+                    yield inspector
+                with Vertical(id="speak", classes="pane") as slot:
+                    slot.border_title = "speakability"
+                    yield WiredSpeak(show_timings=self.show_timings, id="speak-pane")
         yield StatusBar(id="status", show_timings=self.show_timings)
         yield Footer(compact=True)
 
@@ -185,13 +181,25 @@ class LenstuiApp(App):
     def status(self) -> StatusBar:
         return self.query_one(StatusBar)
 
+    @property
+    def inspector_pane(self) -> WiredInspector:
+        return self.query_one("#inspector-pane", WiredInspector)
+
+    @property
+    def speak_pane(self) -> WiredSpeak:
+        return self.query_one("#speak-pane", WiredSpeak)
+
+    def side_panes(self) -> list[Widget]:
+        """What sits in the side slots (``#inspector``, ``#speak``): they get the cursor
+        and model news."""
+        return [pane for slot in self.query("#side > .pane") for pane in slot.children]
+
     def on_mount(self) -> None:
         for problem in self._startup_problems:
             self.notify(problem, title="Settings", severity="warning", timeout=10)
         self.worker = ModelWorker(self._post_from_worker, loader=self.loader).start()
-        from lenstui import features
-
-        self.inspector_pane, self.speak_pane = features.install(self)
+        for kind, handler in APP_HANDLERS.items():
+            self.register_handler(kind, handler)
         self.submit(self.model_request)
         name = self.model_request.spec or "the embedded SmolLM2-135M-Instruct"
         self.grid.show_hint(f"Loading {name}… type a prompt meanwhile.")
@@ -226,20 +234,6 @@ class LenstuiApp(App):
         else:
             self._reply_to.pop(type(request), None)
         return seq
-
-    def mount_pane(self, slot: str, widget: Widget) -> None:
-        """Put a feature's pane into ``#inspector`` or ``#speak`` (the placeholder goes)."""
-        if slot not in PANE_SLOTS:
-            raise ValueError(f"unknown pane slot {slot!r}: use one of {', '.join(PANE_SLOTS)}")
-        container = self.query_one(f"#{slot}")
-        container.remove_children()
-        container.mount(widget)
-        self._panes[slot] = widget
-        if self.model_info is not None:
-            widget.post_message(ModelLoaded(self.model_info))
-        cell = self.grid.current_cell
-        if cell is not None:
-            widget.post_message(TokenFocused(cell))
 
     def _post_from_worker(self, result: Result) -> None:
         # Called on the worker thread; post_message is thread-safe.
@@ -276,7 +270,7 @@ class LenstuiApp(App):
                 self.grid.show_hint("Type a prompt and press Enter (F2 cycles through presets).")
             if self.chat and not info.has_chat_template:
                 self.chat = False
-            for pane in self._panes.values():
+            for pane in self.side_panes():
                 pane.post_message(ModelLoaded(info))
             self._refresh_prompt_info()
             self.model_settled.set()
@@ -292,6 +286,8 @@ class LenstuiApp(App):
         if isinstance(result, Done):
             self.shown_result = result.value
             self.shown_request = result.request
+            for inspector in self.query(WiredInspector):
+                inspector.prompt_ids = tuple(result.value.token_ids)
             self.grid.show_result(result.value)
             self.status.set_run(len(result.value.tokens), result.value.seconds)
             self._refresh_prompt_info()
@@ -451,6 +447,9 @@ class LenstuiApp(App):
     def action_scan_vocabulary(self) -> None:
         self.speak_pane.scan()
 
+    def on_wired_speak_scan_marked(self, message: WiredSpeak.ScanMarked) -> None:
+        self.set_scan_marks(message.marks)
+
     def set_scan_marks(self, marks) -> None:
         """A vocabulary scan landed: mark its tokens in the grid, inspector and speak pane."""
         self.scan_marks = marks
@@ -553,14 +552,8 @@ class LenstuiApp(App):
 
     def on_lens_grid_cell_highlighted(self, message: LensGrid.CellHighlighted) -> None:
         selected = isinstance(message, LensGrid.CellSelected)
-        for pane in self._panes.values():
+        for pane in self.side_panes():
             pane.post_message(TokenFocused(message.cell, selected=selected))
-        cell = message.cell
-        for slot in PANE_SLOTS:
-            if slot not in self._panes:
-                self.query_one(f"#{slot}").border_subtitle = (
-                    f"{visible(cell.text)} · id {cell.token_id} · {cell.layer} @ {cell.position}"
-                )
 
     # ------------------------------------------------------------ themes & palette
 

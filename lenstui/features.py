@@ -1,18 +1,20 @@
-"""Wires the token inspector and the speakability panes into the explorer (UI thread).
+"""The token inspector and speakability panes, wired to the worker (UI thread).
 
-The panes (``WiredInspector``, ``WiredSpeak``) react to the grid's cursor
-(``TokenFocused``), submit requests through ``app.submit(..., reply_to=self)`` and
-render the ``WorkerReply`` they get back; their handlers live in ``lenstui.handlers``.
-
-``install(app)`` registers the handlers and mounts the panes into ``#inspector`` and
-``#speak``; the app calls it from ``on_mount``.
+The app composes them into ``#inspector`` and ``#speak``. They react to the grid's
+cursor (``TokenFocused``, forwarded by the app), submit requests through
+``app.submit(..., reply_to=self)`` and render the ``WorkerReply`` they get back; the
+handlers for those requests live in ``lenstui.handlers``. They never reach back into
+the app's state: what they need is handed to them (``WiredInspector.prompt_ids``),
+and what the app should know they post (``WiredSpeak.ScanMarked``).
 """
 
 from __future__ import annotations
 
 from typing import Optional
 
-from lenstui.handlers import APP_HANDLERS, InspectReply, ScanMarks
+from textual.message import Message
+
+from lenstui.handlers import InspectReply, ScanMarks
 from lenstui.widgets.events import ModelLoaded, TokenFocused
 from lenstui.widgets.inspector import InspectorPane
 from lenstui.widgets.speak import SpeakPane
@@ -25,14 +27,16 @@ class WiredInspector(InspectorPane):
     """The inspector pane, following the grid's cursor."""
 
     marks: Optional[ScanMarks] = None
+    # The ids of the prompt the grid shows (set by the app when a lens result lands):
+    # the inspector joins them into characters under the report.
+    prompt_ids: Optional[tuple[int, ...]] = None
 
     def on_token_focused(self, message: TokenFocused) -> None:
         self.inspect(message.cell.token_id, message.cell.position)
 
     def inspect(self, token_id: int, position: Optional[int] = None) -> None:
-        result = getattr(self.app, "shown_result", None)
-        sequence = tuple(result.token_ids) if result is not None else None
-        selected = position if result is not None else None
+        sequence = self.prompt_ids
+        selected = position if sequence is not None else None
         self.app.submit(InspectToken(token_id, INSPECT_NEIGHBORS, sequence, selected), reply_to=self)
 
     def on_worker_reply(self, message) -> None:
@@ -59,6 +63,13 @@ class WiredInspector(InspectorPane):
 
 class WiredSpeak(SpeakPane):
     """The speakability pane: shows the cursor's token, runs checks and scans on request."""
+
+    class ScanMarked(Message):
+        """A vocabulary scan landed: the app marks its tokens in the grid and panes."""
+
+        def __init__(self, marks: ScanMarks) -> None:
+            super().__init__()
+            self.marks = marks
 
     marks: Optional[ScanMarks] = None
 
@@ -111,19 +122,9 @@ class WiredSpeak(SpeakPane):
         elif isinstance(result, Done) and result.value is not None:
             marks: ScanMarks = result.value
             self.show_scan(marks.scan)
-            self.app.set_scan_marks(marks)
+            self.post_message(self.ScanMarked(marks))
         elif isinstance(result, Stopped):
             self.show_scan_progress("stopped", None)
         elif isinstance(result, Failed):
             self.show_scan_progress(f"failed: {result.message}", None)
 
-
-def install(app) -> tuple[WiredInspector, WiredSpeak]:
-    for kind, handler in APP_HANDLERS.items():
-        app.register_handler(kind, handler)
-    inspector = WiredInspector(id="inspector-pane")
-    inspector.show_timings = app.show_timings
-    speak = WiredSpeak(show_timings=app.show_timings, id="speak-pane")
-    app.mount_pane("inspector", inspector)
-    app.mount_pane("speak", speak)
-    return inspector, speak

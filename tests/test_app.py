@@ -282,7 +282,7 @@ async def test_help_and_palette_commands(make_app):
             assert binding.id and binding.description
 
 
-async def test_a_feature_pane_plugs_in_without_touching_the_app(make_app):
+async def test_a_feature_pane_plugs_in_without_touching_the_app(make_app, embedded):
     from textual.widgets import Static
 
     from lenstui.app import WorkerReply
@@ -309,11 +309,23 @@ async def test_a_feature_pane_plugs_in_without_touching_the_app(make_app):
             self.replies.append(message.result)
             self.answered.set()
 
-    app = make_app(EIFFEL)
+    import threading
+
+    gate = threading.Event()
+
+    def gated_loader(spec, **kw):
+        gate.wait(SETTLE_TIMEOUT)
+        return embedded
+
+    app = make_app(EIFFEL, loader=gated_loader)
     async with app.run_test(size=(120, 40)) as pilot:
-        await settle(app, pilot)
+        # Swap the feature's pane into the inspector's slot while the model loads.
+        slot = app.query_one("#inspector")
+        await slot.remove_children()
         pane = FakeInspector()
-        app.mount_pane("inspector", pane)
+        await slot.mount(pane)
+        gate.set()
+        await settle(app, pilot)
         await asyncio.wait_for(pane.answered.wait(), SETTLE_TIMEOUT)
         assert pane.model_names == ["SmolLM2-135M-Instruct"]
         assert isinstance(pane.replies[-1], Done) and pane.replies[-1].value == (7042, "ĠParis")

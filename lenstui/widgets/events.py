@@ -1,6 +1,6 @@
 """Messages the app sends to the panes it hosts in ``#inspector`` and ``#speak``.
 
-A pane mounted with ``LenstuiApp.mount_pane`` receives these on its own queue:
+A pane in one of the side slots (``#inspector``, ``#speak``) receives these on its own queue:
 
 - ``TokenFocused``: the grid's cursor moved (``selected``: Enter or a click);
 - ``ModelLoaded``: a model finished loading (plain facts: no tensors);
