@@ -18,9 +18,6 @@ asks the worker with::
 from __future__ import annotations
 
 import asyncio
-import os
-import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Optional
 
@@ -33,10 +30,12 @@ from textual.widget import Widget
 from textual.widgets import Footer, Input
 
 from lenstui.config import load_config
+from lenstui.engine.lens_kinds import LENS_DESCRIPTIONS, LENS_KINDS
+from lenstui.export import export_dir, save_json, save_svg
 from lenstui.features import WiredInspector, WiredSpeak
 from lenstui.handlers import APP_HANDLERS
+from lenstui.session import LensSession, Step
 from lenstui.theming import DEFAULT_THEME, load_themes
-from lenstui.textfmt import visible
 from lenstui.widgets.events import ModelLoaded, TokenFocused
 from lenstui.widgets.grid import LensGrid
 from lenstui.widgets.inspector import InspectorPane
@@ -70,15 +69,6 @@ class WorkerReply(Message, bubble=False):
             and isinstance(message.result, Progress)
             and message.result.seq == self.result.seq
         )
-
-
-@dataclass(frozen=True)
-class Step:
-    """One generation step: the prompt's ids after appending ``text``'s token."""
-
-    ids: tuple[int, ...]
-    text: str
-    piece: str
 
 
 class LenstuiApp(App):
@@ -127,8 +117,8 @@ class LenstuiApp(App):
         self.show_timings = show_timings
         self.model_info: Optional[ModelInfo] = None
         self.worker: Optional[ModelWorker] = None
-        self.chat = bool(chat if chat is not None else self.config.chat)
-        self.steps: list[Step] = []
+        # What the lens shows next (prompt, steps, target, variant): plain, testable state.
+        self.session = LensSession(top_k=self.config.top_k, chat=bool(chat if chat is not None else self.config.chat))
         self.shown_result = None  # the LensResult on screen (plain data)
         self.shown_request: Optional[RunLens] = None
         # Set when no lens run is pending / when the model load has finished either way:
@@ -137,15 +127,8 @@ class LenstuiApp(App):
         self.lens_settled.set()
         self.model_settled = asyncio.Event()
         self.worker_stop_timeout = 0.5
-        self._prompt_text = ""
-        self._last_lens_request: Optional[RunLens] = None
-        self._last_lens_failed = False
         self._reply_to: dict[type, tuple[int, Widget]] = {}
         self._preset_index = -1
-        # Lens settings the grid's rows depend on (the engine supports all of them).
-        self.target: Optional[int] = None  # None: each position's own top-1
-        self.lens_kind = "logit"
-        self.incl_mid = False
         self.scan_marks = None  # handlers.ScanMarks once a vocabulary scan exists
         self._install_themes(theme)
         if self.config.keymap:
@@ -180,6 +163,14 @@ class LenstuiApp(App):
     @property
     def status(self) -> StatusBar:
         return self.query_one(StatusBar)
+
+    @property
+    def chat(self) -> bool:
+        return self.session.chat
+
+    @property
+    def steps(self) -> list[Step]:
+        return self.session.steps
 
     @property
     def inspector_pane(self) -> WiredInspector:
@@ -268,8 +259,8 @@ class LenstuiApp(App):
             self.status.set_model(info.name, info.device, info.dtype, info.n_layers, info.load_seconds, info.from_cache)
             if self.shown_result is None:
                 self.grid.show_hint("Type a prompt and press Enter (F2 cycles through presets).")
-            if self.chat and not info.has_chat_template:
-                self.chat = False
+            if self.session.chat and not info.has_chat_template:
+                self.session.chat = False
             for pane in self.side_panes():
                 pane.post_message(ModelLoaded(info))
             self._refresh_prompt_info()
@@ -292,7 +283,7 @@ class LenstuiApp(App):
             self.status.set_run(len(result.value.tokens), result.value.seconds)
             self._refresh_prompt_info()
         elif isinstance(result, Failed):
-            self._last_lens_failed = True
+            self.session.failed()
             if self.shown_result is None:
                 self.grid.show_hint(result.message)
         self.lens_settled.set()
@@ -300,77 +291,62 @@ class LenstuiApp(App):
     # ------------------------------------------------------------ running the lens
 
     def on_input_changed(self, event: Input.Changed) -> None:
-        if event.input.id == "prompt-input" and event.value != self._prompt_text:
+        if event.input.id == "prompt-input" and event.value != self.session.prompt_text:
             self.lens_settled.clear()  # a debounced run is coming
 
     def on_prompt_pane_run(self, message: PromptPane.Run) -> None:
         self._run_text(message.text, message.immediate)
 
     def _run_text(self, text: str, immediate: bool) -> None:
-        if text != self._prompt_text:
-            self.steps.clear()  # the generated tokens belonged to the old prompt
-            self._prompt_text = text
+        self.session.set_text(text)
         if not text.strip() and not immediate:
             self.lens_settled.set()  # erasing the prompt is not an error worth a notice
             self._refresh_prompt_info()
             return
         self._submit_lens()
 
-    def _lens_request(self) -> RunLens:
-        options = dict(top_k=self.config.top_k, lens=self.lens_kind, incl_mid=self.incl_mid, target=self.target)
-        if self.steps:
-            return RunLens(self.steps[-1].ids, **options)
-        return RunLens(self._prompt_text, chat=self.chat, **options)
-
     def _submit_lens(self) -> None:
-        request = self._lens_request()
+        request = self.session.request()
         self._refresh_prompt_info()
-        # The same request again is not re-run (the debounce and Enter often both fire),
-        # unless it failed last time: then Enter is how a user retries.
-        if request == self._last_lens_request and not self._last_lens_failed:
+        if not self.session.wants_run(request):
             if self.worker is not None and RunLens not in self.worker.busy_kinds():
                 self.lens_settled.set()
             return
-        self._last_lens_request = request
-        self._last_lens_failed = False
+        self.session.submitted(request)
         self.lens_settled.clear()
         self.status.set_running(True)
         self.submit(request)
 
+    def _rerun(self) -> None:
+        if self.session.has_prompt:
+            self._submit_lens()
+
     def _refresh_prompt_info(self) -> None:
-        parts = []
-        if self.model_info is None or self.model_info.has_chat_template:
-            parts.append(f"chat template {'on' if self.chat else 'off'} (^t)")
-        if self.steps:
-            shown = " ".join(_step_label(step) for step in self.steps[-12:])
-            more = "… " if len(self.steps) > 12 else ""
-            parts.append(f"+{len(self.steps)} generated: {more}{shown} (^b undo)")
-        else:
-            parts.append("^n appends the model's next token")
-        self.prompt_pane.show_info(" · ".join(parts))
+        chat_available = self.model_info is None or self.model_info.has_chat_template
+        self.prompt_pane.show_info(
+            self.session.info(chat_available=chat_available, chat_key="^t", unstep_key="^b", step_key="^n")
+        )
 
     # ------------------------------------------------------------ actions
 
     def action_step(self) -> None:
         result = self.shown_result
-        if result is None or self.shown_request != self._last_lens_request:
+        if result is None or self.shown_request != self.session.last_request:
             why = (
                 "The last lens run failed: fix the prompt first."
-                if self._last_lens_failed
+                if self.session.last_failed
                 else "Wait for the lens to finish, then step."
             )
             self.notify(why, severity="warning", timeout=3)
             return
         token = result.next_token
-        ids = tuple(result.token_ids) + (token.id,)
-        self.steps.append(Step(ids, token.text, token.piece))
+        self.session.step(tuple(result.token_ids) + (token.id,), token.text, token.piece)
         self._submit_lens()
 
     def action_unstep(self) -> None:
-        if not self.steps:
+        if not self.session.unstep():
             self.notify("No generated token to undo.", severity="warning", timeout=3)
             return
-        self.steps.pop()
         self._submit_lens()
 
     def action_switch_view(self) -> None:
@@ -380,9 +356,8 @@ class LenstuiApp(App):
         if self.model_info is not None and not self.model_info.has_chat_template:
             self.notify(f"{self.model_info.name} has no chat template.", severity="warning", timeout=4)
             return
-        self.chat = not self.chat
-        self.steps.clear()
-        if self._prompt_text.strip():
+        self.session.set_chat(not self.session.chat)
+        if self.session.prompt_text.strip():
             self._submit_lens()
         else:
             self._refresh_prompt_info()
@@ -392,10 +367,9 @@ class LenstuiApp(App):
         self.apply_preset(PRESETS[self._preset_index])
 
     def apply_preset(self, preset: Preset) -> None:
-        self.chat = preset.chat and (self.model_info is None or self.model_info.has_chat_template)
+        self.session.set_chat(preset.chat and (self.model_info is None or self.model_info.has_chat_template))
         self.prompt_pane.set_text(preset.text)
-        self.steps.clear()
-        self._prompt_text = preset.text
+        self.session.set_text(preset.text)
         self._submit_lens()
         self.notify(f"Preset: {preset.name}", timeout=2)
 
@@ -470,7 +444,8 @@ class LenstuiApp(App):
         self.set_target(message.token_id)
 
     def set_target(self, token_id: Optional[int]) -> None:
-        self.target = token_id
+        """The one way the lens target changes (the key, the inspector, the palette)."""
+        self.session.set_target(token_id)
         what = "each position's own top-1" if token_id is None else f"token {token_id}"
         self.notify(f"Lens target: {what}", timeout=2)
         self._rerun()
@@ -485,59 +460,33 @@ class LenstuiApp(App):
         self.inspector_pane.inspect(self.shown_result.token_ids[cell.position], cell.position)
 
     def action_next_lens(self) -> None:
-        kinds = ("logit", "extended", "raw")
-        self.set_lens(kinds[(kinds.index(self.lens_kind) + 1) % len(kinds)])
+        self.set_lens(self.session.next_lens())
 
     def set_lens(self, kind: str) -> None:
-        self.lens_kind = kind
-        if kind == "extended":
-            self.incl_mid = False  # the extended decoder reads block outputs only
+        self.session.set_lens(kind)
         self.notify(f"Lens: {kind}", timeout=2)
         self._rerun()
 
     def action_toggle_mid(self) -> None:
-        self.incl_mid = not self.incl_mid
-        if self.incl_mid and self.lens_kind == "extended":
-            self.lens_kind = "logit"
-        self.notify(f"Mid-block rows {'on' if self.incl_mid else 'off'}", timeout=2)
+        self.session.toggle_mid()
+        self.notify(f"Mid-block rows {'on' if self.session.incl_mid else 'off'}", timeout=2)
         self._rerun()
-
-    def _rerun(self) -> None:
-        if self._prompt_text.strip() or self.steps:
-            self._submit_lens()
 
     # ------------------------------------------------------------ export
 
     def export_dir(self) -> Path:
-        """Where exports go: config export_dir, else the current dir if writable, else data dir."""
-        if self.config.export_dir:
-            folder = Path(self.config.export_dir).expanduser()
-        elif os.access(os.getcwd(), os.W_OK):
-            folder = Path.cwd()
-        else:
-            from lenstui.paths import data_dir
-
-            folder = data_dir() / "exports"
-        folder.mkdir(parents=True, exist_ok=True)
-        return folder
-
-    def _export_stem(self) -> str:
-        return time.strftime("lenstui-%Y%m%d-%H%M%S")
+        return export_dir(self.config.export_dir)
 
     def export_json(self) -> Optional[Path]:
         if self.shown_result is None:
             self.notify("Nothing to export yet: run the lens first.", severity="warning")
             return None
-        import json
-
-        path = self.export_dir() / f"{self._export_stem()}.json"
-        path.write_text(json.dumps(self.shown_result.to_json(), ensure_ascii=False), encoding="utf-8")
+        path = save_json(self.shown_result, self.export_dir())
         self.notify(f"Grid saved as JSON: {path}", title="Export", timeout=8)
         return path
 
     def export_svg(self) -> Path:
-        folder = self.export_dir()
-        path = Path(self.save_screenshot(f"{self._export_stem()}.svg", str(folder)))
+        path = save_svg(self, self.export_dir())
         self.notify(f"Screen saved as SVG: {path}", title="Export", timeout=8)
         return path
 
@@ -585,7 +534,7 @@ class LenstuiApp(App):
             yield SystemCommand(f"theme: {name}", "switch to this theme", lambda n=name: self.switch_theme(n))
         yield SystemCommand("lens: target the selected token", "rank this token at every cell (t)", self.action_target_selected)
         yield SystemCommand("lens: default target", "each position's own top-1 (u)", self.action_reset_target)
-        for kind in ("logit", "extended", "raw"):
+        for kind in LENS_KINDS:
             yield SystemCommand(f"lens: {kind} lens", LENS_DESCRIPTIONS[kind], lambda k=kind: self.set_lens(k))
         yield SystemCommand("lens: toggle mid-block rows", "also read the residual after each attention", self.action_toggle_mid)
         yield SystemCommand("inspect: prompt token at the cursor", "the input token, not the prediction (p)", self.action_inspect_prompt_token)
@@ -601,13 +550,4 @@ class LenstuiApp(App):
 LETTER_ACTIONS = frozenset(
     {"focus_prompt", "check_speakable", "cancel_speak", "target_selected", "reset_target", "inspect_prompt_token"}
 )
-LENS_DESCRIPTIONS = {
-    "logit": "final norm, then unembedding (the classic)",
-    "extended": "the last block joins the decoder (gpt-neo notes)",
-    "raw": "unembedding without the final norm",
-}
 
-
-def _step_label(step: Step) -> str:
-    # A partial UTF-8 token decodes to U+FFFD alone: its vocabulary piece says more.
-    return step.piece if "\ufffd" in step.text else visible(step.text)

@@ -44,3 +44,11 @@ def test_each_request_names_its_title_and_a_new_kind_defaults_to_its_class_name(
         token_id: int = 0
 
     assert Attribute(3).title == "Attribute"
+
+
+def test_the_lens_kinds_are_named_once_for_the_app_and_the_engine():
+    from lenstui.engine import lens
+    from lenstui.engine.lens_kinds import LENS_DESCRIPTIONS, LENS_KINDS
+
+    assert lens.LENS_KINDS == LENS_KINDS  # until lens.py imports it from lens_kinds
+    assert set(LENS_DESCRIPTIONS) == set(LENS_KINDS)

@@ -1,0 +1,128 @@
+"""What the explorer's lens shows next: the prompt, its generated steps and the lens settings.
+
+``LensSession`` is plain state (no Textual, no torch) that produces the next
+``RunLens``. The app feeds it what the user did (typed text, stepped, picked a target
+or a lens variant) and submits ``session.request()`` when ``session.wants_run``
+says the request is new; the tests drive it without a screen.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+from lenstui.engine.lens_kinds import LENS_KINDS
+from lenstui.textfmt import visible
+from lenstui.worker import RunLens
+
+# The prompt line lists at most this many generated tokens (the newest ones).
+SHOWN_STEPS = 12
+
+
+@dataclass(frozen=True)
+class Step:
+    """One generation step: the prompt's ids after appending ``text``'s token."""
+
+    ids: tuple[int, ...]
+    text: str  # the token decoded (U+FFFD alone for a partial UTF-8 token)
+    piece: str  # the token's vocabulary piece
+
+    @property
+    def label(self) -> str:
+        # A partial UTF-8 token decodes to U+FFFD alone: its vocabulary piece says more.
+        return self.piece if "\ufffd" in self.text else visible(self.text)
+
+
+@dataclass
+class LensSession:
+    """The prompt and settings the grid's rows depend on, and what was last asked."""
+
+    top_k: int = 10
+    chat: bool = False
+    prompt_text: str = ""
+    steps: list[Step] = field(default_factory=list)
+    target: Optional[int] = None  # None: each position's own top-1
+    lens_kind: str = "logit"
+    incl_mid: bool = False
+    last_request: Optional[RunLens] = None
+    last_failed: bool = False
+
+    # ---------------------------------------------------------------- the request
+
+    def request(self) -> RunLens:
+        """The RunLens for the current state: the last step's ids, else the text."""
+        options = dict(top_k=self.top_k, lens=self.lens_kind, incl_mid=self.incl_mid, target=self.target)
+        if self.steps:
+            return RunLens(self.steps[-1].ids, **options)
+        return RunLens(self.prompt_text, chat=self.chat, **options)
+
+    def wants_run(self, request: RunLens) -> bool:
+        """The same request again is not re-run (the debounce and Enter often both fire),
+        unless it failed last time: then Enter is how a user retries."""
+        return request != self.last_request or self.last_failed
+
+    def submitted(self, request: RunLens) -> None:
+        self.last_request = request
+        self.last_failed = False
+
+    def failed(self) -> None:
+        self.last_failed = True
+
+    @property
+    def has_prompt(self) -> bool:
+        """Whether there is anything to run the lens on."""
+        return bool(self.prompt_text.strip() or self.steps)
+
+    # ---------------------------------------------------------------- what the user does
+
+    def set_text(self, text: str) -> None:
+        """A new prompt text: the generated steps belonged to the old one."""
+        if text != self.prompt_text:
+            self.steps.clear()
+            self.prompt_text = text
+
+    def step(self, ids: tuple[int, ...], text: str, piece: str) -> None:
+        self.steps.append(Step(ids, text, piece))
+
+    def unstep(self) -> bool:
+        """Drop the last generated token; False when there is none."""
+        if not self.steps:
+            return False
+        self.steps.pop()
+        return True
+
+    def set_chat(self, chat: bool) -> None:
+        self.chat = chat
+        self.steps.clear()
+
+    def set_target(self, token_id: Optional[int]) -> None:
+        self.target = token_id
+
+    def set_lens(self, kind: str) -> None:
+        self.lens_kind = kind
+        if kind == "extended":
+            self.incl_mid = False  # the extended decoder reads block outputs only
+
+    def next_lens(self) -> str:
+        """The lens variant after the current one (cycling)."""
+        return LENS_KINDS[(LENS_KINDS.index(self.lens_kind) + 1) % len(LENS_KINDS)]
+
+    def toggle_mid(self) -> None:
+        self.incl_mid = not self.incl_mid
+        if self.incl_mid and self.lens_kind == "extended":
+            self.lens_kind = "logit"
+
+    # ---------------------------------------------------------------- what the prompt line says
+
+    def info(self, *, chat_available: bool, chat_key: str, unstep_key: str, step_key: str) -> str:
+        """The line under the prompt: chat template state and the generated steps."""
+        parts = []
+        if chat_available:
+            parts.append(f"chat template {'on' if self.chat else 'off'} ({chat_key})")
+        if self.steps:
+            shown = " ".join(step.label for step in self.steps[-SHOWN_STEPS:])
+            more = "… " if len(self.steps) > SHOWN_STEPS else ""
+            parts.append(f"+{len(self.steps)} generated: {more}{shown} ({unstep_key} undo)")
+        else:
+            parts.append(f"{step_key} appends the model's next token")
+        return " · ".join(parts)

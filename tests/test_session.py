@@ -1,0 +1,86 @@
+"""LensSession: the explorer's lens state, without a screen, a model or torch."""
+
+from __future__ import annotations
+
+from lenstui.session import LensSession, Step
+from lenstui.worker import RunLens
+
+
+def test_text_becomes_a_chat_aware_request_with_the_settings():
+    session = LensSession(top_k=7, chat=True)
+    session.set_text("The capital of France is")
+    assert session.request() == RunLens("The capital of France is", chat=True, top_k=7)
+    session.set_target(7042)
+    session.set_lens("raw")
+    assert session.request() == RunLens(
+        "The capital of France is", chat=True, top_k=7, lens="raw", target=7042
+    )
+
+
+def test_steps_run_on_ids_and_a_new_text_drops_them():
+    session = LensSession()
+    session.set_text("Hi")
+    session.step((1, 2, 3), " there", "Ġthere")
+    session.step((1, 2, 3, 4), "!", "!")
+    assert session.request().prompt == (1, 2, 3, 4)
+    assert session.request().chat is False  # ids are used as given
+    assert session.unstep() and session.request().prompt == (1, 2, 3)
+    session.set_text("Hi")  # the same text keeps the steps
+    assert len(session.steps) == 1
+    session.set_text("Hello")
+    assert session.steps == [] and session.request().prompt == "Hello"
+    assert not session.unstep()
+
+
+def test_the_same_request_is_not_rerun_unless_it_failed():
+    session = LensSession()
+    session.set_text("x")
+    request = session.request()
+    assert session.wants_run(request)
+    session.submitted(request)
+    assert not session.wants_run(session.request())
+    session.failed()
+    assert session.wants_run(session.request())  # Enter retries a failed run
+    session.submitted(request)
+    session.set_target(5)
+    assert session.wants_run(session.request())
+
+
+def test_lens_variants_cycle_and_mid_rows_exclude_the_extended_lens():
+    session = LensSession()
+    assert [session.lens_kind, session.next_lens()] == ["logit", "extended"]
+    session.toggle_mid()
+    assert session.incl_mid
+    session.set_lens("extended")
+    assert not session.incl_mid  # the extended decoder reads block outputs only
+    session.toggle_mid()
+    assert session.incl_mid and session.lens_kind == "logit"
+    session.set_lens("raw")
+    assert session.next_lens() == "logit"
+
+
+def test_chat_toggle_drops_steps_and_has_prompt_sees_either():
+    session = LensSession()
+    assert not session.has_prompt
+    session.set_text("  ")
+    assert not session.has_prompt
+    session.step((1,), "a", "a")
+    assert session.has_prompt
+    session.set_chat(True)
+    assert session.chat and session.steps == []
+
+
+def test_info_line_lists_the_newest_steps_and_shows_partial_tokens_by_piece():
+    session = LensSession(chat=False)
+    keys = dict(chat_key="^t", unstep_key="^b", step_key="^n")
+    assert session.info(chat_available=True, **keys) == (
+        "chat template off (^t) · ^n appends the model's next token"
+    )
+    assert session.info(chat_available=False, **keys) == "^n appends the model's next token"
+    for k in range(13):
+        session.step((k,), " a" if k else "\ufffd", "ĠðŁ")
+    line = session.info(chat_available=False, **keys)
+    assert line.startswith("+13 generated: … ") and line.endswith("(^b undo)")
+    assert "ĠðŁ" not in line  # the partial token was the oldest, beyond the 12 shown
+    assert line.count("␣a") == 12
+    assert Step((1,), "\ufffd", "ĠðŁ").label == "ĠðŁ"
