@@ -38,15 +38,53 @@ from __future__ import annotations
 
 import itertools
 import logging
+import logging.handlers
 import threading
 import time
 import traceback
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, ClassVar, Optional, Union
 
 from lenstui.engine.errors import Cancelled, LenstuiError
 
 log = logging.getLogger(__name__)
+
+# Unexpected tracebacks (bugs, torch errors) are kept here, rotated, and the user's
+# notice names the file; ``log`` alone has no handler in the app, so they would vanish.
+CRASH_LOG_NAME = "worker.log"
+CRASH_LOG_BYTES = 1_000_000
+CRASH_LOG_BACKUPS = 3
+_crash_log = logging.getLogger("lenstui.worker.crashes")
+_crash_log.propagate = False
+
+
+def crash_log_path() -> Path:
+    """Where worker tracebacks go: ``data_dir()/logs/worker.log``."""
+    from lenstui.paths import data_dir
+
+    return data_dir() / "logs" / CRASH_LOG_NAME
+
+
+def log_crash(text: str) -> Optional[Path]:
+    """Append a traceback to the rotating crash log; returns its path (None if unwritable)."""
+    path = crash_log_path()
+    try:
+        handlers = _crash_log.handlers
+        if not handlers or Path(handlers[0].baseFilename) != path:  # the data dir moved (tests)
+            for old in list(handlers):
+                _crash_log.removeHandler(old)
+                old.close()
+            path.parent.mkdir(parents=True, exist_ok=True)
+            handler = logging.handlers.RotatingFileHandler(
+                path, maxBytes=CRASH_LOG_BYTES, backupCount=CRASH_LOG_BACKUPS, encoding="utf-8"
+            )
+            handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+            _crash_log.addHandler(handler)
+        _crash_log.error(text)
+    except OSError:
+        return None
+    return path
 
 __all__ = [
     "Request",
@@ -420,11 +458,14 @@ class ModelWorker:
         except LenstuiError as err:
             result = Failed(job.seq, job.request, str(err), type(err).__name__)
         except Exception as err:  # a bug or a torch error: reported, and the thread lives on
-            log.error("worker request %r failed:\n%s", job.request, traceback.format_exc())
+            text = f"worker request {job.request!r} failed:\n{traceback.format_exc()}"
+            log.error(text)
+            where = log_crash(text)
+            details = f" Details in {where}." if where is not None else ""
             result = Failed(
                 job.seq,
                 job.request,
-                f"{type(job.request).__name__} failed ({type(err).__name__}: {err}).",
+                f"{type(job.request).__name__} failed ({type(err).__name__}: {err}).{details}",
                 type(err).__name__,
             )
         finally:

@@ -52,3 +52,111 @@ def test_the_lens_kinds_are_named_once_for_the_app_and_the_engine():
 
     assert lens.LENS_KINDS == LENS_KINDS  # until lens.py imports it from lens_kinds
     assert set(LENS_DESCRIPTIONS) == set(LENS_KINDS)
+
+
+# ---------------------------------------------------------------- promises kept in a fresh interpreter
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run_fresh(code: str, tmp_path) -> subprocess.CompletedProcess:
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "PYTHONPATH": str(REPO),
+        "HF_HUB_OFFLINE": "1",
+        "OMP_NUM_THREADS": "1",
+        "LENSTUI_CONFIG_DIR": str(tmp_path / "config"),
+        "LENSTUI_DATA_DIR": str(tmp_path / "data"),
+        "LENSTUI_CACHE_DIR": str(tmp_path / "cache"),
+    }
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)], env=env, capture_output=True, text=True, timeout=300
+    )
+
+
+def test_the_engine_never_imports_textual(tmp_path):
+    done = run_fresh(
+        """
+        import importlib, pkgutil, sys
+        import lenstui.engine
+        names = [m.name for m in pkgutil.iter_modules(lenstui.engine.__path__, "lenstui.engine.")]
+        for name in names:
+            importlib.import_module(name)
+        assert "torch" in sys.modules  # the check below is not vacuous: the engine really loaded
+        leaked = sorted(m for m in sys.modules if m == "textual" or m.startswith("textual."))
+        print(len(names), leaked)
+        """,
+        tmp_path,
+    )
+    assert done.returncode == 0, done.stderr
+    count, leaked = done.stdout.split(" ", 1)
+    assert int(count) >= 12 and leaked.strip() == "[]"
+
+
+def test_the_app_reaches_its_first_frame_without_importing_torch(tmp_path):
+    # The CLI's path into the app, up to the first painted frame. The model loader is a
+    # stand-in that waits (loading the model is what may import torch, on the worker).
+    done = run_fresh(
+        """
+        import asyncio, sys, threading
+        from lenstui.cli import build_parser
+        import lenstui.app
+        assert "torch" not in sys.modules, "import lenstui.app"
+        args = build_parser(None).parse_args(["The capital of France is"])
+        gate = threading.Event()
+        app = lenstui.app.LenstuiApp(
+            args.prompt, model=args.model, device=args.device, dtype=args.dtype, theme=args.theme,
+            chat=args.chat, loader=lambda spec, **kw: gate.wait(60),
+        )
+        async def first_frame():
+            async with app.run_test(size=(80, 24)) as pilot:
+                await pilot.pause()
+                assert app.query_one("#grid").region.width > 0
+                assert "torch" not in sys.modules, "the first frame"
+                gate.set()
+        asyncio.run(first_frame())
+        print("ok")
+        """,
+        tmp_path,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "ok"
+
+
+def test_an_unexpected_worker_error_goes_to_the_rotating_log_and_the_notice_names_it(tmp_path, monkeypatch):
+    import queue
+    from dataclasses import dataclass
+    from typing import ClassVar
+
+    from lenstui.worker import Failed, ModelWorker, Request
+
+    monkeypatch.setenv("LENSTUI_DATA_DIR", str(tmp_path / "data"))
+
+    @dataclass(frozen=True)
+    class Explode(Request):
+        needs_model: ClassVar[bool] = False
+
+    def explode(model, request, ctx):
+        raise ValueError("a bug deep in a handler")
+
+    results: "queue.Queue" = queue.Queue()
+    worker = ModelWorker(results.put).start()
+    try:
+        worker.register(Explode, explode)
+        seq = worker.submit(Explode())
+        failed = results.get(timeout=30)
+    finally:
+        worker.stop()
+    log_file = tmp_path / "data" / "logs" / "worker.log"
+    assert isinstance(failed, Failed) and failed.seq == seq
+    assert failed.message == (
+        f"Explode failed (ValueError: a bug deep in a handler). Details in {log_file}."
+    )
+    logged = log_file.read_text(encoding="utf-8")
+    assert "Traceback (most recent call last)" in logged
+    assert 'raise ValueError("a bug deep in a handler")' in logged
