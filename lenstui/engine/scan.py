@@ -411,26 +411,18 @@ def _run_phases(readout, result, targets, save, should_stop, progress) -> None:
 
     # Phase 1: own direction (hard-to-speak flag; also a witness test when direction-only).
     rows32, c32 = readout.screen_table()
-    lit_rows32 = readout.screen_rows if readout.screen_rows is not None else (
-        (readout.V + readout.row_mean[:, None]).to(torch.float32)
-    )
-    lit_norm_max = float(
-        (readout.V.pow(2).sum(1) + readout.d * readout.row_mean.pow(2)).sqrt().max()
-    )
+    lit_rows32 = readout.full_rows32()
     todo = scope[(result.tried[scope] & _TRIED["own_pass"]) == 0]
     own_is_witness = readout.direction_only and readout.kind == "RMS"
     for k in range(0, len(todo), CHUNK):
         check()
         ids = torch.as_tensor(todo[k : k + CHUNK], device=device)
         Z32 = lit_rows32[ids]
-        z_norms = (readout.V[ids].pow(2).sum(1) + readout.d * readout.row_mean[ids].pow(2)).sqrt()
-        gamma = (readout.d + 4) * 2.0**-24 / (1 - (readout.d + 4) * 2.0**-24)
-        err = gamma * (lit_norm_max * z_norms + readout.max_abs_offset) * 1.01
+        z_norms = readout.full_row_norms(ids)
+        err = readout.screen_error_bound(z_norms, full_rows=True)
 
         def exact_own(rows, cand, ids=ids):
-            t_ids = ids[rows]
-            dots = torch.einsum("bkd,bd->bk", readout.V[cand], readout.V[t_ids])
-            return dots + readout.d * readout.row_mean[cand] * readout.row_mean[t_ids][:, None] + readout.c[cand]
+            return readout.own_logits64_at(ids[rows], cand)
 
         gap, runner = _screen_gaps(readout, lit_rows32, c32, Z32, ids, err, exact_own)
         hard = gap <= 0

@@ -35,6 +35,22 @@ from lenstui.engine.errors import InputError
 # Unit roundoff of float32 and float64.
 U32 = 2.0**-24
 U64 = 2.0**-53
+# Float32 rounding bounds on a logit, gamma_{d + k} (see ``float32_gamma``): a length-d
+# dot product costs d roundings; k counts the roundings each computation adds on top.
+# The three computations differ, so the three k differ (keep them apart):
+# - the model's own readout ``W_U^T (gain * z + beta) + b_U`` (the witness must survive
+#   it whatever the kernel's summation order): k = 8, the elementwise gain, beta and
+#   bias steps plus margin (``speak_tolerance``);
+# - the scan's screen ``fl(V) . z + fl(c)`` with projected rows: k = 3, rounding V to
+#   float32, rounding c, and the final add (``screen_error_bound``);
+# - the scan's own-direction screen, whose float32 rows are the unprojected effective
+#   rows ``fl(V + row_mean)``: k = 4, one more for adding the row mean back
+#   (``screen_error_bound(..., full_rows=True)``).
+MODEL_READOUT_ROUNDINGS = 8
+SCREEN_ROUNDINGS = 3
+FULL_ROW_SCREEN_ROUNDINGS = 4
+# The screen bounds are themselves evaluated in floating point: 1% covers that.
+SCREEN_BOUND_SLACK = 1.01
 # A witness must beat the runner-up by this many times the worst-case float32 rounding
 # error of a logit (see ``speak_tolerance``).
 SPEAK_SAFETY = 2.0
@@ -45,6 +61,12 @@ CERTIFICATE_RELATIVE_TOL = 1e-10
 WITNESS_RADIUS_FRACTION = 1.0 - 1e-4
 # Vocabulary columns converted to float64 at a time in the independent forward pass.
 _FORWARD_CHUNK = 8192
+
+
+def float32_gamma(n: int) -> float:
+    """Higham's gamma_n = n u / (1 - n u) for float32: the relative error bound of a
+    computation with n successive roundings (a length-n dot product, say)."""
+    return n * U32 / (1 - n * U32)
 
 
 @dataclass
@@ -128,6 +150,18 @@ class Readout:
             self.memo["max_row_norm"] = float(self.V.norm(dim=1).max())
         return self.memo["max_row_norm"]
 
+    def full_row_norms(self, ids: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Norms of the unprojected effective rows ``W_eff[j]`` (float64), for ``ids`` or
+        all: ``||V_j||^2 + d * row_mean_j^2``, since ``V_j`` is ``W_eff[j]`` minus its mean."""
+        V, mean = (self.V, self.row_mean) if ids is None else (self.V[ids], self.row_mean[ids])
+        return (V.pow(2).sum(1) + self.d * mean.pow(2)).sqrt()
+
+    @property
+    def max_full_row_norm(self) -> float:
+        if "max_full_row_norm" not in self.memo:
+            self.memo["max_full_row_norm"] = float(self.full_row_norms().max())
+        return self.memo["max_full_row_norm"]
+
     @property
     def max_abs_offset(self) -> float:
         if "max_abs_offset" not in self.memo:
@@ -145,16 +179,15 @@ class Readout:
         ``gamma_{d+8} * (max|W_eff[j]| |z| + max(|b_j| + |W_U[:, j]| |beta|))`` with the
         rows unprojected, so the model's own float32 readout ranks t first too, whatever
         its summation order."""
-        if "float32_terms" not in self.memo:
-            full_norms = (self.V.pow(2).sum(dim=1) + self.d * self.row_mean.pow(2)).sqrt()
+        if "float32_offset_term" not in self.memo:
             beta_norm = float(self.beta.norm())
             offsets = self.bias.abs()
             if beta_norm:
                 offsets = offsets + self.rows.detach().to(torch.float64).norm(dim=1) * beta_norm
-            self.memo["float32_terms"] = (float(full_norms.max()), float(offsets.max()))
-        row_term, offset_term = self.memo["float32_terms"]
-        gamma = (self.d + 8) * U32 / (1 - (self.d + 8) * U32)
-        return SPEAK_SAFETY * gamma * (row_term * z_norm + offset_term)
+            self.memo["float32_offset_term"] = float(offsets.max())
+        offset_term = self.memo["float32_offset_term"]
+        gamma = float32_gamma(self.d + MODEL_READOUT_ROUNDINGS)
+        return SPEAK_SAFETY * gamma * (self.max_full_row_norm * z_norm + offset_term)
 
     @property
     def certificate_tolerance(self) -> float:
@@ -185,6 +218,18 @@ class Readout:
         v_t = self.V[token_id]
         return self.V @ v_t + self.d * self.row_mean * self.row_mean[token_id] + self.c
 
+    def own_logits64_at(self, token_ids: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
+        """``own_logits64`` for a batch: [b, k] logits of ``candidates[b]`` along the
+        unprojected effective row of ``token_ids[b]`` (float64, exact inputs)."""
+        dots = torch.einsum("bkd,bd->bk", self.V[candidates], self.V[token_ids])
+        return dots + self.d * self.row_mean[candidates] * self.row_mean[token_ids][:, None] + self.c[candidates]
+
+    def full_rows32(self) -> torch.Tensor:
+        """The unprojected effective rows in float32 (the model's own when it has them)."""
+        if self.screen_rows is not None:
+            return self.screen_rows
+        return (self.V + self.row_mean[:, None]).to(torch.float32)
+
     def screen_table(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(float32 rows, float32 offsets) for bulk screening; rows equal fl(V)."""
         if "screen" not in self.memo:
@@ -196,11 +241,16 @@ class Readout:
             self.memo["screen"] = (rows32, self.c.to(torch.float32))
         return self.memo["screen"]
 
-    def screen_error_bound(self, z_norms: torch.Tensor) -> torch.Tensor:
+    def screen_error_bound(self, z_norms: torch.Tensor, *, full_rows: bool = False) -> torch.Tensor:
         """Rigorous bound on |float32 screened logit - exact logit| for witnesses z that are
-        float32 vectors of the given norms: gamma_{d+3} (max|v| |z| + max|c|)."""
-        gamma = (self.d + 3) * U32 / (1 - (self.d + 3) * U32)
-        return gamma * (self.max_row_norm * z_norms + self.max_abs_offset) * 1.01
+        float32 vectors of the given norms: gamma_{d+k} (max|row| |z| + max|c|), over the
+        projected rows ``fl(V)`` (k = SCREEN_ROUNDINGS) or, with ``full_rows``, over
+        ``full_rows32()`` (k = FULL_ROW_SCREEN_ROUNDINGS)."""
+        if full_rows:
+            gamma, row_norm = float32_gamma(self.d + FULL_ROW_SCREEN_ROUNDINGS), self.max_full_row_norm
+        else:
+            gamma, row_norm = float32_gamma(self.d + SCREEN_ROUNDINGS), self.max_row_norm
+        return gamma * (row_norm * z_norms + self.max_abs_offset) * SCREEN_BOUND_SLACK
 
     # -- witnesses as residuals ---------------------------------------------
 
