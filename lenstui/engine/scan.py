@@ -39,10 +39,14 @@ from lenstui.engine.errors import Cancelled
 from lenstui.engine.speak import CANDIDATE_FAMILIES, as_readout, candidate_directions, find_twin
 from lenstui.engine.speak_lp import check_certificate, solve_speak_lp
 from lenstui.engine.speak_readout import Readout
+from lenstui.engine.verdicts import Method, Verdict
 
-VERDICT_CODES = ("pending", "speakable", "unspeakable", "undetermined")
-PENDING, SPEAKABLE, UNSPEAKABLE, UNDETERMINED = range(4)
-METHODS = ("", "own", "centred", "whitened", "precision", "zero", "twin", "lp")
+# The int8 codes stored per token (and on disk) are positions in these tuples.
+VERDICT_CODES = tuple(Verdict)
+PENDING, SPEAKABLE, UNSPEAKABLE, UNDETERMINED = (
+    VERDICT_CODES.index(v) for v in (Verdict.PENDING, Verdict.SPEAKABLE, Verdict.UNSPEAKABLE, Verdict.UNDETERMINED)
+)
+METHODS = tuple(Method)
 SCAN_FORMAT = 1
 # Tokens per batched matrix product (each holds chunk x d_vocab float32 logits).
 CHUNK = 512
@@ -437,7 +441,7 @@ def _run_phases(readout, result, targets, save, should_stop, progress) -> None:
             open_ = result.verdicts[idx] == PENDING
             hit = idx[ok & open_]
             result.verdicts[hit] = SPEAKABLE
-            result.method[hit] = METHODS.index("own")
+            result.method[hit] = METHODS.index(Method.OWN)
             result.margin[hit] = scaled.cpu().numpy()[ok & open_]
             result.tried[idx] |= _TRIED["own"]
         report(0.0, 0.45, k + len(idx), len(todo), "own direction")
@@ -456,12 +460,12 @@ def _run_phases(readout, result, targets, save, should_stop, progress) -> None:
             ok = gap0[pending] > readout.speak_tolerance(0.0)
             hit = pending[ok]
             result.verdicts[hit] = SPEAKABLE
-            result.method[hit] = METHODS.index("zero")
+            result.method[hit] = METHODS.index(Method.ZERO)
             result.margin[hit] = gap0[hit]
             result.tried[pending] |= _TRIED["zero"]
 
     # Phase 2: candidate directions for the tokens still open.
-    families = [f for f in CANDIDATE_FAMILIES if not (f == "own" and own_is_witness)]
+    families = [f for f in CANDIDATE_FAMILIES if not (f == Method.OWN and own_is_witness)]
     for f_index, family in enumerate(families):
         bit = _TRIED[family]
         todo = scope[(result.verdicts[scope] == PENDING) & ((result.tried[scope] & bit) == 0)]
@@ -501,10 +505,10 @@ def _run_phases(readout, result, targets, save, should_stop, progress) -> None:
             if twin is not None:
                 cert = check_certificate(readout, t, [twin], [1.0])
                 if cert.bound <= readout.certificate_tolerance:
-                    _record_certificate(result, t, cert, "twin")
+                    _record_certificate(result, t, cert, Method.TWIN)
                     save()
                     continue
-        seeds = [candidate_directions(readout, torch.tensor([t], device=device), f)[0] for f in ("whitened", "centred")]
+        seeds = [candidate_directions(readout, torch.tensor([t], device=device), f)[0] for f in (Method.WHITENED, Method.CENTRED)]
         outcome = solve_speak_lp(
             readout,
             t,
@@ -515,19 +519,19 @@ def _run_phases(readout, result, targets, save, should_stop, progress) -> None:
         result.tried[t] |= _TRIED["lp"]
         if outcome.status == "witness":
             result.verdicts[t] = SPEAKABLE
-            result.method[t] = METHODS.index("lp")
+            result.method[t] = METHODS.index(Method.LP)
             result.margin[t] = outcome.gap
             result.lp_witnesses[t] = outcome.z.cpu().numpy()
         elif outcome.status == "certificate":
-            _record_certificate(result, t, outcome.certificate, "lp")
+            _record_certificate(result, t, outcome.certificate, Method.LP)
         else:
             result.verdicts[t] = UNDETERMINED
-            result.method[t] = METHODS.index("lp")
+            result.method[t] = METHODS.index(Method.LP)
             result.margin[t] = outcome.gap
         save(force=True)
 
 
-def _record_certificate(result: ScanResult, t: int, cert, method: str) -> None:
+def _record_certificate(result: ScanResult, t: int, cert, method: Method) -> None:
     result.verdicts[t] = UNSPEAKABLE
     result.method[t] = METHODS.index(method)
     result.margin[t] = cert.bound

@@ -29,9 +29,10 @@ from lenstui.engine.callbacks import Progress, StopCheck
 from lenstui.engine.errors import Cancelled, InputError
 from lenstui.engine.speak_lp import Certificate, check_certificate, solve_speak_lp
 from lenstui.engine.speak_readout import Readout, readout_for_model
+from lenstui.engine.verdicts import Method, Verdict
 
 # Candidate witness directions, in the order the scan tries them (see candidate_directions).
-CANDIDATE_FAMILIES = ("whitened", "precision", "centred", "own")
+CANDIDATE_FAMILIES = (Method.WHITENED, Method.PRECISION, Method.CENTRED, Method.OWN)
 # Competitors reported as binding at most.
 MAX_BINDING = 8
 
@@ -52,7 +53,7 @@ class SpeakResult:
 
     id: int
     text: str
-    verdict: str  # "speakable" | "unspeakable" | "undetermined"
+    verdict: Verdict  # SPEAKABLE, UNSPEAKABLE or UNDETERMINED
     hard_to_speak: bool  # its own direction does not make it the argmax
     best_match: TokenText  # argmax_j of w_j . w_t + c_j (t itself unless hard to speak)
     margin: Optional[float]  # speakable: witness' float64 gap over the runner-up
@@ -62,7 +63,7 @@ class SpeakResult:
     seconds: float
     # Extras: how the verdict was reached and the numbers behind it.
     model: str = ""
-    method: str = ""  # "own", "centred", "whitened", "precision", "zero", "lp", "twin" or ""
+    method: Method = Method.NONE
     norm: str = ""  # "RMS" or "LN"
     reachable_set: str = ""
     runner_up: Optional[TokenText] = None
@@ -116,14 +117,14 @@ def candidate_directions(readout: Readout, token_ids: torch.Tensor, family: str)
     few tokens win most dot products). ``whitened``: Sigma^-1/2 (v_t - mean). ``precision``:
     Sigma^+ (v_t - mean), the direction a linear discriminant would take."""
     rows = readout.V[token_ids]
-    if family != "own":
+    if family != Method.OWN:
         white = readout.whitening()
         rows = rows - white["mean"]
-        if family == "whitened":
+        if family == Method.WHITENED:
             rows = rows @ white["zca"]
-        elif family == "precision":
+        elif family == Method.PRECISION:
             rows = rows @ white["siginv"]
-        elif family != "centred":
+        elif family != Method.CENTRED:
             raise ValueError(family)
     rows = readout.project(rows)
     norms = rows.norm(dim=1, keepdim=True).clamp_min(1e-300)
@@ -191,10 +192,10 @@ def check_speakable(
         # Cheap candidates, all checked over the whole vocabulary in float64 at once.
         step(0.05, "candidate directions")
         t_index = torch.tensor([t], device=readout.V.device)
-        families = ("own",) + CANDIDATE_FAMILIES[:-1]
+        families = (Method.OWN,) + CANDIDATE_FAMILIES[:-1]
         candidates = [candidate_directions(readout, t_index, family)[0] for family in families]
         if not readout.direction_only:
-            families += ("zero",)  # z = 0: the offsets alone decide
+            families += (Method.ZERO,)  # z = 0: the offsets alone decide
             candidates.append(torch.zeros(readout.d, dtype=torch.float64, device=readout.V.device))
         gaps = _gaps(readout, t, torch.stack(candidates))
         pick = int(torch.argmax(gaps))
@@ -204,7 +205,7 @@ def check_speakable(
         if best_gap <= readout.speak_tolerance(float(best_z.norm())):
             twin = find_twin(readout, t)
             if twin is not None:
-                certificate, method = check_certificate(readout, t, [twin], [1.0]), "twin"
+                certificate, method = check_certificate(readout, t, [twin], [1.0]), Method.TWIN
             else:
                 step(0.3, "LP")
                 lp = solve_speak_lp(
@@ -216,9 +217,9 @@ def check_speakable(
                     time_limit=time_limit,
                 )
                 if lp.status == "witness" or (lp.z is not None and lp.gap > best_gap):
-                    best_z, best_gap, method = lp.z, lp.gap, "lp"
+                    best_z, best_gap, method = lp.z, lp.gap, Method.LP
                 if lp.status == "certificate":
-                    certificate, method = lp.certificate, "lp"
+                    certificate, method = lp.certificate, Method.LP
 
         step(0.97, "re-checking")
         result = _assemble(readout, t, hard, best_match, best_z, best_gap, method, certificate, lp, cert_tol)
@@ -237,7 +238,7 @@ def _assemble(readout, t, hard, best_match, best_z, best_gap, method, certificat
     result = SpeakResult(
         id=t,
         text=decode(t),
-        verdict="undetermined",
+        verdict=Verdict.UNDETERMINED,
         hard_to_speak=hard,
         best_match=ref(best_match),
         margin=None,
@@ -257,7 +258,7 @@ def _assemble(readout, t, hard, best_match, best_z, best_gap, method, certificat
         result.lp_rounds, result.lp_constraints = lp.rounds, lp.constraints
 
     if certificate is not None and certificate.bound <= cert_tol:
-        result.verdict = "unspeakable"
+        result.verdict = Verdict.UNSPEAKABLE
         result.certificate = certificate
         order = sorted(range(len(certificate.ids)), key=lambda k: -certificate.weights[k])
         result.binding = [ref(certificate.ids[k]) for k in order[:MAX_BINDING]]
@@ -273,10 +274,10 @@ def _assemble(readout, t, hard, best_match, best_z, best_gap, method, certificat
         result.runner_up = ref(verified["runner_up"])
         result.module_margin = verified["module_gap"]
         if verified["ok"]:
-            result.verdict = "speakable"
+            result.verdict = Verdict.SPEAKABLE
             result.margin = verified["gap"]
             result.witness_resid = verified["resid"]
-            if method == "lp" and lp is not None and lp.binding:
+            if method == Method.LP and lp is not None and lp.binding:
                 result.binding = [ref(j) for j in lp.binding[:MAX_BINDING]]
             else:
                 result.binding = [ref(j) for j in verified["close"]]
