@@ -148,9 +148,24 @@ class LenstuiApp(App):
                     yield inspector
                 with Vertical(id="speak", classes="pane") as slot:
                     slot.border_title = "speakability"
-                    yield WiredSpeak(show_timings=self.show_timings, id="speak-pane")
+                    yield WiredSpeak(
+                        check_key=self.key_for("lenstui.speak_check"),
+                        cancel_key=self.key_for("lenstui.speak_cancel"),
+                        show_timings=self.show_timings,
+                        id="speak-pane",
+                    )
         yield StatusBar(id="status", show_timings=self.show_timings)
         yield Footer(compact=True)
+
+    def key_for(self, binding_id: str) -> str:
+        """How the key bound to ``binding_id`` reads on screen (``^t``, ``s``), after the
+        user's keymap: on-screen hints name the key that really does it."""
+        for binding in self.BINDINGS:
+            if binding.id == binding_id:
+                keys = (self.config.keymap or {}).get(binding_id, binding.key)
+                first = keys.split(",")[0].strip()
+                return self.get_key_display(Binding(first, binding.action, binding.description))
+        raise KeyError(binding_id)
 
     @property
     def grid(self) -> LensGrid:
@@ -324,7 +339,12 @@ class LenstuiApp(App):
     def _refresh_prompt_info(self) -> None:
         chat_available = self.model_info is None or self.model_info.has_chat_template
         self.prompt_pane.show_info(
-            self.session.info(chat_available=chat_available, chat_key="^t", unstep_key="^b", step_key="^n")
+            self.session.info(
+                chat_available=chat_available,
+                chat_key=self.key_for("lenstui.chat"),
+                unstep_key=self.key_for("lenstui.unstep"),
+                step_key=self.key_for("lenstui.step"),
+            )
         )
 
     # ------------------------------------------------------------ actions
@@ -532,15 +552,16 @@ class LenstuiApp(App):
             yield SystemCommand(f"prompt: preset {preset.name}", preset.text, lambda p=preset: self.apply_preset(p))
         for name in self.lenstui_theme_names:
             yield SystemCommand(f"theme: {name}", "switch to this theme", lambda n=name: self.switch_theme(n))
-        yield SystemCommand("lens: target the selected token", "rank this token at every cell (t)", self.action_target_selected)
-        yield SystemCommand("lens: default target", "each position's own top-1 (u)", self.action_reset_target)
+        key = self.key_for
+        yield SystemCommand("lens: target the selected token", f"rank this token at every cell ({key('lenstui.target')})", self.action_target_selected)
+        yield SystemCommand("lens: default target", f"each position's own top-1 ({key('lenstui.target_reset')})", self.action_reset_target)
         for kind in LENS_KINDS:
             yield SystemCommand(f"lens: {kind} lens", LENS_DESCRIPTIONS[kind], lambda k=kind: self.set_lens(k))
         yield SystemCommand("lens: toggle mid-block rows", "also read the residual after each attention", self.action_toggle_mid)
-        yield SystemCommand("inspect: prompt token at the cursor", "the input token, not the prediction (p)", self.action_inspect_prompt_token)
-        yield SystemCommand("speak: check the selected token", "certified LP check (s; x cancels)", self.action_check_speakable)
+        yield SystemCommand("inspect: prompt token at the cursor", f"the input token, not the prediction ({key('lenstui.inspect_prompt')})", self.action_inspect_prompt_token)
+        yield SystemCommand("speak: check the selected token", f"certified LP check ({key('lenstui.speak_check')}; {key('lenstui.speak_cancel')} cancels)", self.action_check_speakable)
         yield SystemCommand("speak: scan the whole vocabulary", "every token a verdict; resumable, cached per model", self.action_scan_vocabulary)
-        yield SystemCommand("speak: stop the check or scan", "x", self.action_cancel_speak)
+        yield SystemCommand("speak: stop the check or scan", key("lenstui.speak_cancel"), self.action_cancel_speak)
         yield SystemCommand("export: grid as JSON", "same shape as `lenstui lens --json`", self.export_json)
         yield SystemCommand("export: screen as SVG", "a screenshot for slides", self.export_svg)
         yield SystemCommand("keys: show or hide bindings", "the keys panel (F1 or ?)", self.action_toggle_help)
