@@ -160,3 +160,10 @@ __all__ = [
     "visible",
     "visible_bytes",
 ]
+
+
+def bar(fraction: float, width: int, empty: str) -> str:
+    """A progress bar of ``width`` cells: ``█`` for the done part, ``empty`` for the rest
+    (the status line and the CLI share it; each keeps its own ``empty`` glyph)."""
+    filled = max(0, min(width, round(fraction * width)))
+    return "█" * filled + empty * (width - filled)

@@ -160,3 +160,10 @@ def test_an_unexpected_worker_error_goes_to_the_rotating_log_and_the_notice_name
     logged = log_file.read_text(encoding="utf-8")
     assert "Traceback (most recent call last)" in logged
     assert 'raise ValueError("a bug deep in a handler")' in logged
+
+
+def test_one_progress_bar_drawing_clamps_to_its_width():
+    from lenstui.textfmt import bar
+
+    assert bar(0.5, 10, "░") == "█████░░░░░"
+    assert bar(1.7, 4, "·") == "████" and bar(-0.2, 4, "·") == "····"

@@ -36,6 +36,16 @@ def load_from_args(args: argparse.Namespace):
             print("\r\033[2K", end="", file=sys.stderr, flush=True)
 
 
+def one_token(args: argparse.Namespace, message: str):
+    """The TOKEN argument or --id, whichever was given; ``message`` when not exactly one.
+    Checked before the model loads: a usage mistake should not cost a load."""
+    from lenstui.engine.errors import InputError
+
+    if (args.token is None) == (args.id is None):
+        raise InputError(message)
+    return args.id if args.id is not None else args.token
+
+
 def print_json(payload: Any) -> None:
     json.dump(payload, sys.stdout, ensure_ascii=False)
     sys.stdout.write("\n")

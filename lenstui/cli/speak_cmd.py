@@ -7,9 +7,9 @@ import sys
 import time
 from pathlib import Path
 
-from lenstui.cli.common import add_model_options, load_from_args, print_json
+from lenstui.cli.common import add_model_options, load_from_args, one_token, print_json
 from lenstui.engine.errors import InputError
-from lenstui.textfmt import visible, visible_bytes
+from lenstui.textfmt import bar, visible, visible_bytes
 
 
 def configure(parser: argparse.ArgumentParser, command: str = "speak") -> None:
@@ -42,10 +42,9 @@ def run(args: argparse.Namespace) -> int:
     from lenstui.engine.speak import check_speakable
     from lenstui.engine.vocab import resolve_token
 
-    if (args.token is None) == (args.id is None):
-        raise InputError("Pass exactly one of a token's text or --id N.")
+    token = one_token(args, "Pass exactly one of a token's text or --id N.")
     model = load_from_args(args)
-    token_id = resolve_token(model, args.id if args.id is not None else args.token)
+    token_id = resolve_token(model, token)
     bar = _StderrBar("checking")
     try:
         result = check_speakable(model, token_id, progress=bar)
@@ -126,12 +125,12 @@ def format_result(result, label=None) -> str:
 
 def run_scan(args: argparse.Namespace) -> int:
     """`lenstui scan`."""
-    from lenstui.engine.scan import scan_dir, scan_vocabulary
+    from lenstui.engine.scan import check_out_path, scan_dir, scan_vocabulary
     from lenstui.engine.speak import as_readout
 
     out = Path(args.out) if args.out else None
-    if out is not None and out.suffix.lower() not in (".csv", ".json"):
-        raise InputError(f"Cannot write {out.name}: use a .csv or .json file name.")
+    if out is not None:
+        check_out_path(out)
     if args.limit is not None and args.limit < 1:
         raise InputError("--limit must be at least 1.")
     model = load_from_args(args)
@@ -208,10 +207,8 @@ class _StderrBar:
         if self.tty:
             if now - self.last < 0.1 and fraction < 1.0:
                 return
-            width = 30
-            filled = int(round(width * max(0.0, min(1.0, fraction))))
-            bar = "█" * filled + "·" * (width - filled)
-            print(f"\r\033[2K{self.label} {bar} {fraction * 100:5.1f}%  {message}", end="", file=sys.stderr, flush=True)
+            cells = bar(fraction, 30, "·")
+            print(f"\r\033[2K{self.label} {cells} {fraction * 100:5.1f}%  {message}", end="", file=sys.stderr, flush=True)
             self.drawn = True
         elif self.always and now - self.last >= 10.0:
             print(f"{self.label}: {fraction * 100:5.1f}% {message}", file=sys.stderr, flush=True)

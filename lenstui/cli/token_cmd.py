@@ -5,8 +5,7 @@ from __future__ import annotations
 import argparse
 import textwrap
 
-from lenstui.cli.common import add_model_options, load_from_args, print_json
-from lenstui.engine.errors import InputError
+from lenstui.cli.common import add_model_options, load_from_args, one_token, print_json
 from lenstui.engine.neighbors import DEFAULT_NEIGHBORS, Neighbor, TokenReport, inspect_token
 from lenstui.textfmt import fit, neighbor_row, report_rows
 
@@ -41,10 +40,9 @@ def configure(parser: argparse.ArgumentParser, command: str = "") -> None:
 
 def run(args: argparse.Namespace) -> int:
     # Checked before loading the model: a usage mistake should not cost a model load.
-    if (args.token is None) == (args.id is None):
-        raise InputError("Pass exactly one of TOKEN (its text or vocabulary piece) or --id N.")
+    token = one_token(args, "Pass exactly one of TOKEN (its text or vocabulary piece) or --id N.")
     model = load_from_args(args)
-    report = inspect_token(model, args.id if args.id is not None else args.token, args.neighbors)
+    report = inspect_token(model, token, args.neighbors)
     if args.json:
         print_json(report.to_json())
     else:

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from lenstui.engine.callbacks import Progress, StopCheck
-from lenstui.engine.errors import Cancelled
+from lenstui.engine.errors import Cancelled, InputError
 from lenstui.engine.speak import CANDIDATE_FAMILIES, as_readout, candidate_directions, find_twin
 from lenstui.engine.speak_lp import check_certificate, solve_speak_lp
 from lenstui.engine.speak_readout import Readout
@@ -140,7 +140,7 @@ class ScanResult:
 
     def write(self, path: Path) -> None:
         """CSV or JSON by the file's extension."""
-        path = Path(path)
+        path = check_out_path(Path(path))
         suffix = path.suffix.lower()
         if suffix == ".json":
             payload = {
@@ -168,10 +168,16 @@ class ScanResult:
                         " ".join(f"{e['id']}:{e['weight']!r}" for e in cert["combination"]) if cert else ""
                     )
                     writer.writerow([record[c] if record[c] is not None else "" for c in columns] + [cert_text])
-        else:
-            from lenstui.engine.errors import InputError
 
-            raise InputError(f"Cannot write {path.name}: use a .csv or .json file name.")
+
+OUT_SUFFIXES = (".csv", ".json")
+
+
+def check_out_path(path: Path) -> Path:
+    """``path`` if ScanResult.write can write it (by its suffix), else InputError."""
+    if Path(path).suffix.lower() not in OUT_SUFFIXES:
+        raise InputError(f"Cannot write {Path(path).name}: use a .csv or .json file name.")
+    return Path(path)
 
 
 # Bits of ScanResult.tried.

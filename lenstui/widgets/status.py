@@ -8,14 +8,15 @@ from rich.text import Text
 from textual.reactive import reactive
 from textual.widgets import Static
 
+from lenstui.textfmt import bar
+
 BAR_WIDTH = 10
 
 
 def progress_bar(fraction: Optional[float]) -> str:
     if fraction is None:
         return ""
-    filled = max(0, min(BAR_WIDTH, round(fraction * BAR_WIDTH)))
-    return "█" * filled + "░" * (BAR_WIDTH - filled) + f" {round(fraction * 100):>3d}%"
+    return bar(fraction, BAR_WIDTH, "░") + f" {round(fraction * 100):>3d}%"
 
 
 class StatusBar(Static):
