@@ -20,180 +20,44 @@ the whole vocabulary.
 
 from __future__ import annotations
 
-import csv
-import json
-import math
-import os
-import re
-import tempfile
 import time
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable, Optional
 
 import numpy as np
 import torch
 
 from lenstui.engine.callbacks import Progress, StopCheck
-from lenstui.engine.errors import Cancelled, InputError
+from lenstui.engine.errors import Cancelled
 from lenstui.engine.speak import CANDIDATE_FAMILIES, as_readout, candidate_directions, find_twin
 from lenstui.engine.speak_lp import check_certificate, solve_speak_lp
 from lenstui.engine.speak_readout import Readout
-from lenstui.engine.verdicts import Method, Verdict
+from lenstui.engine.verdicts import Method
 
-# The int8 codes stored per token (and on disk) are positions in these tuples.
-VERDICT_CODES = tuple(Verdict)
-PENDING, SPEAKABLE, UNSPEAKABLE, UNDETERMINED = (
-    VERDICT_CODES.index(v) for v in (Verdict.PENDING, Verdict.SPEAKABLE, Verdict.UNSPEAKABLE, Verdict.UNDETERMINED)
+# Storage moved to scan_store.py; these names stay importable from here.
+from lenstui.engine.scan_store import (  # noqa: F401
+    METHODS,
+    PENDING,
+    SPEAKABLE,
+    UNDETERMINED,
+    UNSPEAKABLE,
+    VERDICT_CODES,
+    ScanResult,
+    ScanSaver,
+    check_out_path,
+    read_scan,
+    save_scan,
+    scan_dir,
+    scan_key,
 )
-METHODS = tuple(Method)
-SCAN_FORMAT = 1
+
 # Tokens per batched matrix product (each holds chunk x d_vocab float32 logits).
 CHUNK = 512
 # Float32 competitors re-checked in float64 per token.
 TOP_K = 16
-# Seconds between saves of a partial scan.
-SAVE_EVERY = 5.0
-
-
-
-@dataclass
-class ScanResult:
-    """Per-token verdicts for a whole vocabulary (``complete`` once every token has one)."""
-
-    model: str
-    key: str
-    n_vocab: int
-    verdicts: np.ndarray  # int8 codes into VERDICT_CODES
-    hard: np.ndarray  # int8: 1 hard to speak, 0 not, -1 not computed yet
-    best_match: np.ndarray  # int64: argmax_j w_j . w_t + c_j
-    margin: np.ndarray  # float64: witness gap (speakable), certificate bound (unspeakable), best gap (undetermined)
-    method: np.ndarray  # int8 codes into METHODS
-    tried: np.ndarray  # int16 bitmask: phases done per token (see _TRIED)
-    certificates: dict[int, tuple[list[int], list[float]]] = field(default_factory=dict)
-    lp_witnesses: dict[int, np.ndarray] = field(default_factory=dict)
-    seconds: float = 0.0
-    scope: int = 0  # tokens 0..scope-1 are scanned (``--limit``); 0 means the whole vocabulary
-    reachable_set: str = ""
-    speak_tolerance: float = 0.0
-    certificate_tolerance: float = 0.0
-    decode: Optional[Callable[[int], str]] = field(default=None, repr=False)
-
-    @property
-    def n_scanned(self) -> int:
-        return self.scope or self.n_vocab
-
-    @property
-    def complete(self) -> bool:
-        """Every token in scope has a verdict and a hard-to-speak flag."""
-        n = self.n_scanned
-        return bool((self.verdicts[:n] != PENDING).all() and (self.hard[:n] >= 0).all())
-
-    def verdict(self, token_id: int) -> str:
-        return VERDICT_CODES[int(self.verdicts[token_id])]
-
-    def is_hard_to_speak(self, token_id: int) -> Optional[bool]:
-        value = int(self.hard[token_id])
-        return None if value < 0 else bool(value)
-
-    @property
-    def unspeakable_ids(self) -> frozenset[int]:
-        return frozenset(np.nonzero(self.verdicts == UNSPEAKABLE)[0].tolist())
-
-    @property
-    def undetermined_ids(self) -> frozenset[int]:
-        return frozenset(np.nonzero(self.verdicts == UNDETERMINED)[0].tolist())
-
-    @property
-    def hard_to_speak_ids(self) -> frozenset[int]:
-        return frozenset(np.nonzero(self.hard == 1)[0].tolist())
-
-    def counts(self) -> dict[str, int]:
-        """Tokens per verdict (within scope), and how many are hard to speak."""
-        n = self.n_scanned
-        verdicts, hard = self.verdicts[:n], self.hard[:n]
-        out = {name: int((verdicts == code).sum()) for code, name in enumerate(VERDICT_CODES)}
-        out["hard_to_speak"] = int((hard == 1).sum())
-        out["hard_to_speak_but_speakable"] = int(((hard == 1) & (verdicts == SPEAKABLE)).sum())
-        return out
-
-    def token_record(self, token_id: int) -> dict:
-        decode = self.decode or (lambda i: f"#{i}")
-        i = int(token_id)
-        record = {
-            "id": i,
-            "text": decode(i),
-            "verdict": self.verdict(i),
-            "hard_to_speak": self.is_hard_to_speak(i),
-            "best_match": int(self.best_match[i]),
-            "best_match_text": decode(int(self.best_match[i])) if self.hard[i] >= 0 else None,
-            "margin": float(self.margin[i]) if math.isfinite(self.margin[i]) else None,
-            "method": METHODS[int(self.method[i])],
-        }
-        if i in self.certificates:
-            ids, weights = self.certificates[i]
-            record["certificate"] = {
-                "combination": [{"id": a, "weight": w} for a, w in zip(ids, weights)],
-                "max_lead_bound": float(self.margin[i]),
-            }
-        return record
-
-    def write(self, path: Path) -> None:
-        """CSV or JSON by the file's extension."""
-        path = check_out_path(Path(path))
-        suffix = path.suffix.lower()
-        if suffix == ".json":
-            payload = {
-                "model": self.model,
-                "key": self.key,
-                "complete": self.complete,
-                "reachable_set": self.reachable_set,
-                "tolerances": {"speak": self.speak_tolerance, "certificate": self.certificate_tolerance},
-                "counts": self.counts(),
-                "seconds": self.seconds,
-                "tokens": [self.token_record(i) for i in range(self.n_scanned)],
-            }
-            with open(path, "w", encoding="utf-8") as handle:
-                json.dump(payload, handle, ensure_ascii=False)
-                handle.write("\n")
-        elif suffix == ".csv":
-            columns = ["id", "text", "verdict", "hard_to_speak", "best_match", "best_match_text", "margin", "method"]
-            with open(path, "w", encoding="utf-8", newline="") as handle:
-                writer = csv.writer(handle)
-                writer.writerow(columns + ["certificate"])
-                for i in range(self.n_scanned):
-                    record = self.token_record(i)
-                    cert = record.get("certificate")
-                    cert_text = (
-                        " ".join(f"{e['id']}:{e['weight']!r}" for e in cert["combination"]) if cert else ""
-                    )
-                    writer.writerow([record[c] if record[c] is not None else "" for c in columns] + [cert_text])
-
-
-OUT_SUFFIXES = (".csv", ".json")
-
-
-def check_out_path(path: Path) -> Path:
-    """``path`` if ScanResult.write can write it (by its suffix), else InputError."""
-    if Path(path).suffix.lower() not in OUT_SUFFIXES:
-        raise InputError(f"Cannot write {Path(path).name}: use a .csv or .json file name.")
-    return Path(path)
 
 
 # Bits of ScanResult.tried.
 _TRIED = {"own_pass": 1, "whitened": 2, "precision": 4, "centred": 8, "own": 16, "zero": 32, "twin": 64, "lp": 128}
-
-
-def scan_key(readout: Readout) -> str:
-    slug = re.sub(r"[^A-Za-z0-9._-]+", "-", readout.name).strip("-")[:60] or "model"
-    return f"{slug}-{readout.fingerprint()[:20]}"
-
-
-def scan_dir(readout: Readout) -> Path:
-    # Under the data dir, not the cache: a scan is minutes of work a user asked for.
-    from lenstui.paths import data_dir
-
-    return data_dir() / "scans" / scan_key(readout)
 
 
 def _empty(readout: Readout) -> ScanResult:
@@ -213,94 +77,6 @@ def _empty(readout: Readout) -> ScanResult:
         certificate_tolerance=readout.certificate_tolerance,
         decode=readout.decode,
     )
-
-
-def save_scan(result: ScanResult, folder: Path) -> None:
-    """Atomically write the scan (arrays + proofs) into ``folder/scan.npz``."""
-    folder.mkdir(parents=True, exist_ok=True)
-    cert_ids = sorted(result.certificates)
-    cert_offsets = np.cumsum([0] + [len(result.certificates[i][0]) for i in cert_ids])
-    cert_members = np.array([a for i in cert_ids for a in result.certificates[i][0]], dtype=np.int64)
-    cert_weights = np.array([w for i in cert_ids for w in result.certificates[i][1]], dtype=np.float64)
-    lp_ids = sorted(result.lp_witnesses)
-    lp_z = (
-        np.stack([result.lp_witnesses[i] for i in lp_ids])
-        if lp_ids
-        else np.zeros((0, 0), dtype=np.float64)
-    )
-    meta = {
-        "format": SCAN_FORMAT,
-        "model": result.model,
-        "key": result.key,
-        "seconds": result.seconds,
-        "reachable_set": result.reachable_set,
-        "speak_tolerance": result.speak_tolerance,
-        "certificate_tolerance": result.certificate_tolerance,
-    }
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".scan-", suffix=".npz")
-    os.close(fd)
-    try:
-        np.savez(
-            tmp,
-            meta=np.array(json.dumps(meta)),
-            verdicts=result.verdicts,
-            hard=result.hard,
-            best_match=result.best_match,
-            margin=result.margin,
-            method=result.method,
-            tried=result.tried,
-            cert_ids=np.array(cert_ids, dtype=np.int64),
-            cert_offsets=cert_offsets.astype(np.int64),
-            cert_members=cert_members,
-            cert_weights=cert_weights,
-            lp_ids=np.array(lp_ids, dtype=np.int64),
-            lp_z=lp_z,
-        )
-        os.replace(tmp, folder / "scan.npz")
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def read_scan(folder: Path, decode: Optional[Callable[[int], str]] = None) -> Optional[ScanResult]:
-    path = folder / "scan.npz"
-    if not path.is_file():
-        return None
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            meta = json.loads(str(data["meta"]))
-            if meta.get("format") != SCAN_FORMAT:
-                return None
-            offsets = data["cert_offsets"]
-            members, weights = data["cert_members"], data["cert_weights"]
-            certificates = {
-                int(i): (
-                    members[offsets[k] : offsets[k + 1]].tolist(),
-                    weights[offsets[k] : offsets[k + 1]].tolist(),
-                )
-                for k, i in enumerate(data["cert_ids"])
-            }
-            lp_witnesses = {int(i): data["lp_z"][k].copy() for k, i in enumerate(data["lp_ids"])}
-            return ScanResult(
-                model=meta["model"],
-                key=meta["key"],
-                n_vocab=len(data["verdicts"]),
-                verdicts=data["verdicts"].copy(),
-                hard=data["hard"].copy(),
-                best_match=data["best_match"].copy(),
-                margin=data["margin"].copy(),
-                method=data["method"].copy(),
-                tried=data["tried"].copy(),
-                certificates=certificates,
-                lp_witnesses=lp_witnesses,
-                seconds=float(meta.get("seconds", 0.0)),
-                reachable_set=meta.get("reachable_set", ""),
-                speak_tolerance=float(meta.get("speak_tolerance", 0.0)),
-                certificate_tolerance=float(meta.get("certificate_tolerance", 0.0)),
-                decode=decode,
-            )
-    except (OSError, ValueError, KeyError):  # a damaged cache entry is ignored, never fatal
-        return None
 
 
 def load_cached_scan(model) -> Optional[ScanResult]:
@@ -349,23 +125,6 @@ def _screen_gaps(
     return own - best, runner
 
 
-class _Saver:
-    def __init__(self, result: ScanResult, folder: Optional[Path], started: float, base_seconds: float):
-        self.result, self.folder = result, folder
-        self.started, self.base = started, base_seconds
-        self.last = time.perf_counter()
-
-    def __call__(self, force: bool = False) -> None:
-        now = time.perf_counter()
-        self.result.seconds = self.base + (now - self.started)
-        if self.folder is not None and (force or now - self.last >= SAVE_EVERY):
-            try:
-                save_scan(self.result, self.folder)
-            except OSError:
-                self.folder = None  # an unwritable cache only costs resumability
-            self.last = now
-
-
 def scan_vocabulary(
     model,
     *,
@@ -393,7 +152,7 @@ def scan_vocabulary(
         result = _empty(readout)
     result.scope = targets if targets < n else 0
     started = time.perf_counter()
-    save = _Saver(result, folder, started, result.seconds)
+    save = ScanSaver(result, folder, started, result.seconds)
     try:
         with torch.no_grad():
             _run_phases(readout, result, targets, save, should_stop, progress)
@@ -406,24 +165,44 @@ def scan_vocabulary(
     return result
 
 
-def _run_phases(readout, result, targets, save, should_stop, progress) -> None:
-    device = readout.V.device
-    scope = np.arange(targets)
+class _Phase:
+    """What every phase shares: the readout, the result it fills, the ids in scope, and
+    the save / cancel / progress hooks."""
 
-    def check() -> None:
-        if should_stop is not None and should_stop():
+    def __init__(self, readout, result, targets, save, should_stop, progress):
+        self.readout, self.result, self.save = readout, result, save
+        self.scope = np.arange(targets)
+        self.device = readout.V.device
+        self.should_stop, self._progress = should_stop, progress
+        # A direction-only RMSNorm readout: the own-direction gap already is a witness test.
+        self.own_is_witness = readout.direction_only and readout.kind == "RMS"
+
+    def check(self) -> None:
+        if self.should_stop is not None and self.should_stop():
             raise Cancelled("vocabulary scan cancelled")
 
-    def report(base: float, width: float, done: float, total: int, label: str) -> None:
-        if progress is not None:
+    def report(self, base: float, width: float, done: float, total: int, label: str) -> None:
+        if self._progress is not None:
             fraction = base + width * (done / total if total else 1.0)
-            progress(f"{label} {int(done):,}/{total:,}", min(fraction, 0.999))
+            self._progress(f"{label} {int(done):,}/{total:,}", min(fraction, 0.999))
 
-    # Phase 1: own direction (hard-to-speak flag; also a witness test when direction-only).
+
+def _run_phases(readout, result, targets, save, should_stop, progress) -> None:
+    phase = _Phase(readout, result, targets, save, should_stop, progress)
+    _own_direction_phase(phase)
+    if not readout.direction_only:
+        _zero_phase(phase)
+    _candidate_phase(phase)
+    _twin_and_lp_phase(phase)
+
+
+def _own_direction_phase(phase: _Phase) -> None:
+    """Phase 1: own direction (hard-to-speak flag; also a witness test when direction-only)."""
+    readout, result, scope, device, save = phase.readout, phase.result, phase.scope, phase.device, phase.save
+    check, report, own_is_witness = phase.check, phase.report, phase.own_is_witness
     rows32, c32 = readout.screen_table()
     lit_rows32 = readout.full_rows32()
     todo = scope[(result.tried[scope] & _TRIED["own_pass"]) == 0]
-    own_is_witness = readout.direction_only and readout.kind == "RMS"
     for k in range(0, len(todo), CHUNK):
         check()
         ids = torch.as_tensor(todo[k : k + CHUNK], device=device)
@@ -454,23 +233,30 @@ def _run_phases(readout, result, targets, save, should_stop, progress) -> None:
         save()
     save(force=True)
 
-    # z = 0: the offsets alone (only when they differ).
-    if not readout.direction_only:
-        pending = scope[(result.verdicts[scope] == PENDING) & ((result.tried[scope] & _TRIED["zero"]) == 0)]
-        if len(pending):
-            top2 = torch.topk(readout.c, 2)
-            best_other = torch.where(
-                torch.arange(readout.n_vocab, device=device) == top2.indices[0], top2.values[1], top2.values[0]
-            )
-            gap0 = (readout.c - best_other).cpu().numpy()
-            ok = gap0[pending] > readout.speak_tolerance(0.0)
-            hit = pending[ok]
-            result.verdicts[hit] = SPEAKABLE
-            result.method[hit] = METHODS.index(Method.ZERO)
-            result.margin[hit] = gap0[hit]
-            result.tried[pending] |= _TRIED["zero"]
 
-    # Phase 2: candidate directions for the tokens still open.
+def _zero_phase(phase: _Phase) -> None:
+    """z = 0: the offsets alone decide (only run when they differ)."""
+    readout, result, scope, device = phase.readout, phase.result, phase.scope, phase.device
+    pending = scope[(result.verdicts[scope] == PENDING) & ((result.tried[scope] & _TRIED["zero"]) == 0)]
+    if len(pending):
+        top2 = torch.topk(readout.c, 2)
+        best_other = torch.where(
+            torch.arange(readout.n_vocab, device=device) == top2.indices[0], top2.values[1], top2.values[0]
+        )
+        gap0 = (readout.c - best_other).cpu().numpy()
+        ok = gap0[pending] > readout.speak_tolerance(0.0)
+        hit = pending[ok]
+        result.verdicts[hit] = SPEAKABLE
+        result.method[hit] = METHODS.index(Method.ZERO)
+        result.margin[hit] = gap0[hit]
+        result.tried[pending] |= _TRIED["zero"]
+
+
+def _candidate_phase(phase: _Phase) -> None:
+    """Phase 2: candidate witness directions for the tokens still open."""
+    readout, result, scope, device, save = phase.readout, phase.result, phase.scope, phase.device, phase.save
+    check, report, own_is_witness = phase.check, phase.report, phase.own_is_witness
+    rows32, c32 = readout.screen_table()
     families = [f for f in CANDIDATE_FAMILIES if not (f == Method.OWN and own_is_witness)]
     for f_index, family in enumerate(families):
         bit = _TRIED[family]
@@ -500,7 +286,11 @@ def _run_phases(readout, result, targets, save, should_stop, progress) -> None:
             save()
     save(force=True)
 
-    # Phase 3: twins, then the LP for what is left.
+
+def _twin_and_lp_phase(phase: _Phase) -> None:
+    """Phase 3: an exact twin as a one-token certificate, else the LP, for what is left."""
+    readout, result, scope, device, save = phase.readout, phase.result, phase.scope, phase.device, phase.save
+    check, report = phase.check, phase.report
     todo = scope[(result.verdicts[scope] == PENDING)]
     for k, t in enumerate(todo.tolist()):
         check()
@@ -519,7 +309,7 @@ def _run_phases(readout, result, targets, save, should_stop, progress) -> None:
             readout,
             t,
             seeds=seeds,
-            should_stop=should_stop,
+            should_stop=phase.should_stop,
             progress=(lambda m, f, k=k: report(0.85, 0.15, k + min(f, 0.99), len(todo), "LP")),
         )
         result.tried[t] |= _TRIED["lp"]
