@@ -114,7 +114,7 @@ def report_rows(report) -> list[tuple[str, str, str]]:
     Each row is ``(label, value, tone)`` with tone one of "", "good", "warn", "bad", so
     the CLI prints the same facts the inspector pane colours.
     """
-    shown = visible(report.text) if report.special else visible_bytes(report.data)
+    shown = visible(report.piece) if report.special else visible_bytes(report.data)
     utf8 = ("complete: " if report.complete_utf8 else "incomplete: ") + report.utf8_description
     rows = [
         ("shows as", shown, ""),

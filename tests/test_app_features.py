@@ -49,13 +49,13 @@ async def test_cursor_fills_the_inspector_with_bytes_and_the_joined_prompt(make_
         cell = app.grid.current_cell
         assert cell.text == " Paris"
         await until(pilot, lambda: inspector.report is not None and inspector.report.id == cell.token_id, "the report")
-        assert inspector.report.text == "ĠParis" and inspector.report.bytes_hex == "20 50 61 72 69 73"
+        assert inspector.report.piece == "ĠParis" and inspector.report.bytes_hex == "20 50 61 72 69 73"
         assert inspector.sequence.text == EIFFEL  # the prompt, joined back into characters
         await pilot.press("up")  # another layer: a different predicted token at position 9
         cell = app.grid.current_cell
         await until(pilot, lambda: inspector.report.id == cell.token_id, "the next report")
         await pilot.press("p")  # the prompt token itself at that position: " of"
-        await until(pilot, lambda: inspector.report.text == "Ġof", "the prompt token's report")
+        await until(pilot, lambda: inspector.report.piece == "Ġof", "the prompt token's report")
 
 
 async def test_target_key_re_ranks_the_grid(make_app):

@@ -204,13 +204,13 @@ def test_embedded_fish_head_report(embedded):
         _np(hf.lm_head.weight), _np(hf.model.norm.weight), np.zeros(embedded.d_model), np.zeros(embedded.d_vocab), layer_norm=False
     )
     report = inspect_token(embedded, "ĠðŁ", n_neighbors=10)
-    assert report.id == 15107 and report.text == "ĠðŁ" and report.bytes_hex == "20 f0 9f"
+    assert report.id == 15107 and report.piece == "ĠðŁ" and report.bytes_hex == "20 f0 9f"
     assert not report.complete_utf8
     assert report.utf8_description == "space, then the first 2 of 4 bytes of a 4-byte character"
     assert report.tied_embedding and report.norm_kind == "RMS"
     assert_matches_reference(report, *reference_report(W, c, 15107, 10))
     # Its nearest readout neighbours are other emoji-prefix pieces.
-    assert {"ĠðŁĺ", "ðŁ"} <= {n.text for n in report.neighbors[:3]}
+    assert {"ĠðŁĺ", "ðŁ"} <= {n.piece for n in report.neighbors[:3]}
 
 
 @pytest.mark.integration

@@ -52,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
 
 def format_report(report: TokenReport) -> str:
     """The report as plain text that reads well in an 80-column terminal."""
-    lines = [f"{report.model} · token {report.id} {report.text} · {report.seconds * 1000:.1f} ms", ""]
+    lines = [f"{report.model} · token {report.id} {report.piece} · {report.seconds * 1000:.1f} ms", ""]
     indent = " " * LABEL_WIDTH
     for label, value, _tone in report_rows(report):
         wrapped = textwrap.wrap(value, PAGE_WIDTH - LABEL_WIDTH, break_on_hyphens=False) or [""]
@@ -67,4 +67,4 @@ def format_report(report: TokenReport) -> str:
 def _neighbor_table(title: str, neighbors: tuple[Neighbor, ...]) -> list[str]:
     if not neighbors:
         return []
-    return ["", title] + ["  " + neighbor_row(n.cosine, n.id, n.data, n.text) for n in neighbors]
+    return ["", title] + ["  " + neighbor_row(n.cosine, n.id, n.data, n.piece) for n in neighbors]

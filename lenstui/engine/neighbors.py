@@ -43,7 +43,7 @@ _TABLES_KEY = "neighbor_tables"
 @dataclass(frozen=True)
 class Neighbor:
     id: int
-    text: str  # the vocabulary piece, e.g. "ĠðŁ"
+    piece: str  # the vocabulary piece, e.g. "ĠðŁ" (JSON key "text")
     decoded: str  # what the token decodes to on its own
     data: bytes  # the bytes it stands for
     cosine: float
@@ -51,7 +51,7 @@ class Neighbor:
     def to_json(self) -> dict:
         return {
             "id": self.id,
-            "text": self.text,
+            "text": self.piece,
             "decoded": self.decoded,
             "bytes_hex": bytes_hex(self.data),
             "cosine": self.cosine,
@@ -64,7 +64,7 @@ class TokenReport:
 
     model: str
     id: int
-    text: str  # the vocabulary piece as stored, e.g. "ĠðŁ"
+    piece: str  # the vocabulary piece as stored, e.g. "ĠðŁ" (JSON key "text")
     decoded: str  # the tokenizer's own decoding (U+FFFD where bytes are partial)
     data: bytes  # the bytes the token stands for
     scheme: str  # "byte-level", "byte-fallback" or "text"
@@ -93,7 +93,7 @@ class TokenReport:
         return {
             "model": self.model,
             "id": self.id,
-            "text": self.text,
+            "text": self.piece,
             "decoded": self.decoded,
             "bytes_hex": self.bytes_hex,
             "complete_utf8": self.complete_utf8,
@@ -210,7 +210,7 @@ def inspect_token(
         report = TokenReport(
             model=model.name,
             id=token_id,
-            text=info.piece,
+            piece=info.piece,
             decoded=_decoded(model, token_id),
             data=info.data,
             scheme=info.scheme,

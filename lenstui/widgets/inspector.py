@@ -55,7 +55,7 @@ def _neighbor_lines(title: str, neighbors: tuple[Neighbor, ...], width: int) -> 
         return []
     lines = [Content(""), Content.styled(fit(title + " (cosine)", width).rstrip(), "bold $secondary")]
     for n in neighbors:
-        lines.append(Content(fit(neighbor_row(n.cosine, n.id, n.data, n.text), width).rstrip()))
+        lines.append(Content(fit(neighbor_row(n.cosine, n.id, n.data, n.piece), width).rstrip()))
     return lines
 
 
@@ -64,7 +64,7 @@ def heading_content(report: TokenReport, show_timings: bool = True) -> Content:
     return Content.assemble(
         (f"token {report.id}", "bold $primary"),
         "  ",
-        (visible(report.text), "bold"),
+        (visible(report.piece), "bold"),
         (f"   {report.model}{timing}", "$text-muted"),
     )
 
