@@ -14,6 +14,7 @@ from typing import Optional
 
 from textual.message import Message
 
+from lenstui.engine.verdicts import Verdict
 from lenstui.handlers import InspectReply, ScanMarks
 from lenstui.widgets.events import ModelLoaded, TokenFocused
 from lenstui.widgets.inspector import InspectorPane
@@ -88,10 +89,10 @@ class WiredSpeak(SpeakPane):
         if marks is None:
             return None
         if token_id in marks.unspeakable:
-            return "unspeakable"
+            return Verdict.UNSPEAKABLE.value
         if marks.complete:
             hard = " (hard to speak)" if token_id in marks.hard_to_speak else ""
-            return "speakable" + hard
+            return Verdict.SPEAKABLE.value + hard
         return None
 
     def check(self, token_id: int, text: str) -> None:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from lenstui.cli.common import add_model_options, load_from_args, one_token, print_json
 from lenstui.engine.errors import InputError
+from lenstui.engine.verdicts import DECIDED, Method, Verdict
 from lenstui.textfmt import bar, visible, visible_bytes
 
 
@@ -75,7 +76,7 @@ def format_result(result, label=None) -> str:
         label = lambda token_id: visible(texts.get(token_id, ""))  # noqa: E731
     name = f"{label(result.id)} (id {result.id})"
     lines = [f"{name} · {result.model} · {result.norm} final norm", ""]
-    if result.verdict == "speakable":
+    if result.verdict == Verdict.SPEAKABLE:
         runner = f"{label(result.runner_up.id)} (id {result.runner_up.id})" if result.runner_up else "?"
         lines.append(f"speakable: a witness residual makes it the argmax by {result.margin:.6g} over {runner}")
         module = f"{result.module_margin:.6g}" if result.module_margin is not None else "n/a"
@@ -84,9 +85,9 @@ def format_result(result, label=None) -> str:
             f"whole vocabulary (needs > {result.speak_tolerance:.3g}); through the model's own "
             f"final norm and unembedding the gap is {module}"
         )
-    elif result.verdict == "unspeakable":
+    elif result.verdict == Verdict.UNSPEAKABLE:
         cert = result.certificate
-        if result.method == "twin":
+        if result.method == Method.TWIN:
             twin = result.binding[0]
             lines.append(
                 f"unspeakable: its effective unembedding vector is an exact copy of {label(twin.id)} "
@@ -113,7 +114,7 @@ def format_result(result, label=None) -> str:
     else:
         lines.append("hard to speak: no, its own direction already says it")
     if result.binding:
-        heading = "certificate tokens" if result.verdict == "unspeakable" else "binding competitors"
+        heading = "certificate tokens" if result.verdict == Verdict.UNSPEAKABLE else "binding competitors"
         shown = ", ".join(f"{label(b.id)} ({b.id})" for b in result.binding)
         lines.append(f"{heading}: {shown}")
     lines.append(f"reachable set: {result.reachable_set}")
@@ -173,13 +174,13 @@ def run_scan(args: argparse.Namespace) -> int:
 def format_scan(result, counts, wall: float, folder, out) -> str:
     decode = result.decode or (lambda i: f"#{i}")
     lines = [f"{result.model} · {result.n_scanned:,} tokens · {result.reachable_set}"]
-    for verdict in ("speakable", "unspeakable", "undetermined", "pending"):
-        if counts[verdict] or verdict != "pending":
+    for verdict in DECIDED + (Verdict.PENDING,):
+        if counts[verdict] or verdict != Verdict.PENDING:
             lines.append(f"  {verdict:<13}{counts[verdict]:>8,}")
     lines.append(
         f"  hard to speak{counts['hard_to_speak']:>8,}  (of which speakable: {counts['hard_to_speak_but_speakable']:,})"
     )
-    for label, ids in (("unspeakable", result.unspeakable_ids), ("undetermined", result.undetermined_ids)):
+    for label, ids in ((Verdict.UNSPEAKABLE, result.unspeakable_ids), (Verdict.UNDETERMINED, result.undetermined_ids)):
         if ids:
             shown = sorted(ids)[:40]
             more = f" … and {len(ids) - len(shown)} more" if len(ids) > len(shown) else ""

@@ -17,12 +17,13 @@ from textual.containers import Vertical
 from textual.content import Content
 from textual.widgets import ProgressBar, Static
 
+from lenstui.engine.verdicts import DECIDED, Method, Verdict
 from lenstui.textfmt import visible
 
 VERDICT_STYLE = {
-    "speakable": "bold $success",
-    "unspeakable": "bold $error",
-    "undetermined": "bold $warning",
+    Verdict.SPEAKABLE: "bold $success",
+    Verdict.UNSPEAKABLE: "bold $error",
+    Verdict.UNDETERMINED: "bold $warning",
 }
 # Competitors / certificate tokens listed at most.
 MAX_LISTED = 6
@@ -153,14 +154,14 @@ def render_result(result, *, show_timings: bool = True) -> Content:
     """The pane's body for a SpeakResult (also usable on its own)."""
     lines: list[Content] = []
     verdict = Content.styled(result.verdict, VERDICT_STYLE.get(result.verdict, ""))
-    if result.verdict == "speakable":
+    if result.verdict == Verdict.SPEAKABLE:
         runner = _token(result.runner_up.id, result.runner_up.text) if result.runner_up else Content("?")
         lines.append(Content.assemble(verdict, f"  gap {result.margin:.4g} over ", runner))
         lines.append(Content(f"witness residual from the {result.method} direction, re-checked in float64"))
-    elif result.verdict == "unspeakable":
+    elif result.verdict == Verdict.UNSPEAKABLE:
         cert = result.certificate
         lines.append(Content.assemble(verdict, f"  lead ≤ {cert.bound:.3g} for every reachable residual"))
-        if result.method == "twin" and result.binding:
+        if result.method == Method.TWIN and result.binding:
             twin = result.binding[0]
             lines.append(Content.assemble("an exact copy of ", _token(twin.id, twin.text), " (at best a tie)"))
         else:
@@ -180,7 +181,7 @@ def render_result(result, *, show_timings: bool = True) -> Content:
     else:
         lines.append(Content("its own direction already says it"))
     if result.binding:
-        label = "certificate" if result.verdict == "unspeakable" else "binding"
+        label = "certificate" if result.verdict == Verdict.UNSPEAKABLE else "binding"
         parts: list = [(f"{label}: ", "$text-muted")]
         for k, ref in enumerate(result.binding[:MAX_LISTED]):
             if k:
@@ -198,7 +199,7 @@ def render_scan_summary(scan, *, show_timings: bool = True) -> Content:
     counts = scan.counts()
     state = "vocabulary scan" if scan.complete else "vocabulary scan (partial)"
     parts: list = [f"{state}: "]
-    for k, verdict in enumerate(("speakable", "unspeakable", "undetermined")):
+    for k, verdict in enumerate(DECIDED):
         if k:
             parts.append(" · ")
         parts.append((f"{counts[verdict]:,} {verdict}", VERDICT_STYLE[verdict].replace("bold ", "")))
