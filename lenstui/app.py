@@ -42,6 +42,7 @@ from lenstui.widgets.inspector import InspectorPane
 from lenstui.widgets.prompt import PRESETS, Preset, PromptPane
 from lenstui.widgets.status import StatusBar
 from lenstui.worker import (
+    CheckSpeakable,
     Done,
     Failed,
     Handler,
@@ -52,7 +53,9 @@ from lenstui.worker import (
     Request,
     Result,
     RunLens,
+    ScanVocabulary,
 )
+
 
 class WorkerReply(Message, bubble=False):
     """A worker result, delivered on the UI thread."""
@@ -430,8 +433,6 @@ class LenstuiApp(App):
         self.speak_pane.check(cell.token_id, cell.text)
 
     def action_cancel_speak(self) -> None:
-        from lenstui.worker import CheckSpeakable, ScanVocabulary
-
         # `|`, not `or`: both kinds must be cancelled, whichever of them is running.
         if self.worker is not None and not (
             self.worker.cancel(CheckSpeakable) | self.worker.cancel(ScanVocabulary)

@@ -47,6 +47,7 @@ from pathlib import Path
 from typing import Any, Callable, ClassVar, Optional, Union
 
 from lenstui.engine.errors import Cancelled, LenstuiError
+from lenstui.paths import data_dir
 
 log = logging.getLogger(__name__)
 
@@ -61,8 +62,6 @@ _crash_log.propagate = False
 
 def crash_log_path() -> Path:
     """Where worker tracebacks go: ``data_dir()/logs/worker.log``."""
-    from lenstui.paths import data_dir
-
     return data_dir() / "logs" / CRASH_LOG_NAME
 
 

@@ -7,6 +7,8 @@ import json
 import sys
 from typing import Any, Optional
 
+from lenstui.engine.errors import InputError
+
 
 def add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
@@ -39,8 +41,6 @@ def load_from_args(args: argparse.Namespace):
 def one_token(args: argparse.Namespace, message: str):
     """The TOKEN argument or --id, whichever was given; ``message`` when not exactly one.
     Checked before the model loads: a usage mistake should not cost a load."""
-    from lenstui.engine.errors import InputError
-
     if (args.token is None) == (args.id is None):
         raise InputError(message)
     return args.id if args.id is not None else args.token
