@@ -26,7 +26,7 @@ def main() -> None:
     phases: dict[str, float] = {}
     started = time.perf_counter()
 
-    def progress(fraction: float, message: str) -> None:
+    def progress(message: str, fraction: float) -> None:
         phase = message.rsplit(" ", 1)[0]
         if phase not in phases:
             phases[phase] = time.perf_counter() - started
