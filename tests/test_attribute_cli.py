@@ -136,3 +136,17 @@ def test_embedded_subprocess_json_and_bad_position():
     )
     assert bad.returncode == 2
     assert bad.stderr.strip() == "lenstui: Position 21 is outside the prompt, which has positions 0..20."
+
+
+def test_signed_bar_width_direction_and_scale():
+    from lenstui.textfmt import signed_bar
+
+    for value in (1.0, 0.5, 0.01, 0.0, -0.01, -0.5, -1.0, 3.0, -3.0):
+        assert len(signed_bar(value, 1.0, 6)) == 13
+    assert signed_bar(1.0, 1.0, 6) == "      │██████"
+    assert signed_bar(-1.0, 1.0, 6) == "██████│      "
+    assert signed_bar(0.5, 1.0, 6) == "      │███   "
+    assert signed_bar(-0.5, 1.0, 6) == "   ███│      "
+    assert signed_bar(0.0, 1.0, 6) == "      │      "
+    # Tiny but non-zero values still show, on their own side.
+    assert signed_bar(0.001, 1.0, 6).strip() == "│▏" and signed_bar(-0.001, 1.0, 6).strip() == "▕│"
