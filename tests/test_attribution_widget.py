@@ -126,3 +126,32 @@ async def test_view_message_and_error(plasma):
         await pilot.pause()
         message = app.query_one("#attribution-message", Static)
         assert message.has_class("-error") and "Position 40" in str(message.render())
+
+
+class ShownApp(AttributionApp):
+    """The view with a result already shown (for snapshots)."""
+
+    def __init__(self, result):
+        super().__init__()
+        self.result = result
+
+    def on_mount(self) -> None:
+        self.query_one(AttributionView).show_result(self.result)
+
+
+def open_second_head_sorted():
+    async def run_before(pilot) -> None:
+        await pilot.pause()
+        pilot.app.query_one(AttributionView).focus()
+        await pilot.press("s")
+        pilot.app.query_one("#attribution-heads", OptionList).focus()
+        await pilot.press("down", "enter")
+        await pilot.pause()
+
+    return run_before
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("size", [(80, 24), (120, 40)])
+def test_snapshot_plasma(snap_compare, plasma, size):
+    assert snap_compare(ShownApp(plasma), terminal_size=size, run_before=open_second_head_sorted())
