@@ -256,8 +256,10 @@ def test_a_cache_from_a_full_run_gives_the_same_answer(tiny):
         _, cache = model.bridge.run_with_cache(
             torch.tensor([ids]), names_filter=attribution_hook_names(model)
         )
+    keys = set(cache.keys())
     fresh = attribute(model, ids, position=6, layer=2, heads=4)
     reused = attribute(model, ids, position=6, layer=2, heads=4, cache=cache)
+    assert set(cache.keys()) == keys  # read, never added to
     assert [c.contribution for c in reused.components] == pytest.approx(
         [c.contribution for c in fresh.components], abs=1e-6
     )

@@ -26,7 +26,11 @@ def configure(parser: argparse.ArgumentParser, command: str = "") -> None:
     )
     parser.add_argument("prompt", help="the prompt text")
     parser.add_argument(
-        "--position", type=int, default=-1, metavar="N", help="the cell's position (default the last; negative counts from the end)"
+        "--position",
+        type=int,
+        default=-1,
+        metavar="N",
+        help="the cell's position (default the last; negative counts from the end)",
     )
     parser.add_argument(
         "--layer",
@@ -35,12 +39,21 @@ def configure(parser: argparse.ArgumentParser, command: str = "") -> None:
         help="the cell's lens row: a label (embed, L0, L1, ...) or its index (0 = embed, "
         "k + 1 = Lk; negative counts from the end); default the last row",
     )
-    parser.add_argument("--token", default=None, metavar="T", help="the token to attribute (default: the cell's top-1)")
     parser.add_argument(
-        "--vs", default=None, metavar="T2", help="a contrast token: attribute logit(T) - logit(T2) (default: minus the mean logit)"
+        "--token", default=None, metavar="T", help="the token to attribute (default: the cell's top-1)"
     )
     parser.add_argument(
-        "--heads", type=int, default=DEFAULT_HEADS, metavar="K", help=f"how many top heads to list (default {DEFAULT_HEADS})"
+        "--vs",
+        default=None,
+        metavar="T2",
+        help="a contrast token: attribute logit(T) - logit(T2) (default: minus the mean logit)",
+    )
+    parser.add_argument(
+        "--heads",
+        type=int,
+        default=DEFAULT_HEADS,
+        metavar="K",
+        help=f"how many top heads to list (default {DEFAULT_HEADS})",
     )
     parser.add_argument("--sort", action="store_true", help="list components by size, not in layer order")
     add_model_options(parser)
@@ -94,7 +107,8 @@ def format_result(result: AttributionResult, sort: bool = False) -> str:
     at = visible(result.prompt_tokens[result.position].text)
     baseline = "mean logit" if result.contrast is None else f"logit({visible(result.contrast.text)})"
     lines = [
-        f"{result.model} · position {result.position} ({at}) · row {result.row_label} · {result.seconds:.2f}s",
+        f"{result.model} · position {result.position} ({at}) · row {result.row_label}"
+        f" · {result.seconds:.2f}s",
         f"logit({visible(result.token.text)}) - {baseline} = {result.total:+.3f}"
         f"   parts add to {result.component_sum:+.3f}",
         f"frozen norm scale {result.norm_scale:.4g}: the parts add up exactly, but a part is",
@@ -109,8 +123,14 @@ def format_result(result: AttributionResult, sort: bool = False) -> str:
         lines += ["", f"top {len(result.heads)} heads by |contribution|, and what they attend to from {at}"]
         head_scale = max(abs(h.contribution) for h in result.heads)
         for head in result.heads:
-            sources = "  ".join(f"{visible(s.token.text)}@{s.position} {s.weight:.2f}" for s in head.attends_to)
-            start = fit(head.name, 8) + fit(f"{head.contribution:+.3f}", VALUE_WIDTH) + signed_bar(head.contribution, head_scale, 4)
+            sources = "  ".join(
+                f"{visible(s.token.text)}@{s.position} {s.weight:.2f}" for s in head.attends_to
+            )
+            start = (
+                fit(head.name, 8)
+                + fit(f"{head.contribution:+.3f}", VALUE_WIDTH)
+                + signed_bar(head.contribution, head_scale, 4)
+            )
             lines.append(start + " " + fit(sources, PAGE_WIDTH - len(start) - 1).rstrip())
     return "\n".join(lines)
 

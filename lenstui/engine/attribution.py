@@ -209,9 +209,9 @@ def attribute(
 
     ``token`` defaults to the cell's top-1; ``contrast`` to none (the mean logit).
     ``cache``: an ``ActivationCache`` of this prompt holding
-    :func:`attribution_hook_names` at every position, to skip the forward pass; without
-    one (or with one that lacks those hooks) the model runs once, caching only those
-    hooks and only at ``position``. Raises InputError on bad input, Cancelled when
+    :func:`attribution_hook_names` at every position, to skip the forward pass (it is
+    read, never changed); without one (or with one that lacks those hooks) the model
+    runs once, caching only those hooks and only at ``position``. Raises InputError on bad input, Cancelled when
     ``should_stop()`` turns true between steps.
     """
     from transformer_lens.tools.analysis import logit_readout
@@ -243,21 +243,18 @@ def attribute(
     names = attribution_hook_names(model)
     with torch.no_grad():
         if cache is not None and all(n in cache.cache_dict for n in names):
-            # A full-position cache: TL's functions slice it at the position.
-            pos_slice: Any = (position, position + 1)
-            query = position
+            cache = _at_position(model, cache, names, position)
         else:
             tokens = torch.tensor([ids], device=model.device)
             # Only the hooks needed, and only at the position (attention: the query row).
             _, cache = bridge.run_with_cache(
                 tokens, names_filter=names, pos_slice=(position, position + 1)
             )
-            pos_slice, query = None, 0
         check_cancel()
 
         # [components, batch=1, pos=1, d_model]; its sum is the residual at the row.
-        stack, tl_labels = cache.decompose_resid(layer=row, pos_slice=pos_slice, return_labels=True)
-        head_stack = cache.stack_head_results(layer=row, pos_slice=pos_slice)  # [row*heads, 1, 1, d]
+        stack, tl_labels = cache.decompose_resid(layer=row, return_labels=True)
+        head_stack = cache.stack_head_results(layer=row)  # [row * heads, 1, 1, d_model]
         residual = stack.sum(dim=0)[0, 0]
         check_cancel()
 
@@ -274,11 +271,9 @@ def attribute(
         total = float(row_logits[token_id] - baseline)
 
         direction, constant = _readout_direction(model, token_id, contrast_id)
-        frozen = cache.apply_ln_to_stack(
-            torch.cat([stack, head_stack], dim=0), layer=row, pos_slice=pos_slice
-        )
+        frozen = cache.apply_ln_to_stack(torch.cat([stack, head_stack], dim=0), layer=row)
         values = (frozen[:, 0, 0].double() @ direction).tolist()
-        norm_scale = _frozen_scale(cache, row, pos_slice) if norm_type else 1.0
+        norm_scale = _frozen_scale(cache, row) if norm_type else 1.0
         check_cancel()
 
         n_parts = stack.shape[0]
@@ -294,7 +289,7 @@ def attribute(
         head_results = []
         for index in top:
             block, head = divmod(index, n_heads)
-            weights = cache[f"blocks.{block}.attn.hook_pattern"][0, head, query, : position + 1]
+            weights = cache[f"blocks.{block}.attn.hook_pattern"][0, head, 0, : position + 1]
             head_results.append(
                 _head(model, ids, block, head, flat_heads[index], weights.double().tolist(), sources)
             )
@@ -366,11 +361,23 @@ def _final_norm_affine(model: LoadedModel) -> tuple[Optional[torch.Tensor], Opti
     return weight, bias
 
 
-def _frozen_scale(cache: Any, row: int, pos_slice: Any) -> float:
+def _at_position(model: LoadedModel, cache: Any, names: list[str], position: int) -> Any:
+    """A full-position cache cut down to one position (attention: one query row), as a
+    fresh run would cache it. Views, not copies; and TL's head results get computed for
+    this position only, never added to the caller's cache for every position."""
+    from transformer_lens.ActivationCache import ActivationCache
+
+    sliced = {}
+    for name in names:
+        value = cache.cache_dict[name]
+        dim = value.ndim - 2 if name.endswith("hook_pattern") else 1  # [b, head, query, key]
+        sliced[name] = value.narrow(dim, position, 1)
+    return ActivationCache(sliced, model.bridge)
+
+
+def _frozen_scale(cache: Any, row: int) -> float:
     key = "ln_final.hook_scale" if row == cache.model.cfg.n_layers else f"blocks.{row}.ln1.hook_scale"
-    scale = cache[key][0]
-    index = pos_slice[0] if pos_slice is not None else 0
-    return float(scale[index].reshape(-1)[0])
+    return float(cache[key].reshape(-1)[0])
 
 
 def _component(tl_label: str, value: float) -> Component:

@@ -73,7 +73,8 @@ def chart_lines(result: AttributionResult, width: int = 76, by_size: bool = Fals
     order = "by size" if by_size else "layer order"
     lines = [
         Content.assemble(
-            (titles, "bold $secondary"), (fit(f"  ({order})", max(0, width - cell_len(titles))).rstrip(), "$text-muted")
+            (titles, "bold $secondary"),
+            (fit(f"  ({order})", max(0, width - cell_len(titles))).rstrip(), "$text-muted"),
         )
     ]
     for row in block_rows(result, by_size):
@@ -257,8 +258,8 @@ class AttributionView(Vertical):
         attention = self.query_one(AttentionRowView)
         attention.result, attention.head = result, None
         attention.refresh(layout=True)
-        for selector in ("#attribution-heading", "#attribution-chart", "#attribution-heads", "#attribution-attention"):
-            self.query_one(selector).remove_class("-hidden")
+        for part in ("heading", "chart", "heads", "attention"):
+            self.query_one(f"#attribution-{part}").remove_class("-hidden")
         self.query_one("#attribution-heads").set_class(not result.heads, "-hidden")
         self.query_one("#attribution-message").add_class("-hidden")
 
