@@ -150,6 +150,29 @@ def neighbor_row(cosine: float, token_id: int, data: bytes, piece: str) -> str:
     return fit(f"{cosine:+.4f}", 9) + fit(str(token_id), 7) + fit(visible_bytes(data), 18) + visible(piece)
 
 
+def signed_bar(value: float, scale: float, half_width: int) -> str:
+    """A bar centred on an axis: ``value / scale`` of ``half_width`` cells, to the right
+    when positive, to the left when negative (``"   ██│     "``), exactly
+    ``2 * half_width + 1`` cells; eighth blocks show the fraction (coarser on the left,
+    where only ▕ and ▐ exist), and a non-zero value never draws as nothing."""
+    if half_width <= 0:
+        return "│"
+    eighths = 0 if scale <= 0 else round(min(1.0, abs(value) / scale) * half_width * 8)
+    if value != 0 and eighths == 0:
+        eighths = 1
+    full, part = divmod(eighths, 8)
+    if value >= 0:
+        right = "█" * full + (_EIGHTHS[part] if part else "")
+        return " " * half_width + "│" + right + " " * (half_width - len(right))
+    # Left of the axis only right-aligned eighths exist: ▕ (1/8) and ▐ (1/2).
+    left = ("█" if part >= 6 else "▐" if part >= 3 else "▕" if part else "") + "█" * full
+    left = left[-half_width:]
+    return " " * (half_width - len(left)) + left + "│" + " " * half_width
+
+
+_EIGHTHS = " ▏▎▍▌▋▊▉"
+
+
 __all__ = [
     "EMPTY_MARK",
     "SPACE_MARK",
@@ -157,6 +180,7 @@ __all__ = [
     "fit",
     "neighbor_row",
     "report_rows",
+    "signed_bar",
     "visible",
     "visible_bytes",
 ]
