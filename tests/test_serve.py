@@ -154,9 +154,10 @@ def test_the_explorer_runs_in_a_headless_browser(tmp_path):
 
     assert Path(CHROMIUM).exists(), "chromium is missing: `make test` installs it (apt-get install chromium)"
     port = _free_port()
+    log = open(tmp_path / "serve.log", "w")
     server = subprocess.Popen(
         [sys.executable, "-m", "lenstui.cli", "serve", "--port", str(port), EIFFEL],
-        stdout=open(tmp_path / "serve.log", "w"), stderr=subprocess.STDOUT, env=_env(),
+        stdout=log, stderr=subprocess.STDOUT, env=_env(),
     )
     try:
         _wait_for_port(port, server, 60)
@@ -190,8 +191,12 @@ def test_the_explorer_runs_in_a_headless_browser(tmp_path):
                 page.screenshot(path=str(tmp_path / "lenstui-in-browser.png"))
             finally:
                 browser.close()
+    except AssertionError as err:
+        log.flush()
+        raise AssertionError(f"{err}\nserver log:\n{(tmp_path / 'serve.log').read_text()[-3000:]}") from None
     finally:
         server.terminate()
         server.wait(timeout=30)
+        log.close()
     shot = tmp_path / "lenstui-in-browser.png"
     assert shot.stat().st_size > 10_000 and shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
