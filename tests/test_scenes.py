@@ -10,6 +10,7 @@ import tomllib
 from pathlib import Path
 
 import numpy as np
+import torch
 import pytest
 
 from lenstui import scenes
@@ -299,3 +300,24 @@ def test_the_seeds_talk_holds_on_the_embedded_model(embedded):
     for twin in unspeakable.pinned_ids:
         assert np.array_equal(w_u[:, 5], w_u[:, twin])
     assert not np.array_equal(w_u[:, 5], w_u[:, 6])
+
+
+def test_greedy_steps_match_the_hf_models_own_greedy_loop(tiny_llama):
+    """The ids a scene's steps append are the plain transformers model's argmax tokens."""
+    from tiny_models import tiny_llama_hf
+
+    from lenstui.engine.generate import greedy_ids
+    from lenstui.engine.lens import Cancelled
+
+    hf_model, _ = tiny_llama_hf()  # same seed, same weights as the wrapped tiny_llama
+    ids = [1, 2, 3, 4]
+    expected = list(ids)
+    with torch.no_grad():
+        for _ in range(5):
+            expected.append(int(hf_model(torch.tensor([expected])).logits[0, -1].argmax()))
+    assert greedy_ids(tiny_llama, ids, 5) == expected
+    assert greedy_ids(tiny_llama, ids, 0) == ids
+    with pytest.raises(Cancelled):
+        greedy_ids(tiny_llama, ids, 3, should_stop=lambda: True)
+    with pytest.raises(LenstuiError, match="more than the"):
+        greedy_ids(tiny_llama, [1] * tiny_llama.n_ctx, 1)
