@@ -6,6 +6,7 @@ top_k = 10                   # tokens per cell in the layer x top-k view (1..100
 debounce_ms = 350            # pause after typing before the lens re-runs
 export_dir = "~/slides"      # where exports go (default: the current dir, else the data dir)
 chat = true                  # chat template on at start for instruct models
+models_dir = "~/models"      # also list the .gguf files and HF model folders here in the model picker
 
 [keymap]                     # rebind keys by binding id (see `?`), comma-separated keys
 "lenstui.step" = "ctrl+n,f8"
@@ -30,6 +31,7 @@ class Config:
     debounce_ms: int = 350
     export_dir: Optional[str] = None
     chat: Optional[bool] = None
+    models_dir: Optional[str] = None
     keymap: dict[str, str] = field(default_factory=dict)
 
 
@@ -54,6 +56,7 @@ def load_config(path: Optional[Path] = None) -> tuple[Config, list[str]]:
         "debounce_ms": (int, lambda v: 0 <= v <= 5000),
         "export_dir": (str, None),
         "chat": (bool, None),
+        "models_dir": (str, lambda v: bool(v.strip())),
         "keymap": (dict, lambda v: all(isinstance(x, str) for x in v.values())),
     }
     for key, value in data.items():

@@ -1,7 +1,8 @@
 """`lenstui`: the app, plus headless subcommands that print tables or --json.
 
 `lenstui [PROMPT] [--model SPEC] [--theme NAME]` opens the explorer;
-`lenstui lens|token|speak|scan|attribute ...` run the same engine without a screen.
+`lenstui lens|token|speak|scan|attribute ...` run the same engine without a screen;
+`lenstui serve` serves the app to a web browser; `lenstui present FILE --check` checks a talk file.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ SUBCOMMANDS = {
     "speak": "lenstui.cli.speak_cmd",
     "scan": "lenstui.cli.speak_cmd",
     "attribute": "lenstui.cli.attribute_cmd",
+    "serve": "lenstui.cli.serve_cmd",
+    "present": "lenstui.cli.present_cmd",
 }
 
 
