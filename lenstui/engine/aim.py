@@ -1,0 +1,562 @@
+"""How precisely must the model aim to say token t? A certified measure, both ways.
+
+Readout as the speakability check models it (``speak_readout``): rows ``V`` (effective
+unembedding, projected onto the reachable subspace), offsets ``c``, the open ball of radius
+``R = sqrt(d_model)``. With ``a_j = v_t - v_j`` and ``b_j = c_t - c_j``, t is the strict
+argmax at z exactly when ``a_j . z + b_j > 0`` for every other j.
+
+**Cap measure** (``method="cap"``, all offsets equal, e.g. SmolLM2): only the direction of
+z matters. A cap of half-angle theta around a unit axis u lies inside the cone of winning
+directions iff ``a_j . u / |a_j| >= sin theta`` for every j, so the widest cap has
+
+    sin theta* = max_{|u|=1} min_j â_j . u = dist(0, conv{â_j})      (â_j = a_j / |a_j|)
+
+(minimax duality): a minimum-norm-point problem. It is solved by constraint generation: the
+min-norm point of a working set of â_j (Lawson-Hanson least-distance programming: one NNLS),
+then every j is checked with one float64 mat-vec and the most violated join the set.
+
+- **Lower bound** (``theta_deg``): for the axis u, every z of norm r >= the witness radius
+  within angle phi of u has ``a_j . z >= r |a_j| sin(alpha_j - phi)`` (alpha_j = asin(â_j . u)),
+  so t wins by more than the speakability tolerance ``tol(r)`` (twice the worst float32
+  rounding of a logit, ``Readout.speak_tolerance``) whenever
+  ``phi < alpha_j - asin(tol(r) / (r |a_j|))`` for every j: **the tolerance costs each
+  constraint the angle asin(tol / (r |a_j|))**. ``theta_deg`` is the minimum over the whole
+  vocabulary, in float64 from explicit differences ``v_t - v_j``; ``rounding_deg`` is what the
+  tolerance cost.
+- **Upper bound** (``theta_upper_deg``): convex weights ``w`` on the â_j; no cap wider than
+  ``asin |sum_j w_j â_j|`` fits (the point is in the hull), recomputed in float64 from the
+  weights (``upper``).
+- ``exact``: the geometric lower bound (before the rounding allowance) and the upper bound
+  agree to ``EXACT_TOLERANCE_DEG``.
+- theta* = 0 exactly when t is unspeakable: the weights then give the speakability
+  certificate (``speak_lp.check_certificate`` on ``w_j / |a_j|``), checked with its tolerance.
+- ``log10_share_lower``: the cap's share of all directions of the reachable subspace
+  (dimension n = d, or d - 1 for LayerNorm), ``0.5 I_{sin^2 theta}((n-1)/2, 1/2)``, a certified
+  lower bound on the share of directions that say t (mpmath, no underflow).
+
+**Ball measure** (``method="ball"``, offsets differ, e.g. a LayerNorm bias folded in): the
+answer depends on the radius, so the measure is the largest ball ``B(z0, rho)`` inside
+``{z in the reachable ball : t wins}``, reported as ``rho / R`` (``radius_fraction``). LP by
+constraint generation: maximize rho s.t. ``â_j . z + b_j/|a_j| >= rho`` and tangent cuts of
+``|z| + rho <= R``. Lower bound: ``rho_L = min(R - |z0|, min_j (a_j . z0 + b_j - tol(R)) / |a_j|)``
+in float64. Upper bound from convex weights w (the Lagrangian dual):
+``rho <= (R |p| + beta) / (1 + |p|)`` with ``p = sum w_j â_j``, ``beta = sum w_j b_j / |a_j|``.
+For a direction-only readout the largest ball has ``rho / R = sin theta / (1 + sin theta)``, so
+``theta_deg`` is reported as that equivalent angle (the two measures then rank tokens the
+same); ``log10_share_lower`` is ``n log10(rho / R)``, the ball's share of the reachable ball's
+volume.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+from scipy.optimize import linprog, nnls
+
+from lenstui.engine.errors import InputError
+from lenstui.engine.lens import Cancelled
+from lenstui.engine.speak import CANDIDATE_FAMILIES, as_readout, candidate_directions, find_twin
+from lenstui.engine.speak_lp import check_certificate, polish_certificate
+from lenstui.engine.speak_readout import U32, U64, Readout
+
+# Geometric lower and upper bounds closer than this are reported as exact.
+EXACT_TOLERANCE_DEG = 1e-6
+# Stop constraint generation once the working set's min-norm point violates no constraint
+# by more than this (in sin theta).
+_CONVERGED_SIN = 1e-11
+# A rigorous allowance for float64 rounding in a normalised dot product â_j . u.
+_FLOAT64_SIN_SLACK = 1e-12
+# Working-set sizes.
+INITIAL_PER_SEED = 48
+ADD_PER_ROUND = 24
+MAX_ROUNDS = 400
+# Rows of the vocabulary converted at a time in full float64 passes.
+_CHUNK = 8192
+# Upper-bound weights reported at most (the rest are below this fraction of the largest).
+_WEIGHT_FLOOR = 1e-12
+
+StopCheck = Callable[[], bool]
+
+
+@dataclass
+class AimResult:
+    """One token's aim measure with both certificates; ``to_json`` is the CLI contract."""
+
+    id: int
+    text: str
+    method: str  # "cap" (direction-only readout) or "ball" (offsets differ)
+    verdict: str  # "speakable" (theta > 0 certified), "unspeakable" (theta* = 0) or "undetermined"
+    theta_deg: float  # certified lower bound (0 when none)
+    theta_upper_deg: float  # certified upper bound
+    exact: bool  # geometric lower bound and upper bound agree to EXACT_TOLERANCE_DEG
+    geometric_lower_deg: float  # the lower bound before the rounding allowance
+    rounding_deg: float  # what the speakability tolerance costs the lower bound
+    offset_deg: Optional[float]  # angle between the axis and the token's own direction
+    log10_share_lower: Optional[float]  # cap: share of directions; ball: share of the ball's volume
+    axis: list[float]  # unit post-norm direction u (cap) or of the ball's centre (ball)
+    upper: list[dict]  # [{"id", "weight"}]: convex weights on the normalised a_j
+    dimension: int  # dimension of the reachable subspace
+    radius_fraction: Optional[float] = None  # ball: rho_L / R
+    radius_fraction_upper: Optional[float] = None  # ball: rho_U / R
+    centre_norm: Optional[float] = None  # ball: |z0|
+    rounds: int = 0
+    constraints: int = 0
+    seconds: float = 0.0
+    model: str = ""
+    reason: str = ""
+
+    def to_json(self) -> dict:
+        return {
+            "id": self.id,
+            "text": self.text,
+            "theta_deg": self.theta_deg,
+            "theta_upper_deg": self.theta_upper_deg,
+            "offset_deg": self.offset_deg,
+            "log10_share_lower": self.log10_share_lower,
+            "axis": self.axis,
+            "upper": self.upper,
+            "method": self.method,
+            "verdict": self.verdict,
+            "exact": self.exact,
+            "geometric_lower_deg": self.geometric_lower_deg,
+            "rounding_deg": self.rounding_deg,
+            "dimension": self.dimension,
+            "radius_fraction": self.radius_fraction,
+            "radius_fraction_upper": self.radius_fraction_upper,
+            "centre_norm": self.centre_norm,
+            "rounds": self.rounds,
+            "constraints": self.constraints,
+            "seconds": self.seconds,
+            "model": self.model,
+            "reason": self.reason,
+        }
+
+
+# -- shared pieces ---------------------------------------------------------------
+
+
+def reachable_dimension(readout: Readout) -> int:
+    """Dimension of the subspace the normalised residual lives in (LN loses the all-ones)."""
+    return readout.d - 1 if readout.kind == "LN" else readout.d
+
+
+def log10_cap_share(theta_rad: float, dimension: int) -> Optional[float]:
+    """log10 of the share of the unit sphere in R^dimension within theta of an axis:
+    ``0.5 I_{sin^2 theta}((n-1)/2, 1/2)`` for theta <= 90 deg, in arbitrary precision (it is
+    far below 1e-300 for small angles in hundreds of dimensions). None when theta <= 0."""
+    import mpmath
+
+    if not theta_rad > 0:
+        return None
+    theta_rad = min(theta_rad, math.pi / 2)
+    with mpmath.workdps(40):
+        x = mpmath.sin(mpmath.mpf(theta_rad)) ** 2
+        share = mpmath.betainc(mpmath.mpf(dimension - 1) / 2, mpmath.mpf(1) / 2, 0, x, regularized=True) / 2
+        return float(mpmath.log10(share))
+
+
+def _differences(readout: Readout, t: int, start: int, stop: int) -> torch.Tensor:
+    """a_j = v_t - v_j for j in [start, stop), float64 (rows of V are exact)."""
+    return readout.V[t] - readout.V[start:stop]
+
+
+def difference_norms(readout: Readout, t: int) -> torch.Tensor:
+    """|v_t - v_j| for every j, float64 from explicit differences (no cancellation)."""
+    out = torch.empty(readout.n_vocab, dtype=torch.float64, device=readout.V.device)
+    for start in range(0, readout.n_vocab, _CHUNK):
+        out[start : start + _CHUNK] = _differences(readout, t, start, start + _CHUNK).norm(dim=1)
+    return out
+
+
+def _angle_deg(a: torch.Tensor, b: torch.Tensor) -> Optional[float]:
+    na, nb = float(a.norm()), float(b.norm())
+    if na == 0 or nb == 0:
+        return None
+    cosine = max(-1.0, min(1.0, float(a @ b) / (na * nb)))
+    return math.degrees(math.acos(cosine))
+
+
+def _resolve(readout: Readout, token_id: int) -> int:
+    t = int(token_id)
+    if not 0 <= t < readout.n_vocab:
+        raise InputError(f"Token id {t} is out of range: {readout.name} has ids 0..{readout.n_vocab - 1}.")
+    return t
+
+
+# -- the cap (direction-only readouts) --------------------------------------------
+
+
+def min_norm_weights(points: np.ndarray) -> tuple[np.ndarray, float]:
+    """Convex weights of the minimum-norm point of conv(rows of ``points`` [k, d]).
+
+    Lawson-Hanson least-distance programming: NNLS on ``[points^T; 1^T] mu ~ e_{d+1}``;
+    the normalised mu are the weights (the residual is zero exactly when 0 is in the hull)."""
+    k, d = points.shape
+    E = np.empty((d + 1, k))
+    E[:d] = points.T
+    E[d] = 1.0
+    f = np.zeros(d + 1)
+    f[d] = 1.0
+    mu, _ = nnls(E, f, maxiter=max(50 * k, 1000))
+    total = mu.sum()
+    if total <= 0:
+        return np.full(k, 1.0 / k), float(np.linalg.norm(points.mean(axis=0)))
+    weights = mu / total
+    return weights, float(np.linalg.norm(weights @ points))
+
+
+def cap_lower_bound(readout: Readout, t: int, axis: torch.Tensor, norms: Optional[torch.Tensor] = None) -> dict:
+    """Certified lower bound of the cap around ``axis`` over the whole vocabulary, float64.
+
+    Returns the robust bound (after the rounding allowance, radians), the geometric one, and
+    the binding token."""
+    u = readout.project(axis.to(readout.V.device, torch.float64))
+    u = u / u.norm()
+    r = readout.witness_radius
+    tau = readout.speak_tolerance(r) / r  # tol(r) / r; tol(r)/r only falls as r grows
+    robust, geometric = math.inf, math.inf
+    binding = -1
+    for start in range(0, readout.n_vocab, _CHUNK):
+        A = _differences(readout, t, start, start + _CHUNK)
+        lengths = A.norm(dim=1) if norms is None else norms[start : start + _CHUNK]
+        dots = A @ u
+        if start <= t < start + A.shape[0]:
+            lengths = lengths.clone()
+            lengths[t - start] = math.inf  # t itself is no constraint
+        sines = torch.where(lengths > 0, dots / lengths, torch.full_like(dots, -1.0))
+        sines = (sines - _FLOAT64_SIN_SLACK).clamp(-1.0, 1.0)
+        alpha = torch.asin(sines)
+        penalty = torch.asin((tau / lengths).clamp(max=1.0))
+        margin = alpha - penalty
+        if start <= t < start + A.shape[0]:
+            margin[t - start] = alpha[t - start] = math.inf
+        k = int(torch.argmin(margin))
+        if float(margin[k]) < robust:
+            robust, binding = float(margin[k]), start + k
+        geometric = min(geometric, float(alpha.min()))
+    return {"robust": robust, "geometric": geometric, "binding": binding}
+
+
+def cap_upper_bound(readout: Readout, t: int, ids, weights, norms: Optional[torch.Tensor] = None) -> float:
+    """sin theta_upper = |sum_j w_j â_j| for convex weights w, recomputed in float64 (plus
+    a float64 rounding allowance)."""
+    idx = torch.as_tensor(list(ids), dtype=torch.long, device=readout.V.device)
+    w = torch.as_tensor(np.asarray(weights, dtype=np.float64), device=readout.V.device).clamp_min(0)
+    w = w / w.sum()
+    A = readout.V[t] - readout.V[idx]
+    lengths = A.norm(dim=1) if norms is None else norms[idx]
+    p = (w / lengths) @ A
+    return min(1.0, float(p.norm()) + _FLOAT64_SIN_SLACK)
+
+
+def _seed_axes(readout: Readout, t: int) -> list[torch.Tensor]:
+    index = torch.tensor([t], device=readout.V.device)
+    return [candidate_directions(readout, index, family)[0] for family in ("own",) + CANDIDATE_FAMILIES[:-1]]
+
+
+def _normalised_slacks(readout: Readout, t: int, u: torch.Tensor, norms: torch.Tensor) -> torch.Tensor:
+    """â_j . u for every j (one mat-vec; for choosing constraints, not for certifying)."""
+    dots = float(readout.V[t] @ u) - readout.V @ u
+    out = dots / norms
+    out[t] = math.inf
+    return out
+
+
+def aim_cap(readout: Readout, t: int, *, should_stop: Optional[StopCheck] = None, started: float) -> AimResult:
+    norms = difference_norms(readout, t)
+    norms[t] = math.inf
+    base = _base_result(readout, t, "cap")
+    twin = find_twin(readout, t)
+    if twin is not None:
+        return _unspeakable(readout, t, base, [twin], [1.0], norms, "an exact copy of another token's row")
+
+    seeds = _seed_axes(readout, t)
+    active: dict[int, None] = {}
+    for z in seeds:
+        slacks = _normalised_slacks(readout, t, z / z.norm(), norms)
+        active.update(dict.fromkeys(torch.topk(slacks, INITIAL_PER_SEED, largest=False).indices.tolist()))
+    V, v_t = readout.V, readout.V[t]
+    rounds, weights, sin_upper, u = 0, None, 1.0, None
+    while rounds < MAX_ROUNDS:
+        rounds += 1
+        if should_stop is not None and should_stop():
+            raise Cancelled("aim cancelled")
+        idx = torch.as_tensor(list(active), device=V.device)
+        points = ((v_t - V[idx]) / norms[idx][:, None]).cpu().numpy()
+        weights, sin_upper = min_norm_weights(points)
+        if sin_upper <= 1e-13:
+            break  # 0 is in the hull: unspeakable (checked below)
+        p = torch.as_tensor(weights @ points, device=V.device)
+        u = p / p.norm()
+        slacks = _normalised_slacks(readout, t, u, norms)
+        if float(slacks.min()) >= sin_upper - _CONVERGED_SIN:
+            break
+        slacks[idx] = math.inf
+        worst = torch.topk(slacks, ADD_PER_ROUND, largest=False)
+        new = worst.indices[worst.values < sin_upper - _CONVERGED_SIN].tolist()
+        if not new:
+            break
+        active.update(dict.fromkeys(new))
+    ids = np.asarray(list(active))
+    support = weights > _WEIGHT_FLOOR * weights.max()
+    ids, weights = ids[support], weights[support] / weights[support].sum()
+    base.rounds, base.constraints = rounds, len(active)
+
+    sin_upper = cap_upper_bound(readout, t, ids, weights, norms)
+    lower = cap_lower_bound(readout, t, u, norms) if u is not None else None
+    if lower is None or lower["robust"] <= 0:
+        # No certified cap around the min-norm axis; try the witness-style seeds too.
+        for z in seeds:
+            candidate = cap_lower_bound(readout, t, z, norms)
+            if lower is None or candidate["robust"] > lower["robust"]:
+                lower, u = candidate, z / z.norm()
+    if lower["robust"] <= 0:
+        cert_result = _unspeakable(readout, t, base, ids.tolist(), weights.tolist(), norms, "", check_only=True)
+        if cert_result is not None:
+            return cert_result
+    theta_upper = math.asin(sin_upper)
+    robust = max(0.0, lower["robust"])
+    geometric = max(0.0, lower["geometric"])
+    base.verdict = "speakable" if robust > 0 else "undetermined"
+    base.theta_deg = math.degrees(robust)
+    base.theta_upper_deg = math.degrees(theta_upper)
+    base.geometric_lower_deg = math.degrees(geometric)
+    base.rounding_deg = math.degrees(geometric - robust)
+    base.exact = base.theta_upper_deg - base.geometric_lower_deg <= EXACT_TOLERANCE_DEG
+    base.axis = [float(x) for x in u.tolist()]
+    base.offset_deg = _angle_deg(u, readout.project(v_t))
+    base.log10_share_lower = log10_cap_share(robust, base.dimension)
+    base.upper = _weights_json(ids, weights)
+    binding = lower["binding"]
+    base.reason = (
+        f"axis checked over the whole vocabulary; tightest competitor {binding} ({readout.decode(binding)!r})"
+        if binding >= 0
+        else ""
+    )
+    return base
+
+
+def _weights_json(ids, weights) -> list[dict]:
+    order = np.argsort(-np.asarray(weights), kind="stable")
+    return [{"id": int(ids[k]), "weight": float(weights[k])} for k in order]
+
+
+def _base_result(readout: Readout, t: int, method: str) -> AimResult:
+    return AimResult(
+        id=t,
+        text=readout.decode(t),
+        method=method,
+        verdict="undetermined",
+        theta_deg=0.0,
+        theta_upper_deg=90.0,
+        exact=False,
+        geometric_lower_deg=0.0,
+        rounding_deg=0.0,
+        offset_deg=None,
+        log10_share_lower=None,
+        axis=[],
+        upper=[],
+        dimension=reachable_dimension(readout),
+        model=readout.name,
+    )
+
+
+def _unspeakable(readout, t, base, ids, weights, norms, why, check_only=False) -> Optional[AimResult]:
+    """theta* = 0 when the weights (on â_j) give the speakability certificate: weights
+    w_j / |a_j| on the rows themselves, checked with the certificate tolerance."""
+    ids = [int(i) for i in ids]
+    lengths = norms[torch.as_tensor(ids, device=norms.device)].cpu().numpy()
+    row_weights = np.asarray(weights, dtype=np.float64) / np.where(lengths > 0, lengths, 1.0)
+    cert = check_certificate(readout, t, ids, row_weights)
+    if cert.bound > readout.certificate_tolerance:
+        polished = polish_certificate(readout, t, ids)
+        if polished is not None and polished.bound < cert.bound:
+            cert = polished
+    if cert.bound > readout.certificate_tolerance:
+        return None if check_only else base
+    base.verdict = "unspeakable"
+    base.theta_deg = base.theta_upper_deg = base.geometric_lower_deg = 0.0
+    base.exact = True
+    base.upper = _weights_json(cert.ids, cert.weights)  # convex weights on the rows v_j
+    base.reason = (
+        (why + "; " if why else "")
+        + f"unspeakable: certificate bound {cert.bound:.3g} <= {readout.certificate_tolerance:.3g} "
+        "(upper: weights on the rows v_j, as in `lenstui speak`)"
+    )
+    if base.method == "ball":
+        base.radius_fraction = base.radius_fraction_upper = 0.0
+    return base
+
+
+# -- the ball (readouts with offsets) ------------------------------------------------
+
+
+def ball_lower_bound(readout: Readout, t: int, centre: torch.Tensor, norms: torch.Tensor) -> dict:
+    """rho_L = min(R - |z0|, min_j (a_j . z0 + b_j - tol(R)) / |a_j|), float64 over the
+    whole vocabulary (tol is increasing in |z|, so tol(R) covers the whole ball)."""
+    z0 = readout.project(centre.to(readout.V.device, torch.float64))
+    R = readout.radius
+    tol = readout.speak_tolerance(R)
+    dots = readout.logits64(z0)
+    gaps = dots[t] - dots  # a_j . z0 + b_j  (logits include c)
+    gaps = gaps - gaps.abs() * 4 * U64 * readout.d  # float64 rounding allowance
+    lengths = norms.clone()
+    lengths[t] = math.inf
+    zero = lengths == 0
+    robust_each = (gaps - tol) / lengths
+    geometric_each = gaps / lengths
+    robust_each[zero] = torch.where(gaps[zero] > tol, math.inf, -math.inf)
+    geometric_each[zero] = torch.where(gaps[zero] > 0, math.inf, -math.inf)
+    room = R - float(z0.norm())
+    k = int(torch.argmin(robust_each))
+    return {
+        "robust": min(room, float(robust_each[k])),
+        "geometric": min(room, float(geometric_each.min())),
+        "binding": k,
+        "centre": z0,
+    }
+
+
+def ball_upper_bound(readout: Readout, t: int, ids, weights, norms: torch.Tensor) -> float:
+    """rho_U = (R |p| + beta) / (1 + |p|), p = sum w_j â_j, beta = sum w_j b_j / |a_j|."""
+    idx = torch.as_tensor(list(ids), dtype=torch.long, device=readout.V.device)
+    w = torch.as_tensor(np.asarray(weights, dtype=np.float64), device=readout.V.device).clamp_min(0)
+    w = w / w.sum()
+    lengths = norms[idx]
+    A = readout.V[t] - readout.V[idx]
+    p = float(((w / lengths) @ A).norm())
+    beta = float((w * (readout.c[t] - readout.c[idx]) / lengths).sum())
+    R = readout.radius
+    bound = (R * p + beta) / (1 + p)
+    return bound + 1e-12 * R
+
+
+def aim_ball(readout: Readout, t: int, *, should_stop: Optional[StopCheck] = None, started: float) -> AimResult:
+    base = _base_result(readout, t, "ball")
+    norms = difference_norms(readout, t)
+    V, c, R = readout.V, readout.c, readout.radius
+    zero = norms == 0
+    zero[t] = False
+    if bool((zero & (c >= c[t])).any()):
+        twin = int(torch.nonzero(zero & (c >= c[t])).flatten()[0])
+        return _unspeakable(readout, t, base, [twin], [1.0], norms, "an exact copy of another token's row")
+    usable = ~zero
+    usable[t] = False
+    safe_norms = torch.where(usable, norms, torch.ones_like(norms))
+
+    def normalised_slacks(z: torch.Tensor) -> torch.Tensor:
+        logits = readout.logits64(z)
+        out = (logits[t] - logits) / safe_norms
+        out[~usable] = math.inf
+        return out
+
+    seeds = [z * 0.5 for z in _seed_axes(readout, t)] + [torch.zeros(readout.d, dtype=torch.float64, device=V.device)]
+    active: dict[int, None] = {}
+    for z in seeds:
+        active.update(dict.fromkeys(torch.topk(normalised_slacks(z), INITIAL_PER_SEED, largest=False).indices.tolist()))
+    d = readout.d
+    objective = np.zeros(d + 1)
+    objective[-1] = -1.0
+    bounds = [(-R, R)] * d + [(-R, R)]
+    cuts: list[np.ndarray] = []
+    V_np, c_np, norms_np = V.cpu().numpy(), c.cpu().numpy(), safe_norms.cpu().numpy()
+    rounds, z_star, duals, idx = 0, None, None, None
+    while rounds < MAX_ROUNDS:
+        rounds += 1
+        if should_stop is not None and should_stop():
+            raise Cancelled("aim cancelled")
+        idx = np.asarray(list(active))
+        m = len(idx)
+        A = np.zeros((m + len(cuts), d + 1))
+        A[:m, :d] = -(V_np[t] - V_np[idx]) / norms_np[idx][:, None]
+        A[:m, d] = 1.0
+        rhs = np.empty(m + len(cuts))
+        rhs[:m] = (c_np[t] - c_np[idx]) / norms_np[idx]
+        for k, w in enumerate(cuts):
+            A[m + k, :d] = w
+            A[m + k, d] = 1.0
+            rhs[m + k] = R
+        res = linprog(objective, A_ub=A, b_ub=rhs, bounds=bounds, method="highs")
+        if res.status != 0 or res.x is None:
+            base.reason = f"HiGHS stopped: {res.message}"
+            break
+        z_star = torch.as_tensor(res.x[:d], device=V.device)
+        rho_star = float(res.x[d])
+        duals = np.clip(-np.asarray(res.ineqlin.marginals[:m]), 0.0, None)
+        slacks = normalised_slacks(z_star)
+        slacks[torch.as_tensor(idx, device=V.device)] = math.inf
+        worst = torch.topk(slacks, min(ADD_PER_ROUND, readout.n_vocab - 1), largest=False)
+        new = worst.indices[worst.values < rho_star - 1e-10 * R].tolist()
+        active.update(dict.fromkeys(new))
+        z_proj = readout.project(z_star)
+        z_norm = float(z_proj.norm())
+        added_cut = z_norm > 0 and z_norm + rho_star > R * (1 + 1e-9)
+        if added_cut:
+            cuts.append((z_proj / z_norm).cpu().numpy())
+        if not new and not added_cut:
+            break
+    base.rounds, base.constraints = rounds, len(active)
+    if z_star is None:
+        return base
+    support = duals > _WEIGHT_FLOOR * max(duals.max(), 1e-300) if duals is not None and duals.any() else None
+    if support is None:
+        ids, weights = idx[:1], np.ones(1)
+    else:
+        ids, weights = idx[support], duals[support] / duals[support].sum()
+    rho_upper = ball_upper_bound(readout, t, ids, weights, safe_norms)
+    lower = ball_lower_bound(readout, t, z_star, norms)
+    if lower["robust"] <= 0 and rho_upper <= 1e-9 * R:
+        done = _unspeakable(readout, t, base, ids.tolist(), weights.tolist(), norms, "", check_only=True)
+        if done is not None:
+            return done
+    robust = max(0.0, lower["robust"])
+    geometric = max(0.0, lower["geometric"])
+    z0 = lower["centre"]
+    base.verdict = "speakable" if robust > 0 else "undetermined"
+    base.radius_fraction = robust / R
+    base.radius_fraction_upper = min(1.0, max(0.0, rho_upper / R))
+    base.theta_deg = _equivalent_angle_deg(base.radius_fraction)
+    base.theta_upper_deg = _equivalent_angle_deg(base.radius_fraction_upper)
+    base.geometric_lower_deg = _equivalent_angle_deg(geometric / R)
+    base.rounding_deg = base.geometric_lower_deg - base.theta_deg
+    base.exact = base.theta_upper_deg - base.geometric_lower_deg <= EXACT_TOLERANCE_DEG
+    base.centre_norm = float(z0.norm())
+    direction = z0 / z0.norm() if base.centre_norm > 0 else z0
+    base.axis = [float(x) for x in direction.tolist()]
+    base.offset_deg = _angle_deg(z0, readout.project(V[t])) if base.centre_norm > 0 else None
+    base.log10_share_lower = base.dimension * math.log10(base.radius_fraction) if robust > 0 else None
+    base.upper = _weights_json(ids, weights)
+    base.reason = f"ball of radius {robust:.4g} around a centre of norm {base.centre_norm:.4g} (R = {R:.4g})"
+    return base
+
+
+def _equivalent_angle_deg(fraction: float) -> float:
+    """The cap half-angle whose largest inscribed ball has radius ``fraction * R``:
+    fraction = sin theta / (1 + sin theta), i.e. sin theta = fraction / (1 - fraction)."""
+    if fraction <= 0:
+        return 0.0
+    if fraction >= 0.5:
+        return 90.0
+    return math.degrees(math.asin(fraction / (1 - fraction)))
+
+
+# -- entry point ------------------------------------------------------------------
+
+
+def aim(model, token_id: int, *, should_stop: Optional[StopCheck] = None) -> AimResult:
+    """The aim measure of one token (``model``: a LoadedModel or a Readout)."""
+    started = time.perf_counter()
+    readout = as_readout(model)
+    t = _resolve(readout, token_id)
+    with torch.no_grad():
+        if readout.direction_only:
+            result = aim_cap(readout, t, should_stop=should_stop, started=started)
+        else:
+            result = aim_ball(readout, t, should_stop=should_stop, started=started)
+    result.seconds = time.perf_counter() - started
+    return result
