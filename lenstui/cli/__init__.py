@@ -1,7 +1,7 @@
 """`lenstui`: the app, plus headless subcommands that print tables or --json.
 
 `lenstui [PROMPT] [--model SPEC] [--theme NAME]` opens the explorer;
-`lenstui lens|token|speak|scan ...` run the same engine without a screen.
+`lenstui lens|token|speak|scan|aim ...` run the same engine without a screen.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ SUBCOMMANDS = {
     "token": "lenstui.cli.token_cmd",
     "speak": "lenstui.cli.speak_cmd",
     "scan": "lenstui.cli.speak_cmd",
+    "aim": "lenstui.cli.aim_cmd",
 }
 
 

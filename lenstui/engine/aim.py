@@ -560,3 +560,123 @@ def aim(model, token_id: int, *, should_stop: Optional[StopCheck] = None) -> Aim
             result = aim_ball(readout, t, should_stop=should_stop, started=started)
     result.seconds = time.perf_counter() - started
     return result
+
+
+# -- batched lower bounds (the vocabulary scan) -----------------------------------------
+
+# Float32 competitors per token recomputed exactly in float64 (the rest are screened).
+BATCH_TOP_K = 16
+# Competitors the screen leaves open are recomputed in float64 this many at a time.
+_BATCH_OPEN_CHUNK = 4096
+# Relative allowance for float32 rounding of the elementwise |a_j| bound (a few ulps).
+_FLOAT32_SLACK = 16 * U32
+
+
+def _squared_row_norms(readout: Readout) -> torch.Tensor:
+    """|v_j|^2, float64 (memoized)."""
+    if "aim_squared_norms" not in readout.memo:
+        readout.memo["aim_squared_norms"] = readout.V.pow(2).sum(dim=1)
+    return readout.memo["aim_squared_norms"]
+
+
+def cap_lower_bounds(
+    readout: Readout,
+    token_ids,
+    directions: torch.Tensor,
+    *,
+    logits32: Optional[torch.Tensor] = None,
+    gram32: Optional[torch.Tensor] = None,
+) -> np.ndarray:
+    """Certified lower bounds (degrees) of the cap measure for a block of tokens, each around
+    its own axis ``directions[i]`` (e.g. its witness direction), for a direction-only readout.
+
+    Same bound as ``cap_lower_bound`` (float32 robust: the rounding tolerance costs each
+    competitor asin(tol / (r |a_j|))), found the way the scan's candidate pass finds its
+    runner-ups, from two batched float32 products made exact:
+
+    - ``L = U V^T`` (``logits32``: the scan's candidate-pass product when it has it), within
+      ``Readout.screen_error_bound`` of the exact ``v_j . u``;
+    - ``G = V_t V^T`` (``gram32``: the scan's own-direction product minus the constant
+      offset), within ``gamma_{d+3} |v_t| |v_j|`` of ``v_t . v_j``, which bounds
+      ``|a_j|^2 = |v_t|^2 + |v_j|^2 - 2 v_t . v_j`` from above.
+
+    The float32 top-k competitors are recomputed exactly in float64, giving theta_k; every
+    other j is then shown harmless at theta_k from the bounds alone (j cannot bind when
+    ``cos theta (a_j . u) - sin theta |a_j| > tol / r``); those the screen cannot clear are
+    recomputed in float64 too (a whole row when there are many). A smaller theta only
+    relaxes the screen, so the minimum is certified. Both tensors passed in are overwritten.
+    0 means no certified cap around that axis."""
+    if not readout.direction_only:
+        raise InputError("Batched cap bounds need a direction-only readout (all offsets equal).")
+    device = readout.V.device
+    ids = torch.as_tensor(token_ids, dtype=torch.long, device=device).reshape(-1)
+    b, n = len(ids), readout.n_vocab
+    U = readout.project(directions.to(device, torch.float64))
+    axes32 = (U / U.norm(dim=1, keepdim=True).clamp_min(1e-300)).to(torch.float32)
+    U64 = axes32.to(torch.float64)  # the axis is exactly this float32 vector
+    unorm = U64.norm(dim=1)
+    rows32, _ = readout.screen_table()
+    if logits32 is None:
+        logits32 = axes32 @ rows32.T
+    if gram32 is None:
+        gram32 = rows32[ids] @ rows32.T
+    arange = torch.arange(b, device=device)
+    err = readout.screen_error_bound(unorm)  # [b]: |L_j - v_j . u| <= err
+    r = readout.witness_radius
+    tau = readout.speak_tolerance(r) / r
+    V = readout.V
+    v_t = V[ids]  # [b, d]
+    own = (v_t * U64).sum(dim=1)  # float64
+
+    # N_j >= |a_j|: |v_t|^2 + |v_j|^2 - 2 (G_j - e_j), e_j = gamma |v_t| |v_j| the product's
+    # error, plus a relative allowance for this float32 arithmetic; then the square root.
+    squares = _squared_row_norms(readout)
+    norms = squares.sqrt()
+    gamma = (readout.d + 3) * U32 / (1 - (readout.d + 3) * U32) * 1.01
+    max_square = float(squares.max())
+    N = gram32.mul_(-2.0)
+    N.add_(squares.to(torch.float32)[None, :])
+    N.add_((squares[ids] + _FLOAT32_SLACK * (squares[ids] + 3 * max_square)).to(torch.float32)[:, None])
+    N.addr_((2 * gamma * norms[ids]).to(torch.float32), norms.to(torch.float32))
+    N.clamp_(min=0.0).sqrt_()
+    # D_j = own - L_j ~ a_j . u (within err, plus float32 rounding of own - L_j).
+    D = logits32.neg_().add_(own.to(torch.float32)[:, None])
+    D[arange, ids] = torch.inf
+    # The k smallest approximate normalised slacks D_j / N_j are recomputed exactly.
+    k = min(BATCH_TOP_K, n - 1)
+    cand = torch.topk(D / N, k, dim=1, largest=False).indices
+    theta = _exact_margins(V, v_t, U64, unorm, ids, tau, arange, cand).clamp_min(0.0)
+    D[arange[:, None], cand] = torch.inf
+
+    # Screen: j cannot bind at theta when cos(theta) (D_j - err) - |u| sin(theta) N_j > |u| tau,
+    # i.e. D_j - |u| tan(theta) N_j > err + |u| tau / cos(theta).
+    slope = unorm * torch.tan(theta)
+    floor = err + unorm * tau / torch.cos(theta)
+    D.addcmul_((-slope).to(torch.float32)[:, None], N)
+    # float32 rounding of D and of the screen: a few ulps of the magnitudes involved
+    # (|L_j| <= max|v| |u| + err, N_j <= 2 max|v| + allowance).
+    max_norm = float(norms.max())
+    magnitude = own.abs() + max_norm * unorm + err + slope * 2.1 * max_norm
+    slack = 8 * U32 * (magnitude + floor)
+    open_ = D <= (floor + slack).to(torch.float32)[:, None]
+    open_ &= (theta > 0)[:, None]
+    rows, cols = torch.nonzero(open_, as_tuple=True)
+    for start in range(0, len(rows), _BATCH_OPEN_CHUNK):
+        r_chunk, c_chunk = rows[start : start + _BATCH_OPEN_CHUNK], cols[start : start + _BATCH_OPEN_CHUNK]
+        margins = _exact_margins(V, v_t, U64, unorm, ids, tau, r_chunk, c_chunk[:, None])
+        theta.scatter_reduce_(0, r_chunk, margins.clamp_min(0.0), reduce="amin")
+    return np.degrees(theta.cpu().numpy())
+
+
+def _exact_margins(V, v_t, U64, unorm, ids, tau, rows: torch.Tensor, cand: torch.Tensor) -> torch.Tensor:
+    """For each of ``rows``, min over its competitors ``cand`` [rows, k] of
+    alpha_j - asin(tau / |a_j|), in float64 from explicit differences (radians)."""
+    A = v_t[rows][:, None, :] - V[cand]  # [b', k, d]
+    lengths = A.norm(dim=2)
+    dots = torch.einsum("bkd,bd->bk", A, U64[rows]) / unorm[rows][:, None]
+    sines = torch.where(lengths > 0, dots / lengths.clamp_min(1e-300), torch.full_like(dots, -1.0))
+    alpha = torch.asin((sines - _FLOAT64_SIN_SLACK).clamp(-1.0, 1.0))
+    penalty = torch.asin((tau / lengths.clamp_min(1e-300)).clamp(max=1.0))
+    margin = alpha - penalty
+    margin[cand == ids[rows][:, None]] = math.inf
+    return margin.min(dim=1).values
