@@ -104,6 +104,7 @@ class AimResult:
     radius_fraction: Optional[float] = None  # ball: rho_L / R
     radius_fraction_upper: Optional[float] = None  # ball: rho_U / R
     centre_norm: Optional[float] = None  # ball: |z0|
+    tightest: Optional[int] = None  # the competitor that limits the lower bound
     rounds: int = 0
     constraints: int = 0
     seconds: float = 0.0
@@ -129,6 +130,7 @@ class AimResult:
             "radius_fraction": self.radius_fraction,
             "radius_fraction_upper": self.radius_fraction_upper,
             "centre_norm": self.centre_norm,
+            "tightest": self.tightest,
             "rounds": self.rounds,
             "constraints": self.constraints,
             "seconds": self.seconds,
@@ -177,8 +179,8 @@ def _angle_deg(a: torch.Tensor, b: torch.Tensor) -> Optional[float]:
     na, nb = float(a.norm()), float(b.norm())
     if na == 0 or nb == 0:
         return None
-    cosine = max(-1.0, min(1.0, float(a @ b) / (na * nb)))
-    return math.degrees(math.acos(cosine))
+    ua, ub = a / na, b / nb  # 2 atan(|ua - ub| / |ua + ub|): accurate for small angles too
+    return math.degrees(2 * math.atan2(float((ua - ub).norm()), float((ua + ub).norm())))
 
 
 def _resolve(readout: Readout, token_id: int) -> int:
@@ -279,7 +281,8 @@ def aim_cap(readout: Readout, t: int, *, should_stop: Optional[StopCheck] = None
     active: dict[int, None] = {}
     for z in seeds:
         slacks = _normalised_slacks(readout, t, z / z.norm(), norms)
-        active.update(dict.fromkeys(torch.topk(slacks, INITIAL_PER_SEED, largest=False).indices.tolist()))
+        k = min(INITIAL_PER_SEED, readout.n_vocab - 1)
+        active.update(dict.fromkeys(torch.topk(slacks, k, largest=False).indices.tolist()))
     V, v_t = readout.V, readout.V[t]
     rounds, weights, sin_upper, u = 0, None, 1.0, None
     while rounds < MAX_ROUNDS:
@@ -297,7 +300,7 @@ def aim_cap(readout: Readout, t: int, *, should_stop: Optional[StopCheck] = None
         if float(slacks.min()) >= sin_upper - _CONVERGED_SIN:
             break
         slacks[idx] = math.inf
-        worst = torch.topk(slacks, ADD_PER_ROUND, largest=False)
+        worst = torch.topk(slacks, min(ADD_PER_ROUND, readout.n_vocab - 1), largest=False)
         new = worst.indices[worst.values < sin_upper - _CONVERGED_SIN].tolist()
         if not new:
             break
@@ -333,6 +336,7 @@ def aim_cap(readout: Readout, t: int, *, should_stop: Optional[StopCheck] = None
     base.log10_share_lower = log10_cap_share(robust, base.dimension)
     base.upper = _weights_json(ids, weights)
     binding = lower["binding"]
+    base.tightest = binding if binding >= 0 else None
     base.reason = (
         f"axis checked over the whole vocabulary; tightest competitor {binding} ({readout.decode(binding)!r})"
         if binding >= 0
@@ -410,8 +414,10 @@ def ball_lower_bound(readout: Readout, t: int, centre: torch.Tensor, norms: torc
     zero = lengths == 0
     robust_each = (gaps - tol) / lengths
     geometric_each = gaps / lengths
-    robust_each[zero] = torch.where(gaps[zero] > tol, math.inf, -math.inf)
-    geometric_each[zero] = torch.where(gaps[zero] > 0, math.inf, -math.inf)
+    inf = torch.full_like(gaps, math.inf)
+    robust_each = torch.where(zero, torch.where(gaps > tol, inf, -inf), robust_each)
+    geometric_each = torch.where(zero, torch.where(gaps > 0, inf, -inf), geometric_each)
+    robust_each[t] = geometric_each[t] = math.inf  # t is no competitor of itself
     room = R - float(z0.norm())
     k = int(torch.argmin(robust_each))
     return {
@@ -436,7 +442,28 @@ def ball_upper_bound(readout: Readout, t: int, ids, weights, norms: torch.Tensor
     return bound + 1e-12 * R
 
 
+def least_distance(points: np.ndarray, floors: np.ndarray) -> tuple[Optional[np.ndarray], np.ndarray]:
+    """min |z| s.t. points @ z >= floors (Lawson-Hanson LDP: one NNLS). Returns (z or None
+    when infeasible, the NNLS multipliers: their normalisation are the dual weights)."""
+    k, d = points.shape
+    E = np.empty((d + 1, k))
+    E[:d] = points.T
+    E[d] = floors
+    f = np.zeros(d + 1)
+    f[d] = 1.0
+    mu, _ = nnls(E, f, maxiter=max(50 * k, 1000))
+    residual = E @ mu - f
+    if abs(residual[d]) < 1e-14:
+        return None, mu
+    return -residual[:d] / residual[d], mu
+
+
 def aim_ball(readout: Readout, t: int, *, should_stop: Optional[StopCheck] = None, started: float) -> AimResult:
+    """Largest ball inside {z in the reachable ball : t wins}: bisection on the radius rho;
+    each step is a least-distance problem (the smallest centre with a_j . z + b_j >= rho |a_j|
+    for every j), solved by constraint generation; rho is feasible iff |z| <= R - rho.
+    Every feasible step gives a centre (lower bound, re-checked over the vocabulary), every
+    infeasible one convex weights (upper bound, the dual)."""
     base = _base_result(readout, t, "ball")
     norms = difference_norms(readout, t)
     V, c, R = readout.V, readout.c, readout.radius
@@ -448,6 +475,7 @@ def aim_ball(readout: Readout, t: int, *, should_stop: Optional[StopCheck] = Non
     usable = ~zero
     usable[t] = False
     safe_norms = torch.where(usable, norms, torch.ones_like(norms))
+    hats_offsets = ((c[t] - c) / safe_norms).cpu().numpy()
 
     def normalised_slacks(z: torch.Tensor) -> torch.Tensor:
         logits = readout.logits64(z)
@@ -458,65 +486,75 @@ def aim_ball(readout: Readout, t: int, *, should_stop: Optional[StopCheck] = Non
     seeds = [z * 0.5 for z in _seed_axes(readout, t)] + [torch.zeros(readout.d, dtype=torch.float64, device=V.device)]
     active: dict[int, None] = {}
     for z in seeds:
-        active.update(dict.fromkeys(torch.topk(normalised_slacks(z), INITIAL_PER_SEED, largest=False).indices.tolist()))
-    d = readout.d
-    objective = np.zeros(d + 1)
-    objective[-1] = -1.0
-    bounds = [(-R, R)] * d + [(-R, R)]
-    cuts: list[np.ndarray] = []
-    V_np, c_np, norms_np = V.cpu().numpy(), c.cpu().numpy(), safe_norms.cpu().numpy()
-    rounds, z_star, duals, idx = 0, None, None, None
-    while rounds < MAX_ROUNDS:
-        rounds += 1
-        if should_stop is not None and should_stop():
-            raise Cancelled("aim cancelled")
-        idx = np.asarray(list(active))
-        m = len(idx)
-        A = np.zeros((m + len(cuts), d + 1))
-        A[:m, :d] = -(V_np[t] - V_np[idx]) / norms_np[idx][:, None]
-        A[:m, d] = 1.0
-        rhs = np.empty(m + len(cuts))
-        rhs[:m] = (c_np[t] - c_np[idx]) / norms_np[idx]
-        for k, w in enumerate(cuts):
-            A[m + k, :d] = w
-            A[m + k, d] = 1.0
-            rhs[m + k] = R
-        res = linprog(objective, A_ub=A, b_ub=rhs, bounds=bounds, method="highs")
-        if res.status != 0 or res.x is None:
-            base.reason = f"HiGHS stopped: {res.message}"
+        k = min(INITIAL_PER_SEED, int(usable.sum()))
+        active.update(dict.fromkeys(torch.topk(normalised_slacks(z), k, largest=False).indices.tolist()))
+
+    def hats(idx: np.ndarray) -> np.ndarray:
+        i = torch.as_tensor(idx, device=V.device)
+        return ((V[t] - V[i]) / safe_norms[i][:, None]).cpu().numpy()
+
+    rounds = 0
+
+    def smallest_centre(rho: float):
+        """(centre or None, ids, dual weights) of min |z| s.t. â_j . z + b̂_j >= rho for all j."""
+        nonlocal rounds
+        while True:
+            rounds += 1
+            if should_stop is not None and should_stop():
+                raise Cancelled("aim cancelled")
+            idx = np.asarray(list(active))
+            z, mu = least_distance(hats(idx), rho - hats_offsets[idx])
+            if z is None or rounds > MAX_ROUNDS * 4:
+                return z, idx, mu
+            slacks = normalised_slacks(torch.as_tensor(z, device=V.device))
+            slacks[torch.as_tensor(idx, device=V.device)] = math.inf
+            worst = torch.topk(slacks, min(ADD_PER_ROUND, len(slacks)), largest=False)
+            new = worst.indices[worst.values < rho - 1e-12 * R].tolist()
+            if not new:
+                return z, idx, mu
+            active.update(dict.fromkeys(new))
+
+    best_lower, best_upper = None, (math.inf, None, None)
+    lo, hi = 0.0, R
+    for _ in range(80):
+        rho = 0.5 * (lo + hi) if best_lower is not None or lo > 0 else 0.0
+        z, idx, mu = smallest_centre(rho)
+        if mu.sum() > 0:
+            weights = mu / mu.sum()
+            support = weights > _WEIGHT_FLOOR * weights.max()
+            bound = ball_upper_bound(readout, t, idx[support], weights[support], safe_norms)
+            if bound < best_upper[0]:
+                best_upper = (bound, idx[support], weights[support] / weights[support].sum())
+        if z is not None and float(np.linalg.norm(z)) + rho <= R:
+            lower = ball_lower_bound(readout, t, torch.as_tensor(z, device=V.device), norms)
+            if best_lower is None or lower["robust"] > best_lower["robust"]:
+                best_lower = lower
+            lo = max(rho, lower["geometric"])
+        else:
+            hi = rho
+            if rho == 0.0:
+                break  # no ball at all: t cannot win anywhere reachable
+        hi = min(hi, best_upper[0])
+        if best_lower is not None and best_upper[0] - best_lower["geometric"] <= 1e-10 * R:
             break
-        z_star = torch.as_tensor(res.x[:d], device=V.device)
-        rho_star = float(res.x[d])
-        duals = np.clip(-np.asarray(res.ineqlin.marginals[:m]), 0.0, None)
-        slacks = normalised_slacks(z_star)
-        slacks[torch.as_tensor(idx, device=V.device)] = math.inf
-        worst = torch.topk(slacks, min(ADD_PER_ROUND, readout.n_vocab - 1), largest=False)
-        new = worst.indices[worst.values < rho_star - 1e-10 * R].tolist()
-        active.update(dict.fromkeys(new))
-        z_proj = readout.project(z_star)
-        z_norm = float(z_proj.norm())
-        added_cut = z_norm > 0 and z_norm + rho_star > R * (1 + 1e-9)
-        if added_cut:
-            cuts.append((z_proj / z_norm).cpu().numpy())
-        if not new and not added_cut:
+        if hi - lo <= 1e-10 * R:
             break
     base.rounds, base.constraints = rounds, len(active)
-    if z_star is None:
+    rho_upper, ids, weights = best_upper
+    if best_lower is None or best_lower["robust"] <= 0:
+        if ids is not None:
+            done = _unspeakable(readout, t, base, ids.tolist(), weights.tolist(), norms, "", check_only=True)
+            if done is not None:
+                return done
+    if best_lower is None:
+        base.reason = "no reachable point found where t wins"
+        base.radius_fraction, base.radius_fraction_upper = 0.0, min(1.0, max(0.0, rho_upper / R))
+        base.theta_upper_deg = _equivalent_angle_deg(base.radius_fraction_upper)
+        base.upper = _weights_json(ids, weights) if ids is not None else []
         return base
-    support = duals > _WEIGHT_FLOOR * max(duals.max(), 1e-300) if duals is not None and duals.any() else None
-    if support is None:
-        ids, weights = idx[:1], np.ones(1)
-    else:
-        ids, weights = idx[support], duals[support] / duals[support].sum()
-    rho_upper = ball_upper_bound(readout, t, ids, weights, safe_norms)
-    lower = ball_lower_bound(readout, t, z_star, norms)
-    if lower["robust"] <= 0 and rho_upper <= 1e-9 * R:
-        done = _unspeakable(readout, t, base, ids.tolist(), weights.tolist(), norms, "", check_only=True)
-        if done is not None:
-            return done
-    robust = max(0.0, lower["robust"])
-    geometric = max(0.0, lower["geometric"])
-    z0 = lower["centre"]
+    robust = max(0.0, best_lower["robust"])
+    geometric = max(0.0, best_lower["geometric"])
+    z0 = best_lower["centre"]
     base.verdict = "speakable" if robust > 0 else "undetermined"
     base.radius_fraction = robust / R
     base.radius_fraction_upper = min(1.0, max(0.0, rho_upper / R))
@@ -530,7 +568,8 @@ def aim_ball(readout: Readout, t: int, *, should_stop: Optional[StopCheck] = Non
     base.axis = [float(x) for x in direction.tolist()]
     base.offset_deg = _angle_deg(z0, readout.project(V[t])) if base.centre_norm > 0 else None
     base.log10_share_lower = base.dimension * math.log10(base.radius_fraction) if robust > 0 else None
-    base.upper = _weights_json(ids, weights)
+    base.upper = _weights_json(ids, weights) if ids is not None else []
+    base.tightest = best_lower["binding"]
     base.reason = f"ball of radius {robust:.4g} around a centre of norm {base.centre_norm:.4g} (R = {R:.4g})"
     return base
 
