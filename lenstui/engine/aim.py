@@ -60,7 +60,7 @@ from scipy.optimize import linprog, nnls
 
 from lenstui.engine.errors import InputError
 from lenstui.engine.lens import Cancelled
-from lenstui.engine.speak import CANDIDATE_FAMILIES, as_readout, candidate_directions, find_twin
+from lenstui.engine.speak import CANDIDATE_FAMILIES, as_readout, candidate_directions
 from lenstui.engine.speak_lp import check_certificate, polish_certificate
 from lenstui.engine.speak_readout import U32, U64, Readout
 
@@ -70,7 +70,9 @@ EXACT_TOLERANCE_DEG = 1e-6
 # by more than this (in sin theta).
 _CONVERGED_SIN = 1e-11
 # A rigorous allowance for float64 rounding in a normalised dot product â_j . u.
-_FLOAT64_SIN_SLACK = 1e-12
+_FLOAT64_SIN_SLACK = 1e-11
+# (|v_t| + |v_j|) / |v_t - v_j| above this: recompute from explicit differences.
+_ILL_CONDITIONED = 10.0
 # Working-set sizes.
 INITIAL_PER_SEED = 48
 ADD_PER_ROUND = 24
@@ -162,17 +164,27 @@ def log10_cap_share(theta_rad: float, dimension: int) -> Optional[float]:
         return float(mpmath.log10(share))
 
 
-def _differences(readout: Readout, t: int, start: int, stop: int) -> torch.Tensor:
-    """a_j = v_t - v_j for j in [start, stop), float64 (rows of V are exact)."""
-    return readout.V[t] - readout.V[start:stop]
-
-
 def difference_norms(readout: Readout, t: int) -> torch.Tensor:
-    """|v_t - v_j| for every j, float64 from explicit differences (no cancellation)."""
-    out = torch.empty(readout.n_vocab, dtype=torch.float64, device=readout.V.device)
-    for start in range(0, readout.n_vocab, _CHUNK):
-        out[start : start + _CHUNK] = _differences(readout, t, start, start + _CHUNK).norm(dim=1)
+    """|v_t - v_j| for every j, float64: ``|v_t|^2 + |v_j|^2 - 2 v_t . v_j`` (one mat-vec),
+    except where that cancels badly (``ill_conditioned``), which are recomputed from explicit
+    differences. Elsewhere the relative error is below 1e-11 (see ``_ILL_CONDITIONED``)."""
+    squares = _squared_row_norms(readout)
+    out = (squares[t] + squares - 2 * (readout.V @ readout.V[t])).clamp_min(0).sqrt()
+    bad = torch.nonzero(ill_conditioned(readout, t, out)).flatten()
+    for start in range(0, len(bad), _CHUNK):
+        idx = bad[start : start + _CHUNK]
+        out[idx] = (readout.V[t] - readout.V[idx]).norm(dim=1)
     return out
+
+
+def ill_conditioned(readout: Readout, t: int, lengths: torch.Tensor) -> torch.Tensor:
+    """Competitors for which the expansions ``v_t . u - v_j . u`` and ``|v_t|^2 + |v_j|^2 -
+    2 v_t . v_j`` may lose more than ~1e-11 relative accuracy: (|v_t| + |v_j|) / |a_j| large.
+    Float64 dot products over d terms err by at most gamma_{d+2} |x||y| (gamma ~ 6.4e-14 for
+    d = 576), so below the ratio ``_ILL_CONDITIONED`` the error of a normalised dot product is
+    under ``_FLOAT64_SIN_SLACK``."""
+    norms = _squared_row_norms(readout).sqrt()
+    return (norms[t] + norms) > _ILL_CONDITIONED * lengths
 
 
 def _angle_deg(a: torch.Tensor, b: torch.Tensor) -> Optional[float]:
@@ -215,33 +227,28 @@ def min_norm_weights(points: np.ndarray) -> tuple[np.ndarray, float]:
 def cap_lower_bound(readout: Readout, t: int, axis: torch.Tensor, norms: Optional[torch.Tensor] = None) -> dict:
     """Certified lower bound of the cap around ``axis`` over the whole vocabulary, float64.
 
-    Returns the robust bound (after the rounding allowance, radians), the geometric one, and
-    the binding token."""
+    ``a_j . u`` as ``v_t . u - v_j . u`` (one mat-vec), recomputed from explicit differences
+    where that cancels badly (``ill_conditioned``); elsewhere its error, and that of |a_j|,
+    is covered by ``_FLOAT64_SIN_SLACK``. Returns the robust bound (after the rounding
+    allowance, radians), the geometric one, and the binding token."""
     u = readout.project(axis.to(readout.V.device, torch.float64))
     u = u / u.norm()
     r = readout.witness_radius
     tau = readout.speak_tolerance(r) / r  # tol(r) / r; tol(r)/r only falls as r grows
-    robust, geometric = math.inf, math.inf
-    binding = -1
-    for start in range(0, readout.n_vocab, _CHUNK):
-        A = _differences(readout, t, start, start + _CHUNK)
-        lengths = A.norm(dim=1) if norms is None else norms[start : start + _CHUNK]
-        dots = A @ u
-        if start <= t < start + A.shape[0]:
-            lengths = lengths.clone()
-            lengths[t - start] = math.inf  # t itself is no constraint
-        sines = torch.where(lengths > 0, dots / lengths, torch.full_like(dots, -1.0))
-        sines = (sines - _FLOAT64_SIN_SLACK).clamp(-1.0, 1.0)
-        alpha = torch.asin(sines)
-        penalty = torch.asin((tau / lengths).clamp(max=1.0))
-        margin = alpha - penalty
-        if start <= t < start + A.shape[0]:
-            margin[t - start] = alpha[t - start] = math.inf
-        k = int(torch.argmin(margin))
-        if float(margin[k]) < robust:
-            robust, binding = float(margin[k]), start + k
-        geometric = min(geometric, float(alpha.min()))
-    return {"robust": robust, "geometric": geometric, "binding": binding}
+    lengths = (difference_norms(readout, t) if norms is None else norms).clone()
+    dots = float(readout.V[t] @ u) - readout.V @ u
+    bad = torch.nonzero(ill_conditioned(readout, t, lengths)).flatten()
+    for start in range(0, len(bad), _CHUNK):
+        idx = bad[start : start + _CHUNK]
+        dots[idx] = (readout.V[t] - readout.V[idx]) @ u
+    lengths[t] = math.inf  # t itself is no constraint
+    sines = torch.where(lengths > 0, dots / lengths, torch.full_like(dots, -1.0))
+    alpha = torch.asin((sines - _FLOAT64_SIN_SLACK).clamp(-1.0, 1.0))
+    penalty = torch.asin((tau / lengths).clamp(max=1.0))
+    margin = alpha - penalty
+    margin[t] = alpha[t] = math.inf
+    k = int(torch.argmin(margin))
+    return {"robust": float(margin[k]), "geometric": float(alpha.min()), "binding": k}
 
 
 def cap_upper_bound(readout: Readout, t: int, ids, weights, norms: Optional[torch.Tensor] = None) -> float:
@@ -273,16 +280,18 @@ def aim_cap(readout: Readout, t: int, *, should_stop: Optional[StopCheck] = None
     norms = difference_norms(readout, t)
     norms[t] = math.inf
     base = _base_result(readout, t, "cap")
-    twin = find_twin(readout, t)
-    if twin is not None:
-        return _unspeakable(readout, t, base, [twin], [1.0], norms, "an exact copy of another token's row")
+    twins = torch.nonzero(norms == 0).flatten()  # exact: those are recomputed explicitly
+    if len(twins):
+        return _unspeakable(readout, t, base, [int(twins[0])], [1.0], norms, "an exact copy of another token's row")
 
     seeds = _seed_axes(readout, t)
+    axes = torch.stack([z / z.norm() for z in seeds], dim=1)  # [d, seeds]
+    all_slacks = ((readout.V[t] @ axes)[None, :] - readout.V @ axes) / norms[:, None]
+    all_slacks[t] = math.inf
     active: dict[int, None] = {}
-    for z in seeds:
-        slacks = _normalised_slacks(readout, t, z / z.norm(), norms)
-        k = min(INITIAL_PER_SEED, readout.n_vocab - 1)
-        active.update(dict.fromkeys(torch.topk(slacks, k, largest=False).indices.tolist()))
+    k = min(INITIAL_PER_SEED, readout.n_vocab - 1)
+    for column in range(axes.shape[1]):
+        active.update(dict.fromkeys(torch.topk(all_slacks[:, column], k, largest=False).indices.tolist()))
     V, v_t = readout.V, readout.V[t]
     rounds, weights, sin_upper, u = 0, None, 1.0, None
     while rounds < MAX_ROUNDS:
@@ -633,8 +642,8 @@ def cap_lower_bounds(
     competitor asin(tol / (r |a_j|))), found the way the scan's candidate pass finds its
     runner-ups, from two batched float32 products made exact:
 
-    - ``L = U V^T`` (``logits32``: the scan's candidate-pass product when it has it), within
-      ``Readout.screen_error_bound`` of the exact ``v_j . u``;
+    - ``L = U V^T`` (``logits32``: the scan's candidate-pass product ``Z32 @ rows32.T`` when it
+      has it, without the offsets), within ``Readout.screen_error_bound`` of the exact ``v_j . u``;
     - ``G = V_t V^T`` (``gram32``: the scan's own-direction product minus the constant
       offset), within ``gamma_{d+3} |v_t| |v_j|`` of ``v_t . v_j``, which bounds
       ``|a_j|^2 = |v_t|^2 + |v_j|^2 - 2 v_t . v_j`` from above.
@@ -650,10 +659,11 @@ def cap_lower_bounds(
     device = readout.V.device
     ids = torch.as_tensor(token_ids, dtype=torch.long, device=device).reshape(-1)
     b, n = len(ids), readout.n_vocab
-    U = readout.project(directions.to(device, torch.float64))
-    axes32 = (U / U.norm(dim=1, keepdim=True).clamp_min(1e-300)).to(torch.float32)
-    U64 = axes32.to(torch.float64)  # the axis is exactly this float32 vector
-    unorm = U64.norm(dim=1)
+    # The axes are exactly the float32 vectors ``axes32`` (any length: the scan's witnesses
+    # have the witness radius); a float32 input on an RMSNorm readout is used as it is.
+    axes32 = readout.project(directions.to(device, torch.float64)).to(torch.float32)
+    U64 = axes32.to(torch.float64)
+    unorm = U64.norm(dim=1).clamp_min(1e-300)
     rows32, _ = readout.screen_table()
     if logits32 is None:
         logits32 = axes32 @ rows32.T
