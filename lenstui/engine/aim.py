@@ -36,9 +36,10 @@ then every j is checked with one float64 mat-vec and the most violated join the 
 
 **Ball measure** (``method="ball"``, offsets differ, e.g. a LayerNorm bias folded in): the
 answer depends on the radius, so the measure is the largest ball ``B(z0, rho)`` inside
-``{z in the reachable ball : t wins}``, reported as ``rho / R`` (``radius_fraction``). LP by
-constraint generation: maximize rho s.t. ``â_j . z + b_j/|a_j| >= rho`` and tangent cuts of
-``|z| + rho <= R``. Lower bound: ``rho_L = min(R - |z0|, min_j (a_j . z0 + b_j - tol(R)) / |a_j|)``
+``{z in the reachable ball : t wins}``, reported as ``rho / R`` (``radius_fraction``): maximize
+rho s.t. ``â_j . z + b_j/|a_j| >= rho`` and ``|z| + rho <= R``, by bisection on rho, each step
+a least-distance problem (the smallest centre meeting the constraints, one NNLS on a working
+set grown by constraint generation; tangent cuts of the ball converged far too slowly). Lower bound: ``rho_L = min(R - |z0|, min_j (a_j . z0 + b_j - tol(R)) / |a_j|)``
 in float64. Upper bound from convex weights w (the Lagrangian dual):
 ``rho <= (R |p| + beta) / (1 + |p|)`` with ``p = sum w_j â_j``, ``beta = sum w_j b_j / |a_j|``.
 For a direction-only readout the largest ball has ``rho / R = sin theta / (1 + sin theta)``, so
@@ -51,12 +52,12 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Optional
 
 import numpy as np
 import torch
-from scipy.optimize import linprog, nnls
+from scipy.optimize import nnls
 
 from lenstui.engine.errors import InputError
 from lenstui.engine.lens import Cancelled
@@ -276,7 +277,7 @@ def _normalised_slacks(readout: Readout, t: int, u: torch.Tensor, norms: torch.T
     return out
 
 
-def aim_cap(readout: Readout, t: int, *, should_stop: Optional[StopCheck] = None, started: float) -> AimResult:
+def aim_cap(readout: Readout, t: int, *, should_stop: Optional[StopCheck] = None) -> AimResult:
     norms = difference_norms(readout, t)
     norms[t] = math.inf
     base = _base_result(readout, t, "cap")
@@ -467,7 +468,7 @@ def least_distance(points: np.ndarray, floors: np.ndarray) -> tuple[Optional[np.
     return -residual[:d] / residual[d], mu
 
 
-def aim_ball(readout: Readout, t: int, *, should_stop: Optional[StopCheck] = None, started: float) -> AimResult:
+def aim_ball(readout: Readout, t: int, *, should_stop: Optional[StopCheck] = None) -> AimResult:
     """Largest ball inside {z in the reachable ball : t wins}: bisection on the radius rho;
     each step is a least-distance problem (the smallest centre with a_j . z + b_j >= rho |a_j|
     for every j), solved by constraint generation; rho is feasible iff |z| <= R - rho.
@@ -603,9 +604,9 @@ def aim(model, token_id: int, *, should_stop: Optional[StopCheck] = None) -> Aim
     t = _resolve(readout, token_id)
     with torch.no_grad():
         if readout.direction_only:
-            result = aim_cap(readout, t, should_stop=should_stop, started=started)
+            result = aim_cap(readout, t, should_stop=should_stop)
         else:
-            result = aim_ball(readout, t, should_stop=should_stop, started=started)
+            result = aim_ball(readout, t, should_stop=should_stop)
     result.seconds = time.perf_counter() - started
     return result
 
