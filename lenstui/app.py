@@ -136,6 +136,7 @@ class LenstuiApp(App):
         self.worker: Optional[ModelWorker] = None
         self.chat = bool(chat if chat is not None else self.config.chat)
         self.steps: list[Step] = []
+        self._queued_steps = 0  # ^n pressed while the lens it extends was still running
         self.shown_result = None  # the LensResult on screen (plain data)
         self.shown_request: Optional[RunLens] = None
         # Set when no lens run is pending / when the model load has finished either way:
@@ -188,6 +189,8 @@ class LenstuiApp(App):
     def on_mount(self) -> None:
         for problem in self._startup_problems:
             self.notify(problem, title="Settings", severity="warning", timeout=10)
+        for problem in self.prompt_pane.history.problems:
+            self.notify(problem, title="History", severity="warning", timeout=10)
         self.worker = ModelWorker(self._post_from_worker, loader=self.loader).start()
         from lenstui import features
 
@@ -295,8 +298,13 @@ class LenstuiApp(App):
             self.grid.show_result(result.value)
             self.status.set_run(len(result.value.tokens), result.value.seconds)
             self._refresh_prompt_info()
+            if self._queued_steps and result.request == self._last_lens_request:
+                self._queued_steps -= 1
+                self.action_step()  # submits the next run: lens_settled stays clear
+                return
         elif isinstance(result, Failed):
             self._last_lens_failed = True
+            self._queued_steps = 0
             if self.shown_result is None:
                 self.grid.show_hint(result.message)
         self.lens_settled.set()
@@ -313,6 +321,7 @@ class LenstuiApp(App):
     def _run_text(self, text: str, immediate: bool) -> None:
         if text != self._prompt_text:
             self.steps.clear()  # the generated tokens belonged to the old prompt
+            self._queued_steps = 0
             self._prompt_text = text
         if not text.strip() and not immediate:
             self.lens_settled.set()  # erasing the prompt is not an error worth a notice
@@ -349,7 +358,9 @@ class LenstuiApp(App):
             shown = " ".join(_step_label(step) for step in self.steps[-12:])
             more = "… " if len(self.steps) > 12 else ""
             parts.append(f"+{len(self.steps)} generated: {more}{shown} (^b undo)")
-        else:
+        if self._queued_steps:
+            parts.append(f"{self._queued_steps} more step{'s' if self._queued_steps > 1 else ''} queued")
+        if not self.steps and not self._queued_steps:
             parts.append("^n appends the model's next token")
         self.prompt_pane.show_info(" · ".join(parts))
 
@@ -357,6 +368,11 @@ class LenstuiApp(App):
 
     def action_step(self) -> None:
         result = self.shown_result
+        if self._lens_running():
+            # Each step extends the previous one's answer: queue it (the reply takes it).
+            self._queued_steps += 1
+            self._refresh_prompt_info()
+            return
         if result is None or self.shown_request != self._last_lens_request:
             why = (
                 "The last lens run failed: fix the prompt first."
@@ -370,7 +386,21 @@ class LenstuiApp(App):
         self.steps.append(Step(ids, token.text, token.piece))
         self._submit_lens()
 
+    def _lens_running(self) -> bool:
+        """A lens run for the current request is on its way (not failed, not shown yet)."""
+        return (
+            self._last_lens_request is not None
+            and self.shown_request != self._last_lens_request
+            and not self._last_lens_failed
+            and self.worker is not None
+            and RunLens in self.worker.busy_kinds()
+        )
+
     def action_unstep(self) -> None:
+        if self._queued_steps:  # undo a step that has not run yet
+            self._queued_steps -= 1
+            self._refresh_prompt_info()
+            return
         if not self.steps:
             self.notify("No generated token to undo.", severity="warning", timeout=3)
             return
@@ -386,6 +416,7 @@ class LenstuiApp(App):
             return
         self.chat = not self.chat
         self.steps.clear()
+        self._queued_steps = 0
         if self._prompt_text.strip():
             self._submit_lens()
         else:
@@ -399,6 +430,7 @@ class LenstuiApp(App):
         self.chat = preset.chat and (self.model_info is None or self.model_info.has_chat_template)
         self.prompt_pane.set_text(preset.text)
         self.steps.clear()
+        self._queued_steps = 0
         self._prompt_text = preset.text
         self._submit_lens()
         self.notify(f"Preset: {preset.name}", timeout=2)
@@ -531,14 +563,17 @@ class LenstuiApp(App):
             return None
         import json
 
+        from lenstui.atomic import write_text_atomic
+
         path = self.export_dir() / f"{self._export_stem()}.json"
-        path.write_text(json.dumps(self.shown_result.to_json(), ensure_ascii=False), encoding="utf-8")
+        write_text_atomic(path, json.dumps(self.shown_result.to_json(), ensure_ascii=False))
         self.notify(f"Grid saved as JSON: {path}", title="Export", timeout=8)
         return path
 
     def export_svg(self) -> Path:
-        folder = self.export_dir()
-        path = Path(self.save_screenshot(f"{self._export_stem()}.svg", str(folder)))
+        from lenstui.atomic import write_text_atomic
+
+        path = write_text_atomic(self.export_dir() / f"{self._export_stem()}.svg", self.export_screenshot())
         self.notify(f"Screen saved as SVG: {path}", title="Export", timeout=8)
         return path
 

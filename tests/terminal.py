@@ -46,6 +46,8 @@ KEYS = {
     "f3": b"\x1bOR",
     "f4": b"\x1bOS",
     "f5": b"\x1b[15~",
+    "ctrl+a": b"\x01",
+    "ctrl+k": b"\x0b",
     "ctrl+b": b"\x02",
     "ctrl+n": b"\x0e",
     "ctrl+p": b"\x10",
@@ -72,7 +74,7 @@ class TerminalApp:
         self.cols, self.rows = cols, rows
         self.screen = pyte.Screen(cols, rows)
         self.stream = pyte.ByteStream(self.screen)
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # predicates read the screen while wait_until holds it
         self._changed = threading.Condition(self._lock)
         self.output_bytes = 0
         self.started = time.perf_counter()
@@ -207,7 +209,7 @@ class TerminalApp:
 
     def grid_title(self) -> Optional[str]:
         for line in self.lines():
-            match = re.search(r"layer × (position|top-k)[^─]*", line)
+            match = re.search(r"layer × (position|top-)[^─]*", line)
             if match:
                 return match.group(0).strip()
         return None

@@ -6,6 +6,7 @@ generation steps) and the worker does the tokenizing.
 
 from __future__ import annotations
 
+import unicodedata
 from dataclasses import dataclass
 from typing import Optional
 
@@ -65,9 +66,17 @@ class PromptInput(Input):
         # "Germany" deleted its end instead. So the bindings of the focused chain run
         # here, in the order the keys came. (Input._on_key runs after this for
         # printable keys; prevent_default stops it and the bubbling otherwise.)
-        if not event.is_printable and await self.app._check_bindings(event.key):
+        if event.is_printable:
+            return
+        if await self.app._check_bindings(event.key):
             event.stop()
             event.prevent_default()
+        elif event.character and unicodedata.category(event.character) == "Cf":
+            # Zero-width joiners and direction marks are text (emoji sequences, Arabic,
+            # Hebrew), but str.isprintable() says no, so Input would drop them.
+            event.stop()
+            event.prevent_default()
+            self.insert_text_at_cursor(event.character)
 
     def action_history(self, step: int) -> None:
         entries = self.history.entries
