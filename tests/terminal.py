@@ -69,7 +69,7 @@ class TerminalApp:
         cols: int = 120,
         rows: int = 40,
         env: Optional[dict[str, str]] = None,
-        threads: int = 1,
+        threads: Optional[int] = 1,  # torch threads in the child (None: leave the env's)
     ) -> None:
         self.cols, self.rows = cols, rows
         self.screen = pyte.Screen(cols, rows)
@@ -86,10 +86,10 @@ class TerminalApp:
             COLORTERM="",
             HF_HUB_OFFLINE="1",
             TRANSFORMERS_OFFLINE="1",
-            OMP_NUM_THREADS=str(threads),
-            MKL_NUM_THREADS=str(threads),
             PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH", "")])),
         )
+        if threads is not None:
+            child_env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
         child_env.update(env or {})
         workdir = child_env.get("LENSTUI_DATA_DIR")  # exports land there, not in the checkout
         if workdir:
