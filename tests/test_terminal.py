@@ -113,12 +113,15 @@ def _settled_on(term: TerminalApp, tokenizer, text: str) -> None:
     assert _grid_matches(term, tokenizer, text), term.text()
 
 
-def _start_long_run(term: TerminalApp, tokenizer) -> None:
-    """Put a ~260-token prompt in and run it; returns while that lens is computing."""
+def _start_long_run(term: TerminalApp, tokenizer, tail: str) -> str:
+    """Run a ~135-token prompt (``tail`` makes it differ from the last one, so it really
+    runs); returns the prompt while its lens is computing."""
+    text = LONG_PROMPT + tail
     _clear_prompt(term)
-    term.paste(LONG_PROMPT)
+    term.paste(text)
     term.press("enter")
-    assert len(tokenizer.encode(LONG_PROMPT).ids) >= 128
+    assert len(tokenizer.encode(text).ids) >= 128
+    return text
 
 
 # ------------------------------------------------------------------ typing
@@ -147,7 +150,7 @@ def test_burst_and_realistic_typing_after_load(app, tokenizer):
 
 
 def test_typing_during_a_long_lens_run(app, tokenizer):
-    _start_long_run(app, tokenizer)
+    _start_long_run(app, tokenizer, "First")
     _clear_prompt(app)
     app.type(FRANCE, interval=REALISTIC)
     app.press(*["backspace"] * 20, interval=REALISTIC)
@@ -241,14 +244,14 @@ def test_paste_over_the_context_is_kept_with_a_notice(app, tokenizer):
 
 
 def test_resize_storm_during_a_run(app, tokenizer):
-    _start_long_run(app, tokenizer)
+    text = _start_long_run(app, tokenizer, "Then")
     sizes = [(40, 12), (250, 70), (80, 24), (60, 20), (200, 50), (100, 30), (45, 15), (160, 45), (90, 28)]
     for cols, rows in sizes:
         app.resize(cols, rows)
         time.sleep(0.1)
     app.resize(120, 40)
     assert app.alive()
-    _wait_for_grid(app, tokenizer, LONG_PROMPT, timeout=90)
+    _wait_for_grid(app, tokenizer, text, timeout=90)
     app.wait_until(lambda lines: "palette" in lines[-1] and "❯" in lines[0], 20, "the 120x40 layout")
     lines = app.lines()
     assert len(lines) == 40 and all(len(line) == 120 for line in lines)
@@ -256,12 +259,12 @@ def test_resize_storm_during_a_run(app, tokenizer):
 
 
 def test_theme_and_view_switches_during_a_run(app, tokenizer):
-    _start_long_run(app, tokenizer)
+    text = _start_long_run(app, tokenizer, "Later")
     app.press("f3", "f4", "f3", "f4", "f3", "f4", interval=0.05)
     assert app.alive()
     app.wait_until(lambda _: "layer × top-" in (app.grid_title() or ""), 60, "the top-k view")
     app.press("f4")
-    _wait_for_grid(app, tokenizer, LONG_PROMPT, timeout=90)
+    _wait_for_grid(app, tokenizer, text, timeout=90)
     app.press("f3", "f3", "f3")  # back to the theme it started with (three themes)
     assert app.alive()
 
