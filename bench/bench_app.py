@@ -17,17 +17,13 @@ Run: ``HF_HUB_OFFLINE=1 .venv/bin/python bench/bench_app.py`` (or ``make bench``
 from __future__ import annotations
 
 import asyncio
-import fcntl
-import os
-import select
-import shutil
 import statistics
-import struct
-import subprocess
 import sys
-import termios
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from terminal import TerminalApp  # noqa: E402  (the pty + terminal emulator the tests use)
 
 EIFFEL = "The Eiffel Tower is located in the city of"
 # 32 tokens with SmolLM2's tokenizer (checked below; the figure is reported either way).
@@ -39,39 +35,16 @@ REPEATS = 5
 
 
 def launch_in_pty(timeout: float = 180.0) -> dict[str, float]:
-    lenstui = shutil.which("lenstui", path=str(Path(sys.executable).parent)) or "lenstui"
-    master, slave = os.openpty()
-    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
-    env = dict(os.environ, TERM="xterm-256color", COLORTERM="", HF_HUB_OFFLINE="1")
-    started = time.perf_counter()
-    proc = subprocess.Popen(
-        [lenstui, EIFFEL], stdin=slave, stdout=slave, stderr=slave, env=env, close_fds=True
-    )
-    os.close(slave)
+    """Seconds from the launch to the first frame and to the first grid, on screen."""
     marks = {"first frame": "palette", "first grid": "␣Paris"}
     seen: dict[str, float] = {}
-    buffer = b""
-    try:
-        while len(seen) < len(marks) and time.perf_counter() - started < timeout:
-            ready, _, _ = select.select([master], [], [], 0.05)
-            if not ready:
-                continue
+    with TerminalApp([EIFFEL], threads=None) as term:
+        for name, needle in marks.items():
             try:
-                chunk = os.read(master, 65536)
-            except OSError:
+                term.wait_for_text(needle, timeout=max(1.0, timeout - (time.perf_counter() - term.started)))
+            except TimeoutError:
                 break
-            buffer += chunk
-            text = buffer.decode("utf-8", "ignore")
-            for name, needle in marks.items():
-                if name not in seen and needle in text:
-                    seen[name] = time.perf_counter() - started
-    finally:
-        os.write(master, b"\x11")  # ctrl+q
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        os.close(master)
+            seen[name] = time.perf_counter() - term.started
     return seen
 
 

@@ -206,6 +206,8 @@ class LenstuiApp(App):
     def on_mount(self) -> None:
         for problem in self._startup_problems:
             self.notify(problem, title="Settings", severity="warning", timeout=10)
+        for problem in self.prompt_pane.history.problems:
+            self.notify(problem, title="History", severity="warning", timeout=10)
         self.worker = ModelWorker(self._post_from_worker, loader=self.loader).start()
         for kind, handler in APP_HANDLERS.items():
             self.register_handler(kind, handler)
@@ -300,6 +302,9 @@ class LenstuiApp(App):
             self.grid.show_result(result.value)
             self.status.set_run(len(result.value.tokens), result.value.seconds)
             self._refresh_prompt_info()
+            if result.request == self.session.last_request and self.session.take_queued_step():
+                self.action_step()  # submits the next run: lens_settled stays clear
+                return
         elif isinstance(result, Failed):
             self.session.failed()
             if self.shown_result is None:
@@ -354,6 +359,11 @@ class LenstuiApp(App):
 
     def action_step(self) -> None:
         result = self.shown_result
+        if self._lens_running():
+            # Each step extends the previous one's answer: queue it (the reply takes it).
+            self.session.queue_step()
+            self._refresh_prompt_info()
+            return
         if result is None or self.shown_request != self.session.last_request:
             why = (
                 "The last lens run failed: fix the prompt first."
@@ -366,7 +376,20 @@ class LenstuiApp(App):
         self.session.step(tuple(result.token_ids) + (token.id,), token.text, token.piece)
         self._submit_lens()
 
+    def _lens_running(self) -> bool:
+        """A lens run for the current request is on its way (not failed, not shown yet)."""
+        return (
+            self.session.last_request is not None
+            and self.shown_request != self.session.last_request
+            and not self.session.last_failed
+            and self.worker is not None
+            and RunLens in self.worker.busy_kinds()
+        )
+
     def action_unstep(self) -> None:
+        if self.session.take_queued_step():  # undo a step that has not run yet
+            self._refresh_prompt_info()
+            return
         if not self.session.unstep():
             self.notify("No generated token to undo.", severity="warning", timeout=3)
             return

@@ -1,7 +1,8 @@
 """Saving what the explorer shows: the lens grid as JSON, the screen as SVG.
 
 The JSON is the same shape as ``lenstui lens --json`` (``LensResult.to_json``); the SVG
-is Textual's own screenshot, for slides.
+is Textual's own screenshot, for slides. Both are written atomically (a temporary file,
+then a rename), so a crash or a full disk never leaves half a file.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ import os
 import time
 from pathlib import Path
 from typing import Optional
+
+from lenstui.atomic import write_text_atomic
 
 
 def export_dir(configured: Optional[str]) -> Path:
@@ -36,10 +39,10 @@ def export_stem() -> str:
 def save_json(result, folder: Path) -> Path:
     """Write a LensResult's JSON into ``folder``; returns the path."""
     path = folder / f"{export_stem()}.json"
-    path.write_text(json.dumps(result.to_json(), ensure_ascii=False), encoding="utf-8")
+    write_text_atomic(path, json.dumps(result.to_json(), ensure_ascii=False))
     return path
 
 
 def save_svg(app, folder: Path) -> Path:
     """Save the app's screen as SVG into ``folder``; returns the path."""
-    return Path(app.save_screenshot(f"{export_stem()}.svg", str(folder)))
+    return write_text_atomic(folder / f"{export_stem()}.svg", app.export_screenshot())

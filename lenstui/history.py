@@ -7,6 +7,8 @@ import json
 from pathlib import Path
 from typing import Optional
 
+from lenstui.atomic import write_text_atomic
+
 MAX_ENTRIES = 500
 
 
@@ -19,6 +21,7 @@ def history_path() -> Path:
 class PromptHistory:
     def __init__(self, path: Optional[Path] = None):
         self.path = path or history_path()
+        self.problems: list[str] = []  # sentences for the user (the app shows them once)
         self.entries: list[str] = self._read()
 
     def _read(self) -> list[str]:
@@ -27,13 +30,21 @@ class PromptHistory:
         except (OSError, UnicodeDecodeError):
             return []
         entries = []
+        damaged = 0
         for line in lines:
             try:
                 value = json.loads(line)
             except ValueError:
-                continue  # a damaged line costs one entry, not the history
+                value = None
             if isinstance(value, str) and value:
                 entries.append(value)
+            elif line.strip():
+                damaged += 1  # a damaged line costs one entry, not the history
+        if damaged:
+            lines_word = "line" if damaged == 1 else "lines"
+            self.problems.append(
+                f"Skipped {damaged} damaged {lines_word} in {self.path}; kept the other {len(entries)} prompts."
+            )
         return entries[-MAX_ENTRIES:]
 
     def add(self, prompt: str) -> None:
@@ -46,8 +57,6 @@ class PromptHistory:
         del self.entries[:-MAX_ENTRIES]
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.path.with_suffix(".tmp")
-            tmp.write_text("".join(json.dumps(e, ensure_ascii=False) + "\n" for e in self.entries), "utf-8")
-            tmp.replace(self.path)
+            write_text_atomic(self.path, "".join(json.dumps(e, ensure_ascii=False) + "\n" for e in self.entries))
         except OSError:
             pass  # an unwritable data dir only loses history, never the session

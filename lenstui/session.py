@@ -46,6 +46,9 @@ class LensSession:
     incl_mid: bool = False
     last_request: Optional[RunLens] = None
     last_failed: bool = False
+    # Steps asked for (^n) while the run they extend was still on its way: each lens
+    # answer takes one, so a quick burst of ^n appends that many tokens, in order.
+    queued_steps: int = 0
 
     # ---------------------------------------------------------------- the request
 
@@ -67,6 +70,7 @@ class LensSession:
 
     def failed(self) -> None:
         self.last_failed = True
+        self.queued_steps = 0  # they would extend a run that has no answer
 
     @property
     def has_prompt(self) -> bool:
@@ -79,10 +83,21 @@ class LensSession:
         """A new prompt text: the generated steps belonged to the old one."""
         if text != self.prompt_text:
             self.steps.clear()
+            self.queued_steps = 0
             self.prompt_text = text
 
     def step(self, ids: tuple[int, ...], text: str, piece: str) -> None:
         self.steps.append(Step(ids, text, piece))
+
+    def queue_step(self) -> None:
+        self.queued_steps += 1
+
+    def take_queued_step(self) -> bool:
+        """One queued step is due (a lens answer arrived); False when none is queued."""
+        if not self.queued_steps:
+            return False
+        self.queued_steps -= 1
+        return True
 
     def unstep(self) -> bool:
         """Drop the last generated token; False when there is none."""
@@ -94,6 +109,7 @@ class LensSession:
     def set_chat(self, chat: bool) -> None:
         self.chat = chat
         self.steps.clear()
+        self.queued_steps = 0
 
     def set_target(self, token_id: Optional[int]) -> None:
         self.target = token_id
@@ -123,6 +139,9 @@ class LensSession:
             shown = " ".join(step.label for step in self.steps[-SHOWN_STEPS:])
             more = "… " if len(self.steps) > SHOWN_STEPS else ""
             parts.append(f"+{len(self.steps)} generated: {more}{shown} ({unstep_key} undo)")
-        else:
+        if self.queued_steps:
+            plural = "s" if self.queued_steps > 1 else ""
+            parts.append(f"{self.queued_steps} more step{plural} queued")
+        if not self.steps and not self.queued_steps:
             parts.append(f"{step_key} appends the model's next token")
         return " · ".join(parts)

@@ -84,3 +84,21 @@ def test_info_line_lists_the_newest_steps_and_shows_partial_tokens_by_piece():
     assert "ĠðŁ" not in line  # the partial token was the oldest, beyond the 12 shown
     assert line.count("␣a") == 12
     assert Step((1,), "\ufffd", "ĠðŁ").label == "ĠðŁ"
+
+
+def test_queued_steps_are_taken_one_per_answer_and_dropped_with_their_prompt():
+    session = LensSession()
+    session.set_text("Hi")
+    session.queue_step()
+    session.queue_step()
+    info = session.info(chat_available=False, chat_key="^t", unstep_key="^b", step_key="^n")
+    assert "2 more steps queued" in info and "appends" not in info
+    assert session.take_queued_step() and session.queued_steps == 1
+    session.set_text("Hello")  # a new prompt: the queued steps belonged to the old one
+    assert session.queued_steps == 0 and not session.take_queued_step()
+    session.queue_step()
+    session.failed()  # nothing to extend
+    assert session.queued_steps == 0
+    session.queue_step()
+    session.set_chat(True)
+    assert session.queued_steps == 0

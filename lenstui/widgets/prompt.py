@@ -6,9 +6,11 @@ generation steps) and the worker does the tokenizing.
 
 from __future__ import annotations
 
+import unicodedata
 from dataclasses import dataclass
 from typing import Optional
 
+from textual import events
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
@@ -54,6 +56,27 @@ class PromptInput(Input):
         self.history = history
         self._browse: Optional[int] = None  # index into history while walking it
         self._draft = ""
+
+    async def _on_key(self, event: events.Key) -> None:
+        # Textual inserts a printable key here at once, but runs a key's *bindings*
+        # (backspace, delete, arrows, Enter, and the app's ^n/^b...) only after the Key
+        # event has bubbled up to the App, one message queue per ancestor. Keys that
+        # arrive together (the UI thread was busy, a fast typist, a terminal
+        # multiplexer) were then applied out of order: Backspaces typed before
+        # "Germany" deleted its end instead. So the bindings of the focused chain run
+        # here, in the order the keys came. (Input._on_key runs after this for
+        # printable keys; prevent_default stops it and the bubbling otherwise.)
+        if event.is_printable:
+            return
+        if await self.app._check_bindings(event.key):
+            event.stop()
+            event.prevent_default()
+        elif event.character and unicodedata.category(event.character) == "Cf":
+            # Zero-width joiners and direction marks are text (emoji sequences, Arabic,
+            # Hebrew), but str.isprintable() says no, so Input would drop them.
+            event.stop()
+            event.prevent_default()
+            self.insert_text_at_cursor(event.character)
 
     def action_history(self, step: int) -> None:
         entries = self.history.entries
