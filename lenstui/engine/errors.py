@@ -14,3 +14,7 @@ class ModelLoadError(LenstuiError):
 
 class InputError(LenstuiError):
     """A prompt, token or option the model cannot take as given."""
+
+
+class Cancelled(LenstuiError):
+    """A newer request superseded this one while it ran (raised between chunks)."""
