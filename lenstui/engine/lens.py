@@ -29,7 +29,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Optional, Sequence, Union
 
-from lenstui.engine.errors import Cancelled  # noqa: F401  (re-exported: callers import it from here)
+from lenstui.engine.errors import Cancelled, InputError  # noqa: F401  (Cancelled re-exported: callers import it from here)
 from lenstui.engine.models import LoadedModel
 from lenstui.engine.vocab import TokenRef, TokenSpec
 
@@ -78,10 +78,17 @@ class LensResult:
     target_is_default: bool = True
     seconds: float = 0.0
     extended_blocks: int = 0
+    # The prompt positions the grid's columns are (None: every position, in order).
+    positions: Optional[list[int]] = None
+
+    @property
+    def column_positions(self) -> list[int]:
+        """The prompt position of each grid column."""
+        return list(range(len(self.tokens))) if self.positions is None else list(self.positions)
 
     @property
     def next_token(self) -> TokenRef:
-        """The model's greedy next token after the prompt (final row, last position)."""
+        """The model's greedy next token after the prompt (final row, last computed position)."""
         top = self.grid[-1][-1].top[0]
         return TokenRef(top.id, top.text, top.piece)
 
@@ -90,7 +97,7 @@ class LensResult:
         return [t.id for t in self.tokens]
 
     def to_json(self) -> dict:
-        return {
+        payload = {
             "model": self.model,
             "lens": self.lens,
             "tokens": [t.to_json() for t in self.tokens],
@@ -100,6 +107,38 @@ class LensResult:
             "extended_blocks": self.extended_blocks,
             "seconds": self.seconds,
         }
+        if self.positions is not None:  # a subset: grid and targets columns are these positions
+            payload["positions"] = list(self.positions)
+        return payload
+
+
+def parse_positions(spec: str, n_tokens: int) -> list[int]:
+    """Positions from ``-1``, ``3``, ``5:12`` (end exclusive, like Python) or a comma list
+    of those; negative counts from the end. Raises InputError with the accepted forms."""
+    chosen: list[int] = []
+    for part in spec.split(","):
+        part = part.strip()
+        try:
+            if ":" in part:
+                first, _, last = part.partition(":")
+                start = int(first) if first.strip() else 0
+                stop = int(last) if last.strip() else n_tokens
+                picked = list(range(n_tokens))[start:stop]
+            else:
+                index = int(part)
+                if not -n_tokens <= index < n_tokens:
+                    raise InputError(
+                        f"Position {index} is outside the prompt ({n_tokens} tokens: 0..{n_tokens - 1}, or -1 for the last)."
+                    )
+                picked = [index % n_tokens]
+        except ValueError:
+            raise InputError(
+                f"Cannot read positions {spec!r}: use an index (3, -1), a range (5:12) or a comma list of them."
+            ) from None
+        if not picked:
+            raise InputError(f"Positions {part!r} select nothing in a {n_tokens}-token prompt.")
+        chosen.extend(p for p in picked if p not in chosen)
+    return chosen
 
 
 def run_lens(
@@ -111,9 +150,11 @@ def run_lens(
     extended_blocks: int = 1,
     incl_mid: bool = False,
     target: Optional[TokenSpec] = None,
+    positions: Union[None, str, Sequence[int]] = None,
     should_stop: Optional[Callable[[], bool]] = None,
 ) -> LensResult:
-    """Run the lens on a prompt (text or token ids): the whole grid.
+    """Run the lens on a prompt (text or token ids): the whole grid, or only the columns
+    at ``positions`` (indices, negative from the end, or a spec for :func:`parse_positions`).
 
     Incremental through the model's :class:`~lenstui.engine.lens_state.LensState`: what
     the last run shares with this one (its token prefix, its forward pass, cells read
@@ -124,7 +165,7 @@ def run_lens(
 
     started = time.perf_counter()
     state = lens_state(model)
-    state.prepare(
+    plan = state.prepare(
         prompt,
         top_k=top_k,
         lens=lens,
@@ -133,4 +174,24 @@ def run_lens(
         target=target,
         should_stop=should_stop,
     )
-    return state.result(should_stop, started=started)
+    if positions is None:
+        return state.result(should_stop, started=started)
+    n = plan.n_positions
+    if isinstance(positions, str):
+        chosen = parse_positions(positions, n)
+    else:
+        chosen = [int(p) % n if -n <= int(p) < 0 else int(p) for p in positions]
+    columns = state.cells(chosen, should_stop)
+    settings = plan.settings
+    return LensResult(
+        model=model.name,
+        lens=settings.lens,
+        tokens=plan.tokens,
+        layers=plan.layers,
+        grid=columns.cells,
+        targets=columns.targets,
+        target_is_default=settings.target_id is None,
+        seconds=time.perf_counter() - started,
+        extended_blocks=settings.extended_blocks,
+        positions=columns.positions,
+    )
