@@ -203,6 +203,8 @@ def read_out(
         if n_ref < 1 or n % n_ref:
             raise ValueError(f"{n} vectors do not split into groups of {n_ref} references")
     groups = n // n_ref if n_ref else 0
+    if n_ref:
+        ref_vectors = x[n - n_ref :] if ref_x is None else ref_x  # [m, d]
 
     # Running (over vocabulary blocks) per vector: max logit, log sum exp(logit - max),
     # entropy, top-k. The logsumexp stays split as max + log_z: logits reach ~200, where a
@@ -247,14 +249,24 @@ def read_out(
             else:
                 ref_logits = unembed.logits(ref_x, start, stop)
                 ref_probs = torch.softmax(ref_logits, dim=1)
-            # Differences first, so the reference row's own term is exactly zero.
-            diff = logits.view(groups, n_ref, -1) - ref_logits
-            block_cross = torch.linalg.vecdot(diff, ref_probs).reshape(n)
+            if unembed.transform is None:
+                # The logits are linear in x (the bias cancels in the difference), so
+                # E_ref[l_row - l_ref] over this block is (x_row - x_ref) . (p_ref @ W_block):
+                # an [n, d] product instead of another pass over [n, block].
+                mixed = ref_probs.to(unembed.compute_dtype) @ unembed.weight[start:stop]  # [m, d]
+                block_cross = torch.linalg.vecdot(
+                    (x.view(groups, n_ref, -1) - ref_vectors).float(), mixed.float()
+                ).reshape(n)
+            else:
+                # Differences first, so the reference row's own term is exactly zero.
+                diff = logits.view(groups, n_ref, -1) - ref_logits
+                block_cross = torch.linalg.vecdot(diff, ref_probs).reshape(n)
+                del diff
             ref_max, ref_log_z, ref_old, ref_new = _merge_lse(
                 ref_max, ref_log_z, ref_logits.amax(dim=1), -torch.log(ref_probs.amax(dim=1))
             )
             ref_cross = ref_old.repeat(groups) * ref_cross + ref_new.repeat(groups) * block_cross
-            del ref_logits, ref_probs, diff
+            del ref_logits, ref_probs
         del probs
         # Running top-k: the block's best, merged with the best so far.
         block_top = torch.topk(logits, k=min(keep, stop - start), dim=1)
