@@ -333,6 +333,8 @@ class LensState:
             wanted.append(pos)
         missing = sorted({p for p in wanted if p not in self._columns})
         n_rows = len(row_labels(self.model.n_layers, self._settings.incl_mid))
+        if self._settings.target_id is None:
+            self._read_final_top1(missing, should_stop)
         per_chunk = max(1, VECTORS_PER_CHUNK // n_rows)
         for first in range(0, len(missing), per_chunk):
             _check_stop(should_stop)
@@ -360,6 +362,18 @@ class LensState:
             extended_blocks=settings.extended_blocks,
         )
 
+    def _read_final_top1(self, positions: list[int], should_stop: StopCheck) -> None:
+        """The model's own top-1 at each position (the default targets), all in one
+        readout: their ranks are counted during the grid's pass, so they come first."""
+        missing = [p for p in positions if p not in self._final_top1]
+        unembed = unembedding(self.model)
+        for first in range(0, len(missing), VECTORS_PER_CHUNK):
+            chunk = missing[first : first + VECTORS_PER_CHUNK]
+            final = self._pre[-1, torch.tensor(chunk, device=self._pre.device)]
+            top1 = read_out(unembed, unembed.normalize(final), top_k=1, should_stop=should_stop)
+            for pos, tid in zip(chunk, top1.top_ids[:, 0].tolist()):
+                self._final_top1[pos] = int(tid)
+
     def _read_positions(self, positions: list[int], should_stop: StopCheck) -> None:
         model = self.model
         settings = self._settings
@@ -369,12 +383,6 @@ class LensState:
         final = self._pre[-1, torch.tensor(positions, device=self._pre.device)]
         final_normed = unembed.normalize(final)
         if settings.target_id is None:
-            missing = [p for p in positions if p not in self._final_top1]
-            if missing:
-                index = [positions.index(p) for p in missing]
-                top1 = read_out(unembed, final_normed[index], top_k=1, should_stop=should_stop)
-                for pos, tid in zip(missing, top1.top_ids[:, 0].tolist()):
-                    self._final_top1[pos] = int(tid)
             target_ids = [self._final_top1[p] for p in positions]
         else:
             target_ids = [settings.target_id] * n_pos

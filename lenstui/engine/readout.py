@@ -278,7 +278,7 @@ def read_out(
         if targets is not None:
             for t in range(n_targets):
                 column = targets[:, t]
-                above[:, t] += (logits > guess[:, t : t + 1]).sum(dim=1)
+                above[:, t] += (logits > guess[:, t : t + 1]).sum(dim=1, dtype=torch.int32)  # 3x an int64 sum
                 inside = (column >= start) & (column < stop)
                 if bool(inside.any()):
                     local = (column - start).clamp(0, stop - start - 1)
