@@ -159,3 +159,23 @@ def test_matches_transformer_lens_on_the_embedded_model(embedded):
     rows = torch.cat([rows, vectors[-n_pos:]])  # ... and the final row last (the KL reference)
     stats = _check_against_tl(embedded, rows, n_pos, top_k=10, block=4000)
     assert torch.all(stats.kl[-n_pos:] == 0)
+
+
+def test_half_precision_matmul_refines_top_k_and_targets_in_float32(tiny_llama):
+    """The GPU path (matmul in the model's half dtype) run on CPU with a bfloat16 copy of
+    the readout: ids and logits of the top-k and the targets are those of float32 arithmetic."""
+    import dataclasses
+
+    vectors, n_pos = _residuals(tiny_llama)
+    exact = unembedding(tiny_llama)
+    half = dataclasses.replace(exact, weight=exact.weight.to(torch.bfloat16), compute_dtype=torch.bfloat16)
+    targets = torch.randint(0, tiny_llama.d_vocab, (vectors.shape[0], 2), generator=torch.Generator().manual_seed(1))
+    # The reference: the same (bfloat16-valued) weights, all in float32.
+    exact = dataclasses.replace(exact, weight=half.weight.float())
+    want = read_out(exact, exact.normalize(vectors), top_k=4, targets=targets, reference=n_pos, block=64)
+    got = read_out(half, half.normalize(vectors), top_k=4, targets=targets, reference=n_pos, block=64)
+    assert torch.equal(got.top_ids, want.top_ids)
+    assert torch.allclose(got.top_logits, want.top_logits, atol=1e-5)
+    assert torch.allclose(got.target_logits, want.target_logits, atol=1e-5)
+    # The normaliser comes from the bfloat16 logits: close, not exact.
+    assert torch.allclose(got.lse, want.lse, atol=0.05)

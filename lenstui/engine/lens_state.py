@@ -259,9 +259,11 @@ class LensState:
         kwargs = {"past_key_values": kv} if kv is not None else {}
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)  # HF renamed past_key_values -> cache
-            bridge.run_with_hooks(
+            # The model computes its logits for the new positions anyway: their argmax is
+            # each position's own top-1, the default target (as the lens always defined it).
+            logits = bridge.run_with_hooks(
                 tokens,
-                return_type=None,
+                return_type="logits",
                 fwd_hooks=[(name, capture(name)) for name in names + mid_names],
                 **kwargs,
             )
@@ -277,6 +279,9 @@ class LensState:
             kv = None
         elif kv is not None and start > 0:
             self._kv_works = True
+        for offset, top1 in enumerate(logits[0].argmax(dim=-1).tolist()):
+            self._final_top1[start + offset] = int(top1)
+        del logits
         dtype = torch.float32 if model.device == "cpu" else None
         pre = torch.stack([captured[name] for name in names])
         pre = pre.to(dtype) if dtype is not None else pre
@@ -363,8 +368,8 @@ class LensState:
         )
 
     def _read_final_top1(self, positions: list[int], should_stop: StopCheck) -> None:
-        """The model's own top-1 at each position (the default targets), all in one
-        readout: their ranks are counted during the grid's pass, so they come first."""
+        """The model's own top-1 at each position (the default targets) where the forward
+        did not leave it, all in one readout: ranks are counted during the grid's pass."""
         missing = [p for p in positions if p not in self._final_top1]
         unembed = unembedding(self.model)
         for first in range(0, len(missing), VECTORS_PER_CHUNK):

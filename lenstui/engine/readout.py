@@ -59,7 +59,7 @@ class Unembedding:
         return int(self.weight.shape[0])
 
     def normalize(self, vectors: torch.Tensor, apply_norm: bool = True) -> torch.Tensor:
-        """[n, d] residual vectors -> what the unembedding reads (final norm or raw)."""
+        """[n, d] residual vectors -> what the unembedding reads (final norm or raw), float32."""
         from transformer_lens.tools.analysis.logit_lens import _run_ln_final
 
         if apply_norm and self.norm is not None:
@@ -67,7 +67,9 @@ class Unembedding:
             dtype = param.dtype if param is not None else vectors.dtype
             with torch.no_grad():
                 vectors = _run_ln_final(self.norm, vectors.to(device=self.device, dtype=dtype))
-        return vectors.to(device=self.device, dtype=self.compute_dtype)
+        # float32 even when the matmul runs in half precision: read_out recomputes the
+        # top-k and target logits from these exact values.
+        return vectors.to(device=self.device, dtype=torch.float32)
 
     def logits(self, normed: torch.Tensor, start: int = 0, stop: Optional[int] = None) -> torch.Tensor:
         """Logits of normalised vectors for vocabulary ids [start, stop), float32."""
@@ -189,6 +191,7 @@ def read_out(
     half = unembed.compute_dtype != torch.float32
     keep = min(vocab, top_k + _HALF_PRECISION_MARGIN) if half else top_k
     x = normed.to(device=unembed.device, dtype=unembed.compute_dtype)
+    x32 = normed.to(device=unembed.device, dtype=torch.float32) if half else x  # for the float32 recompute
     dev = x.device
     f32 = dict(device=dev, dtype=torch.float32)
 
@@ -299,7 +302,7 @@ def read_out(
         # in-block value differs from the guess (last-bit rounding of a different kernel),
         # recount that vector against its own full row, so ties behave exactly.
         if half:
-            exact = _target_logits(unembed, x, targets, float32=True)
+            exact = _target_logits(unembed, x32, targets, float32=True)
         else:
             for row, t in (guess != exact).nonzero().tolist():
                 full = unembed.logits(x[row : row + 1])[0]
@@ -307,7 +310,7 @@ def read_out(
                 exact[row, t] = full[targets[row, t]]
         target_logits = exact
     if half:
-        top_vals, top_ids = _refine_top_k(unembed, x, top_ids, top_k)
+        top_vals, top_ids = _refine_top_k(unembed, x32, top_ids, top_k)
     return ReadoutStats(
         top_ids=top_ids[:, :top_k],
         top_logits=top_vals[:, :top_k],
