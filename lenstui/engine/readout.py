@@ -35,9 +35,10 @@ import torch
 
 from lenstui.engine.errors import Cancelled
 
-# Vocabulary tokens per block. Measured on the embedded model (2 CPU cores, 256 vectors):
-# 4096 keeps the [vectors, block] working set near L2/L3 without paying per-call overhead;
-# see bench/bench_instant.py (it prints the sweep).
+# Vocabulary tokens per block. Measured on the embedded model, 496-512 vectors, 1 thread on
+# the shared 2-core machine: one run gave 2048: 1.50x, 4096: 1.17x, 8192: 1.50x the matmul
+# floor; a more loaded run 1024: 1.18x, 2048: 1.05x, 4096: 1.68x. The sweep is noisy there:
+# bench/bench_instant.py prints it; re-check on a quiet machine.
 DEFAULT_BLOCK = 4096
 # Candidates kept beyond top-k when the matmul ran in half precision, re-ranked in float32.
 _HALF_PRECISION_MARGIN = 8
