@@ -11,7 +11,7 @@
   size in a fresh process, for 256, 1,024 and 2,048 tokens;
 - scale: a randomly initialised Llama with Llama-3.2-1B's shape, 128 tokens (fresh process).
 
-Never asserts. Run: .venv/bin/python bench/bench_instant.py [--skip-scale | --rss-only]
+Never asserts. Run: .venv/bin/python bench/bench_instant.py [--skip-scale | --rss-only | --scale-only]
 (the thread count is torch's default unless OMP_NUM_THREADS says otherwise).
 """
 
@@ -242,6 +242,9 @@ def main() -> None:
 
     if "--rss-only" in sys.argv:
         peak_rss()
+        return
+    if "--scale-only" in sys.argv:
+        scale()
         return
 
     model = load_model(device="cpu")
