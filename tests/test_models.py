@@ -117,3 +117,27 @@ def test_gguf_is_cached_by_content_hash_and_reused(embedded):
     ids = torch.tensor([[504, 3458, 314]])
     with torch.no_grad():
         torch.testing.assert_close(again.bridge(ids), embedded.bridge(ids))
+
+
+def test_gguf_digest_is_memoised_by_path_size_and_mtime(tmp_path, monkeypatch):
+    import hashlib
+    import os
+
+    from lenstui.engine import models
+
+    monkeypatch.setenv("LENSTUI_CACHE_DIR", str(tmp_path / "cache"))
+    weights = tmp_path / "m.gguf"
+    weights.write_bytes(b"GGUF" + bytes(range(256)) * 64)
+    hashed = []
+    monkeypatch.setattr(models, "file_sha256", lambda path: hashed.append(path) or file_sha256(path))
+    first = models.gguf_digest(weights)
+    assert first == hashlib.sha256(weights.read_bytes()).hexdigest() and len(hashed) == 1
+    assert models.gguf_digest(weights) == first and len(hashed) == 1  # memo hit: not re-hashed
+    # Same size, new content and mtime: hashed again, and the new digest is right.
+    weights.write_bytes(b"GGUX" + bytes(range(256)) * 64)
+    os.utime(weights, ns=(1, 1))
+    assert models.gguf_digest(weights) == hashlib.sha256(weights.read_bytes()).hexdigest() != first
+    assert len(hashed) == 2
+    # A damaged memo costs only the hash.
+    (tmp_path / "cache" / "gguf" / "digests.json").write_text("{not json")
+    assert models.gguf_digest(weights) == hashlib.sha256(weights.read_bytes()).hexdigest()

@@ -120,6 +120,37 @@ def file_sha256(path: Path, chunk: int = 1 << 22) -> str:
     return digest.hexdigest()
 
 
+def gguf_digest(path: Path) -> str:
+    """The file's sha256, memoised under the cache dir by (path, size, mtime_ns).
+
+    Hashing the embedded 98 MB GGUF costs ~0.2-0.5 s every start; a file whose path, size
+    and modification time are unchanged is taken to be the same file (the same rule
+    make and rsync use). A damaged or unwritable memo only costs the hash.
+    """
+    import json
+
+    stat = path.stat()
+    key = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
+    memo_file = cache_root() / "gguf" / "digests.json"
+    try:
+        memo = json.loads(memo_file.read_text())
+        if isinstance(memo, dict) and isinstance(memo.get(key), str):
+            return memo[key]
+    except (OSError, ValueError):
+        memo = {}
+    digest = file_sha256(path)
+    memo = {k: v for k, v in memo.items() if not k.startswith(f"{path.resolve()}|")} if isinstance(memo, dict) else {}
+    memo[key] = digest
+    try:
+        memo_file.parent.mkdir(parents=True, exist_ok=True)
+        staging = memo_file.with_suffix(f".{os.getpid()}.tmp")
+        staging.write_text(json.dumps(memo, indent=1))
+        staging.replace(memo_file)
+    except OSError:
+        pass
+    return digest
+
+
 def parse_dtype(name: str) -> torch.dtype:
     try:
         return DTYPES[name]
@@ -198,7 +229,7 @@ def _load_gguf(
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     _report(progress, f"hashing {path.name}", 0.05)
-    cached = cache_root() / "gguf" / file_sha256(path)[:32]
+    cached = cache_root() / "gguf" / gguf_digest(path)[:32]
     if (cached / "config.json").is_file() and (cached / "model.safetensors").is_file():
         _report(progress, "loading the cached dequantized weights", 0.3)
         try:
