@@ -29,7 +29,7 @@ from textual.screen import Screen
 from textual.widget import Widget
 from textual.widgets import Footer, Input
 
-from lenstui.attribution_screen import open_attribution
+from lenstui.attribution_screen import GRID_ACTIONS, AttributionScreen, open_attribution
 from lenstui.config import load_config
 from lenstui.engine.lens_kinds import LENS_DESCRIPTIONS, LENS_KINDS
 from lenstui.export import export_dir, save_json, save_svg
@@ -424,6 +424,8 @@ class LenstuiApp(App):
         # Letters like "i", "s" and "t" belong to the prompt while typing.
         if action in LETTER_ACTIONS and isinstance(self.focused, Input):
             return False
+        if action in GRID_ACTIONS and isinstance(self.screen, AttributionScreen):
+            return False  # the grid is behind the attribution screen: its keys rest
         return True
 
     # ------------------------------------------------------------ inspector, target, speakability

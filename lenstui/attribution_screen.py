@@ -28,6 +28,15 @@ if TYPE_CHECKING:
     from lenstui.widgets.grid import GridCell
 
 ATTRIBUTION_HEADS = 8
+# The app's actions on the grid and the lens: off (and out of the footer) while this
+# screen covers the grid, so no key changes what is hidden behind it.
+GRID_ACTIONS = frozenset(
+    {
+        "step", "unstep", "switch_view", "toggle_chat", "next_preset", "check_speakable",
+        "cancel_speak", "target_selected", "reset_target", "inspect_prompt_token", "next_lens",
+        "focus_prompt", "focus_grid",
+    }
+)
 _BLOCK_ROW = re.compile(r"L(\d+)")
 
 
@@ -110,6 +119,7 @@ class AttributionScreen(Screen):
         self.request: AttributeCell = request
         self.label = label  # what is being attributed, for the loading line
         self.result = None  # the AttributionResult shown (plain data)
+        self.seq: Optional[int] = None  # the worker's number for the request asked last
 
     def compose(self) -> ComposeResult:
         yield AttributionView(id="attribution")
@@ -127,7 +137,7 @@ class AttributionScreen(Screen):
         """Ask the worker for ``request`` (a newer one supersedes a running one)."""
         self.request, self.label = request, label
         self.view.show_message(f"Attributing {label}…")
-        self.app.submit(request, reply_to=self)
+        self.seq = self.app.submit(request, reply_to=self)
 
     def on_worker_reply(self, message) -> None:
         result = message.result
