@@ -29,6 +29,7 @@ from textual.screen import Screen
 from textual.widget import Widget
 from textual.widgets import Footer, Input
 
+from lenstui.attribution_screen import GRID_ACTIONS, AttributionScreen, open_attribution
 from lenstui.config import load_config
 from lenstui.engine.lens_kinds import LENS_DESCRIPTIONS, LENS_KINDS
 from lenstui.export import export_dir, save_json, save_svg
@@ -95,6 +96,7 @@ class LenstuiApp(App):
         Binding("t", "target_selected", "Target", id="lenstui.target"),
         Binding("u", "reset_target", "Default target", id="lenstui.target_reset", show=False),
         Binding("p", "inspect_prompt_token", "Inspect prompt token", id="lenstui.inspect_prompt", show=False),
+        Binding("a", "attribute_cell", "Attribute", id="lenstui.attribute", show=False),
         Binding("f5", "next_lens", "Lens variant", id="lenstui.lens_variant", show=False),
         Binding("slash,i", "focus_prompt", "Edit prompt", id="lenstui.focus_prompt", show=False),
         Binding("escape", "focus_grid", "To the grid", id="lenstui.focus_grid", show=False),
@@ -133,6 +135,7 @@ class LenstuiApp(App):
         self._reply_to: dict[type, tuple[int, Widget]] = {}
         self._preset_index = -1
         self.scan_marks = None  # handlers.ScanMarks once a vocabulary scan exists
+        self.attribution_contrast: Optional[tuple[int, str]] = None  # (id, text) pinned by the palette
         self._install_themes(theme)
         if self.config.keymap:
             self.set_keymap(self.config.keymap)
@@ -444,6 +447,8 @@ class LenstuiApp(App):
         # Letters like "i", "s" and "t" belong to the prompt while typing.
         if action in LETTER_ACTIONS and isinstance(self.focused, Input):
             return False
+        if action in GRID_ACTIONS and isinstance(self.screen, AttributionScreen):
+            return False  # the grid is behind the attribution screen: its keys rest
         return True
 
     # ------------------------------------------------------------ inspector, target, speakability
@@ -516,6 +521,23 @@ class LenstuiApp(App):
         self.notify(f"Mid-block rows {'on' if self.session.incl_mid else 'off'}", timeout=2)
         self._rerun()
 
+    # ------------------------------------------------------------ attribution (lenstui.attribution_screen)
+
+    def action_attribute_cell(self) -> None:
+        open_attribution(self, self.shown_result, self.grid.current_cell, self.attribution_contrast)
+
+    def action_attribute_contrast(self) -> None:
+        cell = self.grid.current_cell
+        if cell is None:
+            self.notify("Select a token first.", severity="warning", timeout=3)
+            return
+        self.attribution_contrast = (cell.token_id, cell.text)
+        self.notify(f"Attribution contrast: {cell.text!r} (the palette's \"attribute: no contrast\" clears it)", timeout=4)
+
+    def action_attribute_no_contrast(self) -> None:
+        self.attribution_contrast = None
+        self.notify("Attribution contrast: none (the mean logit)", timeout=3)
+
     # ------------------------------------------------------------ export
 
     def export_dir(self) -> Path:
@@ -586,6 +608,9 @@ class LenstuiApp(App):
         yield SystemCommand("speak: check the selected token", f"certified LP check ({key('lenstui.speak_check')}; {key('lenstui.speak_cancel')} cancels)", self.action_check_speakable)
         yield SystemCommand("speak: scan the whole vocabulary", "every token a verdict; resumable, cached per model", self.action_scan_vocabulary)
         yield SystemCommand("speak: stop the check or scan", key("lenstui.speak_cancel"), self.action_cancel_speak)
+        yield SystemCommand("attribute: the selected cell", f"which components and heads wrote its token ({key('lenstui.attribute')})", self.action_attribute_cell)
+        yield SystemCommand("attribute: contrast with the selected token", "attribute logit(token) - logit(this one)", self.action_attribute_contrast)
+        yield SystemCommand("attribute: no contrast", "attribute logit(token) - mean logit", self.action_attribute_no_contrast)
         yield SystemCommand("export: grid as JSON", "same shape as `lenstui lens --json`", self.export_json)
         yield SystemCommand("export: screen as SVG", "a screenshot for slides", self.export_svg)
         yield SystemCommand("keys: show or hide bindings", "the keys panel (F1 or ?)", self.action_toggle_help)
@@ -593,6 +618,7 @@ class LenstuiApp(App):
 
 
 LETTER_ACTIONS = frozenset(
-    {"focus_prompt", "check_speakable", "cancel_speak", "target_selected", "reset_target", "inspect_prompt_token"}
+    {"focus_prompt", "check_speakable", "cancel_speak", "target_selected", "reset_target", "inspect_prompt_token",
+     "attribute_cell"}
 )
 

@@ -19,9 +19,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Optional, Union
 
-from lenstui.worker import CheckSpeakable, Handler, InspectToken, RunLens, ScanVocabulary
+from lenstui.worker import AttributeCell, CheckSpeakable, Handler, InspectToken, RunLens, ScanVocabulary
 
 if TYPE_CHECKING:
+    from lenstui.engine.attribution import AttributionResult
     from lenstui.engine.neighbors import TokenReport
     from lenstui.engine.scan import ScanResult
     from lenstui.engine.speak import SpeakResult
@@ -110,8 +111,25 @@ def scan_marks_handler(model, request: ScanVocabulary, ctx) -> Optional[ScanMark
     return ScanMarks(scan, scan.unspeakable_ids, scan.hard_to_speak_ids, scan.complete)
 
 
+def attribute_handler(model, request: AttributeCell, ctx) -> "AttributionResult":
+    """-> AttributionResult for one cell; stops between steps when superseded."""
+    from lenstui.engine.attribution import attribute
+
+    return attribute(
+        model,
+        list(request.prompt_ids),
+        position=request.position,
+        layer=request.row,
+        token=request.token_id,
+        contrast=request.contrast_id,
+        heads=request.heads,
+        should_stop=ctx.should_stop,
+    )
+
+
 APP_HANDLERS: dict[type, Handler] = {
     InspectToken: inspect_handler,
     CheckSpeakable: speak_handler,
     ScanVocabulary: scan_marks_handler,
+    AttributeCell: attribute_handler,
 }

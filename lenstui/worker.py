@@ -92,6 +92,7 @@ __all__ = [
     "InspectToken",
     "CheckSpeakable",
     "ScanVocabulary",
+    "AttributeCell",
     "Result",
     "Progress",
     "Done",
@@ -183,6 +184,21 @@ class ScanVocabulary(Request):
     title: ClassVar[str] = "Vocabulary scan"
     priority: ClassVar[int] = 3
     long_running: ClassVar[bool] = True
+
+
+@dataclass(frozen=True)
+class AttributeCell(Request):
+    """Direct logit attribution of one lens cell (``lenstui.engine.attribution``)."""
+
+    prompt_ids: tuple[int, ...]  # the ids the grid shows (chat template and steps included)
+    position: int
+    row: int  # the lens row index: 0 = embed, k + 1 = after block k
+    token_id: int
+    contrast_id: Optional[int] = None  # None: against the mean logit
+    heads: int = 8
+
+    title: ClassVar[str] = "Attribution"
+    priority: ClassVar[int] = 2
 
 
 # ---------------------------------------------------------------- results
