@@ -208,3 +208,44 @@ async def test_stage_layout_hides_the_panes_and_toggles(make_presenter):
         await pilot.press("space")
         await pilot.pause()
         assert banner(app).startswith("1/5") and app.prompt_pane.input.value.endswith(" ")
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    from tiny_models import tiny_llama_hf
+
+    folder = tmp_path_factory.mktemp("models") / "tiny-llama"
+    hf_model, tokenizer = tiny_llama_hf()
+    hf_model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+async def test_another_model_recomputes_the_scenes(make_presenter, embedded, tiny_dir):
+    from lenstui.engine.models import load_model
+    from lenstui.model_commands import ModelChosen
+
+    app = make_presenter(loader=lambda spec, **kw: embedded if spec is None else load_model(spec, **kw))
+    async with app.run_test(size=(120, 40)) as pilot:
+        await scene_shown(app, pilot)
+        assert app.grid.result.layers[-1] == "L29"
+        app.post_message(ModelChosen(str(tiny_dir), "tiny-llama"))
+        await pilot.pause()
+        await asyncio.wait_for(app.model_settled.wait(), TIMEOUT)
+        await scene_shown(app, pilot)
+        # The tiny model has 3 layers: scene 1's cursor row L20 is not there, said as a sentence.
+        assert app.model_info.n_layers == 3 and message_shown(app)
+        assert "cursor layer L20 does not exist" in str(app.query_one(SceneMessage).render())
+        await until(pilot, lambda: 2 in app.renders)
+        await pilot.press("space")  # scene 2's cursor row L29 is not there either
+        await scene_shown(app, pilot)
+        assert "cursor layer L29 does not exist" in str(app.query_one(SceneMessage).render())
+        await pilot.press("space", "space", "space")  # scene 5: no cursor, shown on the tiny model
+        await scene_shown(app, pilot)
+        assert banner(app).startswith("5/5") and not message_shown(app)
+        assert app.grid.result.layers[-1] == "L2" and app.grid.result.model == app.model_info.name
+        app.post_message(ModelChosen("", "the embedded model"))
+        await pilot.pause()
+        await asyncio.wait_for(app.model_settled.wait(), TIMEOUT)
+        await scene_shown(app, pilot)
+        assert banner(app).startswith("5/5") and app.grid.result.layers[-1] == "L29"
