@@ -35,6 +35,8 @@ from lenstui.engine.lens_kinds import LENS_DESCRIPTIONS, LENS_KINDS
 from lenstui.export import export_dir, save_json, save_svg
 from lenstui.features import WiredInspector, WiredSpeak
 from lenstui.handlers import APP_HANDLERS
+from lenstui.model_commands import ModelChosen, ModelCommands
+from lenstui.model_switch import ModelSwitch
 from lenstui.session import LensSession, Step
 from lenstui.theming import DEFAULT_THEME, load_themes
 from lenstui.widgets.events import ModelLoaded, TokenFocused
@@ -80,6 +82,7 @@ class LenstuiApp(App):
     TITLE = "lenstui"
     HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (110, "-wide")]
     VERTICAL_BREAKPOINTS = [(0, "-short"), (30, "-tall")]
+    COMMANDS = App.COMMANDS | {ModelCommands}  # "model: open ..." in the palette
 
     BINDINGS = [
         Binding("f1", "toggle_help", "Keys", id="lenstui.help"),
@@ -136,6 +139,7 @@ class LenstuiApp(App):
         self._preset_index = -1
         self.scan_marks = None  # handlers.ScanMarks once a vocabulary scan exists
         self.attribution_contrast: Optional[tuple[int, str]] = None  # (id, text) pinned by the palette
+        self.model_switch = ModelSwitch(self)  # the palette's "model: open ..."
         self._install_themes(theme)
         if self.config.keymap:
             self.set_keymap(self.config.keymap)
@@ -273,7 +277,12 @@ class LenstuiApp(App):
         elif isinstance(result.request, RunLens):
             self._on_lens_reply(result)
 
+    def on_model_chosen(self, message: ModelChosen) -> None:
+        self.model_switch.begin(message.spec, message.label)
+
     def _on_load_reply(self, result: Result) -> None:
+        if isinstance(result, Failed) and self.model_switch.failed(result):
+            return  # the old model is still loaded and in use
         if isinstance(result, Progress):
             self.status.set_loading(result.message, result.fraction)
         elif isinstance(result, Done):
@@ -287,6 +296,7 @@ class LenstuiApp(App):
             for pane in self.side_panes():
                 pane.post_message(ModelLoaded(info))
             self._refresh_prompt_info()
+            self.model_switch.done(info)
             self.model_settled.set()
         elif isinstance(result, Failed):
             self.status.set_error(f"not loaded: {result.message}")

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 from typing import Optional
 
+from textual.content import Content
 from textual.message import Message
+from textual.widgets import Static
 
 from lenstui.engine.verdicts import Verdict
 from lenstui.handlers import InspectReply, ScanMarks
@@ -34,6 +36,14 @@ class WiredInspector(InspectorPane):
 
     def on_token_focused(self, message: TokenFocused) -> None:
         self.inspect(message.cell.token_id, message.cell.position)
+
+    def forget_model(self) -> None:
+        """Another model was loaded: the shown report and marks were about the old one."""
+        self.marks = None
+        self.prompt_ids = None
+        self.border_subtitle = ""
+        self.show_message("Select a prompt token or a grid cell to inspect it.")
+        self.show_sequence(None)
 
     def inspect(self, token_id: int, position: Optional[int] = None) -> None:
         sequence = self.prompt_ids
@@ -83,6 +93,17 @@ class WiredSpeak(SpeakPane):
     def on_model_loaded(self, message: ModelLoaded) -> None:
         # A scan cached earlier for this model lights up the grid's marks at once.
         self.app.submit(ScanVocabulary(cached_only=True), reply_to=self)
+
+    def forget_model(self) -> None:
+        """Another model was loaded: its verdicts and scan are not this one's."""
+        self.marks = None
+        self.token_id, self.token_text, self.verdict = None, "", None
+        self._set_running(False)
+        self.remove_class("-error")
+        self.query_one("#speak-title", Static).update("speakability")
+        self._body(Content("Select a token to check whether the model can say it."))
+        self._hint("")
+        self.query_one("#speak-scan", Static).update("")
 
     def known_verdict(self, token_id: int) -> Optional[str]:
         marks = self.marks

@@ -19,10 +19,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Optional, Union
 
-from lenstui.worker import AttributeCell, CheckSpeakable, Handler, InspectToken, RunLens, ScanVocabulary
+from lenstui.worker import AttributeCell, CheckSpeakable, Handler, InspectToken, RenderScenes, RunLens, ScanVocabulary
 
 if TYPE_CHECKING:
     from lenstui.engine.attribution import AttributionResult
+    from lenstui.engine.lens import LensResult
+    from lenstui.scenes import Scene
     from lenstui.engine.neighbors import TokenReport
     from lenstui.engine.scan import ScanResult
     from lenstui.engine.speak import SpeakResult
@@ -127,9 +129,78 @@ def attribute_handler(model, request: AttributeCell, ctx) -> "AttributionResult"
     )
 
 
+@dataclass(frozen=True)
+class SceneRender:
+    """One talk scene computed on the loaded model: its lens result and cursor, or the
+    sentence saying why it cannot be shown (``problem``)."""
+
+    number: int
+    problem: Optional[str] = None
+    request: Optional[RunLens] = None  # the lens run this scene is (what the session asks next)
+    result: Optional["LensResult"] = None
+    prompt_length: int = 0  # tokens before the generated steps
+    cursor_layer: Optional[str] = None  # a row label
+    cursor_position: Optional[int] = None  # 0-based, in prompt + generated tokens
+    target_id: Optional[int] = None
+    pinned_ids: tuple[int, ...] = ()
+
+
+def render_scene(model, scene: "Scene", request: RenderScenes, ctx) -> SceneRender:
+    """The scene's ids (greedy steps appended), then one lens run. A scene that does not
+    fit this model (InputError from resolve_scene or greedy_ids) comes back with its
+    problem; Cancelled propagates."""
+    from lenstui.engine.errors import LenstuiError
+    from lenstui.engine.generate import greedy_ids
+    from lenstui.engine.scene_check import resolve_scene
+
+    try:
+        resolved = resolve_scene(model, scene)
+        options = dict(
+            top_k=request.top_k,
+            lens=scene.lens,
+            extended_blocks=scene.extended_blocks or 1,
+            incl_mid=request.incl_mid and scene.lens != "extended",
+            target=resolved.target_id,
+        )
+        # The same request the app's session makes for this state: generated steps and
+        # id prompts run as ids, a text prompt as text (templated on this thread).
+        if scene.steps:
+            ids = greedy_ids(model, resolved.prompt_ids, scene.steps, should_stop=ctx.should_stop)
+            lens_request = RunLens(tuple(ids), **options)
+        elif scene.prompt_ids is not None:
+            lens_request = RunLens(tuple(scene.prompt_ids), **options)
+        else:
+            lens_request = RunLens(scene.prompt or "", chat=scene.chat, **options)
+        result = run_lens_handler(model, lens_request, ctx)
+    except LenstuiError as err:
+        return SceneRender(scene.number, problem=str(err))
+    return SceneRender(
+        scene.number,
+        request=lens_request,
+        result=result,
+        prompt_length=len(resolved.prompt_ids),
+        cursor_layer=resolved.cursor_layer,
+        cursor_position=resolved.cursor_position,
+        target_id=resolved.target_id,
+        pinned_ids=tuple(resolved.pinned_ids),
+    )
+
+
+def render_scenes_handler(model, request: RenderScenes, ctx) -> int:
+    """Scene after scene in ``request.order``, each handed back as it is done
+    (``ctx.deliver``); between scenes ``ctx.checkpoint()`` serves interactive requests.
+    -> how many scenes were computed."""
+    by_number = {scene.number: scene for scene in request.scenes}
+    for number in request.order:
+        ctx.checkpoint()  # raises Cancelled when superseded
+        ctx.deliver(render_scene(model, by_number[number], request, ctx))
+    return len(request.order)
+
+
 APP_HANDLERS: dict[type, Handler] = {
     InspectToken: inspect_handler,
     CheckSpeakable: speak_handler,
     ScanVocabulary: scan_marks_handler,
     AttributeCell: attribute_handler,
+    RenderScenes: render_scenes_handler,
 }

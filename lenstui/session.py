@@ -41,6 +41,10 @@ class LensSession:
     chat: bool = False
     prompt_text: str = ""
     steps: list[Step] = field(default_factory=list)
+    # A prompt given as token ids (a talk scene's prompt_ids): run as ids while the
+    # text shown for it is unchanged.
+    prompt_ids: Optional[tuple[int, ...]] = None
+    pinned: tuple[int, ...] = ()  # token ids a scene pins (kept; not displayed yet)
     target: Optional[int] = None  # None: each position's own top-1
     lens_kind: str = "logit"
     incl_mid: bool = False
@@ -57,6 +61,8 @@ class LensSession:
         options = dict(top_k=self.top_k, lens=self.lens_kind, incl_mid=self.incl_mid, target=self.target)
         if self.steps:
             return RunLens(self.steps[-1].ids, **options)
+        if self.prompt_ids is not None:
+            return RunLens(self.prompt_ids, **options)
         return RunLens(self.prompt_text, chat=self.chat, **options)
 
     def wants_run(self, request: RunLens) -> bool:
@@ -75,7 +81,7 @@ class LensSession:
     @property
     def has_prompt(self) -> bool:
         """Whether there is anything to run the lens on."""
-        return bool(self.prompt_text.strip() or self.steps)
+        return bool(self.prompt_text.strip() or self.steps or self.prompt_ids)
 
     # ---------------------------------------------------------------- what the user does
 
@@ -84,6 +90,7 @@ class LensSession:
         if text != self.prompt_text:
             self.steps.clear()
             self.queued_steps = 0
+            self.prompt_ids = None
             self.prompt_text = text
 
     def step(self, ids: tuple[int, ...], text: str, piece: str) -> None:

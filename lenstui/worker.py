@@ -19,9 +19,10 @@ Rules the worker keeps:
 - **Errors are results.** A failing request becomes ``Failed`` with a sentence for
   the user; the thread keeps serving.
 - **Model first.** Requests that need a model wait until one is loaded; they fail
-  only if a load was attempted, failed, and no other load is queued.
+  only if a load was attempted, failed, and no other load is queued. A failed load
+  while a model is loaded keeps that model: it goes on serving.
 - **Priority and interleaving.** Among queued requests the lowest
-  ``Request.priority`` runs first (load < lens/inspect < speak check < scan), FIFO
+  ``Request.priority`` runs first (load < lens/inspect < speak check, scenes < scan), FIFO
   within a priority. A long job (``long_running``, e.g. a vocabulary scan) calls
   ``JobContext.checkpoint()`` between its chunks; the checkpoint runs every queued
   short request right there, on this same thread, before the long job continues.
@@ -93,7 +94,9 @@ __all__ = [
     "CheckSpeakable",
     "ScanVocabulary",
     "AttributeCell",
+    "RenderScenes",
     "Result",
+    "Partial",
     "Progress",
     "Done",
     "Failed",
@@ -201,6 +204,23 @@ class AttributeCell(Request):
     priority: ClassVar[int] = 2
 
 
+@dataclass(frozen=True)
+class RenderScenes(Request):
+    """A talk's scenes computed ahead, one after another in ``order`` (scene numbers,
+    the current scene first). Long-running: between scenes the handler calls
+    ``ctx.checkpoint()`` so interactive requests get in, and it hands each finished
+    scene back at once with ``ctx.deliver`` (a ``Partial`` result)."""
+
+    scenes: tuple = ()  # lenstui.scenes.Scene, in file order
+    order: tuple[int, ...] = ()  # scene numbers (1-based) to compute, in this order
+    top_k: int = 10
+    incl_mid: bool = False
+
+    title: ClassVar[str] = "Scenes"
+    priority: ClassVar[int] = 2
+    long_running: ClassVar[bool] = True
+
+
 # ---------------------------------------------------------------- results
 
 
@@ -218,6 +238,15 @@ class Result:
 class Progress(Result):
     message: str
     fraction: Optional[float] = None  # 0..1, None when unknown
+
+
+@dataclass(frozen=True)
+class Partial(Result):
+    """One piece of a long job's answer, handed back before the job ends (e.g. one
+    computed scene). Tagged with the request's seq like every result, so the stale
+    rule applies; unlike Progress, partials never merge with each other."""
+
+    value: Any
 
 
 @dataclass(frozen=True)
@@ -303,6 +332,12 @@ class JobContext:
     def progress(self, message: str, fraction: Optional[float] = None) -> None:
         if not self.should_stop():
             self._worker._emit(Progress(self.seq, self.request, message, fraction))
+
+    def deliver(self, value: Any) -> None:
+        """Hand back part of the answer now (a ``Partial`` result); dropped once the
+        request is superseded."""
+        if not self.should_stop():
+            self._worker._emit(Partial(self.seq, self.request, value))
 
     def checkpoint(self) -> None:
         """Call between chunks of a long job: raises Cancelled when superseded, and
@@ -495,8 +530,11 @@ class ModelWorker:
         try:
             model = loader(request.spec, device=request.device, dtype=request.dtype, progress=ctx.progress)
         except Exception as err:
+            # A failed switch to a second model leaves the first one loaded and serving:
+            # requests keep running on it, so there is no load error to report.
             with self._cond:
-                self._load_error = str(err).rstrip(".") or type(err).__name__
+                if self._model is None:
+                    self._load_error = str(err).rstrip(".") or type(err).__name__
             raise
         if ctx.should_stop():  # a newer LoadModel is queued: it replaces this one
             raise Cancelled("superseded by a newer request")

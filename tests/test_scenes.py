@@ -243,9 +243,9 @@ def test_present_check_exit_codes(tmp_path, capsys):
     bad = _write(tmp_path, "[[scene]\n", "bad.toml")
     assert main(["present", str(bad), "--check"]) == 2
     assert "is not valid TOML" in capsys.readouterr().err
-    # Without --check there is nothing to run yet: one sentence, status 2.
-    assert main(["present", str(path)]) == 2
-    assert "--check" in capsys.readouterr().err
+    # Presenting a file that is not there is one sentence and status 2, before any screen.
+    assert main(["present", str(tmp_path / "missing.toml")]) == 2
+    assert "No talk file at" in capsys.readouterr().err
 
 
 # --- against a model -------------------------------------------------------------------

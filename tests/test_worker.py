@@ -245,3 +245,73 @@ def test_register_rejects_non_requests():
     worker = ModelWorker(lambda result: None)
     with pytest.raises(TypeError):
         worker.register(dict, lambda *a: None)
+
+
+def test_a_failed_switch_keeps_the_loaded_model_serving(harness_factory, tiny_gpt2, tiny_llama):
+    def loader(spec, **kw):
+        if spec == "/no/such.gguf":
+            raise ModelLoadError("No GGUF file at /no/such.gguf: check the path.")
+        return tiny_llama if spec == "llama" else tiny_gpt2
+
+    h = harness_factory(loader=loader)
+    assert isinstance(h.final(h.worker.submit(LoadModel())), Done)
+    failed = h.final(h.worker.submit(LoadModel("/no/such.gguf")))
+    assert isinstance(failed, Failed) and "No GGUF file" in failed.message
+    after = h.final(h.worker.submit(RunLens(PROMPT)))
+    assert isinstance(after, Done) and after.value.model == tiny_gpt2.name  # the first model, still loaded
+    assert isinstance(h.final(h.worker.submit(LoadModel("llama"))), Done)
+    switched = h.final(h.worker.submit(RunLens(PROMPT)))
+    assert isinstance(switched, Done) and switched.value.model == tiny_llama.name
+
+
+def test_scenes_render_one_by_one_current_first_and_let_lens_runs_in(harness_factory, tiny_gpt2):
+    from lenstui.handlers import SceneRender, render_scenes_handler
+    from lenstui.scenes import Scene
+    from lenstui.worker import Partial, RenderScenes
+
+    lens_queued = threading.Event()
+
+    def render(model, request, ctx):
+        # The real handler, with a pause after the first scene so a lens run can queue.
+        calls = []
+        original = ctx.checkpoint
+
+        def checkpoint():
+            if calls:
+                assert lens_queued.wait(TIMEOUT)
+            calls.append(1)
+            original()
+
+        ctx.checkpoint = checkpoint
+        return render_scenes_handler(model, request, ctx)
+
+    scenes = (
+        Scene(1, title="one", prompt=PROMPT),
+        Scene(2, title="two", prompt=PROMPT, steps=2),
+        Scene(3, title="too long", prompt_ids=[5] * (tiny_gpt2.n_ctx + 1)),
+    )
+    h = harness_factory(model=tiny_gpt2)
+    h.worker.register(RenderScenes, render)
+    h.final(h.worker.submit(LoadModel()))
+    seq = h.worker.submit(RenderScenes(scenes, order=(2, 3, 1)))
+    first = h.next(lambda r: isinstance(r, Partial) and r.seq == seq)
+    lens = h.worker.submit(RunLens(PROMPT))
+    lens_queued.set()
+    lens_done = h.final(lens)
+    done = h.next(lambda r: r.seq == seq and not isinstance(r, (Progress, Partial)))
+    assert isinstance(done, Done) and done.value == 3
+    partials = [r for r in h.seen if isinstance(r, Partial)]
+    assert [p.value.number for p in partials] == [2, 3, 1]  # in the order asked
+    finals = [r.seq for r in h.seen if not isinstance(r, (Progress, Partial))]
+    assert finals.index(lens) < finals.index(seq)  # the lens run got in between scenes
+    two: SceneRender = first.value
+    # Scene 2: two greedy steps, checked against the plain lens run's own next tokens.
+    prompt_ids = list(lens_done.value.token_ids)
+    step1 = lens_done.value.next_token.id
+    step2 = h.final(h.worker.submit(RunLens(tuple(prompt_ids + [step1])))).value.next_token.id
+    assert two.result.token_ids == prompt_ids + [step1, step2]
+    assert two.prompt_length == len(prompt_ids) and two.request == RunLens(tuple(two.result.token_ids))
+    too_long = partials[1].value
+    assert too_long.result is None and f"reads at most {tiny_gpt2.n_ctx}" in too_long.problem
+    one = partials[2].value
+    assert one.request == RunLens(PROMPT) and one.result.token_ids == prompt_ids

@@ -1,6 +1,6 @@
-"""`lenstui present FILE.toml --check [--with-model]`: validate a talk file headlessly.
+"""`lenstui present FILE.toml`: present a talk's scenes in the app (lenstui.presenter).
 
-Prints each scene with what it will show and any problem. Exit status: 0 when every
+`lenstui present FILE.toml --check [--with-model]` validates a talk file headlessly: it prints each scene with what it will show and any problem. Exit status: 0 when every
 scene can be shown, 1 when some cannot (the rest of the talk still runs), 2 when the
 file itself is not a talk. ``--with-model`` also loads the model (the talk's ``model``,
 or ``--model``) and checks that prompts fit its context and that named tokens exist.
@@ -12,18 +12,21 @@ import argparse
 from typing import Optional
 
 from lenstui.cli.common import add_model_options, print_json
-from lenstui.engine.errors import LenstuiError
 from lenstui.scenes import Scene, Talk, load_talk, token_spec_text
 
 
 def configure(parser: argparse.ArgumentParser, command: str = "") -> None:
-    parser.description = "Check a talk file of prepared scenes (the interactive presenter comes later)."
+    parser.description = "Present a talk file of prepared scenes, or check it with --check."
     parser.add_argument("talk", metavar="FILE.toml", help="a talk file: [[scene]] tables (see the README)")
     parser.add_argument("--check", action="store_true", help="validate the file and print each scene; no screen")
     parser.add_argument(
         "--with-model", action="store_true", help="also load the model and check prompts and tokens against it"
     )
     parser.add_argument("--json", action="store_true", help="print the check as JSON")
+    parser.add_argument("--theme", metavar="NAME", default=None, help="the theme to start in (default: the talk's)")
+    parser.add_argument(
+        "--no-stage", dest="stage", action="store_false", help="start with the panes shown (f toggles the stage layout)"
+    )
     add_model_options(parser)
     parser.set_defaults(func=run)
 
@@ -70,11 +73,9 @@ def _model_problems(talk: Talk, args: argparse.Namespace) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if not args.check:
-        raise LenstuiError(
-            "The interactive presenter is not here yet: run `lenstui present FILE.toml --check` to validate a talk."
-        )
     talk = load_talk(args.talk)
+    if not args.check:
+        return present(talk, args)
     if args.with_model:
         _model_problems(talk, args)
     if args.json:
@@ -94,6 +95,22 @@ def run(args: argparse.Namespace) -> int:
     else:
         _print_check(talk)
     return 0 if all(s.ok for s in talk.scenes) else 1
+
+
+def present(talk: Talk, args: argparse.Namespace) -> int:
+    # Imported here so `--check` never pays for Textual.
+    from lenstui.presenter import PresenterApp
+
+    app = PresenterApp(
+        talk,
+        stage=args.stage,
+        model=args.model or talk.model,
+        device=args.device,
+        dtype=args.dtype,
+        theme=args.theme or talk.theme,
+    )
+    app.run()
+    return int(app.return_code or 0)
 
 
 def _print_check(talk: Talk) -> None:

@@ -471,6 +471,16 @@ probability; underlined tokens equal the model's final answer at that position.
         self.refresh()
         self._announce()
 
+    def place_cursor(self, layer: Optional[str] = None, position: Optional[int] = None) -> None:
+        """Put the cursor on a row (by its label: "embed", "L12", "L3.attn") and a prompt
+        position; None leaves that coordinate as it is (a talk scene's cursor)."""
+        if self.result is None:
+            return
+        row = None
+        if layer is not None and layer in self.result.layers:
+            row = self._row_of_layer(self.result.layers.index(layer))
+        self._set_cursor(row=row, pos=position)
+
     def _announce(self, selected: bool = False) -> None:
         cell = self.current_cell
         if cell is not None:
