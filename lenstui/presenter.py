@@ -190,6 +190,11 @@ class PresenterApp(LenstuiApp):
         scene = self.scene
         self.scene_settled.clear()
         self._update_banner()
+        if isinstance(self.screen, AttributionScreen):
+            self.pop_screen()  # the previous scene's attribution view
+            # Popping gives focus back to what had it (maybe the hidden prompt, where
+            # the scene keys rest): the talk goes on from the grid.
+            self.call_after_refresh(self.grid.focus)
         if scene.theme and scene.theme != self.theme:
             if scene.theme in self.available_themes:
                 self.theme = scene.theme
@@ -235,8 +240,6 @@ class PresenterApp(LenstuiApp):
         for inspector in self.query(WiredInspector):
             inspector.prompt_ids = ids
         self._hide_message()
-        if isinstance(self.screen, AttributionScreen):
-            self.pop_screen()  # the previous scene's attribution
         self.grid.show_result(result)
         if scene.view in GRID_VIEWS:
             self.grid.view = scene.view
