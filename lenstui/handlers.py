@@ -78,10 +78,14 @@ def inspect_handler(model, request: InspectToken, ctx) -> InspectReply:
 
 
 def speak_handler(model, request: CheckSpeakable, ctx) -> "SpeakResult":
-    """-> SpeakResult for ``request.token_id``."""
+    """-> SpeakResult for ``request.token_id``, with its aim measure attached."""
+    from lenstui.engine.aim import speak_aim
     from lenstui.engine.speak import check_speakable
 
-    return check_speakable(model, request.token_id, should_stop=ctx.should_stop, progress=ctx.progress)
+    result = check_speakable(model, request.token_id, should_stop=ctx.should_stop, progress=ctx.progress)
+    ctx.progress("measuring the aim", None)
+    speak_aim(model, result, should_stop=ctx.should_stop)
+    return result
 
 
 def scan_handler(model, request: ScanVocabulary, ctx) -> Optional["ScanResult"]:

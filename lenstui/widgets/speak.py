@@ -18,7 +18,7 @@ from textual.content import Content
 from textual.widgets import ProgressBar, Static
 
 from lenstui.engine.verdicts import DECIDED, Method, Verdict
-from lenstui.textfmt import visible
+from lenstui.textfmt import aim_lines, visible
 
 VERDICT_STYLE = {
     Verdict.SPEAKABLE: "bold $success",
@@ -180,6 +180,8 @@ def render_result(result, *, show_timings: bool = True) -> Content:
         )
     else:
         lines.append(Content("its own direction already says it"))
+    for line in aim_lines(getattr(result, "aim", None)):
+        lines.append(Content.styled(line, "$accent"))
     if result.binding:
         label = "certificate" if result.verdict == Verdict.UNSPEAKABLE else "binding"
         parts: list = [(f"{label}: ", "$text-muted")]
