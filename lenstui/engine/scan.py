@@ -145,12 +145,14 @@ def scan_vocabulary(
     resume: bool = True,
     limit: Optional[int] = None,
     cache: bool = True,
+    aim_bounds: bool = True,
 ) -> ScanResult:
     """Give every token (or the first ``limit`` ids) a verdict; see the module doc.
 
     Cancelling (``should_stop`` -> Cancelled) or Ctrl-C keeps what is done in the
     cache; with ``resume`` a later call continues from there. Full scans only are cached
-    under ``data_dir()/scans/<model>-<hash of the effective unembedding>``."""
+    under ``data_dir()/scans/<model>-<hash of the effective unembedding>``. ``aim_bounds=False``
+    skips the theta lower bounds (for the benchmark's comparison)."""
     readout = as_readout(model)
     n = readout.n_vocab
     targets = n if limit is None else max(0, min(int(limit), n))
@@ -167,7 +169,7 @@ def scan_vocabulary(
     save = ScanSaver(result, folder, started, result.seconds)
     try:
         with torch.no_grad():
-            _run_phases(readout, result, targets, save, should_stop, progress)
+            _run_phases(readout, result, targets, save, should_stop, progress, aim_bounds)
     except BaseException:  # Cancelled, Ctrl-C, anything: keep what is done
         save(force=True)
         raise
@@ -212,8 +214,9 @@ class _Phase:
             self._progress(f"{label} {int(done):,}/{total:,}", min(fraction, 0.999))
 
 
-def _run_phases(readout, result, targets, save, should_stop, progress) -> None:
+def _run_phases(readout, result, targets, save, should_stop, progress, aim_bounds=True) -> None:
     phase = _Phase(readout, result, targets, save, should_stop, progress)
+    phase.theta = phase.theta and aim_bounds
     _own_direction_phase(phase)
     if not readout.direction_only:
         _zero_phase(phase)
@@ -265,6 +268,14 @@ def _own_direction_phase(phase: _Phase) -> None:
                 # too (when the lit rows are the screening rows).
                 gram = hit_product.clone() if lit_rows32 is rows32 else None
                 phase.record_theta(ids[rows], Z32[rows], hit_product, gram)
+                if lit_rows32 is rows32:
+                    # The tokens still open try the first candidate family now, while this
+                    # product (their Gram block) is at hand for their theta bounds.
+                    family = CANDIDATE_FAMILIES[0]
+                    still = (result.verdicts[idx] == PENDING) & ((result.tried[idx] & _TRIED[family]) == 0)
+                    rows = torch.as_tensor(np.nonzero(still)[0], device=device)
+                    if len(rows):
+                        _family_chunk(phase, family, ids[rows], gram=product[rows])
             del product
         report(0.0, 0.45, k + len(idx), len(todo), "own direction")
         save()
@@ -302,33 +313,47 @@ def _candidate_phase(phase: _Phase) -> None:
         for k in range(0, len(todo), CHUNK):
             check()
             ids = torch.as_tensor(todo[k : k + CHUNK], device=device)
-            Z32 = candidate_directions(readout, ids, family).to(torch.float32)
-            Z64 = Z32.to(torch.float64)  # the witness is exactly this float32 vector
-            z_norms = Z64.norm(dim=1)
-            err = readout.screen_error_bound(z_norms)
-
-            def exact_family(rows, cand, Z64=Z64):
-                return torch.einsum("bkd,bd->bk", readout.V[cand], Z64[rows]) + readout.c[cand]
-
-            # The theta bounds may reuse the product when it is exactly theirs: Z32 is
-            # already in the reachable subspace to the last bit.
-            reuse = phase.theta and torch.equal(readout.project(Z64).to(torch.float32), Z32)
-            gap, _, product = _screen_gaps(readout, rows32, c32, Z32, ids, err, exact_family, keep_product=reuse)
-            tol = readout.speak_tolerance(float(z_norms.max()))
-            ok = (gap > tol).cpu().numpy()
-            if phase.theta:
-                rows = torch.as_tensor(np.nonzero(ok)[0], device=device)
-                phase.record_theta(ids[rows], Z32[rows], product[rows] if product is not None else None)
-            del product
-            idx = ids.cpu().numpy()
-            hit = idx[ok]
-            result.verdicts[hit] = SPEAKABLE
-            result.method[hit] = METHODS.index(family)
-            result.margin[hit] = gap.cpu().numpy()[ok]
-            result.tried[idx] |= bit
-            report(base, 0.4 / len(families), k + len(idx), len(todo), f"{family} direction")
+            _family_chunk(phase, family, ids)
+            report(base, 0.4 / len(families), k + len(ids), len(todo), f"{family} direction")
             save()
     save(force=True)
+
+
+def _family_chunk(phase: _Phase, family: Method, ids: torch.Tensor, gram: Optional[torch.Tensor] = None) -> None:
+    """One candidate family for a chunk of open tokens; with the theta bounds, those it
+    settles get theirs, reusing this pass's product and ``gram`` (``rows32[ids] @ rows32.T``,
+    float32) when given."""
+    readout, result, device = phase.readout, phase.result, phase.device
+    rows32, c32 = readout.screen_table()
+    Z32 = candidate_directions(readout, ids, family).to(torch.float32)
+    Z64 = Z32.to(torch.float64)  # the witness is exactly this float32 vector
+    z_norms = Z64.norm(dim=1)
+    err = readout.screen_error_bound(z_norms)
+
+    def exact_family(rows, cand):
+        return torch.einsum("bkd,bd->bk", readout.V[cand], Z64[rows]) + readout.c[cand]
+
+    # The theta bounds may reuse the product when it is exactly theirs: Z32 is already in
+    # the reachable subspace to the last bit.
+    reuse = phase.theta and torch.equal(readout.project(Z64).to(torch.float32), Z32)
+    gap, _, product = _screen_gaps(readout, rows32, c32, Z32, ids, err, exact_family, keep_product=reuse)
+    tol = readout.speak_tolerance(float(z_norms.max()))
+    ok = (gap > tol).cpu().numpy()
+    if phase.theta:
+        rows = torch.as_tensor(np.nonzero(ok)[0], device=device)
+        phase.record_theta(
+            ids[rows],
+            Z32[rows],
+            product[rows] if product is not None else None,
+            gram[rows] if gram is not None else None,
+        )
+    del product
+    idx = ids.cpu().numpy()
+    hit = idx[ok]
+    result.verdicts[hit] = SPEAKABLE
+    result.method[hit] = METHODS.index(family)
+    result.margin[hit] = gap.cpu().numpy()[ok]
+    result.tried[idx] |= _TRIED[family]
 
 
 def _twin_and_lp_phase(phase: _Phase) -> None:
