@@ -43,6 +43,9 @@ class ScanMarks:
     unspeakable: frozenset[int]
     hard_to_speak: frozenset[int]
     complete: bool
+    # What the ° mark means: the own-direction test, or (a scan with theta bounds) the
+    # hardest 1% of speakable tokens by their certified theta lower bound.
+    hard_rule: str = "hard to speak"
 
 
 def run_lens_handler(model, request: RunLens, ctx):
@@ -111,6 +114,11 @@ def scan_marks_handler(model, request: ScanVocabulary, ctx) -> Optional[ScanMark
     scan = scan_handler(model, request, ctx)
     if scan is None:  # cached_only and no scan cached for this model
         return None
+    hardest = scan.hardest_by_theta()
+    if hardest is not None:
+        ids, bound = hardest
+        rule = f"among the hardest 1% to aim at (θ bound ≤ {bound:.2f}°)"
+        return ScanMarks(scan, scan.unspeakable_ids, ids, scan.complete, hard_rule=rule)
     return ScanMarks(scan, scan.unspeakable_ids, scan.hard_to_speak_ids, scan.complete)
 
 
