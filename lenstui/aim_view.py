@@ -57,6 +57,7 @@ class AimDistribution(Screen):
     def __init__(self, scan, token_id: Optional[int], text: str = "", exact_theta: Optional[float] = None):
         super().__init__()
         self.scan, self.token_id, self.text, self.exact_theta = scan, token_id, text, exact_theta
+        self.marked: dict[str, float] = {}  # the vertical lines drawn: "bound", "exact"
 
     def compose(self) -> ComposeResult:
         values = self.scan.theta_values()
@@ -94,8 +95,10 @@ class AimDistribution(Screen):
             bound = float(self.scan.theta_lower[self.token_id])
             if np.isfinite(bound):
                 plt.vline(bound, rgb("error"))
-            if self.exact_theta is not None:
-                plt.vline(self.exact_theta, rgb("warning"))
+                self.marked["bound"] = bound
+        if self.exact_theta is not None:
+            plt.vline(self.exact_theta, rgb("warning"))
+            self.marked["exact"] = self.exact_theta
 
 
 def open_aim_distribution(app) -> None:

@@ -114,6 +114,13 @@ def scan_marks_handler(model, request: ScanVocabulary, ctx) -> Optional[ScanMark
     scan = scan_handler(model, request, ctx)
     if scan is None:  # cached_only and no scan cached for this model
         return None
+    return marks_for(scan)
+
+
+def marks_for(scan: "ScanResult") -> ScanMarks:
+    """The grid's marks: † unspeakable; ° the hardest 1% of speakable tokens by their
+    certified theta lower bound when the scan has one for each, else the own-direction
+    hard-to-speak test (which marks most of SmolLM2's vocabulary)."""
     hardest = scan.hardest_by_theta()
     if hardest is not None:
         ids, bound = hardest
