@@ -275,7 +275,10 @@ def _own_direction_phase(phase: _Phase) -> None:
                     still = (result.verdicts[idx] == PENDING) & ((result.tried[idx] & _TRIED[family]) == 0)
                     rows = torch.as_tensor(np.nonzero(still)[0], device=device)
                     if len(rows):
-                        _family_chunk(phase, family, ids[rows], gram=product[rows])
+                        # The bounds overwrite the Gram block: hand over the product itself
+                        # when every row is wanted (it is not needed after this).
+                        gram = product if len(rows) == len(ids) else product[rows]
+                        _family_chunk(phase, family, ids[rows], gram=gram)
             del product
         report(0.0, 0.45, k + len(idx), len(todo), "own direction")
         save()
@@ -341,12 +344,11 @@ def _family_chunk(phase: _Phase, family: Method, ids: torch.Tensor, gram: Option
     ok = (gap > tol).cpu().numpy()
     if phase.theta:
         rows = torch.as_tensor(np.nonzero(ok)[0], device=device)
-        phase.record_theta(
-            ids[rows],
-            Z32[rows],
-            product[rows] if product is not None else None,
-            gram[rows] if gram is not None else None,
-        )
+
+        def taken(table):  # the bounds overwrite it: no copy when every row is wanted
+            return None if table is None else table if len(rows) == len(ids) else table[rows]
+
+        phase.record_theta(ids[rows], Z32[rows], taken(product), taken(gram))
     del product
     idx = ids.cpu().numpy()
     hit = idx[ok]
