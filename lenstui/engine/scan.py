@@ -196,13 +196,23 @@ class _Phase:
     def record_theta(self, ids: torch.Tensor, axes32: torch.Tensor, product=None, gram=None) -> None:
         """Certified theta lower bounds around ``axes32`` for ``ids``; ``product`` (the
         float32 ``axes32 @ rows32.T``) and ``gram`` (``rows32[ids] @ rows32.T``) are reused
-        when given, and overwritten."""
+        when given, and overwritten. A token that already has a bound keeps the larger
+        (each is a certified lower bound of the same theta*)."""
         from lenstui.engine.aim import cap_lower_bounds
 
         if not len(ids):
             return
         bounds = cap_lower_bounds(self.readout, ids, axes32, logits32=product, gram32=gram)
-        self.result.theta_lower[ids.cpu().numpy()] = bounds
+        idx = ids.cpu().numpy()
+        self.result.theta_lower[idx] = np.fmax(self.result.theta_lower[idx], bounds)
+
+    def record_own_theta(self, ids: torch.Tensor, axes32: torch.Tensor, product=None, gram=None) -> None:
+        """Own-direction witnesses: the own row is often a poor axis for the cap (the rows
+        share a strong common direction), so the whitened direction is tried too (a small
+        product: few tokens are said by their own direction) and the larger bound kept."""
+        self.record_theta(ids, axes32, product, gram)
+        if len(ids):
+            self.record_theta(ids, candidate_directions(self.readout, ids, Method.WHITENED).to(torch.float32))
 
     def check(self) -> None:
         if self.should_stop is not None and self.should_stop():
@@ -267,7 +277,7 @@ def _own_direction_phase(phase: _Phase) -> None:
                 # Own direction: the witness is the row itself, so the product is the Gram block
                 # too (when the lit rows are the screening rows).
                 gram = hit_product.clone() if lit_rows32 is rows32 else None
-                phase.record_theta(ids[rows], Z32[rows], hit_product, gram)
+                phase.record_own_theta(ids[rows], Z32[rows], hit_product, gram)
                 if lit_rows32 is rows32:
                     # The tokens still open try the first candidate family now, while this
                     # product (their Gram block) is at hand for their theta bounds.
@@ -425,12 +435,15 @@ def _theta_phase(phase: _Phase) -> None:
                     continue
                 axes = torch.as_tensor(np.stack([result.lp_witnesses[t] for t in chunk[keep].tolist()]), device=device)
             elif method == Method.OWN and phase.own_is_witness:
-                axes = readout.full_rows32()[ids]
+                axes = readout.full_rows32()[ids]  # the witness is the lit row itself
             elif method in CANDIDATE_FAMILIES:
                 axes = candidate_directions(readout, ids, method).to(torch.float32)
             else:
                 continue
-            phase.record_theta(ids, axes)
+            if method == Method.OWN:
+                phase.record_own_theta(ids, axes)
+            else:
+                phase.record_theta(ids, axes)
             phase.report(0.999, 0.0, k + len(chunk), len(group), "aim bounds")
             save()
     save(force=True)
