@@ -1,7 +1,9 @@
 """A whole-vocabulary speakability scan of the embedded model, from scratch: time,
-verdict counts, and how each verdict was reached (which candidate direction, twin, LP).
+verdict counts, and how each verdict was reached (which candidate direction, twin, LP);
+then the same scan without the aim's theta lower bounds, and the ratio (the issue's goal:
+the bounds add at most 50% to a whole scan), and the theta quantiles.
 Neither reads nor writes the scan cache (pass --save to cache the result).
-Run: .venv/bin/python bench/bench_scan.py [--save]
+Run: .venv/bin/python bench/bench_scan.py [--save] [--no-compare] [--limit N]
 """
 
 from __future__ import annotations
@@ -17,12 +19,7 @@ from lenstui.engine.models import load_model
 from lenstui.engine.scan import METHODS, scan_vocabulary
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--save", action="store_true", help="cache the result (resumable)")
-    args = parser.parse_args()
-    model = load_model(device="cpu")
-    print(f"model {model.name} on {model.device}, torch threads {torch.get_num_threads()}, vocab {model.d_vocab}")
+def timed_scan(model, *, aim_bounds: bool, save: bool, limit):
     phases: dict[str, float] = {}
     started = time.perf_counter()
 
@@ -32,11 +29,24 @@ def main() -> None:
             phases[phase] = time.perf_counter() - started
             print(f"  {phases[phase]:6.1f} s  {phase}", file=sys.stderr, flush=True)
 
-    result = scan_vocabulary(model, progress=progress, resume=args.save, cache=args.save)
-    wall = time.perf_counter() - started
+    result = scan_vocabulary(
+        model, progress=progress, resume=save, cache=save, limit=limit, aim_bounds=aim_bounds
+    )
+    return result, time.perf_counter() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--save", action="store_true", help="cache the result (resumable)")
+    parser.add_argument("--no-compare", action="store_true", help="skip the scan without theta bounds")
+    parser.add_argument("--limit", type=int, default=None, help="scan ids 0..N-1 only")
+    args = parser.parse_args()
+    model = load_model(device="cpu")
+    print(f"model {model.name} on {model.device}, torch threads {torch.get_num_threads()}, vocab {model.d_vocab}")
+    result, wall = timed_scan(model, aim_bounds=True, save=args.save, limit=args.limit)
     counts = result.counts()
-    methods = Counter(METHODS[m] for m in result.method.tolist())
-    print(f"full scan: {wall:.1f} s for {result.n_scanned} tokens ({result.n_scanned / wall:.0f} tokens/s)")
+    methods = Counter(METHODS[m] for m in result.method[: result.n_scanned].tolist())
+    print(f"full scan with theta bounds: {wall:.1f} s for {result.n_scanned} tokens ({result.n_scanned / wall:.0f} tokens/s)")
     print(
         f"  speakable {counts['speakable']}, unspeakable {counts['unspeakable']}, "
         f"undetermined {counts['undetermined']}, hard to speak {counts['hard_to_speak']} "
@@ -44,6 +54,17 @@ def main() -> None:
     )
     print(f"  by method: {dict(methods)}")
     print(f"  unspeakable ids: {sorted(result.unspeakable_ids)}")
+    quantiles = result.theta_quantiles()
+    if quantiles:
+        shown = ", ".join(f"{q * 100:g}%: {v:.2f}" for q, v in quantiles.items())
+        print(f"  theta lower bounds ({len(result.theta_values())} speakable tokens), degrees: {shown}")
+        hardest = result.hardest_by_theta()
+        if hardest:
+            print(f"  grid mark: hardest 1% = {len(hardest[0])} tokens, theta lower bound <= {hardest[1]:.2f}")
+    if not args.no_compare:
+        _, plain = timed_scan(model, aim_bounds=False, save=False, limit=args.limit)
+        print(f"same scan without theta bounds: {plain:.1f} s")
+        print(f"theta bounds add {100 * (wall / plain - 1):.0f}% (ratio {wall / plain:.2f}; goal <= 1.50)")
 
 
 if __name__ == "__main__":

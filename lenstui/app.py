@@ -96,6 +96,7 @@ class LenstuiApp(App):
         Binding("ctrl+s", "export", "Export", id="lenstui.export"),
         Binding("s", "check_speakable", "Speak?", id="lenstui.speak_check"),
         Binding("x", "cancel_speak", "Cancel check", id="lenstui.speak_cancel", show=False),
+        Binding("A", "aim_distribution", "Aim distribution", id="lenstui.aim_view", show=False),
         Binding("t", "target_selected", "Target", id="lenstui.target"),
         Binding("u", "reset_target", "Default target", id="lenstui.target_reset", show=False),
         Binding("p", "inspect_prompt_token", "Inspect prompt token", id="lenstui.inspect_prompt", show=False),
@@ -480,6 +481,11 @@ class LenstuiApp(App):
     def action_scan_vocabulary(self) -> None:
         self.speak_pane.scan()
 
+    def action_aim_distribution(self) -> None:
+        from lenstui.aim_view import open_aim_distribution
+
+        open_aim_distribution(self)
+
     def on_wired_speak_scan_marked(self, message: WiredSpeak.ScanMarked) -> None:
         self.set_scan_marks(message.marks)
 
@@ -617,6 +623,7 @@ class LenstuiApp(App):
         yield SystemCommand("inspect: prompt token at the cursor", f"the input token, not the prediction ({key('lenstui.inspect_prompt')})", self.action_inspect_prompt_token)
         yield SystemCommand("speak: check the selected token", f"certified LP check ({key('lenstui.speak_check')}; {key('lenstui.speak_cancel')} cancels)", self.action_check_speakable)
         yield SystemCommand("speak: scan the whole vocabulary", "every token a verdict; resumable, cached per model", self.action_scan_vocabulary)
+        yield SystemCommand("speak: aim distribution", f"θ over the scanned vocabulary, the selected token marked ({key('lenstui.aim_view')})", self.action_aim_distribution)
         yield SystemCommand("speak: stop the check or scan", key("lenstui.speak_cancel"), self.action_cancel_speak)
         yield SystemCommand("attribute: the selected cell", f"which components and heads wrote its token ({key('lenstui.attribute')})", self.action_attribute_cell)
         yield SystemCommand("attribute: contrast with the selected token", "attribute logit(token) - logit(this one)", self.action_attribute_contrast)
@@ -629,6 +636,6 @@ class LenstuiApp(App):
 
 LETTER_ACTIONS = frozenset(
     {"focus_prompt", "check_speakable", "cancel_speak", "target_selected", "reset_target", "inspect_prompt_token",
-     "attribute_cell"}
+     "attribute_cell", "aim_distribution"}
 )
 

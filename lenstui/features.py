@@ -67,7 +67,7 @@ class WiredInspector(InspectorPane):
         elif token_id in marks.unspeakable:
             self.border_subtitle = "† unspeakable (vocabulary scan)"
         elif token_id in marks.hard_to_speak:
-            self.border_subtitle = "° hard to speak (vocabulary scan)"
+            self.border_subtitle = f"° {marks.hard_rule} (vocabulary scan)"
         else:
             self.border_subtitle = "speakable (vocabulary scan)" if marks.complete else ""
 

@@ -46,6 +46,9 @@ class ScanMarks:
     unspeakable: frozenset[int]
     hard_to_speak: frozenset[int]
     complete: bool
+    # What the ° mark means: the own-direction test, or (a scan with theta bounds) the
+    # hardest 1% of speakable tokens by their certified theta lower bound.
+    hard_rule: str = "hard to speak"
 
 
 def run_lens_handler(model, request: RunLens, ctx):
@@ -81,10 +84,14 @@ def inspect_handler(model, request: InspectToken, ctx) -> InspectReply:
 
 
 def speak_handler(model, request: CheckSpeakable, ctx) -> "SpeakResult":
-    """-> SpeakResult for ``request.token_id``."""
+    """-> SpeakResult for ``request.token_id``, with its aim measure attached."""
+    from lenstui.engine.aim import speak_aim
     from lenstui.engine.speak import check_speakable
 
-    return check_speakable(model, request.token_id, should_stop=ctx.should_stop, progress=ctx.progress)
+    result = check_speakable(model, request.token_id, should_stop=ctx.should_stop, progress=ctx.progress)
+    ctx.progress("measuring the aim", None)
+    speak_aim(model, result, should_stop=ctx.should_stop)
+    return result
 
 
 def scan_handler(model, request: ScanVocabulary, ctx) -> Optional["ScanResult"]:
@@ -110,6 +117,18 @@ def scan_marks_handler(model, request: ScanVocabulary, ctx) -> Optional[ScanMark
     scan = scan_handler(model, request, ctx)
     if scan is None:  # cached_only and no scan cached for this model
         return None
+    return marks_for(scan)
+
+
+def marks_for(scan: "ScanResult") -> ScanMarks:
+    """The grid's marks: † unspeakable; ° the hardest 1% of speakable tokens by their
+    certified theta lower bound when the scan has one for each, else the own-direction
+    hard-to-speak test (which marks most of SmolLM2's vocabulary)."""
+    hardest = scan.hardest_by_theta()
+    if hardest is not None:
+        ids, bound = hardest
+        rule = f"among the hardest 1% to aim at (θ bound ≤ {bound:.2f}°)"
+        return ScanMarks(scan, scan.unspeakable_ids, ids, scan.complete, hard_rule=rule)
     return ScanMarks(scan, scan.unspeakable_ids, scan.hard_to_speak_ids, scan.complete)
 
 

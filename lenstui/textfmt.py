@@ -22,6 +22,7 @@ Widths are terminal cells as Rich (and so Textual) measures them: wide CJK/emoji
 
 from __future__ import annotations
 
+import math
 import unicodedata
 
 from rich.cells import cell_len, split_graphemes
@@ -175,6 +176,7 @@ _EIGHTHS = " ▏▎▍▌▋▊▉"
 
 __all__ = [
     "EMPTY_MARK",
+    "aim_lines",
     "SPACE_MARK",
     "cell_len",
     "fit",
@@ -191,3 +193,27 @@ def bar(fraction: float, width: int, empty: str) -> str:
     (the status line and the CLI share it; each keeps its own ``empty`` glyph)."""
     filled = max(0, min(width, round(fraction * width)))
     return "█" * filled + empty * (width - filled)
+
+
+def aim_lines(aim) -> list[str]:
+    """A speak result's ``aim`` field (``engine.aim.speak_aim``) in words, one or two lines;
+    ``lenstui speak`` and the speakability pane both print these. [] when there is none."""
+    if not aim:
+        return []
+    theta = aim.get("theta_deg")
+    if theta is None:
+        return [f"aim: not measured ({aim.get('reason') or 'unknown reason'})"]
+    upper = aim.get("theta_upper_deg")
+    within = f"{theta:.1f}°" if upper is None or aim.get("exact") or upper - theta < 0.05 else f"{theta:.1f}–{upper:.1f}°"
+    offset = aim.get("offset_deg")
+    away = f", {offset:.1f}° away from the token's own direction" if offset is not None else ""
+    share = aim.get("log10_share_lower")
+    if not theta > 0:
+        return [f"aim: no certified cap (at most {upper:.2g}°){away}" + (f"; {aim['reason']}" if aim.get("reason") else "")]
+    if aim.get("method") == "ball":
+        first = f"the model must land in a ball as narrow as a cap of {within} (its largest winning ball){away}"
+        second = f"at least 1 in 10^{math.ceil(-share - 1e-9)} of the reachable ball" if share is not None else ""
+    else:
+        first = f"the model must aim within {within} of one axis{away}"
+        second = f"at least 1 in 10^{math.ceil(-share - 1e-9)} directions" if share is not None else ""
+    return [first + (";" if second else ""), second] if second else [first]

@@ -10,7 +10,7 @@ from pathlib import Path
 from lenstui.cli.common import add_model_options, load_from_args, one_token, print_json
 from lenstui.engine.errors import InputError
 from lenstui.engine.verdicts import DECIDED, Method, Verdict
-from lenstui.textfmt import bar, visible, visible_bytes
+from lenstui.textfmt import aim_lines, bar, visible, visible_bytes
 
 
 def configure(parser: argparse.ArgumentParser, command: str = "speak") -> None:
@@ -40,6 +40,7 @@ def configure(parser: argparse.ArgumentParser, command: str = "speak") -> None:
 
 def run(args: argparse.Namespace) -> int:
     """`lenstui speak`."""
+    from lenstui.engine.aim import speak_aim
     from lenstui.engine.speak import check_speakable
     from lenstui.engine.vocab import resolve_token
 
@@ -49,6 +50,7 @@ def run(args: argparse.Namespace) -> int:
     bar = _StderrBar("checking")
     try:
         result = check_speakable(model, token_id, progress=bar)
+        speak_aim(model, result)
     finally:
         bar.clear()
     if args.json:
@@ -113,6 +115,7 @@ def format_result(result, label=None) -> str:
         lines.append(f"hard to speak: yes, along its own direction {visible(best.text)} (id {best.id}) wins")
     else:
         lines.append("hard to speak: no, its own direction already says it")
+    lines.extend(aim_lines(result.aim))
     if result.binding:
         heading = "certificate tokens" if result.verdict == Verdict.UNSPEAKABLE else "binding competitors"
         shown = ", ".join(f"{label(b.id)} ({b.id})" for b in result.binding)
@@ -161,6 +164,7 @@ def run_scan(args: argparse.Namespace) -> int:
                 "counts": counts,
                 "unspeakable": sorted(result.unspeakable_ids),
                 "undetermined": sorted(result.undetermined_ids),
+                "theta_lower_quantiles": _theta_quantiles_json(result),
                 "seconds": result.seconds,
                 "cache": str(folder) if folder else None,
                 "out": str(out) if out else None,
@@ -180,6 +184,16 @@ def format_scan(result, counts, wall: float, folder, out) -> str:
     lines.append(
         f"  hard to speak{counts['hard_to_speak']:>8,}  (of which speakable: {counts['hard_to_speak_but_speakable']:,})"
     )
+    quantiles = result.theta_quantiles()
+    if quantiles is not None:
+        shown = " / ".join(f"{value:.1f}" for value in quantiles.values())
+        levels = "/".join(f"{q * 100:g}" for q in quantiles)
+        lines.append(
+            f"  aim θ (certified lower bound, {len(result.theta_values()):,} speakable tokens): "
+            f"quantiles {levels}% = {shown}°"
+        )
+    elif result.counts()[Verdict.SPEAKABLE] and not _has_batched_theta(result):
+        lines.append("  aim θ: no batched bound for a readout with offsets (use lenstui aim TOKEN)")
     for label, ids in ((Verdict.UNSPEAKABLE, result.unspeakable_ids), (Verdict.UNDETERMINED, result.undetermined_ids)):
         if ids:
             shown = sorted(ids)[:40]
@@ -191,6 +205,17 @@ def format_scan(result, counts, wall: float, folder, out) -> str:
         + (f" · written to {out}" if out else "")
     )
     return "\n".join(lines)
+
+
+def _theta_quantiles_json(result):
+    quantiles = result.theta_quantiles()
+    return None if quantiles is None else {f"{q:g}": value for q, value in quantiles.items()}
+
+
+def _has_batched_theta(result) -> bool:
+    import numpy as np
+
+    return bool(np.isfinite(result.theta_lower).any())
 
 
 class _StderrBar:

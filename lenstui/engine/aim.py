@@ -730,3 +730,38 @@ def _exact_margins(V, v_t, U64, unorm, ids, tau, rows: torch.Tensor, cand: torch
     margin = alpha - penalty
     margin[cand == ids[rows][:, None]] = math.inf
     return margin.min(dim=1).values
+
+
+# -- the aim as `lenstui speak` reports it ---------------------------------------------
+
+# The keys of a SpeakResult's "aim" (a subset of AimResult.to_json, plus "reason").
+SPEAK_AIM_KEYS = ("theta_deg", "theta_upper_deg", "offset_deg", "log10_share_lower", "axis", "upper", "method")
+
+
+def speak_aim_json(result: AimResult) -> dict:
+    """The ``"aim"`` field of ``lenstui speak --json``: enough to re-check both bounds."""
+    payload = {key: result.to_json()[key] for key in SPEAK_AIM_KEYS}
+    payload["exact"] = result.exact
+    payload["reason"] = result.reason if result.verdict != "speakable" else ""
+    return payload
+
+
+def speak_aim(model, speak_result, *, should_stop: Optional[StopCheck] = None) -> Optional[dict]:
+    """The aim field for a SpeakResult (also stored on it): None for an unspeakable token
+    (theta* = 0, the certificate says so), else the measure, or all-None values with a
+    ``reason`` when it could not be computed. Cancellation propagates."""
+    from lenstui.engine.errors import LenstuiError
+    from lenstui.engine.verdicts import Verdict
+
+    if speak_result.verdict == Verdict.UNSPEAKABLE:
+        speak_result.aim = None
+        return None
+    try:
+        measured = aim(model, speak_result.id, should_stop=should_stop)
+        payload = speak_aim_json(measured)
+    except LenstuiError as error:
+        payload = dict.fromkeys(SPEAK_AIM_KEYS)
+        payload["axis"], payload["upper"], payload["exact"] = [], [], False
+        payload["reason"] = str(error)
+    speak_result.aim = payload
+    return payload

@@ -8,7 +8,13 @@ Phases (each resumable; partial results are saved to the cache as they come):
 2. candidate witnesses for the tokens still open (whitened, precision, centred, own
    directions; ``z = 0`` when offsets differ), batched the same way;
 3. an exact twin (same effective row, offset at least t's) as a one-token certificate;
-4. the LP (``speak_lp``) for whatever is left.
+4. the LP (``speak_lp``) for whatever is left;
+5. (direction-only readouts) a certified lower bound of the aim measure theta for every
+   speakable token, around its witness direction (``aim.cap_lower_bounds``). Phases 1-2
+   hand it the float32 product they already made (the witness times every row, without
+   offsets) and, for the own-direction witnesses, the same product as the Gram block; the
+   last phase fills in whatever is missing (LP witnesses, a cache from before theta).
+   Readouts with offsets (GPT-2) have no batched bound: the column stays empty.
 
 Float32 screening is made exact, not approximate: a float32 logit differs from the exact
 one by at most ``gamma_{d+3} (max|v| |z| + max|c|)`` (``Readout.screen_error_bound``), so
@@ -96,14 +102,20 @@ def _screen_gaps(
     token_ids: torch.Tensor,
     error_bound: torch.Tensor,
     exact: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(exact float64 gap of t over its runner-up, runner-up id) for each row of Z32.
+    keep_product: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
+    """(exact float64 gap of t over its runner-up, runner-up id, the float32 product
+    ``Z32 @ rows32.T`` without offsets when ``keep_product`` else None) for each row of Z32.
 
     ``exact(rows, candidate_ids [b', k])`` gives the exact logits [b', k] of the chunk's
     rows ``rows`` (positions in Z32) for those candidates."""
     b, n = Z32.shape[0], rows32.shape[0]
     arange = torch.arange(b, device=Z32.device)
-    logits = torch.addmm(c32, Z32, rows32.T)  # [b, n] float32
+    if keep_product:  # the theta bounds reuse the product itself, so add the offsets apart
+        product = Z32 @ rows32.T
+        logits = product + c32
+    else:
+        product, logits = None, torch.addmm(c32, Z32, rows32.T)  # [b, n] float32
     logits[arange, token_ids] = -torch.inf
     k = min(TOP_K, n - 1)
     vals, ids = torch.topk(logits, k, dim=1)
@@ -122,7 +134,7 @@ def _screen_gaps(
         full = exact(arange[row : row + 1], everything[None, :])[0]
         full[token_ids[row]] = -torch.inf
         best[row], runner[row] = full.max(), int(torch.argmax(full))
-    return own - best, runner
+    return own - best, runner, product
 
 
 def scan_vocabulary(
@@ -133,12 +145,14 @@ def scan_vocabulary(
     resume: bool = True,
     limit: Optional[int] = None,
     cache: bool = True,
+    aim_bounds: bool = True,
 ) -> ScanResult:
     """Give every token (or the first ``limit`` ids) a verdict; see the module doc.
 
     Cancelling (``should_stop`` -> Cancelled) or Ctrl-C keeps what is done in the
     cache; with ``resume`` a later call continues from there. Full scans only are cached
-    under ``data_dir()/scans/<model>-<hash of the effective unembedding>``."""
+    under ``data_dir()/scans/<model>-<hash of the effective unembedding>``. ``aim_bounds=False``
+    skips the theta lower bounds (for the benchmark's comparison)."""
     readout = as_readout(model)
     n = readout.n_vocab
     targets = n if limit is None else max(0, min(int(limit), n))
@@ -155,7 +169,7 @@ def scan_vocabulary(
     save = ScanSaver(result, folder, started, result.seconds)
     try:
         with torch.no_grad():
-            _run_phases(readout, result, targets, save, should_stop, progress)
+            _run_phases(readout, result, targets, save, should_stop, progress, aim_bounds)
     except BaseException:  # Cancelled, Ctrl-C, anything: keep what is done
         save(force=True)
         raise
@@ -176,6 +190,29 @@ class _Phase:
         self.should_stop, self._progress = should_stop, progress
         # A direction-only RMSNorm readout: the own-direction gap already is a witness test.
         self.own_is_witness = readout.direction_only and readout.kind == "RMS"
+        # The aim's batched lower bounds exist for direction-only readouts only.
+        self.theta = readout.direction_only
+
+    def record_theta(self, ids: torch.Tensor, axes32: torch.Tensor, product=None, gram=None) -> None:
+        """Certified theta lower bounds around ``axes32`` for ``ids``; ``product`` (the
+        float32 ``axes32 @ rows32.T``) and ``gram`` (``rows32[ids] @ rows32.T``) are reused
+        when given, and overwritten. A token that already has a bound keeps the larger
+        (each is a certified lower bound of the same theta*)."""
+        from lenstui.engine.aim import cap_lower_bounds
+
+        if not len(ids):
+            return
+        bounds = cap_lower_bounds(self.readout, ids, axes32, logits32=product, gram32=gram)
+        idx = ids.cpu().numpy()
+        self.result.theta_lower[idx] = np.fmax(self.result.theta_lower[idx], bounds)
+
+    def record_own_theta(self, ids: torch.Tensor, axes32: torch.Tensor, product=None, gram=None) -> None:
+        """Own-direction witnesses: the own row is often a poor axis for the cap (the rows
+        share a strong common direction), so the whitened direction is tried too (a small
+        product: few tokens are said by their own direction) and the larger bound kept."""
+        self.record_theta(ids, axes32, product, gram)
+        if len(ids):
+            self.record_theta(ids, candidate_directions(self.readout, ids, Method.WHITENED).to(torch.float32))
 
     def check(self) -> None:
         if self.should_stop is not None and self.should_stop():
@@ -187,13 +224,16 @@ class _Phase:
             self._progress(f"{label} {int(done):,}/{total:,}", min(fraction, 0.999))
 
 
-def _run_phases(readout, result, targets, save, should_stop, progress) -> None:
+def _run_phases(readout, result, targets, save, should_stop, progress, aim_bounds=True) -> None:
     phase = _Phase(readout, result, targets, save, should_stop, progress)
+    phase.theta = phase.theta and aim_bounds
     _own_direction_phase(phase)
     if not readout.direction_only:
         _zero_phase(phase)
     _candidate_phase(phase)
     _twin_and_lp_phase(phase)
+    if phase.theta:
+        _theta_phase(phase)
 
 
 def _own_direction_phase(phase: _Phase) -> None:
@@ -213,7 +253,9 @@ def _own_direction_phase(phase: _Phase) -> None:
         def exact_own(rows, cand, ids=ids):
             return readout.own_logits64_at(ids[rows], cand)
 
-        gap, runner = _screen_gaps(readout, lit_rows32, c32, Z32, ids, err, exact_own)
+        gap, runner, product = _screen_gaps(
+            readout, lit_rows32, c32, Z32, ids, err, exact_own, keep_product=own_is_witness and phase.theta
+        )
         hard = gap <= 0
         idx = ids.cpu().numpy()
         result.hard[idx] = hard.cpu().numpy().astype(np.int8)
@@ -229,6 +271,25 @@ def _own_direction_phase(phase: _Phase) -> None:
             result.method[hit] = METHODS.index(Method.OWN)
             result.margin[hit] = scaled.cpu().numpy()[ok & open_]
             result.tried[idx] |= _TRIED["own"]
+            if product is not None:
+                rows = torch.as_tensor(np.nonzero(ok & open_)[0], device=device)
+                hit_product = product[rows]
+                # Own direction: the witness is the row itself, so the product is the Gram block
+                # too (when the lit rows are the screening rows).
+                gram = hit_product.clone() if lit_rows32 is rows32 else None
+                phase.record_own_theta(ids[rows], Z32[rows], hit_product, gram)
+                if lit_rows32 is rows32:
+                    # The tokens still open try the first candidate family now, while this
+                    # product (their Gram block) is at hand for their theta bounds.
+                    family = CANDIDATE_FAMILIES[0]
+                    still = (result.verdicts[idx] == PENDING) & ((result.tried[idx] & _TRIED[family]) == 0)
+                    rows = torch.as_tensor(np.nonzero(still)[0], device=device)
+                    if len(rows):
+                        # The bounds overwrite the Gram block: hand over the product itself
+                        # when every row is wanted (it is not needed after this).
+                        gram = product if len(rows) == len(ids) else product[rows]
+                        _family_chunk(phase, family, ids[rows], gram=gram)
+            del product
         report(0.0, 0.45, k + len(idx), len(todo), "own direction")
         save()
     save(force=True)
@@ -265,26 +326,46 @@ def _candidate_phase(phase: _Phase) -> None:
         for k in range(0, len(todo), CHUNK):
             check()
             ids = torch.as_tensor(todo[k : k + CHUNK], device=device)
-            Z32 = candidate_directions(readout, ids, family).to(torch.float32)
-            Z64 = Z32.to(torch.float64)  # the witness is exactly this float32 vector
-            z_norms = Z64.norm(dim=1)
-            err = readout.screen_error_bound(z_norms)
-
-            def exact_family(rows, cand, Z64=Z64):
-                return torch.einsum("bkd,bd->bk", readout.V[cand], Z64[rows]) + readout.c[cand]
-
-            gap, _ = _screen_gaps(readout, rows32, c32, Z32, ids, err, exact_family)
-            tol = readout.speak_tolerance(float(z_norms.max()))
-            ok = (gap > tol).cpu().numpy()
-            idx = ids.cpu().numpy()
-            hit = idx[ok]
-            result.verdicts[hit] = SPEAKABLE
-            result.method[hit] = METHODS.index(family)
-            result.margin[hit] = gap.cpu().numpy()[ok]
-            result.tried[idx] |= bit
-            report(base, 0.4 / len(families), k + len(idx), len(todo), f"{family} direction")
+            _family_chunk(phase, family, ids)
+            report(base, 0.4 / len(families), k + len(ids), len(todo), f"{family} direction")
             save()
     save(force=True)
+
+
+def _family_chunk(phase: _Phase, family: Method, ids: torch.Tensor, gram: Optional[torch.Tensor] = None) -> None:
+    """One candidate family for a chunk of open tokens; with the theta bounds, those it
+    settles get theirs, reusing this pass's product and ``gram`` (``rows32[ids] @ rows32.T``,
+    float32) when given."""
+    readout, result, device = phase.readout, phase.result, phase.device
+    rows32, c32 = readout.screen_table()
+    Z32 = candidate_directions(readout, ids, family).to(torch.float32)
+    Z64 = Z32.to(torch.float64)  # the witness is exactly this float32 vector
+    z_norms = Z64.norm(dim=1)
+    err = readout.screen_error_bound(z_norms)
+
+    def exact_family(rows, cand):
+        return torch.einsum("bkd,bd->bk", readout.V[cand], Z64[rows]) + readout.c[cand]
+
+    # The theta bounds may reuse the product when it is exactly theirs: Z32 is already in
+    # the reachable subspace to the last bit.
+    reuse = phase.theta and torch.equal(readout.project(Z64).to(torch.float32), Z32)
+    gap, _, product = _screen_gaps(readout, rows32, c32, Z32, ids, err, exact_family, keep_product=reuse)
+    tol = readout.speak_tolerance(float(z_norms.max()))
+    ok = (gap > tol).cpu().numpy()
+    if phase.theta:
+        rows = torch.as_tensor(np.nonzero(ok)[0], device=device)
+
+        def taken(table):  # the bounds overwrite it: no copy when every row is wanted
+            return None if table is None else table if len(rows) == len(ids) else table[rows]
+
+        phase.record_theta(ids[rows], Z32[rows], taken(product), taken(gram))
+    del product
+    idx = ids.cpu().numpy()
+    hit = idx[ok]
+    result.verdicts[hit] = SPEAKABLE
+    result.method[hit] = METHODS.index(family)
+    result.margin[hit] = gap.cpu().numpy()[ok]
+    result.tried[idx] |= _TRIED[family]
 
 
 def _twin_and_lp_phase(phase: _Phase) -> None:
@@ -332,3 +413,37 @@ def _record_certificate(result: ScanResult, t: int, cert, method: Method) -> Non
     result.method[t] = METHODS.index(method)
     result.margin[t] = cert.bound
     result.certificates[t] = (list(cert.ids), list(cert.weights))
+
+
+def _theta_phase(phase: _Phase) -> None:
+    """Phase 5: theta lower bounds for the speakable tokens that still lack one (LP
+    witnesses, or a cache written before theta existed), around their witness direction."""
+    readout, result, scope, device, save = phase.readout, phase.result, phase.scope, phase.device, phase.save
+    todo = scope[(result.verdicts[scope] == SPEAKABLE) & ~np.isfinite(result.theta_lower[scope])]
+    lp = METHODS.index(Method.LP)
+    for method_code in np.unique(result.method[todo]).tolist():
+        group = todo[result.method[todo] == method_code]
+        method = METHODS[method_code]
+        for k in range(0, len(group), CHUNK):
+            phase.check()
+            chunk = group[k : k + CHUNK]
+            ids = torch.as_tensor(chunk, device=device)
+            if method_code == lp:
+                keep = np.array([t in result.lp_witnesses for t in chunk.tolist()], dtype=bool)
+                ids = ids[torch.as_tensor(keep, device=device)]
+                if not len(ids):
+                    continue
+                axes = torch.as_tensor(np.stack([result.lp_witnesses[t] for t in chunk[keep].tolist()]), device=device)
+            elif method == Method.OWN and phase.own_is_witness:
+                axes = readout.full_rows32()[ids]  # the witness is the lit row itself
+            elif method in CANDIDATE_FAMILIES:
+                axes = candidate_directions(readout, ids, method).to(torch.float32)
+            else:
+                continue
+            if method == Method.OWN:
+                phase.record_own_theta(ids, axes)
+            else:
+                phase.record_theta(ids, axes)
+            phase.report(0.999, 0.0, k + len(chunk), len(group), "aim bounds")
+            save()
+    save(force=True)

@@ -8,6 +8,11 @@
   (a damaged entry is ignored); ``ScanSaver`` saves a running scan every few seconds;
 - exports: ``ScanResult.write`` to .csv or .json (``check_out_path`` checks the name first).
 
+Format 2 added ``theta_lower`` (certified lower bounds of the aim measure, degrees; NaN where
+not computed). A format-1 cache is read with every bound missing, and the next
+``scan_vocabulary`` on it computes only those (its last phase); older code, which reads
+format 1 only, ignores a format-2 cache and starts over rather than misreading it.
+
 The computation that fills a ScanResult is ``lenstui.engine.scan``.
 """
 
@@ -36,7 +41,12 @@ PENDING, SPEAKABLE, UNSPEAKABLE, UNDETERMINED = (
     VERDICT_CODES.index(v) for v in (Verdict.PENDING, Verdict.SPEAKABLE, Verdict.UNSPEAKABLE, Verdict.UNDETERMINED)
 )
 METHODS = tuple(Method)
-SCAN_FORMAT = 1
+SCAN_FORMAT = 2
+# Cache formats read_scan understands (1: before theta_lower).
+READABLE_FORMATS = (1, 2)
+# The grid's hard-to-speak mark, once a scan has theta bounds: the hardest share of the
+# speakable tokens by that bound.
+HARDEST_SHARE = 0.01
 # Seconds between saves of a partial scan.
 SAVE_EVERY = 5.0
 
@@ -62,6 +72,14 @@ class ScanResult:
     speak_tolerance: float = 0.0
     certificate_tolerance: float = 0.0
     decode: Optional[Callable[[int], str]] = field(default=None, repr=False)
+    # Certified lower bound of the aim measure theta (degrees) around each speakable token's
+    # witness direction (``aim.cap_lower_bounds``); NaN where not computed (offset readouts,
+    # unspeakable and undetermined tokens, or not yet).
+    theta_lower: Optional[np.ndarray] = None
+
+    def __post_init__(self) -> None:
+        if self.theta_lower is None:
+            self.theta_lower = np.full(self.n_vocab, np.nan)
 
     @property
     def n_scanned(self) -> int:
@@ -92,6 +110,37 @@ class ScanResult:
     def hard_to_speak_ids(self) -> frozenset[int]:
         return frozenset(np.nonzero(self.hard == 1)[0].tolist())
 
+    def theta_values(self) -> np.ndarray:
+        """The theta lower bounds computed within scope (speakable tokens only)."""
+        n = self.n_scanned
+        values = self.theta_lower[:n]
+        return values[np.isfinite(values) & (self.verdicts[:n] == SPEAKABLE)]
+
+    def theta_quantiles(self, levels=(0.0, 0.01, 0.1, 0.5, 0.9, 0.99, 1.0)) -> Optional[dict[float, float]]:
+        values = self.theta_values()
+        if not len(values):
+            return None
+        return {q: float(v) for q, v in zip(levels, np.quantile(values, levels))}
+
+    @property
+    def has_theta(self) -> bool:
+        """Every speakable token in scope has its theta bound."""
+        n = self.n_scanned
+        speakable = self.verdicts[:n] == SPEAKABLE
+        return bool(speakable.any() and np.isfinite(self.theta_lower[:n][speakable]).all())
+
+    def hardest_by_theta(self, share: float = HARDEST_SHARE) -> Optional[tuple[frozenset[int], float]]:
+        """(the ``share`` of speakable tokens with the smallest theta lower bound, the
+        largest bound among them) when every speakable token has one, else None."""
+        if not self.has_theta:
+            return None
+        n = self.n_scanned
+        ids = np.nonzero((self.verdicts[:n] == SPEAKABLE))[0]
+        values = self.theta_lower[ids]
+        count = max(1, int(math.ceil(share * len(ids))))
+        order = np.argsort(values, kind="stable")[:count]
+        return frozenset(ids[order].tolist()), float(values[order].max())
+
     def counts(self) -> dict[str, int]:
         """Tokens per verdict (within scope), and how many are hard to speak."""
         n = self.n_scanned
@@ -113,6 +162,7 @@ class ScanResult:
             "best_match_text": decode(int(self.best_match[i])) if self.hard[i] >= 0 else None,
             "margin": float(self.margin[i]) if math.isfinite(self.margin[i]) else None,
             "method": METHODS[int(self.method[i])],
+            "theta_lower_deg": float(self.theta_lower[i]) if math.isfinite(self.theta_lower[i]) else None,
         }
         if i in self.certificates:
             ids, weights = self.certificates[i]
@@ -144,14 +194,18 @@ class ScanResult:
             columns = ["id", "text", "verdict", "hard_to_speak", "best_match", "best_match_text", "margin", "method"]
             with open(path, "w", encoding="utf-8", newline="") as handle:
                 writer = csv.writer(handle)
-                writer.writerow(columns + ["certificate"])
+                writer.writerow(columns + ["certificate", "theta_lower_deg"])
                 for i in range(self.n_scanned):
                     record = self.token_record(i)
                     cert = record.get("certificate")
                     cert_text = (
                         " ".join(f"{e['id']}:{e['weight']!r}" for e in cert["combination"]) if cert else ""
                     )
-                    writer.writerow([record[c] if record[c] is not None else "" for c in columns] + [cert_text])
+                    theta = record["theta_lower_deg"]
+                    writer.writerow(
+                        [record[c] if record[c] is not None else "" for c in columns]
+                        + [cert_text, repr(theta) if theta is not None else ""]
+                    )
 
 
 OUT_SUFFIXES = (".csv", ".json")
@@ -210,6 +264,7 @@ def save_scan(result: ScanResult, folder: Path) -> None:
             margin=result.margin,
             method=result.method,
             tried=result.tried,
+            theta_lower=result.theta_lower,
             cert_ids=np.array(cert_ids, dtype=np.int64),
             cert_offsets=cert_offsets.astype(np.int64),
             cert_members=cert_members,
@@ -230,7 +285,12 @@ def read_scan(folder: Path, decode: Optional[Callable[[int], str]] = None) -> Op
     try:
         with np.load(path, allow_pickle=False) as data:
             meta = json.loads(str(data["meta"]))
-            if meta.get("format") != SCAN_FORMAT:
+            if meta.get("format") not in READABLE_FORMATS:
+                return None
+            n = len(data["verdicts"])
+            # Format 1 has no theta bounds: all missing, the next scan computes them.
+            theta = data["theta_lower"].copy() if "theta_lower" in data.files else np.full(n, np.nan)
+            if theta.shape != (n,):
                 return None
             offsets = data["cert_offsets"]
             members, weights = data["cert_members"], data["cert_weights"]
@@ -245,7 +305,7 @@ def read_scan(folder: Path, decode: Optional[Callable[[int], str]] = None) -> Op
             return ScanResult(
                 model=meta["model"],
                 key=meta["key"],
-                n_vocab=len(data["verdicts"]),
+                n_vocab=n,
                 verdicts=data["verdicts"].copy(),
                 hard=data["hard"].copy(),
                 best_match=data["best_match"].copy(),
@@ -259,6 +319,7 @@ def read_scan(folder: Path, decode: Optional[Callable[[int], str]] = None) -> Op
                 speak_tolerance=float(meta.get("speak_tolerance", 0.0)),
                 certificate_tolerance=float(meta.get("certificate_tolerance", 0.0)),
                 decode=decode,
+                theta_lower=theta,
             )
     except (OSError, ValueError, KeyError):  # a damaged cache entry is ignored, never fatal
         return None

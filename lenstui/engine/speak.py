@@ -74,6 +74,8 @@ class SpeakResult:
     lp_rounds: int = 0
     lp_constraints: int = 0
     reason: str = ""
+    # The aim measure (``aim.speak_aim``): None until attached, and for unspeakable tokens.
+    aim: Optional[dict] = None
     decode: Optional[Callable[[int], str]] = field(default=None, repr=False, compare=False)
 
     def to_json(self) -> dict:
@@ -99,6 +101,7 @@ class SpeakResult:
             "lp_rounds": self.lp_rounds,
             "lp_constraints": self.lp_constraints,
             "reason": self.reason,
+            "aim": self.aim,
         }
 
 

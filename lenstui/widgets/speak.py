@@ -18,7 +18,7 @@ from textual.content import Content
 from textual.widgets import ProgressBar, Static
 
 from lenstui.engine.verdicts import DECIDED, Method, Verdict
-from lenstui.textfmt import visible
+from lenstui.textfmt import aim_lines, visible
 
 VERDICT_STYLE = {
     Verdict.SPEAKABLE: "bold $success",
@@ -67,6 +67,7 @@ class SpeakPane(Vertical):
         self.token_id: Optional[int] = None
         self.token_text = ""
         self.verdict: Optional[str] = None  # the last shown verdict (tests and the app read it)
+        self.aim: Optional[dict] = None  # the last shown result's aim measure (the aim view reads it)
 
     def compose(self) -> ComposeResult:
         yield Static("speakability", id="speak-title", markup=False)
@@ -79,7 +80,7 @@ class SpeakPane(Vertical):
 
     def show_token(self, token_id: int, text: str, known_verdict: Optional[str] = None) -> None:
         """A token is selected, not yet checked (``known_verdict`` from a cached scan)."""
-        self.token_id, self.token_text, self.verdict = token_id, text, None
+        self.token_id, self.token_text, self.verdict, self.aim = token_id, text, None, None
         self._set_running(False)
         self.remove_class("-error")
         self._title(token_id, text)
@@ -90,7 +91,7 @@ class SpeakPane(Vertical):
         self._hint("")
 
     def show_running(self, token_id: int, text: str) -> None:
-        self.token_id, self.token_text, self.verdict = token_id, text, None
+        self.token_id, self.token_text, self.verdict, self.aim = token_id, text, None, None
         self.remove_class("-error")
         self._title(token_id, text)
         self._set_running(True)
@@ -108,6 +109,7 @@ class SpeakPane(Vertical):
     def show_result(self, result) -> None:
         """Render a ``lenstui.engine.speak.SpeakResult``."""
         self.token_id, self.token_text, self.verdict = result.id, result.text, result.verdict
+        self.aim = getattr(result, "aim", None)
         self._set_running(False)
         self.remove_class("-error")
         self._title(result.id, result.text)
@@ -180,6 +182,8 @@ def render_result(result, *, show_timings: bool = True) -> Content:
         )
     else:
         lines.append(Content("its own direction already says it"))
+    for line in aim_lines(getattr(result, "aim", None)):
+        lines.append(Content.styled(line, "$accent"))
     if result.binding:
         label = "certificate" if result.verdict == Verdict.UNSPEAKABLE else "binding"
         parts: list = [(f"{label}: ", "$text-muted")]
