@@ -5,6 +5,8 @@ request supersedes an older one, and a cell the engine cannot attribute is a not
 from __future__ import annotations
 
 import dataclasses
+import threading
+from typing import ClassVar
 
 import pytest
 from textual.widgets import OptionList, Static
@@ -14,7 +16,7 @@ from lenstui.engine.attribution import attribute
 from lenstui.engine.errors import InputError
 from lenstui.widgets.attribution import AttentionRowView, AttributionView, ChartView
 from lenstui.widgets.prompt import PRESETS
-from lenstui.worker import AttributeCell, CheckSpeakable
+from lenstui.worker import AttributeCell, CheckSpeakable, Request
 
 from test_app import RecordingApp, settle
 from test_app_features import until
@@ -151,13 +153,23 @@ async def test_contrast_from_the_palette_and_its_notices(make_app, embedded):
         assert app.attribution_contrast is None
 
 
+@dataclasses.dataclass(frozen=True)
+class HoldWorker(Request):
+    """A request whose handler holds the worker thread until the test lets it go."""
+
+    priority: ClassVar[int] = 0
+
+
 async def test_a_newer_request_supersedes_the_running_one(make_app):
     app = make_app()
     async with app.run_test(size=(120, 40)) as pilot:
         await plasma_at_say(app, pilot)
-        # A speakability check keeps the worker busy (seconds), so the first attribution
-        # is still waiting when the second one is asked for.
-        app.action_check_speakable()
+        # Hold the worker, so the first attribution is still waiting when the second one
+        # is asked for (deterministic, whatever the machine's speed).
+        release, holding = threading.Event(), threading.Event()
+        app.worker.register(HoldWorker, lambda model, request, ctx: (holding.set(), release.wait(60)))
+        app.worker.submit(HoldWorker())
+        assert holding.wait(30)
         await pilot.press("a")
         screen = app.screen
         first, first_seq = screen.request, screen.seq
@@ -170,8 +182,8 @@ async def test_a_newer_request_supersedes_the_running_one(make_app):
         cell = dataclasses.replace(app.grid.current_cell, layer="L10", position=3)
         request, label = attribution_request(app.shown_result, cell)
         screen.attribute(request, label)
-        assert request != first and CheckSpeakable in app.worker.busy_kinds()
-        app.action_cancel_speak()
+        assert request != first and HoldWorker in app.worker.busy_kinds()
+        release.set()
         result = await screen_result(app, pilot)
         assert (result.position, result.row_label) == (3, "L10")
         await pilot.pause(0.5)  # room for a stale answer to arrive (it must not be shown)
