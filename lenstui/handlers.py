@@ -19,7 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Optional, Union
 
-from lenstui.worker import CheckSpeakable, Handler, InspectToken, RunLens, ScanVocabulary
+from lenstui.worker import CheckSpeakable, Handler, InspectToken, RunCompare, RunLens, ScanVocabulary
 
 if TYPE_CHECKING:
     from lenstui.engine.neighbors import TokenReport
@@ -63,6 +63,31 @@ def run_lens_handler(model, request: RunLens, ctx):
         extended_blocks=request.extended_blocks,
         incl_mid=request.incl_mid,
         target=request.target,
+        track=request.track,
+        should_stop=ctx.should_stop,
+    )
+
+
+def compare_handler(model, request: RunCompare, ctx):
+    """-> engine.compare.Comparison for the two prompts (chat-templated when asked)."""
+    from lenstui.engine.chat import chat_prompt_ids
+    from lenstui.engine.compare import compare_rows
+
+    def encoded(prompt):
+        prompt = list(prompt) if isinstance(prompt, tuple) else prompt
+        return chat_prompt_ids(model, prompt) if isinstance(prompt, str) and request.chat else prompt
+
+    return compare_rows(
+        model,
+        encoded(request.prompt_a),
+        request.position_a,
+        encoded(request.prompt_b),
+        request.position_b,
+        top_k=min(request.top_k, model.d_vocab),
+        lens=request.lens,
+        incl_mid=request.incl_mid,
+        target=request.target,
+        track=request.track,
         should_stop=ctx.should_stop,
     )
 
@@ -114,4 +139,5 @@ APP_HANDLERS: dict[type, Handler] = {
     InspectToken: inspect_handler,
     CheckSpeakable: speak_handler,
     ScanVocabulary: scan_marks_handler,
+    RunCompare: compare_handler,
 }
