@@ -322,7 +322,9 @@ probability; underlined tokens equal the model's final answer at that position.
             pos = self.cursor_pos
             token = visible(self.result.tokens[pos].text)
             target = visible(self.result.targets[pos].text)
-            return f"layer × top-{self._column_count} at position {pos} ({token}) · target {target}{stride}"
+            k = len(self.result.grid[0][0].top)
+            pins = f" · pinned ranks after #{k}" if self.result.tracked else ""
+            return f"layer × top-{k} at position {pos} ({token}) · target {target}{stride}{pins}"
         return f"layer × position · top-1 · {len(self.result.tokens)} tokens{stride}"
 
     def _follow_cursor(self) -> None:
