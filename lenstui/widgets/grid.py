@@ -86,6 +86,9 @@ the last row is the model's own output). **v** switches between *layer × positi
 (top-1 token per prompt position) and *layer × top-k* (the k best tokens at the
 selected position, with entropy and KL(final ‖ layer) in nats). Shading is the
 probability; underlined tokens equal the model's final answer at that position.
+The `depth` row and **◆** mark where each position's answer settles (the first layer
+from which it stays the top-1). Pinned tokens (**P**) are highlighted; in the top-k
+view their ranks follow the top-k columns. **T**: their trajectories.
 """
 
     BINDINGS = [
