@@ -30,6 +30,7 @@ from textual.widget import Widget
 from textual.widgets import Footer, Input
 
 from lenstui.attribution_screen import GRID_ACTIONS, AttributionScreen, open_attribution
+from lenstui import pins
 from lenstui.config import load_config
 from lenstui.engine.lens_kinds import LENS_DESCRIPTIONS, LENS_KINDS
 from lenstui.export import export_dir, save_json, save_svg
@@ -104,6 +105,10 @@ class LenstuiApp(App):
         Binding("f5", "next_lens", "Lens variant", id="lenstui.lens_variant", show=False),
         Binding("slash,i", "focus_prompt", "Edit prompt", id="lenstui.focus_prompt", show=False),
         Binding("escape", "focus_grid", "To the grid", id="lenstui.focus_grid", show=False),
+        Binding("P", "pin_selected", "Pin", id="lenstui.pin"),
+        Binding("U", "unpin_all", "Unpin all", id="lenstui.unpin_all", show=False),
+        Binding("T", "show_trajectory", "Trajectory", id="lenstui.trajectory"),
+        Binding("C", "show_compare", "Compare", id="lenstui.compare", show=False),
     ]
 
     def __init__(
@@ -179,16 +184,21 @@ class LenstuiApp(App):
         raise KeyError(binding_id)
 
     @property
+    def base_screen(self) -> Screen:
+        """The explorer's own screen (the trajectory and compare views are pushed over it)."""
+        return self.screen_stack[0] if self.screen_stack else self.screen
+
+    @property
     def grid(self) -> LensGrid:
-        return self.query_one(LensGrid)
+        return self.base_screen.query_one(LensGrid)
 
     @property
     def prompt_pane(self) -> PromptPane:
-        return self.query_one(PromptPane)
+        return self.base_screen.query_one(PromptPane)
 
     @property
     def status(self) -> StatusBar:
-        return self.query_one(StatusBar)
+        return self.base_screen.query_one(StatusBar)
 
     @property
     def chat(self) -> bool:
@@ -200,16 +210,16 @@ class LenstuiApp(App):
 
     @property
     def inspector_pane(self) -> WiredInspector:
-        return self.query_one("#inspector-pane", WiredInspector)
+        return self.base_screen.query_one("#inspector-pane", WiredInspector)
 
     @property
     def speak_pane(self) -> WiredSpeak:
-        return self.query_one("#speak-pane", WiredSpeak)
+        return self.base_screen.query_one("#speak-pane", WiredSpeak)
 
     def side_panes(self) -> list[Widget]:
         """What sits in the side slots (``#inspector``, ``#speak``): they get the cursor
         and model news."""
-        return [pane for slot in self.query("#side > .pane") for pane in slot.children]
+        return [pane for slot in self.base_screen.query("#side > .pane") for pane in slot.children]
 
     def on_mount(self) -> None:
         for problem in self._startup_problems:
@@ -311,16 +321,17 @@ class LenstuiApp(App):
         if isinstance(result, Done):
             self.shown_result = result.value
             self.shown_request = result.request
-            for inspector in self.query(WiredInspector):
+            for inspector in self.base_screen.query(WiredInspector):
                 inspector.prompt_ids = tuple(result.value.token_ids)
             self.grid.show_result(result.value)
+            pins.lens_answered(self, result.request, result.value)
             self.status.set_run(len(result.value.tokens), result.value.seconds)
             self._refresh_prompt_info()
             if result.request == self.session.last_request and self.session.take_queued_step():
                 self.action_step()  # submits the next run: lens_settled stays clear
                 return
         elif isinstance(result, Failed):
-            self.session.failed()
+            pins.lens_failed(self, self.session.failed())
             if self.shown_result is None:
                 self.grid.show_hint(result.message)
         self.lens_settled.set()
@@ -554,6 +565,23 @@ class LenstuiApp(App):
         self.attribution_contrast = None
         self.notify("Attribution contrast: none (the mean logit)", timeout=3)
 
+    # ------------------------------------------------------------ pins, trajectory, compare (lenstui/pins.py)
+
+    def action_pin_selected(self) -> None:
+        pins.pin_selected(self)
+
+    def action_unpin_all(self) -> None:
+        pins.unpin_all(self)
+
+    def action_pin_typed(self) -> None:
+        pins.ask_pin(self)
+
+    def action_show_trajectory(self) -> None:
+        pins.show_trajectory(self)
+
+    def action_show_compare(self) -> None:
+        pins.show_compare(self)
+
     # ------------------------------------------------------------ export
 
     def export_dir(self) -> Path:
@@ -628,6 +656,7 @@ class LenstuiApp(App):
         yield SystemCommand("attribute: the selected cell", f"which components and heads wrote its token ({key('lenstui.attribute')})", self.action_attribute_cell)
         yield SystemCommand("attribute: contrast with the selected token", "attribute logit(token) - logit(this one)", self.action_attribute_contrast)
         yield SystemCommand("attribute: no contrast", "attribute logit(token) - mean logit", self.action_attribute_no_contrast)
+        yield from pins.commands(self)
         yield SystemCommand("export: grid as JSON", "same shape as `lenstui lens --json`", self.export_json)
         yield SystemCommand("export: screen as SVG", "a screenshot for slides", self.export_svg)
         yield SystemCommand("keys: show or hide bindings", "the keys panel (F1 or ?)", self.action_toggle_help)
@@ -637,5 +666,6 @@ class LenstuiApp(App):
 LETTER_ACTIONS = frozenset(
     {"focus_prompt", "check_speakable", "cancel_speak", "target_selected", "reset_target", "inspect_prompt_token",
      "attribute_cell", "aim_distribution"}
+    | {"pin_selected", "unpin_all", "show_trajectory", "show_compare"}
 )
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Optional, Union
 
-from lenstui.worker import AttributeCell, CheckSpeakable, Handler, InspectToken, RenderScenes, RunLens, ScanVocabulary
+from lenstui.worker import AttributeCell, CheckSpeakable, Handler, InspectToken, RenderScenes, RunCompare, RunLens, ScanVocabulary
 
 if TYPE_CHECKING:
     from lenstui.engine.attribution import AttributionResult
@@ -69,6 +69,31 @@ def run_lens_handler(model, request: RunLens, ctx):
         extended_blocks=request.extended_blocks,
         incl_mid=request.incl_mid,
         target=request.target,
+        track=request.track,
+        should_stop=ctx.should_stop,
+    )
+
+
+def compare_handler(model, request: RunCompare, ctx):
+    """-> engine.compare.Comparison for the two prompts (chat-templated when asked)."""
+    from lenstui.engine.chat import chat_prompt_ids
+    from lenstui.engine.compare import compare_rows
+
+    def encoded(prompt):
+        prompt = list(prompt) if isinstance(prompt, tuple) else prompt
+        return chat_prompt_ids(model, prompt) if isinstance(prompt, str) and request.chat else prompt
+
+    return compare_rows(
+        model,
+        encoded(request.prompt_a),
+        request.position_a,
+        encoded(request.prompt_b),
+        request.position_b,
+        top_k=min(request.top_k, model.d_vocab),
+        lens=request.lens,
+        incl_mid=request.incl_mid,
+        target=request.target,
+        track=request.track,
         should_stop=ctx.should_stop,
     )
 
@@ -181,6 +206,8 @@ def render_scene(model, scene: "Scene", request: RenderScenes, ctx) -> SceneRend
             incl_mid=request.incl_mid and scene.lens != "extended",
             target=resolved.target_id,
         )
+        if resolved.pinned_ids:
+            options["track"] = tuple(resolved.pinned_ids)  # as the session sends its pins
         # The same request the app's session makes for this state: generated steps and
         # id prompts run as ids, a text prompt as text (templated on this thread).
         if scene.steps:
@@ -222,4 +249,5 @@ APP_HANDLERS: dict[type, Handler] = {
     ScanVocabulary: scan_marks_handler,
     AttributeCell: attribute_handler,
     RenderScenes: render_scenes_handler,
+    RunCompare: compare_handler,
 }

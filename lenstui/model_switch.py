@@ -62,7 +62,7 @@ class ModelSwitch:
         session.steps.clear()  # ids of the old tokenizer
         session.prompt_ids = None
         session.target = None
-        session.pinned = ()
+        session.pins.clear()
         session.last_request = None
         app.shown_result = None
         app.shown_request = None

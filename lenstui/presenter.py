@@ -231,7 +231,7 @@ class PresenterApp(LenstuiApp):
             for i in range(render.prompt_length, len(ids))
         ]
         session.target = render.target_id
-        session.pinned = render.pinned_ids
+        session.pins = list(render.pinned_ids)
         session.lens_kind = scene.lens
         session.incl_mid = request.incl_mid
         session.submitted(request)
@@ -337,7 +337,7 @@ class PresenterApp(LenstuiApp):
             last = len(self.shown_result.tokens) - 1
             scene.cursor = Cursor(cell.layer, -1 if cell.position == last else cell.position)
         scene.target = session.target
-        scene.pinned = list(session.pinned)
+        scene.pinned = list(session.pins)
         scene.lens = session.lens_kind
         scene.theme = self.theme
         return scene

@@ -9,7 +9,7 @@ says the request is new; the tests drive it without a screen.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Optional, Union
 
 from lenstui.engine.lens_kinds import LENS_KINDS
 from lenstui.textfmt import visible
@@ -17,6 +17,8 @@ from lenstui.worker import RunLens
 
 # The prompt line lists at most this many generated tokens (the newest ones).
 SHOWN_STEPS = 12
+# Pinned tokens followed through the layers (the engine's MAX_TRACKED; no torch import here).
+MAX_PINS = 8
 
 
 @dataclass(frozen=True)
@@ -44,7 +46,6 @@ class LensSession:
     # A prompt given as token ids (a talk scene's prompt_ids): run as ids while the
     # text shown for it is unchanged.
     prompt_ids: Optional[tuple[int, ...]] = None
-    pinned: tuple[int, ...] = ()  # token ids a scene pins (kept; not displayed yet)
     target: Optional[int] = None  # None: each position's own top-1
     lens_kind: str = "logit"
     incl_mid: bool = False
@@ -53,12 +54,21 @@ class LensSession:
     # Steps asked for (^n) while the run they extend was still on its way: each lens
     # answer takes one, so a quick burst of ^n appends that many tokens, in order.
     queued_steps: int = 0
+    # Pinned tokens (ids, or what was typed until a run resolves it), in pinning order:
+    # the RunLens's ``track``, so every cell reports their probability and rank.
+    pins: list[Union[int, str]] = field(default_factory=list)
+    # A typed pin not yet resolved by a run: dropped again if that run fails on it.
+    unresolved_pin: Optional[str] = None
+    # The compare view's second prompt ("" until set).
+    prompt_b: str = ""
 
     # ---------------------------------------------------------------- the request
 
     def request(self) -> RunLens:
         """The RunLens for the current state: the last step's ids, else the text."""
         options = dict(top_k=self.top_k, lens=self.lens_kind, incl_mid=self.incl_mid, target=self.target)
+        if self.pins:
+            options["track"] = tuple(self.pins)
         if self.steps:
             return RunLens(self.steps[-1].ids, **options)
         if self.prompt_ids is not None:
@@ -74,10 +84,58 @@ class LensSession:
         self.last_request = request
         self.last_failed = False
 
-    def failed(self) -> None:
+    def failed(self) -> Optional[str]:
+        """The last run failed. Returns the typed pin it dropped, if one was to blame."""
         self.last_failed = True
         self.queued_steps = 0  # they would extend a run that has no answer
+        dropped = self.unresolved_pin
+        if dropped is not None and dropped in self.pins:
+            self.pins.remove(dropped)
+            self.last_failed = False  # a run without it is new anyway
+        self.unresolved_pin = None
+        return dropped
 
+    # ---------------------------------------------------------------- pins
+
+    def pin(self, token: Union[int, str]) -> str:
+        """Pin a token id (from a cell) or a typed token. Returns what happened, as a
+        sentence for a notice; a duplicate or a ninth pin changes nothing."""
+        if token in self.pins:
+            return f"{token!r} is already pinned."
+        if len(self.pins) >= MAX_PINS:
+            return f"At most {MAX_PINS} tokens can be pinned: unpin one first."
+        self.pins.append(token)
+        if isinstance(token, str):
+            self.unresolved_pin = token
+        return f"Pinned {'token ' + str(token) if isinstance(token, int) else repr(token)}."
+
+    def unpin(self, token: Union[int, str]) -> bool:
+        if token not in self.pins:
+            return False
+        self.pins.remove(token)
+        return True
+
+    def toggle_pin(self, token_id: int) -> str:
+        if self.unpin(token_id):
+            return f"Unpinned token {token_id}."
+        return self.pin(token_id)
+
+    def unpin_all(self) -> int:
+        count = len(self.pins)
+        self.pins.clear()
+        self.unresolved_pin = None
+        return count
+
+    def pins_resolved(self, request: RunLens, tracked_ids: list[int]) -> None:
+        """A run for ``request`` answered with ``tracked_ids`` for its pins: typed pins
+        become ids (the same token typed twice is then one pin). When that request was
+        the last one asked, it stays "asked" in its id form, so nothing re-runs."""
+        self.unresolved_pin = None
+        if request.track != tuple(self.pins):
+            return  # the pins changed since: the next run resolves those
+        self.pins = list(tracked_ids)
+        if self.last_request == request:
+            self.last_request = self.request()
     @property
     def has_prompt(self) -> bool:
         """Whether there is anything to run the lens on."""

@@ -147,8 +147,30 @@ class RunLens(Request):
     extended_blocks: int = 1
     incl_mid: bool = False
     target: Union[str, int, None] = None
+    # Pinned tokens (text, vocabulary piece or id), read in every cell (issue 9).
+    track: tuple[Union[str, int], ...] = ()
 
     title: ClassVar[str] = "Logit lens"
+    priority: ClassVar[int] = 1
+
+
+@dataclass(frozen=True)
+class RunCompare(Request):
+    """Two prompts side by side: both lenses (incremental, slots "a" and "b") and KL(A || B)
+    per row between position ``position_a`` of A and ``position_b`` of B."""
+
+    prompt_a: Union[str, tuple[int, ...]]
+    prompt_b: str
+    position_a: int = -1
+    position_b: int = -1
+    chat: bool = False
+    top_k: int = 10
+    lens: str = "logit"
+    incl_mid: bool = False
+    target: Union[str, int, None] = None
+    track: tuple[Union[str, int], ...] = ()
+
+    title: ClassVar[str] = "Compare prompts"
     priority: ClassVar[int] = 1
 
 

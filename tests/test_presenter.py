@@ -125,7 +125,7 @@ async def test_scenes_move_jump_and_broken_ones_do_not_stop_the_talk(make_presen
         assert [c.top[0].id for c in shown.grid[-1]] == [c.top[0].id for c in direct.grid[-1]]
         assert app.grid.view == "topk" and app.grid.current_cell.layer == "L20"
         assert app.grid.cursor_pos == len(direct.tokens) - 1
-        assert app.session.target == paris and app.session.pinned == (rome,)
+        assert app.session.target == paris and app.session.pins == [rome]
 
         # Scene 2 is computed in the background: moving to it submits no lens run.
         await until(pilot, lambda: 2 in app.renders)

@@ -66,3 +66,22 @@ def test_positions_view_120x40(snap_compare, explorer):
 def test_topk_view_contrast_theme_120x40(snap_compare, explorer):
     app = explorer(theme="lenstui-contrast")
     assert snap_compare(app, terminal_size=(120, 40), run_before=keys_then_settle("escape", "v"))
+
+
+# Issue 9: three pinned tokens in the trajectory view (the target " Paris" is pinned too).
+def _pinned(app):
+    app.session.pins = [" Paris", " London", 15107]
+    return app
+
+
+def test_trajectory_view_80x24(snap_compare, explorer):
+    assert snap_compare(_pinned(explorer()), terminal_size=(80, 24), run_before=keys_then_settle("escape", "T"))
+
+
+def test_trajectory_view_120x40(snap_compare, explorer):
+    assert snap_compare(_pinned(explorer()), terminal_size=(120, 40), run_before=keys_then_settle("escape", "T"))
+
+
+def test_trajectory_rank_view_contrast_theme_120x40(snap_compare, explorer):
+    app = _pinned(explorer(theme="lenstui-contrast"))
+    assert snap_compare(app, terminal_size=(120, 40), run_before=keys_then_settle("escape", "T", "r"))

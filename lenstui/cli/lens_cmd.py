@@ -8,6 +8,7 @@ from typing import Optional
 from lenstui.cli.common import add_model_options, load_from_args, print_json
 from lenstui.engine.errors import InputError
 from lenstui.engine.lens import LENS_KINDS, LensResult, run_lens
+from lenstui.engine.vocab import token_spec
 from lenstui.textfmt import fit, visible
 
 
@@ -36,11 +37,41 @@ def configure(parser: argparse.ArgumentParser, command: str) -> None:
         help="the column shown as the layer x top-k table: a prompt position among those computed "
         "(default: the last computed)",
     )
+    parser.add_argument(
+        "--track",
+        action="append",
+        default=[],
+        metavar="TOKEN",
+        help="follow a token through every cell (text, vocabulary piece like ĠðŁ, or #ID); repeat, up to 8",
+    )
+    parser.add_argument(
+        "--vs",
+        default=None,
+        metavar="PROMPT_B",
+        help="a second prompt: compare the two rows by rows (KL(A||B) per layer) at --compare-positions",
+    )
+    parser.add_argument(
+        "--compare-positions",
+        default="-1,-1",
+        metavar="PA,PB",
+        help="with --vs: the position compared in A and in B (default -1,-1: the last of each)",
+    )
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     parser.set_defaults(func=run)
 
 
+def _compare_positions(spec: str) -> tuple[int, int]:
+    try:
+        first, second = (int(part) for part in spec.split(","))
+    except ValueError:
+        raise InputError(f"--compare-positions takes two positions like -1,-1 or 4,7, not {spec!r}.") from None
+    return first, second
+
+
 def run(args: argparse.Namespace) -> int:
+    track = [token_spec(t) for t in args.track]
+    if args.vs is not None:
+        return run_compare(args, track)
     model = load_from_args(args)
     target = args.target_id if args.target_id is not None else args.target
     result = run_lens(
@@ -52,12 +83,67 @@ def run(args: argparse.Namespace) -> int:
         incl_mid=args.mid,
         target=target,
         positions=args.positions,
+        track=track,
     )
     if args.json:
         print_json(result.to_json())
     else:
         print(format_table(result, args.position))
     return 0
+
+
+def run_compare(args: argparse.Namespace, track) -> int:
+    from lenstui.engine.compare import compare_rows
+
+    if args.positions is not None:
+        raise InputError("--vs compares whole prompts: use --compare-positions PA,PB instead of --positions.")
+    pos_a, pos_b = _compare_positions(args.compare_positions)
+    model = load_from_args(args)
+    target = args.target_id if args.target_id is not None else args.target
+    comparison = compare_rows(
+        model,
+        args.prompt,
+        pos_a,
+        args.vs,
+        pos_b,
+        top_k=args.top_k,
+        lens=args.lens,
+        extended_blocks=args.extended_blocks,
+        incl_mid=args.mid,
+        target=target,
+        track=track,
+    )
+    if args.json:
+        print_json(comparison.to_json())
+    else:
+        print(format_compare(comparison))
+    return 0
+
+
+def format_compare(comparison) -> str:
+    """Per layer: A's top-1, B's top-1, KL(A||B) and the tracked tokens' probabilities in both."""
+    a, b = comparison.a, comparison.b
+    ca, cb = comparison.column("a"), comparison.column("b")
+    pa, pb = comparison.positions
+    label_w = max(len(label) for label in a.layers) + 1
+    lines = [
+        f"{a.model} · {a.lens} lens · A position {pa} ({visible(a.tokens[pa].text)}) "
+        f"vs B position {pb} ({visible(b.tokens[pb].text)})",
+        "",
+    ]
+    tracked = [visible(t.text) for t in a.tracked]
+    header = fit("layer", label_w) + fit("A top", 12) + fit("B top", 12) + fit("KL(A||B)", 10)
+    header += "".join(fit(f"{name} A/B", 16) for name in tracked)
+    lines.append(header)
+    for row, label in enumerate(a.layers):
+        cell_a, cell_b = a.grid[row][ca], b.grid[row][cb]
+        line = fit(label, label_w) + fit(visible(cell_a.top[0].text), 12) + fit(visible(cell_b.top[0].text), 12)
+        line += fit(f"{comparison.kl[row]:.3f}", 10)
+        line += "".join(
+            fit(f"{ta.prob:.3f}/{tb.prob:.3f}", 16) for ta, tb in zip(cell_a.tracked, cell_b.tracked)
+        )
+        lines.append(line)
+    return "\n".join(lines)
 
 
 def table_column(result: LensResult, position: Optional[int]) -> int:
@@ -92,7 +178,14 @@ def format_table(result: LensResult, position: Optional[int] = None) -> str:
         lines.append(fit(label, label_w) + " ".join(cells))
     target = result.targets[col_index]
     lines += ["", f"position {pos} ({visible(result.tokens[pos].text)}) · target {visible(target.text)!s}", ""]
+    depth = result.depth[col_index]
+    lines.append(f"prediction depth: top-1 settles at {_row_name(result, depth.top1)}, "
+                 f"top-{len(result.grid[0][col_index].top)} at {_row_name(result, depth.topk)}")
+    if result.tracked:
+        lines.append("tracked (probability / rank per layer below): " + ", ".join(visible(t.text) for t in result.tracked))
+    lines.append("")
     header = fit("layer", label_w) + fit("entropy", 8) + fit("KL", 8) + fit("rank", 6)
+    header += "".join(fit(_label(t), 16) for t in result.tracked)
     lines.append(header + "top tokens (probability)")
     for label, row in zip(result.layers, result.grid):
         cell = row[col_index]
@@ -102,6 +195,16 @@ def format_table(result: LensResult, position: Optional[int] = None) -> str:
             + fit(f"{cell.entropy:.2f}", 8)
             + fit(f"{cell.kl_to_final:.2f}", 8)
             + fit(str(cell.target_rank), 6)
+            + "".join(fit(f"{t.prob:.1e} #{t.rank}", 16) for t in cell.tracked)
             + tops
         )
     return "\n".join(lines)
+
+
+def _row_name(result: LensResult, row: Optional[int]) -> str:
+    return "never" if row is None else result.layers[row]
+
+
+def _label(token) -> str:
+    """A token's text, or its vocabulary piece where the text is a partial UTF-8 sequence."""
+    return token.piece if "\ufffd" in token.text else visible(token.text)

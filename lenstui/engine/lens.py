@@ -26,7 +26,7 @@ that position).
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Optional, Sequence, Union
 
 # Cancelled lives in errors.py; re-exported so ``from lenstui.engine.lens import Cancelled`` keeps working.
@@ -36,6 +36,21 @@ from lenstui.engine.models import LoadedModel
 from lenstui.engine.vocab import TokenRef, TokenSpec
 
 MAX_TOP_K = 100
+# Tokens followed through the layers at once (pinned in the app, --track in the CLI).
+MAX_TRACKED = 8
+
+
+@dataclass(frozen=True)
+class TrackedValue:
+    """A tracked token's value in one cell: its probability and rank in that row."""
+
+    id: int
+    text: str
+    prob: float
+    rank: int  # 0 = the row's argmax
+
+    def to_json(self) -> dict:
+        return {"id": self.id, "text": self.text, "prob": self.prob, "rank": self.rank}
 
 
 @dataclass(frozen=True)
@@ -57,15 +72,45 @@ class LensCell:
     kl_to_final: float  # KL(final || this row), nats
     target_rank: int  # 0 = the row's argmax
     target_prob: float
+    tracked: tuple[TrackedValue, ...] = ()  # the tracked tokens, in the order asked
+    # The rank in this row of the model's own final top-1 at this position (whatever the
+    # target is): prediction depth is read from it. -1 where it was not computed.
+    final_top1_rank: int = -1
 
     def to_json(self) -> dict:
-        return {
+        payload = {
             "top": [t.to_json() for t in self.top],
             "entropy": self.entropy,
             "kl_to_final": self.kl_to_final,
             "target_rank": self.target_rank,
             "target_prob": self.target_prob,
         }
+        if self.tracked:
+            payload["tracked"] = [t.to_json() for t in self.tracked]
+        return payload
+
+
+@dataclass(frozen=True)
+class Depth:
+    """Where a position's answer settles: the first row from which the model's final top-1
+    is the top-1 (``top1``) / inside the top-k (``topk``) in that row and every later one.
+    None when it is not, even in the last row (the raw lens, say)."""
+
+    top1: Optional[int]
+    topk: Optional[int]
+
+    def to_json(self) -> dict:
+        return {"top1": self.top1, "topk": self.topk}
+
+
+def settle_row(ranks: Sequence[int], below: int) -> Optional[int]:
+    """The first index from which every rank is < ``below`` (None if the last one is not)."""
+    row = None
+    for index in range(len(ranks) - 1, -1, -1):
+        if not 0 <= ranks[index] < below:
+            break
+        row = index
+    return row
 
 
 @dataclass
@@ -81,6 +126,18 @@ class LensResult:
     extended_blocks: int = 0
     # The prompt positions the grid's columns are (None: every position, in order).
     positions: Optional[list[int]] = None
+    tracked: list[TokenRef] = field(default_factory=list)  # tokens followed in every cell
+    top_k: int = 0  # tokens per cell (0: read it from the cells)
+
+    @property
+    def depth(self) -> list[Depth]:
+        """Prediction depth per grid column, rows indexing ``layers``."""
+        k = self.top_k or (len(self.grid[0][0].top) if self.grid and self.grid[0] else 1)
+        out = []
+        for col in range(len(self.grid[0]) if self.grid else 0):
+            ranks = [row[col].final_top1_rank for row in self.grid]
+            out.append(Depth(top1=settle_row(ranks, 1), topk=settle_row(ranks, k)))
+        return out
 
     @property
     def column_positions(self) -> list[int]:
@@ -110,6 +167,9 @@ class LensResult:
         }
         if self.positions is not None:  # a subset: grid and targets columns are these positions
             payload["positions"] = list(self.positions)
+        if self.tracked:
+            payload["tracked"] = [t.to_json() for t in self.tracked]
+        payload["depth"] = [d.to_json() for d in self.depth]
         return payload
 
 
@@ -152,6 +212,8 @@ def run_lens(
     incl_mid: bool = False,
     target: Optional[TokenSpec] = None,
     positions: Union[None, str, Sequence[int]] = None,
+    track: Sequence[TokenSpec] = (),
+    slot: str = "a",
     should_stop: Optional[Callable[[], bool]] = None,
 ) -> LensResult:
     """Run the lens on a prompt (text or token ids): the whole grid, or only the columns
@@ -161,11 +223,15 @@ def run_lens(
     the last run shares with this one (its token prefix, its forward pass, cells read
     with the same settings) is reused. Raises InputError on bad input and Cancelled when
     ``should_stop()`` turns true between chunks.
+
+    ``track``: up to MAX_TRACKED tokens (text, vocabulary piece or id) whose probability
+    and rank every cell reports (extra targets of the same readout pass). ``slot``: which
+    of the model's lens states to use ("a", "b": two prompts side by side stay incremental).
     """
     from lenstui.engine.lens_state import lens_state
 
     started = time.perf_counter()
-    state = lens_state(model)
+    state = lens_state(model, slot)
     plan = state.prepare(
         prompt,
         top_k=top_k,
@@ -173,6 +239,7 @@ def run_lens(
         extended_blocks=extended_blocks,
         incl_mid=incl_mid,
         target=target,
+        track=track,
         should_stop=should_stop,
     )
     if positions is None:
@@ -195,4 +262,6 @@ def run_lens(
         seconds=time.perf_counter() - started,
         extended_blocks=settings.extended_blocks,
         positions=columns.positions,
+        tracked=plan.tracked,
+        top_k=settings.top_k,
     )

@@ -25,13 +25,13 @@ from __future__ import annotations
 
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Optional, Sequence, Union
 
 import torch
 
 from lenstui.engine.errors import Cancelled, InputError
-from lenstui.engine.lens import LENS_KINDS, MAX_TOP_K, LensCell, LensResult, TopToken
+from lenstui.engine.lens import LENS_KINDS, MAX_TOP_K, MAX_TRACKED, LensCell, LensResult, TopToken, TrackedValue
 from lenstui.engine.models import LoadedModel
 from lenstui.engine.readout import read_out, unembedding
 from lenstui.engine.vocab import TokenRef, TokenSpec, encode_prompt, resolve_token, token_ref
@@ -54,6 +54,7 @@ class LensSettings:
     extended_blocks: int = 0  # 0 unless lens == "extended"
     incl_mid: bool = False
     target_id: Optional[int] = None  # None: each position's own final top-1
+    track_ids: tuple[int, ...] = ()  # tokens whose probability and rank every cell reports
 
 
 @dataclass
@@ -66,6 +67,7 @@ class LensPlan:
     layers: list[str]
     reused_positions: int  # positions whose cells were kept from the last run
     forward_positions: int  # positions the model's forward pass ran for
+    tracked: list[TokenRef] = field(default_factory=list)
 
     @property
     def n_positions(self) -> int:
@@ -81,12 +83,14 @@ class LensColumns:
     targets: list[TokenRef]
 
 
-def lens_state(model: LoadedModel) -> "LensState":
-    """The model's lens state (one per loaded model, kept in ``model.memo``)."""
-    state = model.memo.get("lens_state")
+def lens_state(model: LoadedModel, slot: str = "a") -> "LensState":
+    """The model's lens state for ``slot`` (kept in ``model.memo``): slot "a" is the
+    explorer's prompt, "b" the compare view's second prompt, each incremental on its own."""
+    key = "lens_state" if slot == "a" else f"lens_state:{slot}"
+    state = model.memo.get(key)
     if state is None:
         state = LensState(model)
-        model.memo["lens_state"] = state
+        model.memo[key] = state
     return state
 
 
@@ -155,6 +159,7 @@ class LensState:
         extended_blocks: int = 1,
         incl_mid: bool = False,
         target: Optional[TokenSpec] = None,
+        track: Sequence[TokenSpec] = (),
         should_stop: StopCheck = None,
     ) -> LensPlan:
         """Validate, then bring the residual stack up to date for ``prompt`` (the forward
@@ -173,12 +178,20 @@ class LensState:
                 raise InputError("The extended lens reads block outputs only: turn mid-block rows off.")
         ids = encode_prompt(model, prompt)
         target_id = None if target is None else resolve_token(model, target)
+        track_ids: list[int] = []
+        for spec in track:
+            token_id = resolve_token(model, spec)
+            if token_id not in track_ids:
+                track_ids.append(token_id)
+        if len(track_ids) > MAX_TRACKED:
+            raise InputError(f"At most {MAX_TRACKED} tokens can be tracked at once, not {len(track_ids)}.")
         settings = LensSettings(
             top_k=top_k,
             lens=lens,
             extended_blocks=extended_blocks if lens == "extended" else 0,
             incl_mid=incl_mid,
             target_id=target_id,
+            track_ids=tuple(track_ids),
         )
         _check_stop(should_stop)
         kept, ran = self._update_stack(ids, incl_mid)
@@ -193,6 +206,7 @@ class LensState:
             layers=row_labels(model.n_layers, incl_mid),
             reused_positions=len([p for p in self._columns if p < len(ids)]),
             forward_positions=ran,
+            tracked=[token_ref(model, i) for i in track_ids],
         )
 
     def _update_stack(self, ids: list[int], incl_mid: bool) -> tuple[int, int]:
@@ -338,8 +352,8 @@ class LensState:
             wanted.append(pos)
         missing = sorted({p for p in wanted if p not in self._columns})
         n_rows = len(row_labels(self.model.n_layers, self._settings.incl_mid))
-        if self._settings.target_id is None:
-            self._read_final_top1(missing, should_stop)
+        # Always: the final top-1 is an extra target of every row (prediction depth).
+        self._read_final_top1(missing, should_stop)
         per_chunk = max(1, VECTORS_PER_CHUNK // n_rows)
         for first in range(0, len(missing), per_chunk):
             _check_stop(should_stop)
@@ -365,6 +379,8 @@ class LensState:
             target_is_default=settings.target_id is None,
             seconds=0.0 if started is None else time.perf_counter() - started,
             extended_blocks=settings.extended_blocks,
+            tracked=[token_ref(self.model, i) for i in settings.track_ids],
+            top_k=settings.top_k,
         )
 
     def _read_final_top1(self, positions: list[int], should_stop: StopCheck) -> None:
@@ -392,7 +408,12 @@ class LensState:
         else:
             target_ids = [settings.target_id] * n_pos
         normed = unembed.normalize(stack.reshape(n_rows * n_pos, d), apply_norm=settings.lens != "raw")
-        targets = torch.tensor(target_ids, device=normed.device).repeat(n_rows)[:, None]
+        # Targets per vector, one readout pass for all: [the target, the final top-1 (for
+        # prediction depth), the tracked tokens...].
+        per_position = [
+            [target_ids[i], self._final_top1[p], *settings.track_ids] for i, p in enumerate(positions)
+        ]
+        targets = torch.tensor(per_position, device=normed.device).repeat(n_rows, 1)
         stats = read_out(
             unembed,
             normed,
@@ -412,8 +433,9 @@ def _store_cells(state: LensState, model, positions, target_ids, n_rows, stats) 
     top_logits = stats.top_logits.tolist()
     entropy = stats.entropy.tolist()
     kl = stats.kl.tolist()
-    ranks = stats.target_ranks[:, 0].tolist()
-    target_probs = stats.target_probs[:, 0].tolist()
+    all_ranks = stats.target_ranks.tolist()
+    all_probs = stats.target_probs.tolist()
+    track_ids = state._settings.track_ids
     refs = model.memo.setdefault("token_refs", {})
     columns: list[list[LensCell]] = [[] for _ in range(n_pos)]
     for vec in range(n_rows * n_pos):
@@ -426,8 +448,13 @@ def _store_cells(state: LensState, model, positions, target_ids, n_rows, stats) 
                 top=tuple(top),
                 entropy=entropy[vec],
                 kl_to_final=kl[vec],
-                target_rank=int(ranks[vec]),
-                target_prob=target_probs[vec],
+                target_rank=int(all_ranks[vec][0]),
+                target_prob=all_probs[vec][0],
+                tracked=tuple(
+                    TrackedValue(tid, (refs.get(tid) or token_ref(model, tid)).text, all_probs[vec][2 + j], int(all_ranks[vec][2 + j]))
+                    for j, tid in enumerate(track_ids)
+                ),
+                final_top1_rank=int(all_ranks[vec][1]),
             )
         )
     for i, pos in enumerate(positions):

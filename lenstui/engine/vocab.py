@@ -86,3 +86,12 @@ def resolve_token(model: LoadedModel, token: TokenSpec) -> int:
     raise InputError(
         f"{token!r} is {len(ids)} tokens ({pieces}), not one: pick one of them, or pass --id N."
     )
+
+
+def token_spec(text: str) -> TokenSpec:
+    """What a person typed for a token: ``#15107`` is the id 15107, anything else is text
+    (or a vocabulary piece such as ``ĠðŁ``) for :func:`resolve_token`."""
+    stripped = text.strip()
+    if stripped.startswith("#") and stripped[1:].isdigit():
+        return int(stripped[1:])
+    return text

@@ -46,6 +46,8 @@ KL_W = 7
 UNSPEAKABLE_MARK = "†"
 HARD_TO_SPEAK_MARK = "°"
 HEAT_LEVELS = 20  # shading steps (a 256-colour terminal cannot show finer ones anyway)
+DEPTH_MARK = "◆"  # the cell where a position's answer settles (prediction depth)
+PIN_MARK = "^"  # heads the pinned tokens' rank columns in the top-k view
 
 
 @lru_cache(maxsize=65536)
@@ -84,6 +86,9 @@ the last row is the model's own output). **v** switches between *layer × positi
 (top-1 token per prompt position) and *layer × top-k* (the k best tokens at the
 selected position, with entropy and KL(final ‖ layer) in nats). Shading is the
 probability; underlined tokens equal the model's final answer at that position.
+The `depth` row and **◆** mark where each position's answer settles (the first layer
+from which it stays the top-1). Pinned tokens (**P**) are highlighted; in the top-k
+view their ranks follow the top-k columns. **T**: their trajectories.
 """
 
     BINDINGS = [
@@ -109,6 +114,7 @@ probability; underlined tokens equal the model's final answer at that position.
         "lens-grid--cursor",
         "lens-grid--heat",
         "lens-grid--hint",
+        "lens-grid--pinned",
     }
 
     DEFAULT_CSS = """
@@ -125,6 +131,7 @@ probability; underlined tokens equal the model's final answer at that position.
         }
         & > .lens-grid--heat { background: $primary; }
         & > .lens-grid--hint { color: $text-muted; text-style: italic; }
+        & > .lens-grid--pinned { background: $secondary; color: $background; text-style: bold; }
     }
     """
 
@@ -164,6 +171,10 @@ probability; underlined tokens equal the model's final answer at that position.
         # From a vocabulary scan (plain id sets): marked in the cells' last column.
         self._unspeakable: frozenset[int] = frozenset()
         self._hard_to_speak: frozenset[int] = frozenset()
+        # Pinned token ids (issue 9): highlighted wherever they appear.
+        self._pinned: frozenset[int] = frozenset()
+        self._depth_of = None  # the result _depth was computed for
+        self._depth: list = []
 
     # ------------------------------------------------------------ data in
 
@@ -191,6 +202,23 @@ probability; underlined tokens equal the model's final answer at that position.
         self._unspeakable = unspeakable
         self._hard_to_speak = hard_to_speak
         self.refresh()
+
+    def set_pins(self, token_ids) -> None:
+        """Highlight these token ids wherever they appear."""
+        self._pinned = frozenset(t for t in token_ids if isinstance(t, int))
+        self.refresh()
+
+    @property
+    def _header_rows(self) -> int:
+        """Header lines: the tokens, plus (layer × position) where each answer settles."""
+        return 2 if self.view == "positions" and self.result is not None else 1
+
+    def _depth_rows(self) -> list:
+        if self.result is None:
+            return []
+        if self._depth_of is not self.result:  # computed once per result, not per line
+            self._depth_of, self._depth = self.result, self.result.depth
+        return self._depth
 
     def _token_text(self, token_id: int, text: str, width: int) -> str:
         if token_id in self._unspeakable:
@@ -246,7 +274,7 @@ probability; underlined tokens equal the model's final answer at that position.
         if self.result is None:
             return 0
         if self.view == "topk":
-            return len(self.result.grid[0][0].top)
+            return len(self.result.grid[0][0].top) + len(self.result.tracked)  # + pinned ranks
         return len(self.result.tokens)
 
     @property
@@ -277,7 +305,7 @@ probability; underlined tokens equal the model's final answer at that position.
         # Pad so the furthest scroll stops on a column boundary: the leftmost visible
         # cell is then never cut in half.
         pad = (-(content - viewport)) % self._column_width if content > viewport > 0 else 0
-        size = Size(self._fixed_width + content + pad, len(self._rows) + 1)  # +1: header row
+        size = Size(self._fixed_width + content + pad, len(self._rows) + self._header_rows)
         if size != self.virtual_size:
             self.virtual_size = size
 
@@ -297,7 +325,9 @@ probability; underlined tokens equal the model's final answer at that position.
             pos = self.cursor_pos
             token = visible(self.result.tokens[pos].text)
             target = visible(self.result.targets[pos].text)
-            return f"layer × top-{self._column_count} at position {pos} ({token}) · target {target}{stride}"
+            k = len(self.result.grid[0][0].top)
+            pins = f" · pinned ranks after #{k}" if self.result.tracked else ""
+            return f"layer × top-{k} at position {pos} ({token}) · target {target}{stride}{pins}"
         return f"layer × position · top-1 · {len(self.result.tokens)} tokens{stride}"
 
     def _follow_cursor(self) -> None:
@@ -305,7 +335,7 @@ probability; underlined tokens equal the model's final answer at that position.
         if self.result is None:
             return
         region = self.scrollable_content_region
-        visible_rows = max(1, region.height - 1)
+        visible_rows = max(1, region.height - self._header_rows)
         visible_width = max(self._column_width, region.width - self._fixed_width)
         x, y = self.scroll_offset
         column_w = self._column_width
@@ -367,8 +397,10 @@ probability; underlined tokens equal the model's final answer at that position.
         scroll_x, scroll_y = self.scroll_offset
         if y == 0:
             fixed, cells = self._header_line()
+        elif y < self._header_rows:
+            fixed, cells = self._depth_line()
         else:
-            row = scroll_y + y - 1
+            row = scroll_y + y - self._header_rows
             if row >= len(self._rows):
                 return Strip.blank(width, base)
             fixed, cells = self._row_line(row)
@@ -403,8 +435,13 @@ probability; underlined tokens equal the model's final answer at that position.
                 Segment(fit("H", ENTROPY_W - 1) + " ", header),
                 Segment(fit("KL", KL_W - 1) + " ", header),
             ]
+            n_top = len(result.grid[0][0].top)
             for k in columns:
                 style = axis if k == self.cursor_k else header
+                if k >= n_top:  # a pinned token's rank column
+                    pin = result.tracked[k - n_top]
+                    cells += [Segment(_cell_text(PIN_MARK + pin.text, TOPK_COLUMN - 1), header), gap]
+                    continue
                 cells += [Segment(fit(f"#{k + 1}", TOPK_COLUMN - 1), style), gap]
         else:
             fixed = [Segment(fit("layer", label_w), header)]
@@ -413,6 +450,20 @@ probability; underlined tokens equal the model's final answer at that position.
                 text = _cell_text(result.tokens[pos].text, POSITION_COLUMN - 1)
                 cells += [Segment(text, style), gap]
         return fixed, cells
+
+    def _depth_line(self) -> tuple[list[Segment], list[Segment]]:
+        """Where each position's answer settles: the first layer from which the final
+        top-1 stays top-1 (◆ marks that cell below), "-" if it never does."""
+        label = self.get_component_rich_style("lens-grid--label")
+        gap = Segment(" ", self.rich_style)
+        depth = self._depth_rows()
+        columns = self._columns_in_view()
+        cells = self._pad_to(columns.start)
+        for pos in columns:
+            row = depth[pos].top1 if pos < len(depth) else None
+            text = "-" if row is None else DEPTH_MARK + self.result.layers[row]
+            cells += [Segment(fit(text, POSITION_COLUMN - 1), label), gap]
+        return [Segment(fit("depth", self._label_width), label)], cells
 
     def _row_line(self, row: int) -> tuple[list[Segment], list[Segment]]:
         result = self.result
@@ -435,22 +486,37 @@ probability; underlined tokens equal the model's final answer at that position.
                 Segment(fit(f"{cell.kl_to_final:.2f}", KL_W - 1) + " ", label),
             ]
             target_id = result.targets[self.cursor_pos].id
+            pinned = self.get_component_rich_style("lens-grid--pinned")
             for k in columns:
+                if k >= len(cell.top):  # a pinned token: its rank when outside the top-k
+                    value = cell.tracked[k - len(cell.top)]
+                    text = "" if value.rank < len(cell.top) else f"#{value.rank + 1} {value.prob:.0e}"
+                    cells += [Segment(fit(text, TOPK_COLUMN - 1), label), gap]
+                    continue
                 top = cell.top[k]
                 plain, underlined = self._heat(top.prob)
                 style = underlined if top.id == target_id else plain
+                if top.id in self._pinned:
+                    style = pinned + Style(underline=top.id == target_id)
                 if on_cursor_row and k == self.cursor_k:
                     style = cursor
                 text = self._token_text(top.id, top.text, TOPK_COLUMN - 5) + _percent(top.prob)
                 cells += [Segment(text, style), gap]
         else:
+            pinned = self.get_component_rich_style("lens-grid--pinned")
+            depth = self._depth_rows()
             for pos in columns:
                 top = cells_of_layer[pos].top[0]
                 plain, underlined = self._heat(top.prob)
                 style = underlined if top.id == result.targets[pos].id else plain
+                if top.id in self._pinned:
+                    style = pinned + Style(underline=top.id == result.targets[pos].id)
                 if on_cursor_row and pos == self.cursor_pos:
                     style = cursor
-                cells += [Segment(self._token_text(top.id, top.text, POSITION_COLUMN - 1), style), gap]
+                text = self._token_text(top.id, top.text, POSITION_COLUMN - 1)
+                if pos < len(depth) and depth[pos].top1 == layer_index:
+                    text = DEPTH_MARK + text[:-1]  # the answer settles here
+                cells += [Segment(text, style), gap]
         return fixed, cells
 
     # ------------------------------------------------------------ cursor
@@ -536,7 +602,7 @@ probability; underlined tokens equal the model's final answer at that position.
             return
         x, y = offset
         scroll_x, scroll_y = self.scroll_offset
-        row = None if y == 0 else scroll_y + y - 1
+        row = None if y < self._header_rows else scroll_y + y - self._header_rows
         column = None
         if x >= self._fixed_width:
             column = (scroll_x + x - self._fixed_width) // self._column_width
