@@ -16,12 +16,14 @@ and ``RunLens``, which every worker serves).
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Optional, Union
 
 from lenstui.worker import CheckSpeakable, Handler, InspectToken, RunLens, ScanVocabulary
 
 if TYPE_CHECKING:
+    from lenstui.engine.lens import LensResult
     from lenstui.engine.neighbors import TokenReport
     from lenstui.engine.scan import ScanResult
     from lenstui.engine.speak import SpeakResult
@@ -45,18 +47,28 @@ class ScanMarks:
     complete: bool
 
 
-def run_lens_handler(model, request: RunLens, ctx):
-    """-> LensResult. Text is encoded (chat-templated when asked) here, on the worker."""
-    from lenstui.engine.chat import chat_prompt_ids
-    from lenstui.engine.lens import run_lens
+# Positions per streamed chunk after the first: about one readout chunk of a 30-layer
+# model, so a superseding request waits at most about that long for the stream to stop.
+STREAM_POSITIONS = 32
 
+
+def run_lens_handler(model, request: RunLens, ctx):
+    """-> LensResult, streamed: the cells at ``request.first_positions`` (the ones in
+    view) and every cell already computed are posted first as one ``Partial``, then the
+    rest in chunks, nearest to the first ones first; then the whole grid is the ``Done``
+    value. Each partial is a LensResult whose ``positions`` are its columns. Text is
+    encoded (chat-templated when asked) here, on the worker."""
+    from lenstui.engine.chat import chat_prompt_ids
+    from lenstui.engine.lens_state import lens_state
+
+    started = time.perf_counter()
     prompt: Union[str, list[int]] = (
         list(request.prompt) if isinstance(request.prompt, tuple) else request.prompt
     )
     if isinstance(prompt, str) and request.chat:
         prompt = chat_prompt_ids(model, prompt)
-    return run_lens(
-        model,
+    state = lens_state(model)
+    plan = state.prepare(
         prompt,
         top_k=min(request.top_k, model.d_vocab),
         lens=request.lens,
@@ -64,6 +76,47 @@ def run_lens_handler(model, request: RunLens, ctx):
         incl_mid=request.incl_mid,
         target=request.target,
         should_stop=ctx.should_stop,
+    )
+    n = plan.n_positions
+    first = stream_order(request.first_positions, n)
+    if first:
+        ready = set(state.computed_positions())  # free: a prefix kept, or a re-prioritised run
+        wanted = [p for p in first if p not in ready]
+        head = ready | set(wanted)
+        rest = [p for p in range(n) if p not in head]
+        # Nearest to what is in view first, so a small scroll finds its cells ready.
+        rest.sort(key=lambda p: min(abs(p - f) for f in first))
+        ctx.partial(_partial(plan, state.cells(sorted(head), ctx.should_stop)))
+        for start in range(0, len(rest), STREAM_POSITIONS):
+            chunk = rest[start : start + STREAM_POSITIONS]
+            ctx.partial(_partial(plan, state.cells(chunk, ctx.should_stop)))
+    return state.result(ctx.should_stop, started=started)
+
+
+def stream_order(first_positions: tuple[int, ...], n_positions: int) -> list[int]:
+    """The requested first positions in range (negative from the end), deduplicated."""
+    chosen: list[int] = []
+    for pos in first_positions:
+        pos = pos + n_positions if pos < 0 else pos
+        if 0 <= pos < n_positions and pos not in chosen:
+            chosen.append(pos)
+    return chosen
+
+
+def _partial(plan, columns) -> "LensResult":
+    from lenstui.engine.lens import LensResult
+
+    settings = plan.settings
+    return LensResult(
+        model=plan.model,
+        lens=settings.lens,
+        tokens=plan.tokens,
+        layers=plan.layers,
+        grid=columns.cells,
+        targets=columns.targets,
+        target_is_default=settings.target_id is None,
+        extended_blocks=settings.extended_blocks,
+        positions=columns.positions,
     )
 
 

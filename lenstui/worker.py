@@ -16,6 +16,12 @@ Rules the worker keeps:
   ``is_current(result)`` is true only for the newest request of its kind, so a
   slow, old answer can never overwrite a newer one (the app checks it on receipt,
   after any newer submit, which closes the race between thread and UI).
+- **Partial results.** A handler may post what it has so far with
+  ``ctx.partial(value)`` (the lens: the visible columns first, then the rest in
+  chunks). Partials carry their request's ``seq`` like every result, so the UI drops
+  them with ``is_current`` as it drops any stale answer; once a job is superseded its
+  partials are no longer posted at all. A ``Done`` (or ``Stopped``/``Failed``) still
+  ends every job.
 - **Errors are results.** A failing request becomes ``Failed`` with a sentence for
   the user; the thread keeps serving.
 - **Model first.** Requests that need a model wait until one is loaded; they fail
@@ -42,7 +48,7 @@ import logging.handlers
 import threading
 import time
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Optional, Union
 
@@ -94,6 +100,7 @@ __all__ = [
     "ScanVocabulary",
     "Result",
     "Progress",
+    "Partial",
     "Done",
     "Failed",
     "Stopped",
@@ -143,6 +150,10 @@ class RunLens(Request):
     extended_blocks: int = 1
     incl_mid: bool = False
     target: Union[str, int, None] = None
+    # Positions to compute and post first (the cells in view; negative counts from the
+    # end, since the app does not know a text prompt's length). Not part of equality:
+    # a request that only re-prioritises is the same run, and reuses what was computed.
+    first_positions: tuple[int, ...] = field(default=(), compare=False)
 
     title: ClassVar[str] = "Logit lens"
     priority: ClassVar[int] = 1
@@ -202,6 +213,14 @@ class Result:
 class Progress(Result):
     message: str
     fraction: Optional[float] = None  # 0..1, None when unknown
+
+
+@dataclass(frozen=True)
+class Partial(Result):
+    """Part of a request's answer, posted before its ``Done`` (RunLens: a LensResult
+    whose ``positions`` are the columns computed so far in this chunk)."""
+
+    value: Any
 
 
 @dataclass(frozen=True)
@@ -287,6 +306,11 @@ class JobContext:
     def progress(self, message: str, fraction: Optional[float] = None) -> None:
         if not self.should_stop():
             self._worker._emit(Progress(self.seq, self.request, message, fraction))
+
+    def partial(self, value: Any) -> None:
+        """Post part of the answer now (a superseded job posts nothing more)."""
+        if not self.should_stop():
+            self._worker._emit(Partial(self.seq, self.request, value))
 
     def checkpoint(self) -> None:
         """Call between chunks of a long job: raises Cancelled when superseded, and
