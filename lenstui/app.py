@@ -312,6 +312,8 @@ class LenstuiApp(App):
                 return
         elif isinstance(result, Failed):
             self.session.failed()
+            if self.grid.streaming and self.shown_result is not None:
+                self.grid.show_result(self.shown_result)  # not a half-painted older run
             if self.shown_result is None:
                 self.grid.show_hint(result.message)
         self.lens_settled.set()
