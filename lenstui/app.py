@@ -18,6 +18,7 @@ asks the worker with::
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable, Iterable, Optional
 
@@ -53,6 +54,7 @@ from lenstui.worker import (
     LoadModel,
     ModelInfo,
     ModelWorker,
+    Partial,
     Progress,
     Request,
     Result,
@@ -277,7 +279,7 @@ class LenstuiApp(App):
         seq, target = self._reply_to.get(result.kind, (None, None))
         if seq != result.seq:
             target = None
-        elif not isinstance(result, Progress):
+        elif not isinstance(result, (Progress, Partial)):
             del self._reply_to[result.kind]
         if isinstance(result, Failed):
             self.notify(result.message, title=result.request.title, severity="error", timeout=10)
@@ -317,6 +319,9 @@ class LenstuiApp(App):
     def _on_lens_reply(self, result: Result) -> None:
         if isinstance(result, Progress):
             return
+        if isinstance(result, Partial):  # some columns, before the whole grid
+            self.grid.show_partial(result.value, result.request)
+            return
         self.status.set_running(False)
         if isinstance(result, Done):
             self.shown_result = result.value
@@ -332,6 +337,8 @@ class LenstuiApp(App):
                 return
         elif isinstance(result, Failed):
             pins.lens_failed(self, self.session.failed())
+            if self.grid.streaming and self.shown_result is not None:
+                self.grid.show_result(self.shown_result)  # not a half-painted older run
             if self.shown_result is None:
                 self.grid.show_hint(result.message)
         self.lens_settled.set()
@@ -363,7 +370,13 @@ class LenstuiApp(App):
         self.session.submitted(request)
         self.lens_settled.clear()
         self.status.set_running(True)
-        self.submit(request)
+        self.submit(replace(request, first_positions=self.grid.wanted_positions()))
+
+    def on_lens_grid_columns_wanted(self, message: LensGrid.ColumnsWanted) -> None:
+        """The view reached columns the running stream has not computed: the same run
+        again with those first (the worker reuses every column already computed)."""
+        if message.run == self.session.last_request and self._lens_running():
+            self.submit(replace(self.session.last_request, first_positions=message.positions))
 
     def _rerun(self) -> None:
         if self.session.has_prompt:

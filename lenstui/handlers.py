@@ -16,6 +16,7 @@ and ``RunLens``, which every worker serves).
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Optional, Union
 
@@ -51,18 +52,28 @@ class ScanMarks:
     hard_rule: str = "hard to speak"
 
 
-def run_lens_handler(model, request: RunLens, ctx):
-    """-> LensResult. Text is encoded (chat-templated when asked) here, on the worker."""
-    from lenstui.engine.chat import chat_prompt_ids
-    from lenstui.engine.lens import run_lens
+# Positions per streamed chunk after the first: about one readout chunk of a 30-layer
+# model, so a superseding request waits at most about that long for the stream to stop.
+STREAM_POSITIONS = 32
 
+
+def run_lens_handler(model, request: RunLens, ctx):
+    """-> LensResult, streamed: the cells at ``request.first_positions`` (the ones in
+    view) and every cell already computed are posted first as one ``Partial``, then the
+    rest in chunks, nearest to the first ones first; then the whole grid is the ``Done``
+    value. Each partial is a LensResult whose ``positions`` are its columns. Text is
+    encoded (chat-templated when asked) here, on the worker."""
+    from lenstui.engine.chat import chat_prompt_ids
+    from lenstui.engine.lens_state import lens_state
+
+    started = time.perf_counter()
     prompt: Union[str, list[int]] = (
         list(request.prompt) if isinstance(request.prompt, tuple) else request.prompt
     )
     if isinstance(prompt, str) and request.chat:
         prompt = chat_prompt_ids(model, prompt)
-    return run_lens(
-        model,
+    state = lens_state(model)
+    plan = state.prepare(
         prompt,
         top_k=min(request.top_k, model.d_vocab),
         lens=request.lens,
@@ -95,6 +106,47 @@ def compare_handler(model, request: RunCompare, ctx):
         target=request.target,
         track=request.track,
         should_stop=ctx.should_stop,
+    )
+    n = plan.n_positions
+    first = stream_order(request.first_positions, n)
+    if first:
+        ready = set(state.computed_positions())  # free: a prefix kept, or a re-prioritised run
+        wanted = [p for p in first if p not in ready]
+        head = ready | set(wanted)
+        rest = [p for p in range(n) if p not in head]
+        # Nearest to what is in view first, so a small scroll finds its cells ready.
+        rest.sort(key=lambda p: min(abs(p - f) for f in first))
+        ctx.partial(_partial(plan, state.cells(sorted(head), ctx.should_stop)))
+        for start in range(0, len(rest), STREAM_POSITIONS):
+            chunk = rest[start : start + STREAM_POSITIONS]
+            ctx.partial(_partial(plan, state.cells(chunk, ctx.should_stop)))
+    return state.result(ctx.should_stop, started=started)
+
+
+def stream_order(first_positions: tuple[int, ...], n_positions: int) -> list[int]:
+    """The requested first positions in range (negative from the end), deduplicated."""
+    chosen: list[int] = []
+    for pos in first_positions:
+        pos = pos + n_positions if pos < 0 else pos
+        if 0 <= pos < n_positions and pos not in chosen:
+            chosen.append(pos)
+    return chosen
+
+
+def _partial(plan, columns) -> "LensResult":
+    from lenstui.engine.lens import LensResult
+
+    settings = plan.settings
+    return LensResult(
+        model=plan.model,
+        lens=settings.lens,
+        tokens=plan.tokens,
+        layers=plan.layers,
+        grid=columns.cells,
+        targets=columns.targets,
+        target_is_default=settings.target_id is None,
+        extended_blocks=settings.extended_blocks,
+        positions=columns.positions,
     )
 
 
@@ -234,12 +286,12 @@ def render_scene(model, scene: "Scene", request: RenderScenes, ctx) -> SceneRend
 
 def render_scenes_handler(model, request: RenderScenes, ctx) -> int:
     """Scene after scene in ``request.order``, each handed back as it is done
-    (``ctx.deliver``); between scenes ``ctx.checkpoint()`` serves interactive requests.
+    (``ctx.partial``); between scenes ``ctx.checkpoint()`` serves interactive requests.
     -> how many scenes were computed."""
     by_number = {scene.number: scene for scene in request.scenes}
     for number in request.order:
         ctx.checkpoint()  # raises Cancelled when superseded
-        ctx.deliver(render_scene(model, by_number[number], request, ctx))
+        ctx.partial(render_scene(model, by_number[number], request, ctx))
     return len(request.order)
 
 

@@ -16,6 +16,12 @@ Rules the worker keeps:
   ``is_current(result)`` is true only for the newest request of its kind, so a
   slow, old answer can never overwrite a newer one (the app checks it on receipt,
   after any newer submit, which closes the race between thread and UI).
+- **Partial results.** A handler may post what it has so far with
+  ``ctx.partial(value)`` (the lens: the visible columns first, then the rest in
+  chunks). Partials carry their request's ``seq`` like every result, so the UI drops
+  them with ``is_current`` as it drops any stale answer; once a job is superseded its
+  partials are no longer posted at all. A ``Done`` (or ``Stopped``/``Failed``) still
+  ends every job.
 - **Errors are results.** A failing request becomes ``Failed`` with a sentence for
   the user; the thread keeps serving.
 - **Model first.** Requests that need a model wait until one is loaded; they fail
@@ -43,7 +49,7 @@ import logging.handlers
 import threading
 import time
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Optional, Union
 
@@ -98,6 +104,7 @@ __all__ = [
     "Result",
     "Partial",
     "Progress",
+    "Partial",
     "Done",
     "Failed",
     "Stopped",
@@ -149,6 +156,10 @@ class RunLens(Request):
     target: Union[str, int, None] = None
     # Pinned tokens (text, vocabulary piece or id), read in every cell (issue 9).
     track: tuple[Union[str, int], ...] = ()
+    # Positions to compute and post first (the cells in view; negative counts from the
+    # end, since the app does not know a text prompt's length). Not part of equality:
+    # a request that only re-prioritises is the same run, and reuses what was computed.
+    first_positions: tuple[int, ...] = field(default=(), compare=False)
 
     title: ClassVar[str] = "Logit lens"
     priority: ClassVar[int] = 1
@@ -231,7 +242,7 @@ class RenderScenes(Request):
     """A talk's scenes computed ahead, one after another in ``order`` (scene numbers,
     the current scene first). Long-running: between scenes the handler calls
     ``ctx.checkpoint()`` so interactive requests get in, and it hands each finished
-    scene back at once with ``ctx.deliver`` (a ``Partial`` result)."""
+    scene back at once with ``ctx.partial`` (a ``Partial`` result)."""
 
     scenes: tuple = ()  # lenstui.scenes.Scene, in file order
     order: tuple[int, ...] = ()  # scene numbers (1-based) to compute, in this order
@@ -264,9 +275,10 @@ class Progress(Result):
 
 @dataclass(frozen=True)
 class Partial(Result):
-    """One piece of a long job's answer, handed back before the job ends (e.g. one
-    computed scene). Tagged with the request's seq like every result, so the stale
-    rule applies; unlike Progress, partials never merge with each other."""
+    """Part of a request's answer, posted before its ``Done`` and tagged with the
+    request's seq like every result, so the stale rule applies; unlike Progress,
+    partials never merge. RunLens: a LensResult whose ``positions`` are the columns
+    of this chunk; RenderScenes: one computed scene."""
 
     value: Any
 
@@ -355,9 +367,8 @@ class JobContext:
         if not self.should_stop():
             self._worker._emit(Progress(self.seq, self.request, message, fraction))
 
-    def deliver(self, value: Any) -> None:
-        """Hand back part of the answer now (a ``Partial`` result); dropped once the
-        request is superseded."""
+    def partial(self, value: Any) -> None:
+        """Post part of the answer now (a superseded job posts nothing more)."""
         if not self.should_stop():
             self._worker._emit(Partial(self.seq, self.request, value))
 

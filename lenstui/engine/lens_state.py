@@ -339,6 +339,10 @@ class LensState:
         return stack
 
     # -- the readout ----------------------------------------------------------------------
+    def computed_positions(self) -> list[int]:
+        """Positions whose cells are already read out for the current settings (free to ask)."""
+        return sorted(p for p in self._columns if p < len(self._ids))
+
     def cells(self, positions: Sequence[int], should_stop: StopCheck = None) -> LensColumns:
         """The cells at ``positions`` (computed now, or kept from earlier), in that order."""
         if self._settings is None:

@@ -13,11 +13,16 @@ heat colour (the ``lens-heat`` theme variable, else ``primary``) by probability,
 with contrast-picked text; a token that equals the position's target (by default
 the model's own final answer) is underlined. With many layers, ``S`` strides the
 rows (the last layer is always kept). The widget holds plain data only: no tensors.
+
+A run arrives streamed (``show_partial``): the columns in view first, then the rest in
+chunks. Columns not computed yet hold ``None`` and draw as a quiet placeholder (the
+``lens-grid--pending`` style); when the view shows placeholders, the grid posts
+``ColumnsWanted`` so the app can move those columns to the front.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from typing import TYPE_CHECKING, Optional
 
@@ -115,6 +120,7 @@ view their ranks follow the top-k columns. **T**: their trajectories.
         "lens-grid--heat",
         "lens-grid--hint",
         "lens-grid--pinned",
+        "lens-grid--pending",
     }
 
     DEFAULT_CSS = """
@@ -132,6 +138,7 @@ view their ranks follow the top-k columns. **T**: their trajectories.
         & > .lens-grid--heat { background: $primary; }
         & > .lens-grid--hint { color: $text-muted; text-style: italic; }
         & > .lens-grid--pinned { background: $secondary; color: $background; text-style: bold; }
+        & > .lens-grid--pending { color: $text-disabled; }
     }
     """
 
@@ -152,6 +159,19 @@ view their ranks follow the top-k columns. **T**: their trajectories.
 
         def can_replace(self, message: Message) -> bool:
             return isinstance(message, LensGrid.CellHighlighted) and message.grid is self.grid
+
+    class ColumnsWanted(Message):
+        """The view shows columns of a streamed run that are not computed yet."""
+
+        def __init__(self, grid: "LensGrid", run: object, positions: tuple[int, ...]) -> None:
+            super().__init__()
+            self.grid = grid
+            self.run = run  # what show_partial was given as the run (the app: its RunLens)
+            self.positions = positions
+
+        @property
+        def control(self) -> "LensGrid":
+            return self.grid
 
     class CellSelected(CellHighlighted):
         """Enter or a click on a cell."""
@@ -175,6 +195,12 @@ view their ranks follow the top-k columns. **T**: their trajectories.
         self._pinned: frozenset[int] = frozenset()
         self._depth_of = None  # the result _depth was computed for
         self._depth: list = []
+        self._top_k = 0  # tokens per cell in the shown result
+        # The streamed run being painted (None once its complete result is shown), the
+        # positions still missing, and the last positions asked for with ColumnsWanted.
+        self._stream_run: object = None
+        self._missing: set[int] = set()
+        self._asked: frozenset[int] = frozenset()
 
     # ------------------------------------------------------------ data in
 
@@ -192,7 +218,9 @@ view their ranks follow the top-k columns. **T**: their trajectories.
             self.cursor_row = self._row_of_layer(layer)
         n = len(result.tokens)
         self.cursor_pos = n - 1 if at_end else min(self.cursor_pos, n - 1)
-        self.cursor_k = min(self.cursor_k, len(result.grid[0][0].top) - 1)
+        self._top_k = _top_count(result)
+        self.cursor_k = min(self.cursor_k, self._top_k - 1)
+        self._stream_run, self._missing, self._asked = None, set(), frozenset()
         self._update_geometry()
         self._follow_cursor()
         self._announce()
@@ -238,6 +266,8 @@ view their ranks follow the top-k columns. **T**: their trajectories.
         if self.result is None or not self._rows:
             return None
         layer_index = self._rows[self.cursor_row]
+        if self.result.grid[layer_index][self.cursor_pos] is None:
+            return None  # not computed yet
         rank = self.cursor_k if self.view == "topk" else 0
         top = self.result.grid[layer_index][self.cursor_pos].top[rank]
         return GridCell(
@@ -274,7 +304,7 @@ view their ranks follow the top-k columns. **T**: their trajectories.
         if self.result is None:
             return 0
         if self.view == "topk":
-            return len(self.result.grid[0][0].top) + len(self.result.tracked)  # + pinned ranks
+            return self._top_k + len(self.result.tracked)  # + pinned ranks
         return len(self.result.tokens)
 
     @property
@@ -320,12 +350,13 @@ view their ranks follow the top-k columns. **T**: their trajectories.
         if self.result.lens != "logit":
             stride += f" · {self.result.lens} lens"
         if not self.result.target_is_default:
-            stride += f" · target {visible(self.result.targets[0].text)}"
+            shown = next((t for t in self.result.targets if t is not None), None)
+            stride += f" · target {visible(shown.text) if shown else '…'}"
         if self.view == "topk":
             pos = self.cursor_pos
             token = visible(self.result.tokens[pos].text)
-            target = visible(self.result.targets[pos].text)
-            k = len(self.result.grid[0][0].top)
+            target = visible(self.result.targets[pos].text) if self.result.targets[pos] else "…"
+            k = self._top_k
             pins = f" · pinned ranks after #{k}" if self.result.tracked else ""
             return f"layer × top-{k} at position {pos} ({token}) · target {target}{stride}{pins}"
         return f"layer × position · top-1 · {len(self.result.tokens)} tokens{stride}"
@@ -480,6 +511,8 @@ view their ranks follow the top-k columns. **T**: their trajectories.
         cells = self._pad_to(columns.start)
         if self.view == "topk":
             cell = cells_of_layer[self.cursor_pos]
+            if cell is None:  # not computed yet (a streamed run)
+                return fixed + self._pending_topk_fixed(), cells + self._pending_cells(columns, on_cursor_row)
             label = self.get_component_rich_style("lens-grid--label")
             fixed += [
                 Segment(fit(f"{cell.entropy:.2f}", ENTROPY_W - 1) + " ", label),
@@ -506,6 +539,9 @@ view their ranks follow the top-k columns. **T**: their trajectories.
             pinned = self.get_component_rich_style("lens-grid--pinned")
             depth = self._depth_rows()
             for pos in columns:
+                if cells_of_layer[pos] is None:  # not computed yet (a streamed run)
+                    cells += self._pending_cells([pos], on_cursor_row)
+                    continue
                 top = cells_of_layer[pos].top[0]
                 plain, underlined = self._heat(top.prob)
                 style = underlined if top.id == result.targets[pos].id else plain
@@ -530,12 +566,13 @@ view their ranks follow the top-k columns. **T**: their trajectories.
         if pos is not None:
             self.cursor_pos = max(0, min(len(self.result.tokens) - 1, pos))
         if k is not None:
-            self.cursor_k = max(0, min(len(self.result.grid[0][0].top) - 1, k))
+            self.cursor_k = max(0, min(self._top_k - 1, k))
         if self.view == "topk" and self.cursor_pos != old_pos:
             self.border_title = self._title()
         self._follow_cursor()
         self.refresh()
         self._announce()
+        self._ask_for_visible()
 
     def place_cursor(self, layer: Optional[str] = None, position: Optional[int] = None) -> None:
         """Put the cursor on a row (by its label: "embed", "L12", "L3.attn") and a prompt
@@ -616,3 +653,101 @@ view their ranks follow the top-k columns. **T**: their trajectories.
             self._set_cursor(row=row, pos=column)
         if row is not None and column is not None:
             self._announce(selected=True)
+
+    # ------------------------------------------------------------ streamed runs
+
+    def show_partial(self, partial: "LensResult", run: object) -> None:
+        """Paint some columns of a run before its complete result (``partial.positions``
+        are its columns). A ``run`` unequal to the one being painted starts a new grid
+        of placeholders: no cell of an older run stays under a newer one."""
+        fresh = self._stream_run is None or self._stream_run != run or self.result is None
+        if fresh:
+            n = len(partial.tokens)
+            result = replace(
+                partial, grid=[[None] * n for _ in partial.layers], targets=[None] * n, positions=None
+            )
+        else:
+            result = self.result
+        for i, pos in enumerate(partial.column_positions):
+            for row, cells in enumerate(partial.grid):
+                result.grid[row][pos] = cells[i]
+            result.targets[pos] = partial.targets[i]
+        if fresh:
+            self.show_result(result)  # cursor, rows and geometry, as for a complete result
+            self._stream_run = run
+            self._missing = set(range(len(result.tokens)))
+        self._missing.difference_update(partial.column_positions)
+        if not fresh:
+            self.border_title = self._title()
+            self.refresh()
+            if self.cursor_pos in partial.column_positions:
+                self._announce()  # the cell under the cursor just arrived
+        self._ask_for_visible()
+
+    @property
+    def streaming(self) -> bool:
+        """Whether some columns of the shown run are still placeholders."""
+        return bool(self._missing)
+
+    def positions_in_view(self) -> list[int]:
+        """The prompt positions whose cells are on screen now."""
+        if self.result is None:
+            return []
+        if self.view == "topk":
+            return [self.cursor_pos]
+        return list(self._columns_in_view())
+
+    def wanted_positions(self) -> tuple[int, ...]:
+        """What a new run should compute first: the positions that will be in view.
+        A cursor on the last position follows the prompt's end, so then it is the last
+        screenful, counted from the end (the new prompt's length is not known here)."""
+        if self.view == "topk":
+            at_end = self.result is None or self.cursor_pos >= len(self.result.tokens) - 1
+            return (-1,) if at_end else (self.cursor_pos,)
+        # Before the first layout the grid has no size yet: the screen's width bounds it.
+        width = self.scrollable_content_region.width or self.app.size.width
+        visible_width = max(POSITION_COLUMN, width - self._fixed_width)
+        count = visible_width // POSITION_COLUMN + 1
+        if self.result is None or self.cursor_pos >= len(self.result.tokens) - 1:
+            return tuple(range(-count, 0))
+        return tuple(self.positions_in_view())
+
+    def watch_scroll_x(self, old_value: float, new_value: float) -> None:
+        super().watch_scroll_x(old_value, new_value)
+        self._ask_for_visible()
+
+    def _ask_for_visible(self) -> None:
+        """Post ColumnsWanted when the view shows placeholders not asked for yet."""
+        if not self._missing:
+            return
+        pending = frozenset(p for p in self.positions_in_view() if p in self._missing)
+        if pending - self._asked:
+            self._asked = pending
+            self.post_message(self.ColumnsWanted(self, self._stream_run, tuple(sorted(pending))))
+
+    def _pending_cells(self, columns, on_cursor_row: bool) -> list[Segment]:
+        width = self._column_width - 1
+        quiet = self.get_component_rich_style("lens-grid--pending")
+        cursor = self.get_component_rich_style("lens-grid--cursor")
+        gap = Segment(" ", self.rich_style)
+        cells: list[Segment] = []
+        for column in columns:
+            style = cursor if on_cursor_row and column == self._cursor_column else quiet
+            cells += [Segment(PENDING_MARK.center(width), style), gap]
+        return cells
+
+    def _pending_topk_fixed(self) -> list[Segment]:
+        quiet = self.get_component_rich_style("lens-grid--pending")
+        return [
+            Segment(fit(PENDING_MARK, ENTROPY_W - 1) + " ", quiet),
+            Segment(fit(PENDING_MARK, KL_W - 1) + " ", quiet),
+        ]
+
+
+PENDING_MARK = "·"  # a cell whose column is not computed yet
+
+
+def _top_count(result: "LensResult") -> int:
+    """Tokens per cell (the first computed cell says; 1 before any is)."""
+    cell = next((c for c in result.grid[0] if c is not None), None) if result.grid else None
+    return len(cell.top) if cell is not None else 1
