@@ -83,6 +83,20 @@ def run_lens_handler(model, request: RunLens, ctx):
         track=request.track,
         should_stop=ctx.should_stop,
     )
+    n = plan.n_positions
+    first = stream_order(request.first_positions, n)
+    if first:
+        ready = set(state.computed_positions())  # free: a prefix kept, or a re-prioritised run
+        wanted = [p for p in first if p not in ready]
+        head = ready | set(wanted)
+        rest = [p for p in range(n) if p not in head]
+        # Nearest to what is in view first, so a small scroll finds its cells ready.
+        rest.sort(key=lambda p: min(abs(p - f) for f in first))
+        ctx.partial(_partial(plan, state.cells(sorted(head), ctx.should_stop)))
+        for start in range(0, len(rest), STREAM_POSITIONS):
+            chunk = rest[start : start + STREAM_POSITIONS]
+            ctx.partial(_partial(plan, state.cells(chunk, ctx.should_stop)))
+    return state.result(ctx.should_stop, started=started)
 
 
 def compare_handler(model, request: RunCompare, ctx):
@@ -107,20 +121,6 @@ def compare_handler(model, request: RunCompare, ctx):
         track=request.track,
         should_stop=ctx.should_stop,
     )
-    n = plan.n_positions
-    first = stream_order(request.first_positions, n)
-    if first:
-        ready = set(state.computed_positions())  # free: a prefix kept, or a re-prioritised run
-        wanted = [p for p in first if p not in ready]
-        head = ready | set(wanted)
-        rest = [p for p in range(n) if p not in head]
-        # Nearest to what is in view first, so a small scroll finds its cells ready.
-        rest.sort(key=lambda p: min(abs(p - f) for f in first))
-        ctx.partial(_partial(plan, state.cells(sorted(head), ctx.should_stop)))
-        for start in range(0, len(rest), STREAM_POSITIONS):
-            chunk = rest[start : start + STREAM_POSITIONS]
-            ctx.partial(_partial(plan, state.cells(chunk, ctx.should_stop)))
-    return state.result(ctx.should_stop, started=started)
 
 
 def stream_order(first_positions: tuple[int, ...], n_positions: int) -> list[int]:
@@ -147,6 +147,7 @@ def _partial(plan, columns) -> "LensResult":
         target_is_default=settings.target_id is None,
         extended_blocks=settings.extended_blocks,
         positions=columns.positions,
+        tracked=plan.tracked,
     )
 
 

@@ -132,10 +132,16 @@ class LensResult:
     @property
     def depth(self) -> list[Depth]:
         """Prediction depth per grid column, rows indexing ``layers``."""
-        k = self.top_k or (len(self.grid[0][0].top) if self.grid and self.grid[0] else 1)
+        # A streamed grid has None for columns not computed yet: their depth is unknown.
+        first = next((cell for row in self.grid for cell in row if cell is not None), None)
+        k = self.top_k or (len(first.top) if first is not None else 1)
         out = []
         for col in range(len(self.grid[0]) if self.grid else 0):
-            ranks = [row[col].final_top1_rank for row in self.grid]
+            column = [row[col] for row in self.grid]
+            if any(cell is None for cell in column):
+                out.append(Depth(top1=None, topk=None))
+                continue
+            ranks = [cell.final_top1_rank for cell in column]
             out.append(Depth(top1=settle_row(ranks, 1), topk=settle_row(ranks, k)))
         return out
 

@@ -244,6 +244,8 @@ view their ranks follow the top-k columns. **T**: their trajectories.
     def _depth_rows(self) -> list:
         if self.result is None:
             return []
+        if self._stream_run is not None:  # columns still arriving: no caching
+            return self.result.depth
         if self._depth_of is not self.result:  # computed once per result, not per line
             self._depth_of, self._depth = self.result, self.result.depth
         return self._depth
