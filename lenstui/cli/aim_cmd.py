@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from lenstui.cli.common import add_model_options, load_from_args, print_json
+from lenstui.cli.common import add_model_options, add_token_arguments, load_from_args, print_json
 from lenstui.engine.errors import InputError
 
 
@@ -14,8 +14,7 @@ def configure(parser: argparse.ArgumentParser, command: str = "aim") -> None:
         "cap of directions (or, with offsets, the widest ball) that says it, certified from "
         "both sides in float64."
     )
-    parser.add_argument("token", nargs="?", default=None, help="the token's text (or vocabulary piece)")
-    parser.add_argument("--id", type=int, default=None, metavar="N", help="the token id instead of its text")
+    add_token_arguments(parser)
     add_model_options(parser)
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     parser.set_defaults(func=run)

@@ -23,6 +23,13 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_token_arguments(parser: argparse.ArgumentParser) -> None:
+    """TOKEN or --id N: one token by its text (or vocabulary piece) or by id (read with
+    ``one_token``)."""
+    parser.add_argument("token", nargs="?", default=None, help="the token's text (or vocabulary piece)")
+    parser.add_argument("--id", type=int, default=None, metavar="N", help="the token id instead of its text")
+
+
 def load_from_args(args: argparse.Namespace):
     """Load the model named by --model/--device/--dtype, reporting progress on stderr."""
     from lenstui.engine.models import load_model

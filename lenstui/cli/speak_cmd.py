@@ -7,7 +7,7 @@ import sys
 import time
 from pathlib import Path
 
-from lenstui.cli.common import add_model_options, load_from_args, one_token, print_json
+from lenstui.cli.common import add_model_options, add_token_arguments, load_from_args, one_token, print_json
 from lenstui.engine.errors import InputError
 from lenstui.engine.verdicts import DECIDED, Method, Verdict
 from lenstui.textfmt import aim_lines, bar, visible, visible_bytes
@@ -31,8 +31,7 @@ def configure(parser: argparse.ArgumentParser, command: str = "speak") -> None:
         "Can any final residual make this token the model's argmax? A witness residual or a "
         "certificate of infeasibility, both re-checked in float64."
     )
-    parser.add_argument("token", nargs="?", default=None, help="the token's text (or vocabulary piece)")
-    parser.add_argument("--id", type=int, default=None, metavar="N", help="the token id instead of its text")
+    add_token_arguments(parser)
     add_model_options(parser)
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     parser.set_defaults(func=run)
