@@ -34,7 +34,8 @@ GRID_ACTIONS = frozenset(
     {
         "step", "unstep", "switch_view", "toggle_chat", "next_preset", "check_speakable",
         "cancel_speak", "target_selected", "reset_target", "inspect_prompt_token", "next_lens",
-        "focus_prompt", "focus_grid",
+        "focus_prompt", "focus_grid", "pin_selected", "unpin_all", "show_trajectory", "show_compare",
+        "aim_distribution",
     }
 )
 _BLOCK_ROW = re.compile(r"L(\d+)")
