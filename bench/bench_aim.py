@@ -22,10 +22,10 @@ import time
 import numpy as np
 import torch
 
-from lenstui.engine.aim import aim, cap_lower_bounds
-from lenstui.engine.models import load_model
-from lenstui.engine.scan import CHUNK, _screen_gaps
-from lenstui.engine.speak import as_readout, candidate_directions
+from lenstui.engine.model.load import load_model
+from lenstui.engine.speak.aim import aim, cap_lower_bounds
+from lenstui.engine.speak.check import as_readout, candidate_directions
+from lenstui.engine.speak.scan import CHUNK, _screen_gaps
 
 
 def candidate_pass(readout, ids, Z32):

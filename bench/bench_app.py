@@ -10,7 +10,7 @@
    own time for that same run (``LensResult.seconds``, measured on the worker thread), so
    what the app adds shows even when other processes make the engine's time swing.
 
-3. Streamed lens (issue 8), in-process: a generation step (``^n``) on a 45-token chat
+3. Streamed lens, in-process: a generation step (``^n``) on a 45-token chat
    prompt to the updated grid painted; a character typed at the end of a 256-token
    prompt to the visible cells painted (from the debounced run's submit; the debounce is
    reported beside it); a 2,000-token prompt to its first visible cells painted, beside
@@ -26,10 +26,8 @@ import asyncio
 import statistics
 import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from terminal import TerminalApp  # noqa: E402  (the pty + terminal emulator the tests use)
+from testkit.terminal import TerminalApp  # the pty + terminal emulator the tests use
 
 EIFFEL = "The Eiffel Tower is located in the city of"
 # 32 tokens with SmolLM2's tokenizer (checked below; the figure is reported either way).
@@ -55,7 +53,7 @@ def launch_in_pty(timeout: float = 180.0) -> dict[str, float]:
 
 
 def timed_app_class():
-    from lenstui.app import LenstuiApp
+    from lenstui.tui.app import LenstuiApp
 
     class TimedApp(LenstuiApp):
         """Stamps when the app handled the key and when the new grid was painted."""
@@ -82,7 +80,7 @@ def timed_app_class():
 
 
 async def in_process() -> dict[str, object]:
-    from lenstui.engine.models import load_model
+    from lenstui.engine.model.load import load_model
 
     model = load_model()
     tokens = len(model.tokenizer(PROMPT_32)["input_ids"])
@@ -131,8 +129,8 @@ LONG_TEXT = (
 
 
 def stream_app_class():
-    from lenstui.app import LenstuiApp
-    from lenstui.worker import Done, Partial
+    from lenstui.jobs.protocol import Done, Partial
+    from lenstui.tui.app import LenstuiApp
 
     class StreamTimedApp(LenstuiApp):
         """Stamps each lens submit and when each partial / complete grid was painted."""
@@ -172,7 +170,7 @@ def stream_app_class():
 
 
 async def streamed_figures(model) -> dict[str, object]:
-    from lenstui.engine.chat import chat_prompt_ids
+    from lenstui.engine.model.chat import chat_prompt_ids
 
     figures: dict[str, object] = {}
     app_class = stream_app_class()
@@ -239,14 +237,14 @@ async def streamed_figures(model) -> dict[str, object]:
 
 
 def streamed() -> None:
-    from lenstui.engine.models import load_model
+    from lenstui.engine.model.load import load_model
 
     model = load_model()
     figures = asyncio.run(streamed_figures(model))
     first = statistics.median(f for f, _, _ in figures["step"])
     done = statistics.median(d for _, d, _ in figures["step"])
     engine = statistics.median(e for _, _, e in figures["step"])
-    print(f"  streamed lens (medians of {REPEATS}; goals from issue 8)")
+    print(f"  streamed lens (medians of {REPEATS}; goals: step and edit near a forward)")
     print(
         f"  ^n step, {figures['chat tokens']}-token chat prompt -> grid: {done * 1000:6.0f} ms"
         f"  (first cells {first * 1000:.0f} ms; engine {engine * 1000:.0f} ms, app adds {(done - engine) * 1000:.0f} ms;"

@@ -1,6 +1,6 @@
 """Keystroke-to-echo latency on screen while the model worker is busy, against idle.
 
-The real explorer runs in a pseudo-terminal (tests/terminal.py); one key is written to
+The real explorer runs in a pseudo-terminal (testkit/terminal.py); one key is written to
 it and the clock stops when the terminal emulator's prompt line shows it. Each sample is
 a character typed then erased (two echoes), so the prompt comes back to what it was and
 the debounced lens run sees no change. States:
@@ -18,13 +18,10 @@ Run: ``HF_HUB_OFFLINE=1 .venv/bin/python bench/bench_input.py``
 from __future__ import annotations
 
 import statistics
-import sys
 import tempfile
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from terminal import TerminalApp  # noqa: E402
+from testkit.terminal import TerminalApp
 
 LONG = "The quick brown fox jumps over the lazy dog while the cat sleeps. "  # 13 tokens
 GOAL_MS = 50.0

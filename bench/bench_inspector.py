@@ -12,8 +12,8 @@ import random
 import statistics
 import time
 
-from lenstui.engine.models import load_model
-from lenstui.engine.neighbors import inspect_token
+from lenstui.engine.inspect.neighbors import inspect_token
+from lenstui.engine.model.load import load_model
 
 
 def main() -> None:

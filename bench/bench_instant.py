@@ -1,4 +1,4 @@
-"""The instant lens (issue 8): figures beside a floor or reference measured in the same run.
+"""The instant lens: figures beside a floor or reference measured in the same run.
 
 - full grid at 32 and 256 tokens: seconds / the matmul floor (rows x positions x d_model x
   vocab x 2 FLOPs at the rate of a plain torch matmul of a [512, d] x [d, vocab] block,
@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import os
-import statistics
 import subprocess
 import sys
 import time
@@ -59,7 +58,7 @@ def prompt_ids(model, n_tokens: int) -> list[int]:
 def full_grid(model, rate: float) -> None:
     from transformer_lens.tools.analysis import logit_lens
 
-    from lenstui.engine.lens_state import LensState
+    from lenstui.engine.lens.state import LensState
 
     rows = model.n_layers + 1
     for n, repeats in ((32, 3), (256, 2)):
@@ -84,7 +83,7 @@ def full_grid(model, rate: float) -> None:
 
 
 def block_sweep(model, rate: float) -> None:
-    from lenstui.engine.readout import read_out, unembedding
+    from lenstui.engine.lens.readout import read_out, unembedding
 
     unembed = unembedding(model)
     x = torch.randn(512, model.d_model)
@@ -98,8 +97,8 @@ def block_sweep(model, rate: float) -> None:
 
 
 def generation_step(model) -> None:
-    from lenstui.engine.chat import chat_prompt_ids
-    from lenstui.engine.lens_state import LensState
+    from lenstui.engine.lens.state import LensState
+    from lenstui.engine.model.chat import chat_prompt_ids
 
     ids = chat_prompt_ids(model, "Is there a seahorse emoji? Answer in one short sentence, please.")
     ids = (ids * 2)[:45] if len(ids) < 45 else ids[:45]
@@ -118,7 +117,7 @@ def generation_step(model) -> None:
 
 
 def typed_character(model) -> None:
-    from lenstui.engine.lens_state import LensState
+    from lenstui.engine.lens.state import LensState
 
     ids = prompt_ids(model, 256)
     text = model.tokenizer.decode(ids)
@@ -137,7 +136,7 @@ def typed_character(model) -> None:
 
 
 def long_prompt(model) -> None:
-    from lenstui.engine.lens_state import LensState
+    from lenstui.engine.lens.state import LensState
 
     ids = prompt_ids(model, 2000)
     tokens = torch.tensor([ids])
@@ -160,8 +159,8 @@ def long_prompt(model) -> None:
 
 RSS_CHILD = r"""
 import json, resource, sys, torch
-from lenstui.engine.models import load_model
-from lenstui.engine.lens import run_lens
+from lenstui.engine.model.load import load_model
+from lenstui.engine.lens.run import run_lens
 n = int(sys.argv[1])
 model = load_model(device="cpu")
 text = "Sometimes, when people say plasma, they mean a state of matter. " * (1 + n // 12)
@@ -198,23 +197,11 @@ def peak_rss() -> None:
 
 
 SCALE_CHILD = r"""
-import json, resource, sys, time, torch
-sys.path.insert(0, "tests")
-from transformers import LlamaConfig, LlamaForCausalLM
-from tiny_models import tiny_tokenizer
-from lenstui.engine.models import wrap_model
-from lenstui.engine.lens_state import LensState
-config = LlamaConfig(vocab_size=128256, hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
-                     num_attention_heads=32, num_key_value_heads=8, max_position_embeddings=4096,
-                     tie_word_embeddings=True, rope_theta=500000.0, bos_token_id=0, eos_token_id=0)
-torch.manual_seed(0)
-hf = LlamaForCausalLM(config).eval()
-tokenizer = tiny_tokenizer()
-# The tiny tokenizer cannot decode ids past its 400: name them by id (token texts are not timed here).
-tokenizer.decode = lambda ids, **kw: f"<{int(ids[0])}>"
-tokenizer.convert_ids_to_tokens = lambda i, **kw: f"<{int(i)}>"
-model = wrap_model(hf, tokenizer, name="llama-3.2-1b-shape (random)", device="cpu")
-ids = [int(i) for i in torch.randint(1, 128256, (128,))]
+import json, resource, time, torch
+from testkit.models import llama_1b_shape
+from lenstui.engine.lens.state import LensState
+model = llama_1b_shape()
+ids = [int(i) for i in torch.randint(1, model.d_vocab, (128,))]
 x = torch.randn(512, 2048); w = torch.randn(2048, 128256)
 x @ w; t = time.perf_counter(); x @ w; rate = 2 * 512 * 2048 * 128256 / (time.perf_counter() - t)
 del w
@@ -238,7 +225,7 @@ def scale() -> None:
 
 
 def main() -> None:
-    from lenstui.engine.models import load_model
+    from lenstui.engine.model.load import load_model
 
     if "--rss-only" in sys.argv:
         peak_rss()

@@ -10,8 +10,8 @@ import time
 
 import torch
 
-from lenstui.engine.lens import run_lens
-from lenstui.engine.models import load_model
+from lenstui.engine.lens.run import run_lens
+from lenstui.engine.model.load import load_model
 
 TEXT = (
     "Sometimes, when people say plasma, they mean a state of matter. Other times, when "

@@ -17,7 +17,7 @@ import tempfile
 CHILD = r"""
 import json, time
 t0 = time.perf_counter()
-from lenstui.engine.models import load_model
+from lenstui.engine.model.load import load_model
 import transformers, transformer_lens.model_bridge  # a fixed cost, cached or not
 t1 = time.perf_counter()
 model = load_model(device="cpu")

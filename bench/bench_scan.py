@@ -1,6 +1,6 @@
 """A whole-vocabulary speakability scan of the embedded model, from scratch: time,
 verdict counts, and how each verdict was reached (which candidate direction, twin, LP);
-then the same scan without the aim's theta lower bounds, and the ratio (the issue's goal:
+then the same scan without the aim's theta lower bounds, and the ratio (the goal:
 the bounds add at most 50% to a whole scan), and the theta quantiles.
 Neither reads nor writes the scan cache (pass --save to cache the result).
 Run: .venv/bin/python bench/bench_scan.py [--save] [--no-compare] [--limit N]
@@ -15,8 +15,9 @@ from collections import Counter
 
 import torch
 
-from lenstui.engine.models import load_model
-from lenstui.engine.scan import METHODS, scan_vocabulary
+from lenstui.core.scan_result import METHODS
+from lenstui.engine.model.load import load_model
+from lenstui.engine.speak.scan import scan_vocabulary
 
 
 def timed_scan(model, *, aim_bounds: bool, save: bool, limit):

@@ -17,9 +17,9 @@ from collections import Counter
 
 import torch
 
-from lenstui.engine.models import load_model
-from lenstui.engine.speak import as_readout, check_speakable
-from lenstui.engine.speak_lp import solve_speak_lp
+from lenstui.engine.model.load import load_model
+from lenstui.engine.speak.check import as_readout, check_speakable
+from lenstui.engine.speak.lp import solve_speak_lp
 
 # Tokens the candidate directions do not settle (LP) and duplicated special-token rows.
 LP_TOKENS = [4, 190, 657, 1069, 4311, 10366, 39121, 45514]

@@ -7,12 +7,9 @@ lenstui config never leaks in (LENSTUI_CONFIG_DIR / LENSTUI_DATA_DIR point at te
 from __future__ import annotations
 
 import os
-import sys
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 
@@ -26,14 +23,14 @@ def _isolated_user_dirs(tmp_path_factory, monkeypatch):
 
 @pytest.fixture(scope="session")
 def tiny_gpt2():
-    from tiny_models import tiny_gpt2 as build
+    from testkit.models import tiny_gpt2 as build
 
     return build()
 
 
 @pytest.fixture(scope="session")
 def tiny_llama():
-    from tiny_models import tiny_llama as build
+    from testkit.models import tiny_llama as build
 
     return build()
 
@@ -41,6 +38,18 @@ def tiny_llama():
 @pytest.fixture(scope="session")
 def embedded():
     """The real SmolLM2-135M-Instruct (dequantized once, then from the user cache)."""
-    from lenstui.engine.models import load_model
+    from lenstui.engine.model.load import load_model
 
     return load_model()
+
+
+@pytest.fixture
+def make_app(embedded):
+    """``make_app(prompt, **options)``: an explorer (keeping its notices) on the embedded model."""
+    from apphelpers import RecordingApp
+
+    def make(prompt: str = "", **kwargs):
+        kwargs.setdefault("loader", lambda spec, **kw: embedded)
+        return RecordingApp(prompt, **kwargs)
+
+    return make

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import torch
 
-from lenstui.engine.aim import aim, cap_lower_bound, cap_lower_bounds, log10_cap_share
-from lenstui.engine.speak import candidate_directions, check_speakable
-from lenstui.engine.speak_readout import readout_from_arrays
+from lenstui.engine.speak.aim import aim, cap_lower_bound, cap_lower_bounds, log10_cap_share
+from lenstui.engine.speak.check import candidate_directions, check_speakable
+from lenstui.engine.speak.geometry import readout_from_arrays
 
 # ---------------------------------------------------------------- helpers
 
@@ -232,7 +232,7 @@ def test_embedded_twin_is_unspeakable_with_no_cap(embedded):
 
 
 def test_embedded_batched_bounds_are_certified_and_below_the_exact_cap(embedded):
-    from lenstui.engine.speak import as_readout, candidate_directions
+    from lenstui.engine.speak.check import as_readout, candidate_directions
 
     readout = as_readout(embedded)
     ids = torch.tensor([15107, 657, 100, 1069, 30000, 4, 12345, 40000])
@@ -264,10 +264,10 @@ def test_cli_aim_json_and_bad_input(embedded, capsys):
 @pytest.fixture(scope="module")
 def biased_gpt2():
     """A tiny GPT-2 whose final LayerNorm has a random bias: offsets c = W_U beta differ."""
-    from tiny_models import tiny_tokenizer
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from lenstui.engine.models import wrap_model
+    from lenstui.engine.model.load import wrap_model
+    from testkit.models import tiny_tokenizer
 
     tokenizer = tiny_tokenizer()
     torch.manual_seed(11)
@@ -291,7 +291,7 @@ def _ln_residual(z: np.ndarray, eps: float) -> torch.Tensor:
 
 
 def test_ball_measure_with_offsets_through_the_real_modules(biased_gpt2):
-    from lenstui.engine.speak import as_readout
+    from lenstui.engine.speak.check import as_readout
 
     bridge = biased_gpt2.bridge
     readout = as_readout(biased_gpt2)

@@ -12,11 +12,12 @@ import numpy as np
 import pytest
 import torch
 
-from lenstui.engine.aim import aim, cap_lower_bounds
-from lenstui.engine.scan import scan_vocabulary
-from lenstui.engine.scan_store import METHODS, SPEAKABLE, read_scan, scan_dir
-from lenstui.engine.speak import CANDIDATE_FAMILIES, as_readout, candidate_directions
-from lenstui.engine.verdicts import Method
+from lenstui.core.scan_result import METHODS, SPEAKABLE
+from lenstui.core.verdicts import Method
+from lenstui.engine.speak.aim import aim, cap_lower_bounds
+from lenstui.engine.speak.check import CANDIDATE_FAMILIES, as_readout, candidate_directions
+from lenstui.engine.speak.scan import scan_vocabulary
+from lenstui.engine.speak.scan_cache import read_scan, scan_dir
 
 pytestmark = pytest.mark.integration
 
@@ -77,7 +78,7 @@ def test_speak_words_and_null_aim_for_an_unspeakable_token(embedded, capsys):
 
 
 def test_aim_lines_say_why_when_not_measured():
-    from lenstui.textfmt import aim_lines
+    from lenstui.core.textfmt import aim_lines
 
     assert aim_lines(None) == []
     assert aim_lines({"theta_deg": None, "reason": "no batched bound"}) == ["aim: not measured (no batched bound)"]
@@ -153,7 +154,7 @@ def test_scan_summary_prints_theta_quantiles(limited_scan):
 
 
 def test_grid_mark_is_the_hardest_percent_by_theta(limited_scan):
-    from lenstui.handlers import marks_for
+    from lenstui.core.scan_result import marks_for
 
     marks = marks_for(limited_scan)
     speakable = np.nonzero(limited_scan.verdicts[:LIMIT] == SPEAKABLE)[0]
@@ -203,7 +204,7 @@ def test_an_old_format_cache_is_upgraded_and_an_unknown_one_ignored(tiny_llama, 
 
 
 async def _open_view(app, pilot, scan, token_id: int, text: str):
-    from lenstui.handlers import marks_for
+    from lenstui.core.scan_result import marks_for
 
     await app.model_settled.wait()
     await app.lens_settled.wait()
@@ -216,7 +217,7 @@ async def _open_view(app, pilot, scan, token_id: int, text: str):
 
 
 def _explorer(embedded, **kwargs):
-    from lenstui.app import LenstuiApp
+    from lenstui.tui.app import LenstuiApp
 
     app = LenstuiApp("The Eiffel Tower is located in the city of", loader=lambda spec, **kw: embedded, show_timings=False, **kwargs)
     app.worker_stop_timeout = 120
@@ -224,7 +225,7 @@ def _explorer(embedded, **kwargs):
 
 
 async def test_aim_view_opens_marks_the_selected_token_and_goes_back(embedded, limited_scan):
-    from lenstui.aim_view import AimDistribution
+    from lenstui.tui.screens.aim import AimDistribution
 
     app = _explorer(embedded)
     async with app.run_test(size=(120, 40)) as pilot:

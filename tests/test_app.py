@@ -1,10 +1,7 @@
 """The explorer driven by Textual's Pilot on the real embedded model.
 
-The model is loaded once per session (the ``embedded`` fixture) and handed to each
-app through its ``loader``, so the app still goes through its worker thread. Tests
-await ``app.model_settled`` / ``app.lens_settled`` (asyncio events the app sets when
-a result lands) instead of sleeping; the timeout only keeps a broken build from
-hanging the suite.
+The apps come from conftest's ``make_app`` (the embedded model through the app's
+loader, notices kept); tests await the worker's answers with ``apphelpers.settle``.
 """
 
 from __future__ import annotations
@@ -13,52 +10,11 @@ import asyncio
 import json
 
 import pytest
+from apphelpers import EIFFEL, SETTLE_TIMEOUT, RecordingApp, grid_lines, row, settle
 
-from lenstui.app import LenstuiApp
-from lenstui.widgets.grid import LensGrid
+from lenstui.tui.widgets.grid import LensGrid
 
 pytestmark = pytest.mark.integration
-
-EIFFEL = "The Eiffel Tower is located in the city of"
-SETTLE_TIMEOUT = 300
-
-
-class RecordingApp(LenstuiApp):
-    """Keeps every notice so tests can read what the user was told."""
-
-    def __init__(self, *args, **kwargs):
-        self.notices: list[tuple[str, str]] = []
-        super().__init__(*args, **kwargs)
-        self.worker_stop_timeout = 120  # the next test's worker must not share the model mid-run
-
-    def notify(self, message, *, title="", severity="information", **kwargs):
-        self.notices.append((severity, str(message)))
-        return super().notify(message, title=title, severity=severity, **kwargs)
-
-
-@pytest.fixture
-def make_app(embedded):
-    def make(prompt: str = "", **kwargs) -> RecordingApp:
-        kwargs.setdefault("loader", lambda spec, **kw: embedded)
-        return RecordingApp(prompt, **kwargs)
-
-    return make
-
-
-async def settle(app: LenstuiApp, pilot) -> None:
-    await pilot.pause()  # deliver the messages the last key press posted
-    await asyncio.wait_for(app.model_settled.wait(), SETTLE_TIMEOUT)
-    await asyncio.wait_for(app.lens_settled.wait(), SETTLE_TIMEOUT)
-    await pilot.pause()  # let the grid repaint with what just landed
-
-
-def grid_lines(app: LenstuiApp) -> list[str]:
-    grid = app.query_one(LensGrid)
-    return [grid.render_line(y).text for y in range(grid.scrollable_content_region.height)]
-
-
-def row(app: LenstuiApp, label: str) -> str:
-    return next(line for line in grid_lines(app) if line.split(" ", 1)[0] == label)
 
 
 async def test_the_grid_shows_paris_at_the_last_layer(make_app):
@@ -285,9 +241,9 @@ async def test_help_and_palette_commands(make_app):
 async def test_a_feature_pane_plugs_in_without_touching_the_app(make_app, embedded):
     from textual.widgets import Static
 
-    from lenstui.app import WorkerReply
-    from lenstui.widgets.events import ModelLoaded, TokenFocused
-    from lenstui.worker import Done, InspectToken
+    from lenstui.jobs.protocol import Done, InspectToken
+    from lenstui.tui.app import WorkerReply
+    from lenstui.tui.widgets.events import ModelLoaded, TokenFocused
 
     class FakeInspector(Static):
         def __init__(self):
@@ -336,7 +292,7 @@ async def test_a_feature_pane_plugs_in_without_touching_the_app(make_app, embedd
         assert pane.replies[-1].value[0] == app.grid.current_cell.token_id
 
         # A long job's progress reaches the pane that asked, then its answer.
-        from lenstui.worker import Progress, ScanVocabulary
+        from lenstui.jobs.protocol import Progress, ScanVocabulary
 
         def scan(model, request, ctx):
             for chunk in range(3):

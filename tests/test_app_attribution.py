@@ -9,31 +9,20 @@ import threading
 from typing import ClassVar
 
 import pytest
+from apphelpers import settle, until
 from textual.widgets import OptionList, Static
 
-from lenstui.attribution_screen import AttributionScreen, attribution_request, lens_row_index
+from lenstui.core.errors import InputError
 from lenstui.engine.attribution import attribute
-from lenstui.engine.errors import InputError
-from lenstui.widgets.attribution import AttentionRowView, AttributionView, ChartView
-from lenstui.widgets.prompt import PRESETS
-from lenstui.worker import AttributeCell, CheckSpeakable, Request
-
-from test_app import RecordingApp, settle
-from test_app_features import until
+from lenstui.jobs.protocol import AttributeCell, CheckSpeakable, Request
+from lenstui.tui.panes.prompt import PRESETS
+from lenstui.tui.screens.attribution import AttributionScreen, attribution_request, lens_row_index
+from lenstui.tui.widgets.attribution import AttentionRowView, AttributionView, ChartView
 
 pytestmark = pytest.mark.integration
 
 PLASMA = next(p for p in PRESETS if p.name == "plasma")
 SAY = 19  # the second " say": the position that predicts the repeated " plasma"
-
-
-@pytest.fixture
-def make_app(embedded):
-    def make(prompt: str = "", **kwargs) -> RecordingApp:
-        kwargs.setdefault("loader", lambda spec, **kw: embedded)
-        return RecordingApp(prompt, **kwargs)
-
-    return make
 
 
 async def plasma_at_say(app, pilot) -> None:
@@ -234,9 +223,9 @@ async def test_an_engine_error_reaches_the_user_as_a_notice(make_app):
 
 
 def test_bad_cells_raise_input_error_without_a_model():
-    from lenstui.engine.lens import LensCell, LensResult  # plain data; no forward pass
-    from lenstui.engine.vocab import TokenRef
-    from lenstui.widgets.grid import GridCell
+    from lenstui.core.lens_result import LensResult
+    from lenstui.core.tokens import TokenRef
+    from lenstui.tui.widgets.grid import GridCell
 
     tokens = [TokenRef(1, "a", "a"), TokenRef(2, " b", "Ġb")]
     result = LensResult("m", "extended", tokens, ["embed", "L0"], [[], []], tokens)

@@ -3,41 +3,14 @@ the grid's cursor drives them, their keys reach the worker, their answers come b
 
 from __future__ import annotations
 
-import asyncio
-
 import pytest
+from apphelpers import EIFFEL, grid_lines, settle, until
 
-from lenstui.app import LenstuiApp
-from lenstui.features import WiredInspector, WiredSpeak
-from lenstui.worker import ScanVocabulary
-
-from test_app import EIFFEL, SETTLE_TIMEOUT, grid_lines, settle
+from lenstui.jobs.protocol import ScanVocabulary
+from lenstui.tui.panes.inspector import WiredInspector
+from lenstui.tui.panes.speak import WiredSpeak
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def make_app(embedded):
-    def make(prompt: str = "", **kwargs) -> LenstuiApp:
-        kwargs.setdefault("loader", lambda spec, **kw: embedded)
-        app = LenstuiApp(prompt, **kwargs)
-        app.worker_stop_timeout = 120
-        return app
-
-    return make
-
-
-async def until(pilot, condition, what: str) -> None:
-    """Let the app process messages until ``condition()`` holds (worker replies arrive
-    as messages, so this waits on real work, with a bound against a broken build)."""
-    async def poll():
-        while not condition():
-            await pilot.pause(0.05)
-
-    try:
-        await asyncio.wait_for(poll(), SETTLE_TIMEOUT)
-    except asyncio.TimeoutError:
-        raise AssertionError(f"timed out waiting for {what}") from None
 
 
 async def test_cursor_fills_the_inspector_with_bytes_and_the_joined_prompt(make_app):

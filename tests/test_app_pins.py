@@ -7,26 +7,13 @@ from __future__ import annotations
 import json
 
 import pytest
+from apphelpers import EIFFEL, grid_lines, settle, until
 
-from lenstui.compare_view import CompareScreen
-from lenstui.pins import PinPrompt
-from lenstui.trajectory import TrajectoryPlot, TrajectoryScreen, trajectory_series
-
-from test_app import EIFFEL, RecordingApp, grid_lines, settle
-from test_app_features import until
+from lenstui.tui.screens.compare import CompareScreen
+from lenstui.tui.screens.pin_prompt import PinPrompt
+from lenstui.tui.screens.trajectory import TrajectoryPlot, TrajectoryScreen, trajectory_series
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def make_app(embedded):
-    def make(prompt: str = EIFFEL, **kwargs) -> RecordingApp:
-        kwargs.setdefault("loader", lambda spec, **kw: embedded)
-        app = RecordingApp(prompt, **kwargs)
-        app.worker_stop_timeout = 120
-        return app
-
-    return make
 
 
 async def pin_typed(app, pilot, text: str) -> None:
@@ -39,7 +26,7 @@ async def pin_typed(app, pilot, text: str) -> None:
 
 
 async def test_pin_three_tokens_trajectory_unpin_and_export(make_app, embedded, tmp_path):
-    app = make_app()
+    app = make_app(EIFFEL)
     app.config.export_dir = str(tmp_path)
     async with app.run_test(size=(120, 40)) as pilot:
         await settle(app, pilot)
@@ -90,7 +77,7 @@ async def test_pin_three_tokens_trajectory_unpin_and_export(make_app, embedded, 
 
 
 async def test_a_typed_pin_that_is_not_one_token_is_dropped(make_app):
-    app = make_app()
+    app = make_app(EIFFEL)
     async with app.run_test(size=(120, 40)) as pilot:
         await settle(app, pilot)
         shown = app.shown_result

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from lenstui.config import load_config
-from lenstui.history import MAX_ENTRIES, PromptHistory
-from lenstui.theming import load_themes, shipped_theme_dir, theme_from_file
+from lenstui.store.config import load_config
+from lenstui.store.history import MAX_ENTRIES, PromptHistory
+from lenstui.tui.theming import load_themes, shipped_theme_dir, theme_from_file
 
 
 def test_the_shipped_themes_load_and_include_dark_light_and_contrast():
@@ -86,7 +86,7 @@ def test_history_is_deduplicated_capped_and_survives_damage(tmp_path):
 async def test_config_keymap_and_a_bad_setting_reach_the_app(tmp_path, monkeypatch):
     import os
 
-    from lenstui.app import LenstuiApp
+    from lenstui.tui.app import LenstuiApp
 
     config_dir = Path(os.environ["LENSTUI_CONFIG_DIR"])
     config_dir.mkdir(parents=True)
@@ -96,7 +96,7 @@ async def test_config_keymap_and_a_bad_setting_reach_the_app(tmp_path, monkeypat
     notices = []
 
     def no_model(spec, **kw):
-        from lenstui.engine.errors import ModelLoadError
+        from lenstui.core.errors import ModelLoadError
 
         raise ModelLoadError("No model in this test.")
 
@@ -115,7 +115,7 @@ async def test_config_keymap_and_a_bad_setting_reach_the_app(tmp_path, monkeypat
 async def test_on_screen_key_hints_follow_the_keymap(tmp_path):
     import os
 
-    from lenstui.app import LenstuiApp
+    from lenstui.tui.app import LenstuiApp
 
     config_dir = Path(os.environ["LENSTUI_CONFIG_DIR"])
     config_dir.mkdir(parents=True)
@@ -124,7 +124,7 @@ async def test_on_screen_key_hints_follow_the_keymap(tmp_path):
     )
 
     def no_model(spec, **kw):
-        from lenstui.engine.errors import ModelLoadError
+        from lenstui.core.errors import ModelLoadError
 
         raise ModelLoadError("No model in this test.")
 

@@ -1,4 +1,4 @@
-"""Atomic writes (lenstui.atomic) and the prompt history that uses them."""
+"""Atomic writes (lenstui.store.atomic) and the prompt history that uses them."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from lenstui.atomic import write_text_atomic
-from lenstui.history import PromptHistory
+from lenstui.store.atomic import write_text_atomic
+from lenstui.store.history import PromptHistory
 
 
 def test_replaces_the_whole_file_and_leaves_no_temp(tmp_path):
@@ -25,7 +25,7 @@ def test_a_failed_write_keeps_the_old_file(tmp_path, monkeypatch):
     def full_disk(*args, **kwargs):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr("lenstui.atomic.os.fsync", full_disk)  # fails after the bytes were written
+    monkeypatch.setattr("lenstui.store.atomic.os.fsync", full_disk)  # fails after the bytes were written
     with pytest.raises(OSError):
         write_text_atomic(target, '"new"\n' * 1000)
     assert target.read_text() == '"kept"\n'
@@ -48,7 +48,7 @@ def test_history_save_failure_keeps_the_previous_file(tmp_path, monkeypatch):
     path = tmp_path / "history.jsonl"
     history = PromptHistory(path)
     history.add("one\nwith a newline")
-    monkeypatch.setattr("lenstui.atomic.os.replace", lambda *a: (_ for _ in ()).throw(OSError("disk gone")))
+    monkeypatch.setattr("lenstui.store.atomic.os.replace", lambda *a: (_ for _ in ()).throw(OSError("disk gone")))
     history.add("two")  # the session goes on; the file is the last whole one
     assert PromptHistory(path).entries == ["one\nwith a newline"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["history.jsonl"]

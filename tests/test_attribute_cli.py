@@ -8,11 +8,11 @@ import subprocess
 
 import pytest
 import torch
+from test_token_cli import lenstui_command
 
 from lenstui.cli import main
 from lenstui.engine.attribution import attribute
-from lenstui.engine.models import load_model
-from test_token_cli import lenstui_command
+from lenstui.engine.model.load import load_model
 
 PROMPT = "Sometimes, when people say plasma, they mean a state of matter."
 PLASMA = (
@@ -24,8 +24,9 @@ PLASMA = (
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory):
     """A tiny GPT-2 with non-zero biases saved as a Hugging Face directory."""
-    from tiny_models import tiny_tokenizer
     from transformers import GPT2Config, GPT2LMHeadModel
+
+    from testkit.models import tiny_tokenizer
 
     tokenizer = tiny_tokenizer()
     torch.manual_seed(4)
@@ -139,7 +140,7 @@ def test_embedded_subprocess_json_and_bad_position():
 
 
 def test_signed_bar_width_direction_and_scale():
-    from lenstui.textfmt import signed_bar
+    from lenstui.core.textfmt import signed_bar
 
     for value in (1.0, 0.5, 0.01, 0.0, -0.01, -0.5, -1.0, 3.0, -3.0):
         assert len(signed_bar(value, 1.0, 6)) == 13

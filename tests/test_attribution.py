@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 import torch
 
+from lenstui.core.errors import Cancelled, InputError
 from lenstui.engine.attribution import attribute, attribution_hook_names
-from lenstui.engine.errors import InputError
-from lenstui.engine.lens import Cancelled, run_lens
-from lenstui.engine.models import wrap_model
+from lenstui.engine.lens.run import run_lens
+from lenstui.engine.model.load import wrap_model
 
 PROMPT = "Sometimes, when people say plasma, they mean a state of matter."
 PLASMA = (
@@ -108,8 +108,9 @@ class Reference:
 
 def _biased_gpt2():
     """A tiny GPT-2 whose biases and norm weights are all non-zero and non-trivial."""
-    from tiny_models import tiny_tokenizer
     from transformers import GPT2Config, GPT2LMHeadModel
+
+    from testkit.models import tiny_tokenizer
 
     tokenizer = tiny_tokenizer()
     torch.manual_seed(3)
@@ -128,7 +129,7 @@ def _biased_gpt2():
 
 
 def _tiny_llama():
-    from tiny_models import tiny_llama_hf
+    from testkit.models import tiny_llama_hf
 
     hf, tokenizer = tiny_llama_hf(seed=5)
     with torch.no_grad():
@@ -152,8 +153,8 @@ def embedded_reference(embedded):
     """The embedded model's dequantized weights, loaded again without the bridge."""
     from transformers import AutoModelForCausalLM
 
-    from lenstui.engine.models import embedded_gguf_path, file_sha256
-    from lenstui.paths import cache_root
+    from lenstui.engine.model.load import embedded_gguf_path, file_sha256
+    from lenstui.store.paths import cache_root
 
     folder = cache_root() / "gguf" / file_sha256(embedded_gguf_path())[:32]
     hf = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)

@@ -7,9 +7,9 @@ from rich.cells import cell_len
 from textual.app import App, ComposeResult
 from textual.widgets import OptionList, Static
 
+from lenstui.core.textfmt import visible
 from lenstui.engine.attribution import attribute
-from lenstui.textfmt import visible
-from lenstui.widgets.attribution import (
+from lenstui.tui.widgets.attribution import (
     AttentionRowView,
     AttributionView,
     ChartView,
@@ -38,7 +38,7 @@ class AttributionApp(App):
 
 @pytest.fixture(scope="module")
 def plasma(embedded):
-    """The issue's cell: " plasma" at the second " say", last row, on the real model."""
+    """The plasma cell: " plasma" at the second " say", last row, on the real model."""
     return attribute(embedded, PLASMA, position=19, token=" plasma", heads=8)
 
 

@@ -7,15 +7,9 @@ from rich.cells import cell_len
 from textual.app import App, ComposeResult
 from textual.widgets import Static
 
-from lenstui.engine.neighbors import inspect_token
-from lenstui.engine.tokens import BYTE_LEVEL, TokenBytes, join_token_bytes
-from lenstui.widgets.inspector import (
-    InspectorPane,
-    JoinedSequenceView,
-    ReportView,
-    report_lines,
-    sequence_lines,
-)
+from lenstui.core.token_bytes import BYTE_LEVEL, TokenBytes, join_token_bytes
+from lenstui.engine.inspect.neighbors import inspect_token
+from lenstui.tui.panes.inspector import InspectorPane, JoinedSequenceView, ReportView, report_lines, sequence_lines
 
 
 def fish_sequence():

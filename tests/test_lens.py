@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from lenstui.engine.errors import InputError
-from lenstui.engine.lens import Cancelled, run_lens
+from lenstui.core.errors import Cancelled, InputError
+from lenstui.engine.lens.run import run_lens
 
 PROMPT = "hello world, the city of Paris"
 
@@ -99,7 +99,7 @@ def test_extended_lens_runs_rows_through_the_last_blocks(tiny_llama):
     ids = tiny_llama.tokenizer(PROMPT)["input_ids"]
     result = run_lens(tiny_llama, ids, lens="extended", extended_blocks=2, top_k=3)
     assert result.extended_blocks == 2
-    from tiny_models import tiny_llama_hf
+    from testkit.models import tiny_llama_hf
 
     hf, _ = tiny_llama_hf()  # same seed: same weights, unwrapped
     skip = hf.model.layers[0].register_forward_hook(

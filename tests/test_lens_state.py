@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from lenstui.engine.errors import InputError
-from lenstui.engine.lens_state import LensState
+from lenstui.core.errors import InputError
+from lenstui.engine.lens.state import LensState
 
 PROMPT = "hello world, the city of Paris is"
 

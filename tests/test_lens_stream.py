@@ -16,11 +16,13 @@ from typing import ClassVar
 
 import pytest
 
-from lenstui.app import LenstuiApp, WorkerReply
-from lenstui.engine.lens_state import LensState, lens_state
-from lenstui.handlers import run_lens_handler
-from lenstui.widgets.grid import PENDING_MARK, LensGrid
-from lenstui.worker import Done, ModelWorker, Partial, Progress, Request, RunLens, Stopped
+from lenstui.core.lens_result import PENDING
+from lenstui.engine.lens.state import LensState, lens_state
+from lenstui.jobs.handlers import run_lens_handler
+from lenstui.jobs.protocol import Done, Partial, Progress, Request, RunLens, Stopped
+from lenstui.jobs.scheduler import ModelWorker
+from lenstui.tui.app import LenstuiApp, WorkerReply
+from lenstui.tui.widgets.grid import PENDING_MARK, LensGrid
 
 TIMEOUT = 120
 SETTLE_TIMEOUT = 600
@@ -143,7 +145,7 @@ def test_the_handler_streams_the_first_positions_then_everything_once(tiny_llama
 
 
 def test_a_reprioritised_run_keeps_what_the_stopped_one_computed(tiny_llama):
-    from lenstui.engine.errors import Cancelled
+    from lenstui.core.errors import Cancelled
 
     tiny_llama.memo.pop("lens_state", None)
     ids = tuple(range(5, 65))  # 60 positions: the first partial, then 2 chunks
@@ -183,7 +185,7 @@ class StreamApp(LenstuiApp):
             self.first_partial.set()
 
         def record_result(result):
-            if result.grid and all(c is not None for c in result.grid[0]):  # not a skeleton
+            if result.grid and all(c is not PENDING for c in result.grid[0]):  # not a skeleton
                 self.paints.append(("result", self.session.last_request, [], True))
             show_result(result)
 

@@ -12,16 +12,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from lenstui import model_catalog
-from lenstui.config import load_config
-from lenstui.model_catalog import discover_models, hf_cache_entries
+from lenstui.store import model_catalog
+from lenstui.store.config import load_config
+from lenstui.store.model_catalog import discover_models, hf_cache_entries
 
 ROOT = Path(__file__).resolve().parent.parent
 REV = "0123456789abcdef0123456789abcdef01234567"
 
 
 def _save_tiny_llama(folder: Path):
-    from tiny_models import tiny_llama_hf
+    from testkit.models import tiny_llama_hf
 
     hf_model, tokenizer = tiny_llama_hf()
     hf_model.save_pretrained(folder)
@@ -128,7 +128,7 @@ def test_discovery_lists_embedded_cache_gguf_and_models_dir(tmp_path, hub_cache,
 
 def test_discovery_never_imports_torch():
     code = (
-        "import sys; from lenstui.model_catalog import discover_models; discover_models(); "
+        "import sys; from lenstui.store.model_catalog import discover_models; discover_models(); "
         "print('torch' in sys.modules)"
     )
     env = dict(os.environ, PYTHONPATH=str(ROOT))
@@ -147,7 +147,7 @@ def test_models_dir_is_a_config_key(tmp_path):
 
 
 def test_listed_models_dir_entry_loads_and_computes_what_hf_computes(tmp_path, saved_tiny_llama):
-    from lenstui.engine.models import load_model
+    from lenstui.engine.model.load import load_model
 
     models = tmp_path / "models"
     models.mkdir()
@@ -164,7 +164,7 @@ def test_listed_hf_cache_entry_loads_by_its_id_offline(hub_cache, saved_tiny_lla
     since the hub library reads HF_HUB_CACHE once at import)."""
     [entry] = [e for e in hf_cache_entries(hub_cache) if e.label == "tinyorg/tiny-llama"]
     code = (
-        "import json, sys, torch; from lenstui.engine.models import load_model; "
+        "import json, sys, torch; from lenstui.engine.model.load import load_model; "
         f"m = load_model({entry.spec!r}, device='cpu'); "
         "print(json.dumps([m.name, m.source, m.bridge(torch.tensor([[1, 2, 3, 4]]))[0, -1].tolist()]))"
     )

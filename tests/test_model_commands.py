@@ -7,7 +7,7 @@ from textual.app import App, ComposeResult
 from textual.command import CommandPalette
 from textual.widgets import Static
 
-from lenstui.model_commands import ModelChosen, ModelCommands, looks_like_spec, typed_spec
+from lenstui.tui.commands import ModelChosen, ModelCommands, looks_like_spec, typed_spec
 
 
 class PickerApp(App):

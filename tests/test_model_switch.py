@@ -7,11 +7,12 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from apphelpers import RecordingApp
 
-from lenstui.app import LenstuiApp
-from lenstui.engine.lens import run_lens
-from lenstui.engine.models import load_model
-from lenstui.model_commands import ModelChosen
+from lenstui.engine.lens.run import run_lens
+from lenstui.engine.model.load import load_model
+from lenstui.tui.app import LenstuiApp
+from lenstui.tui.commands import ModelChosen
 
 pytestmark = pytest.mark.integration
 
@@ -19,20 +20,9 @@ EIFFEL = "The Eiffel Tower is located in the city of"
 TIMEOUT = 120
 
 
-class RecordingApp(LenstuiApp):
-    def __init__(self, *args, **kwargs):
-        self.notices: list[str] = []
-        super().__init__(*args, **kwargs)
-        self.worker_stop_timeout = 120
-
-    def notify(self, message, *, title="", severity="information", **kwargs):
-        self.notices.append(str(message))
-        return super().notify(message, title=title, severity=severity, **kwargs)
-
-
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory):
-    from tiny_models import tiny_llama_hf
+    from testkit.models import tiny_llama_hf
 
     folder = tmp_path_factory.mktemp("models") / "tiny-llama"
     hf_model, tokenizer = tiny_llama_hf()
@@ -82,7 +72,7 @@ async def test_switch_to_a_local_model_and_back_and_a_failed_spec_keeps_the_old(
         assert app.grid.result.next_token.text == " Paris"
 
         await switch(app, pilot, "/no/such/model.gguf", "/no/such/model.gguf")
-        assert any("Could not open /no/such/model.gguf; still using" in n for n in app.notices)
+        assert any("Could not open /no/such/model.gguf; still using" in n for n in app.notice_texts)
         assert app.model_info.n_layers == 30 and app.grid.result.layers[-1] == "L29"
         assert "not loaded" not in str(app.status.render())
         # ... and the old model still serves: a new prompt runs on it.

@@ -5,16 +5,16 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lenstui.engine.errors import ModelLoadError
-from lenstui.engine.models import (
+from lenstui.core.errors import ModelLoadError
+from lenstui.engine.model.load import (
     EMBEDDED_NAME,
-    cache_root,
     embedded_gguf_path,
     file_sha256,
     load_model,
     parse_dtype,
     resolve_device,
 )
+from lenstui.store.paths import cache_root
 
 
 def test_embedded_gguf_is_found_through_package_metadata():
@@ -66,7 +66,7 @@ def test_dtype_and_device_are_validated():
 
 
 def _save_tiny_llama(folder):
-    from tiny_models import tiny_llama_hf
+    from testkit.models import tiny_llama_hf
 
     hf_model, tokenizer = tiny_llama_hf()
     hf_model.save_pretrained(folder)
@@ -123,7 +123,7 @@ def test_gguf_digest_is_memoised_by_path_size_and_mtime(tmp_path, monkeypatch):
     import hashlib
     import os
 
-    from lenstui.engine import models
+    from lenstui.engine.model import load as models
 
     monkeypatch.setenv("LENSTUI_CACHE_DIR", str(tmp_path / "cache"))
     weights = tmp_path / "m.gguf"

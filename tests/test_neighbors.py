@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from lenstui.engine.errors import InputError
-from lenstui.engine.neighbors import inspect_token
-from lenstui.engine.readout_geometry import effective_unembedding, final_norm_affine
+from lenstui.core.errors import InputError
+from lenstui.engine.inspect.geometry import effective_unembedding, final_norm_affine
+from lenstui.engine.inspect.neighbors import inspect_token
 
 
 def _np(t: torch.Tensor) -> np.ndarray:
@@ -21,7 +21,7 @@ def _np(t: torch.Tensor) -> np.ndarray:
 
 def perturbed_gpt2():
     """A private tiny GPT-2 whose final LayerNorm has a non-trivial gain and bias."""
-    from tiny_models import tiny_gpt2
+    from testkit.models import tiny_gpt2
 
     model = tiny_gpt2(seed=1)
     ln_f = model.bridge.original_model.transformer.ln_f
@@ -34,10 +34,10 @@ def perturbed_gpt2():
 
 def tiny_gemma():
     """Gemma's RMSNorm multiplies by (1 + weight): the convention most easily got wrong."""
-    from tiny_models import tiny_tokenizer
     from transformers import GemmaConfig, GemmaForCausalLM
 
-    from lenstui.engine.models import wrap_model
+    from lenstui.engine.model.load import wrap_model
+    from testkit.models import tiny_tokenizer
 
     tokenizer = tiny_tokenizer()
     torch.manual_seed(3)

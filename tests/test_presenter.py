@@ -8,14 +8,14 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from apphelpers import RecordingPresenter
 from textual.widgets import Footer
 
-from lenstui.attribution_screen import AttributionScreen
-
-from lenstui.engine.lens import run_lens
-from lenstui.presenter import PresenterApp, SceneBanner, SceneMessage
-from lenstui.scenes import load_talk
-from lenstui.worker import RunLens
+from lenstui.engine.lens.run import run_lens
+from lenstui.jobs.protocol import RunLens
+from lenstui.talks.format import load_talk
+from lenstui.tui.presenter import PresenterApp, SceneBanner, SceneMessage
+from lenstui.tui.screens.attribution import AttributionScreen
 
 pytestmark = pytest.mark.integration
 
@@ -55,17 +55,6 @@ title = "Attribution"
 prompt = "{EIFFEL}"
 view = "attribution"
 '''
-
-
-class RecordingPresenter(PresenterApp):
-    def __init__(self, *args, **kwargs):
-        self.notices: list[str] = []
-        super().__init__(*args, **kwargs)
-        self.worker_stop_timeout = 120
-
-    def notify(self, message, *, title="", severity="information", **kwargs):
-        self.notices.append(str(message))
-        return super().notify(message, title=title, severity=severity, **kwargs)
 
 
 @pytest.fixture
@@ -150,9 +139,9 @@ async def test_scenes_move_jump_and_broken_ones_do_not_stop_the_talk(make_presen
         await scene_shown(app, pilot)
         assert banner(app).startswith("5/5") and not message_shown(app) and app.grid.result is not None
         assert isinstance(app.screen, AttributionScreen)
-        assert not any("not available" in notice for notice in app.notices)
+        assert not any("not available" in notice for notice in app.notice_texts)
         await pilot.press("space")
-        assert "That was the last scene." in app.notices
+        assert "That was the last scene." in app.notice_texts
 
         await pilot.press("backspace")
         await scene_shown(app, pilot)
@@ -169,7 +158,7 @@ async def test_scenes_move_jump_and_broken_ones_do_not_stop_the_talk(make_presen
         await scene_shown(app, pilot)
         assert banner(app).startswith("2/5")
         await pilot.press("9", "enter")
-        assert "No scene 9: the talk has scenes 1 to 5." in app.notices and banner(app).startswith("2/5")
+        assert "No scene 9: the talk has scenes 1 to 5." in app.notice_texts and banner(app).startswith("2/5")
 
 
 async def test_save_appends_the_current_state_as_a_new_scene(make_presenter, talk_path):
@@ -215,7 +204,7 @@ async def test_stage_layout_hides_the_panes_and_toggles(make_presenter):
 
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory):
-    from tiny_models import tiny_llama_hf
+    from testkit.models import tiny_llama_hf
 
     folder = tmp_path_factory.mktemp("models") / "tiny-llama"
     hf_model, tokenizer = tiny_llama_hf()
@@ -225,8 +214,8 @@ def tiny_dir(tmp_path_factory):
 
 
 async def test_another_model_recomputes_the_scenes(make_presenter, embedded, tiny_dir):
-    from lenstui.engine.models import load_model
-    from lenstui.model_commands import ModelChosen
+    from lenstui.engine.model.load import load_model
+    from lenstui.tui.commands import ModelChosen
 
     app = make_presenter(loader=lambda spec, **kw: embedded if spec is None else load_model(spec, **kw))
     async with app.run_test(size=(120, 40)) as pilot:

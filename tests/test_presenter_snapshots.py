@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from lenstui.presenter import PresenterApp
-from lenstui.scenes import parse_talk
+from lenstui.talks.format import parse_talk
+from lenstui.tui.presenter import PresenterApp
 
 pytestmark = pytest.mark.integration
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lenstui.engine.errors import Cancelled
-from lenstui.engine.readout import read_out, unembedding
+from lenstui.core.errors import Cancelled
+from lenstui.engine.lens.readout import read_out, unembedding
 
 PROMPT = "hello world, the city of Paris"
 
@@ -111,7 +111,7 @@ def test_final_row_is_the_models_own_distribution(tiny_llama):
 def test_several_targets_per_vector_and_ties():
     """Tokens whose unembedding rows are identical tie exactly: none counts as above the
     other, exactly like ``(logits > target_logit).sum()``; the top-k holds the whole tie."""
-    from tiny_models import tiny_gpt2
+    from testkit.models import tiny_gpt2
 
     model = tiny_gpt2(seed=3)  # its own copy: its weights are edited below
     vectors, n_pos = _residuals(model)

@@ -10,11 +10,12 @@ import numpy as np
 import pytest
 import torch
 
-from lenstui.engine import scan as scan_module
-from lenstui.engine.lens import Cancelled
-from lenstui.engine.scan import load_cached_scan, scan_dir, scan_vocabulary
-from lenstui.engine.speak import as_readout, check_speakable
-from lenstui.engine.speak_readout import readout_from_arrays
+from lenstui.core.errors import Cancelled
+from lenstui.engine.speak.check import as_readout, check_speakable
+from lenstui.engine.speak import scan as scan_module
+from lenstui.engine.speak.geometry import readout_from_arrays
+from lenstui.engine.speak.scan import load_cached_scan, scan_vocabulary
+from lenstui.engine.speak.scan_cache import scan_dir
 
 
 @pytest.fixture
@@ -67,7 +68,7 @@ def test_tiny_models_whole_vocabulary(which, request, cache_dir):
 
 
 def test_cache_keys_differ_between_models(tiny_llama, tiny_gpt2, cache_dir):
-    from tiny_models import tiny_llama as build
+    from testkit.models import tiny_llama as build
 
     other = build(seed=1)  # same name, same architecture, different weights
     keys = {scan_dir(as_readout(m)) for m in (tiny_llama, tiny_gpt2, other)}
@@ -137,7 +138,7 @@ def test_constructed_cloud_matches_hull_membership(cache_dir):
 
 
 def test_layernorm_with_bias_whole_vocabulary(cache_dir):
-    from tiny_models import tiny_gpt2 as build
+    from testkit.models import tiny_gpt2 as build
 
     model = build(seed=5)
     with torch.no_grad():
@@ -186,8 +187,9 @@ def test_worker_handlers_run_checks_and_scans(tiny_llama, cache_dir):
     """The handlers the app registers, on the real model worker thread."""
     import queue
 
-    from lenstui.handlers import scan_handler, speak_handler
-    from lenstui.worker import CheckSpeakable, Done, LoadModel, ModelWorker, ScanVocabulary
+    from lenstui.jobs.handlers import scan_handler, speak_handler
+    from lenstui.jobs.protocol import CheckSpeakable, Done, LoadModel, ScanVocabulary
+    from lenstui.jobs.scheduler import ModelWorker
 
     results: "queue.Queue" = queue.Queue()
     worker = ModelWorker(results.put, loader=lambda spec, **kw: tiny_llama).start()

@@ -10,13 +10,14 @@ import tomllib
 from pathlib import Path
 
 import numpy as np
-import torch
 import pytest
+import torch
 
-from lenstui import scenes
 from lenstui.cli import main
-from lenstui.engine.errors import LenstuiError
-from lenstui.scenes import Cursor, Scene, append_scene, load_talk, parse_scene, scene_to_toml, token_spec
+from lenstui.core.errors import LenstuiError
+from lenstui.talks import format as scenes
+from lenstui.store import atomic
+from lenstui.talks.format import Cursor, Scene, append_scene, load_talk, parse_scene, scene_to_toml, token_spec
 
 ROOT = Path(__file__).resolve().parent.parent
 SEEDS = ROOT / "talks" / "seeds.toml"
@@ -208,7 +209,7 @@ def test_a_failed_write_leaves_the_old_file_whole(tmp_path, monkeypatch):
     def refuse(src, dst):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(scenes.os, "replace", refuse)
+    monkeypatch.setattr(atomic.os, "replace", refuse)  # the one atomic writer
     with pytest.raises(LenstuiError, match="No space left"):
         append_scene(path, Scene(number=0, title="x", prompt="y"))
     assert path.read_text() == '[[scene]]\nprompt = "a"\n'
@@ -251,7 +252,7 @@ def test_present_check_exit_codes(tmp_path, capsys):
 # --- against a model -------------------------------------------------------------------
 
 def test_scenes_resolve_on_a_model_and_problems_are_collected(tiny_llama):
-    from lenstui.engine.scene_check import resolve_scene, scene_problem
+    from lenstui.talks.resolve import resolve_scene, scene_problem
 
     tokenizer = tiny_llama.tokenizer
     text = "The Eiffel Tower is located in the city of"
@@ -282,8 +283,8 @@ def test_scenes_resolve_on_a_model_and_problems_are_collected(tiny_llama):
 
 @pytest.mark.integration
 def test_the_seeds_talk_holds_on_the_embedded_model(embedded):
-    from lenstui.engine.chat import chat_prompt_ids
-    from lenstui.engine.scene_check import resolve_scene
+    from lenstui.engine.model.chat import chat_prompt_ids
+    from lenstui.talks.resolve import resolve_scene
 
     talk = load_talk(SEEDS)
     resolved = [resolve_scene(embedded, scene) for scene in talk.scenes]
@@ -304,10 +305,9 @@ def test_the_seeds_talk_holds_on_the_embedded_model(embedded):
 
 def test_greedy_steps_match_the_hf_models_own_greedy_loop(tiny_llama):
     """The ids a scene's steps append are the plain transformers model's argmax tokens."""
-    from tiny_models import tiny_llama_hf
-
-    from lenstui.engine.generate import greedy_ids
-    from lenstui.engine.lens import Cancelled
+    from lenstui.core.errors import Cancelled
+    from lenstui.engine.model.generate import greedy_ids
+    from testkit.models import tiny_llama_hf
 
     hf_model, _ = tiny_llama_hf()  # same seed, same weights as the wrapped tiny_llama
     ids = [1, 2, 3, 4]

@@ -17,8 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from lenstui.cli import build_parser, main
-from lenstui.cli import serve_cmd
+from lenstui.cli import build_parser, main, serve_cmd
 
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = "/usr/bin/chromium"

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from lenstui.session import LensSession, Step
-from lenstui.worker import RunLens
+from lenstui.jobs.protocol import RunLens
+from lenstui.tui.state.session import LensSession, Step
 
 
 def test_text_becomes_a_chat_aware_request_with_the_settings():

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from lenstui.pins import typed_pin
-from lenstui.session import MAX_PINS, LensSession
+from lenstui.tui.screens.pin_prompt import typed_pin
+from lenstui.tui.state.session import MAX_PINS, LensSession
 
 
 def test_pins_go_into_the_request_in_order():

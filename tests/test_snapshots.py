@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 
-from lenstui.app import LenstuiApp
+from lenstui.tui.app import LenstuiApp
 
 pytestmark = pytest.mark.integration
 

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from lenstui.engine.lens import Cancelled
-from lenstui.engine.speak import check_speakable
-from lenstui.engine.speak_lp import solve_speak_lp
-from lenstui.engine.speak_readout import readout_from_arrays
+from lenstui.core.errors import Cancelled
+from lenstui.engine.speak.check import check_speakable
+from lenstui.engine.speak.geometry import readout_from_arrays
+from lenstui.engine.speak.lp import solve_speak_lp
 
 # ---------------------------------------------------------------- independent re-checks
 
@@ -216,7 +216,7 @@ def test_cancel_and_progress():
 
 
 def test_token_out_of_range_is_a_clear_error():
-    from lenstui.engine.errors import InputError
+    from lenstui.core.errors import InputError
 
     with pytest.raises(InputError, match="out of range"):
         check_speakable(readout_from_arrays(SIMPLEX), 9)
@@ -271,7 +271,7 @@ def test_tiny_llama_zero_padding_row_is_unspeakable(tiny_llama):
 
 def test_tiny_gpt2_with_a_final_norm_bias(tiny_gpt2):
     """LayerNorm beta folds into per-token offsets c = W_U^T beta: the ball matters."""
-    from tiny_models import tiny_gpt2 as build
+    from testkit.models import tiny_gpt2 as build
 
     model = build(seed=5)
     with torch.no_grad():
@@ -329,7 +329,7 @@ def test_embedded_hard_to_speak_token_and_duplicate_rows(embedded):
 async def test_speak_pane_renders_results_progress_and_cancel():
     from textual.app import App
 
-    from lenstui.widgets.speak import SpeakPane
+    from lenstui.tui.panes.speak import SpeakPane
 
     rows = SIMPLEX + [INSIDE]
     readout = readout_from_arrays(rows, decode=lambda i: ["alpha", "beta", "gamma", "delta", "inner"][i])

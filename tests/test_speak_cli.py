@@ -27,8 +27,9 @@ CONTRACT = {
 def tiny_dir(tmp_path_factory):
     """A tiny Llama (RMSNorm, tied embeddings; its padding row 0 is all zeros)."""
     import torch
-    from tiny_models import tiny_tokenizer
     from transformers import LlamaConfig, LlamaForCausalLM
+
+    from testkit.models import tiny_tokenizer
 
     tokenizer = tiny_tokenizer()
     torch.manual_seed(4)

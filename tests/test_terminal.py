@@ -1,6 +1,6 @@
 """The explorer as a person meets it: the real app in a pseudo-terminal, keys written the
 way a terminal writes them (a key at a time, or many in one write), the screen read back
-with a terminal emulator (see tests/terminal.py).
+with a terminal emulator (see testkit/terminal.py).
 
 One app process serves most cases (start-up costs ~10 s); the start-up case needs its
 own. What the grid must show is computed here with the ``tokenizers`` library on the
@@ -14,7 +14,7 @@ import unicodedata
 
 import pytest
 
-from terminal import TerminalApp, embedded_tokenizer
+from testkit.terminal import TerminalApp, embedded_tokenizer
 
 pytestmark = pytest.mark.integration
 
@@ -135,7 +135,7 @@ def _start_long_run(term: TerminalApp, tokenizer, tail: str) -> str:
 
 
 def test_typing_during_startup_arrives_whole(tmp_path, tokenizer):
-    """The issue's case: keys sent while the worker imports torch and loads the model."""
+    """Keys sent while the worker imports torch and loads the model."""
     with TerminalApp(env=_env(tmp_path)) as term:
         time.sleep(1.0)
         term.type(FRANCE)  # one write, as tmux send-keys -l does

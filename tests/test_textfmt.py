@@ -7,7 +7,7 @@ import unicodedata
 import pytest
 from rich.cells import cell_len, get_character_cell_size
 
-from lenstui.textfmt import EMPTY_MARK, SPACE_MARK, fit, visible, visible_bytes
+from lenstui.core.textfmt import EMPTY_MARK, SPACE_MARK, fit, visible, visible_bytes
 
 WIDE = ["東京", "タワー", "🐠", "한국어", "ｆｕｌｌ"]
 COMBINING = ["e\u0301", "\u0301", "a\u0308\u0304", "क्षि", "ñ"]

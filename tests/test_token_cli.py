@@ -17,8 +17,9 @@ from lenstui.cli import main
 def tiny_dir(tmp_path_factory):
     """A tiny GPT-2 saved as a Hugging Face directory, so --model can load it quickly."""
     import torch
-    from tiny_models import tiny_tokenizer
     from transformers import GPT2Config, GPT2LMHeadModel
+
+    from testkit.models import tiny_tokenizer
 
     tokenizer = tiny_tokenizer()
     torch.manual_seed(2)

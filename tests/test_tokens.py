@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from lenstui.engine.tokens import (
+from lenstui.core.token_bytes import (
     BYTE_FALLBACK,
     BYTE_LEVEL,
     ByteReader,
@@ -51,7 +51,7 @@ def sp_tokenizer():
 
 @pytest.fixture(scope="module")
 def tiny_reader():
-    from tiny_models import tiny_tokenizer
+    from testkit.models import tiny_tokenizer
 
     return ByteReader(tiny_tokenizer())
 
@@ -114,7 +114,7 @@ def test_segments_cover_every_byte_in_order():
 
 
 def test_tiny_byte_level_tokenizer_round_trips(tiny_reader):
-    from tiny_models import CORPUS
+    from testkit.models import CORPUS
 
     assert tiny_reader.scheme == BYTE_LEVEL
     for line in CORPUS:

@@ -10,10 +10,12 @@ import pytest
 import torch
 
 from lenstui.cli import main
-from lenstui.engine.compare import compare_rows
-from lenstui.engine.errors import InputError
-from lenstui.engine.lens import Depth, LensCell, LensResult, TopToken, run_lens, settle_row
-from lenstui.engine.vocab import TokenRef, resolve_token, token_spec
+from lenstui.core.errors import InputError
+from lenstui.core.lens_result import Depth, LensCell, LensResult, TopToken, settle_row
+from lenstui.core.tokens import TokenRef, token_spec
+from lenstui.engine.lens.compare import compare_rows
+from lenstui.engine.lens.run import run_lens
+from lenstui.engine.model.vocab import resolve_token
 
 PROMPT = "hello world, the city of Paris"
 PROMPT_B = "the river in the town of Rome"
@@ -156,7 +158,7 @@ def test_compare_kl_equals_float64(fixture, request):
 
 
 def test_compare_keeps_both_prompts_incremental(tiny_llama):
-    from lenstui.engine.lens_state import lens_state
+    from lenstui.engine.lens.state import lens_state
 
     compare_rows(tiny_llama, PROMPT, -1, PROMPT_B, -1)
     a, b = lens_state(tiny_llama, "a"), lens_state(tiny_llama, "b")

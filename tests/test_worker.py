@@ -14,22 +14,22 @@ from typing import ClassVar
 
 import pytest
 
-from lenstui.engine.errors import ModelLoadError
-from lenstui.engine.lens import LensResult
-from lenstui.worker import (
+from lenstui.core.errors import ModelLoadError
+from lenstui.core.lens_result import LensResult
+from lenstui.jobs.protocol import (
     CheckSpeakable,
     Done,
     Failed,
     InspectToken,
     LoadModel,
     ModelInfo,
-    ModelWorker,
     Progress,
     Request,
     RunLens,
     ScanVocabulary,
     Stopped,
 )
+from lenstui.jobs.scheduler import ModelWorker
 
 PROMPT = "The Eiffel Tower is located in the city of"
 TIMEOUT = 120
@@ -265,9 +265,9 @@ def test_a_failed_switch_keeps_the_loaded_model_serving(harness_factory, tiny_gp
 
 
 def test_scenes_render_one_by_one_current_first_and_let_lens_runs_in(harness_factory, tiny_gpt2):
-    from lenstui.handlers import SceneRender, render_scenes_handler
-    from lenstui.scenes import Scene
-    from lenstui.worker import Partial, RenderScenes
+    from lenstui.jobs.handlers import render_scenes_handler
+    from lenstui.jobs.protocol import Partial, RenderScenes, SceneRender
+    from lenstui.talks.format import Scene
 
     lens_queued = threading.Event()
 

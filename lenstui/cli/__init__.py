@@ -8,14 +8,13 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import sys
 from typing import Optional, Sequence
 
-import importlib
-
 from lenstui.cli.common import fail
-from lenstui.engine.errors import Cancelled, LenstuiError
+from lenstui.core.errors import Cancelled, LenstuiError
 
 # Imported on use: the subcommands pull in torch, and the app's first frame should not
 # wait for an import it does not need yet.

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from lenstui.cli.common import add_model_options, add_token_arguments, load_from_args, print_json
-from lenstui.engine.errors import InputError
+from lenstui.core.errors import InputError
 
 
 def configure(parser: argparse.ArgumentParser, command: str = "aim") -> None:
@@ -21,8 +21,8 @@ def configure(parser: argparse.ArgumentParser, command: str = "aim") -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from lenstui.engine.aim import aim
-    from lenstui.engine.vocab import resolve_token
+    from lenstui.engine.model.vocab import resolve_token
+    from lenstui.engine.speak.aim import aim
 
     if (args.token is None) == (args.id is None):
         raise InputError("Pass exactly one of a token's text or --id N.")

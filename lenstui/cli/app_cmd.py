@@ -24,7 +24,7 @@ def configure(parser: argparse.ArgumentParser, command: str = "") -> None:
 
 def run(args: argparse.Namespace) -> int:
     # Imported here so `lenstui lens ...` never pays for Textual.
-    from lenstui.app import LenstuiApp
+    from lenstui.tui.app import LenstuiApp
 
     app = LenstuiApp(
         args.prompt,

@@ -6,9 +6,10 @@ import argparse
 import re
 
 from lenstui.cli.common import add_model_options, load_from_args, print_json
-from lenstui.engine.attribution import DEFAULT_HEADS, AttributionResult, Component, attribute
-from lenstui.engine.errors import InputError
-from lenstui.textfmt import fit, signed_bar, visible
+from lenstui.core.attribution_result import AttributionResult, Component
+from lenstui.core.errors import InputError
+from lenstui.core.textfmt import fit, signed_bar, visible
+from lenstui.engine.attribution import DEFAULT_HEADS, attribute
 
 NAME_WIDTH = 10
 VALUE_WIDTH = 9

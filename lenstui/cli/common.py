@@ -7,7 +7,7 @@ import json
 import sys
 from typing import Any, Optional
 
-from lenstui.engine.errors import InputError
+from lenstui.core.errors import InputError
 
 
 def add_model_options(parser: argparse.ArgumentParser) -> None:
@@ -32,7 +32,7 @@ def add_token_arguments(parser: argparse.ArgumentParser) -> None:
 
 def load_from_args(args: argparse.Namespace):
     """Load the model named by --model/--device/--dtype, reporting progress on stderr."""
-    from lenstui.engine.models import load_model
+    from lenstui.engine.model.load import load_model
 
     def progress(message: str, fraction: Optional[float]) -> None:
         if sys.stderr.isatty():

@@ -6,10 +6,12 @@ import argparse
 from typing import Optional
 
 from lenstui.cli.common import add_model_options, load_from_args, print_json
-from lenstui.engine.errors import InputError
-from lenstui.engine.lens import LENS_KINDS, LensResult, run_lens
-from lenstui.engine.vocab import token_spec
-from lenstui.textfmt import fit, visible
+from lenstui.core.errors import InputError
+from lenstui.core.lens_result import LensResult
+from lenstui.core.lenses import LENS_KINDS
+from lenstui.core.textfmt import fit, visible
+from lenstui.core.tokens import token_spec
+from lenstui.engine.lens.run import run_lens
 
 
 def configure(parser: argparse.ArgumentParser, command: str) -> None:
@@ -93,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def run_compare(args: argparse.Namespace, track) -> int:
-    from lenstui.engine.compare import compare_rows
+    from lenstui.engine.lens.compare import compare_rows
 
     if args.positions is not None:
         raise InputError("--vs compares whole prompts: use --compare-positions PA,PB instead of --positions.")

@@ -1,4 +1,4 @@
-"""`lenstui present FILE.toml`: present a talk's scenes in the app (lenstui.presenter).
+"""`lenstui present FILE.toml`: present a talk's scenes in the app (lenstui.tui.presenter).
 
 `lenstui present FILE.toml --check [--with-model]` validates a talk file headlessly: it prints each scene with what it will show and any problem. Exit status: 0 when every
 scene can be shown, 1 when some cannot (the rest of the talk still runs), 2 when the
@@ -12,7 +12,7 @@ import argparse
 from typing import Optional
 
 from lenstui.cli.common import add_model_options, print_json
-from lenstui.scenes import Scene, Talk, load_talk, token_spec_text
+from lenstui.talks.format import Scene, Talk, load_talk, token_spec_text
 
 
 def configure(parser: argparse.ArgumentParser, command: str = "") -> None:
@@ -62,7 +62,7 @@ def describe(scene: Scene) -> str:
 def _model_problems(talk: Talk, args: argparse.Namespace) -> None:
     """Set each valid scene's problem from the model's point of view."""
     from lenstui.cli.common import load_from_args
-    from lenstui.engine.scene_check import scene_problem
+    from lenstui.talks.resolve import scene_problem
 
     if args.model is None and talk.model:
         args.model = talk.model
@@ -99,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
 
 def present(talk: Talk, args: argparse.Namespace) -> int:
     # Imported here so `--check` never pays for Textual.
-    from lenstui.presenter import PresenterApp
+    from lenstui.tui.presenter import PresenterApp
 
     app = PresenterApp(
         talk,

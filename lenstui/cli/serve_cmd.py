@@ -97,11 +97,11 @@ def run(args: argparse.Namespace) -> int:
     try:
         from textual_serve.server import Server
     except ImportError:
-        from lenstui.engine.errors import LenstuiError
+        from lenstui.core.errors import LenstuiError
 
         raise LenstuiError("lenstui serve needs the textual-serve package: pip install textual-serve.") from None
     if not 0 < args.port < 65536:
-        from lenstui.engine.errors import InputError
+        from lenstui.core.errors import InputError
 
         raise InputError(f"--port {args.port} is not a port number (1..65535).")
     if not is_loopback(args.host):

@@ -8,9 +8,9 @@ import time
 from pathlib import Path
 
 from lenstui.cli.common import add_model_options, add_token_arguments, load_from_args, one_token, print_json
-from lenstui.engine.errors import InputError
-from lenstui.engine.verdicts import DECIDED, Method, Verdict
-from lenstui.textfmt import aim_lines, bar, visible, visible_bytes
+from lenstui.core.errors import InputError
+from lenstui.core.textfmt import aim_lines, bar, visible, visible_bytes
+from lenstui.core.verdicts import DECIDED, Method, Verdict
 
 
 def configure(parser: argparse.ArgumentParser, command: str = "speak") -> None:
@@ -39,9 +39,9 @@ def configure(parser: argparse.ArgumentParser, command: str = "speak") -> None:
 
 def run(args: argparse.Namespace) -> int:
     """`lenstui speak`."""
-    from lenstui.engine.aim import speak_aim
-    from lenstui.engine.speak import check_speakable
-    from lenstui.engine.vocab import resolve_token
+    from lenstui.engine.model.vocab import resolve_token
+    from lenstui.engine.speak.aim import speak_aim
+    from lenstui.engine.speak.check import check_speakable
 
     token = one_token(args, "Pass exactly one of a token's text or --id N.")
     model = load_from_args(args)
@@ -61,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
 
 def token_label(model, token_id: int) -> str:
     """The token's true bytes, legible: ``␣⟨f0 9f⟩`` rather than ``␣�``."""
-    from lenstui.engine.tokens import token_bytes
+    from lenstui.core.token_bytes import token_bytes
 
     return visible_bytes(token_bytes(model, token_id).data)
 
@@ -128,8 +128,10 @@ def format_result(result, label=None) -> str:
 
 def run_scan(args: argparse.Namespace) -> int:
     """`lenstui scan`."""
-    from lenstui.engine.scan import check_out_path, scan_dir, scan_vocabulary
-    from lenstui.engine.speak import as_readout
+    from lenstui.core.scan_result import check_out_path
+    from lenstui.engine.speak.check import as_readout
+    from lenstui.engine.speak.scan import scan_vocabulary
+    from lenstui.engine.speak.scan_cache import scan_dir
 
     out = Path(args.out) if args.out else None
     if out is not None:

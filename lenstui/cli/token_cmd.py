@@ -6,8 +6,9 @@ import argparse
 import textwrap
 
 from lenstui.cli.common import add_model_options, load_from_args, one_token, print_json
-from lenstui.engine.neighbors import DEFAULT_NEIGHBORS, Neighbor, TokenReport, inspect_token
-from lenstui.textfmt import fit, neighbor_row, report_rows
+from lenstui.core.textfmt import fit, neighbor_row, report_rows
+from lenstui.core.token_report import Neighbor, TokenReport
+from lenstui.engine.inspect.neighbors import DEFAULT_NEIGHBORS, inspect_token
 
 LABEL_WIDTH = 16
 PAGE_WIDTH = 80

@@ -1,9 +1,12 @@
-"""Pure computation on models: never imports Textual.
+"""The engine: computation on models with torch (never Textual).
 
-Every public function returns plain dataclasses (ids, floats, strings) that the app,
-the CLI's --json output and the tests all consume.
+- ``model/``: loading (embedded GGUF, files, Hugging Face), chat templates, vocabulary
+  look-ups, greedy generation;
+- ``lens/``: the lens runs, their incremental state, the fused readout, comparisons;
+- ``inspect/``: the token inspector's neighbours and the readout geometry;
+- ``speak/``: the certified speakability check, its LP, the vocabulary scan and its
+  cache, the aim measure;
+- ``attribution``: direct logit attribution of a lens cell.
+
+Every public function returns the core's plain dataclasses.
 """
-
-from lenstui.engine.errors import Cancelled, LenstuiError
-
-__all__ = ["Cancelled", "LenstuiError"]

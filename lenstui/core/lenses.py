@@ -1,0 +1,18 @@
+"""The logit lens's variants, named once (torch-free, so the app can list them before
+the engine is imported)."""
+
+from __future__ import annotations
+
+# The order is the order the app cycles through them.
+LENS_KINDS = ("logit", "extended", "raw")
+LENS_DESCRIPTIONS = {
+    "logit": "final norm, then unembedding (the classic)",
+    "extended": "the last block joins the decoder (gpt-neo notes)",
+    "raw": "unembedding without the final norm",
+}
+
+MAX_TOP_K = 100
+
+
+# Tokens followed through the layers at once (pinned in the app, --track in the CLI).
+MAX_TRACKED = 8

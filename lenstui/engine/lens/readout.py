@@ -1,0 +1,370 @@
+"""The fused readout: residual vectors -> top-k, entropy, KL and target ranks, at the
+matmul's speed and without a ``[vectors, vocab]`` tensor.
+
+``lens.py`` says *what* a lens run is; this module says *how fast*. A block of
+residual vectors is read through the model's own final norm (TransformerLens' bridge
+module, applied by :meth:`Unembedding.normalize`), ``W_U``, ``b_U`` and the adapter's
+post-unembedding transform (softcap, logit scaling), walking the vocabulary in blocks
+of ``block`` tokens. Per vector it keeps, in float32:
+
+- the running top-k (ids and logits);
+- an online logsumexp (running max ``m`` and ``z = sum exp(logit - m)``);
+- ``sum exp(logit - m) * (logit - m)``, so entropy = ``log z - that / z`` without the
+  cancellation of ``lse - E[logit]`` at large logits;
+- for KL(reference || row): the reference's own running max and normaliser and
+  ``sum p_ref * (logit_row - logit_ref)``, so KL = ``lse_row - lse_ref - E_ref[row - ref]``,
+  exactly 0 for the reference row itself;
+- each target's logit (gathered from the block it falls in) and its rank, the count of
+  logits strictly above it (ties are not above), exactly as
+  ``(row_logits > target_logit).sum()``.
+
+Extra memory is a few ``vectors x block`` float32 tensors. On CPU everything runs in
+float32 whatever the model's dtype (bfloat16 matmuls on CPU are ~200x slower); on a GPU
+with a half-precision model the matmul runs in the model's dtype, the reductions in
+float32, and the top-k and target logits are recomputed in float32 at the end.
+
+TransformerLens' ``logit_readout`` stays the reference in the tests.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Optional, Union
+
+import torch
+
+from lenstui.core.callbacks import StopCheck, check_stop
+
+# Vocabulary tokens per block. Measured on the embedded model, 496-512 vectors, 1 thread on
+# the shared 2-core machine: one run gave 2048: 1.50x, 4096: 1.17x, 8192: 1.50x the matmul
+# floor; a more loaded run 1024: 1.18x, 2048: 1.05x, 4096: 1.68x. The sweep is noisy there:
+# bench/bench_instant.py prints it; re-check on a quiet machine.
+DEFAULT_BLOCK = 4096
+# Candidates kept beyond top-k when the matmul ran in half precision, re-ranked in float32.
+_HALF_PRECISION_MARGIN = 8
+
+
+@dataclass
+class Unembedding:
+    """The model's readout, prepared once per model (weights laid out for vocab blocks)."""
+
+    weight: torch.Tensor  # [d_vocab, d_model], rows contiguous, in compute_dtype
+    bias: Optional[torch.Tensor]  # [d_vocab] in compute_dtype, None when all zero
+    norm: Optional[torch.nn.Module]  # the bridge's ln_final (None: the model has no final norm)
+    transform: Optional[Callable[[torch.Tensor], torch.Tensor]]  # elementwise, None = identity
+    compute_dtype: torch.dtype
+    device: torch.device
+
+    @property
+    def d_vocab(self) -> int:
+        return int(self.weight.shape[0])
+
+    def normalize(self, vectors: torch.Tensor, apply_norm: bool = True) -> torch.Tensor:
+        """[n, d] residual vectors -> what the unembedding reads (final norm or raw), float32."""
+        from transformer_lens.tools.analysis.logit_lens import _run_ln_final
+
+        if apply_norm and self.norm is not None:
+            param = next(self.norm.parameters(), None)
+            dtype = param.dtype if param is not None else vectors.dtype
+            with torch.no_grad():
+                vectors = _run_ln_final(self.norm, vectors.to(device=self.device, dtype=dtype))
+        # float32 even when the matmul runs in half precision: read_out recomputes the
+        # top-k and target logits from these exact values.
+        return vectors.to(device=self.device, dtype=torch.float32)
+
+    def logits(self, normed: torch.Tensor, start: int = 0, stop: Optional[int] = None) -> torch.Tensor:
+        """Logits of normalised vectors for vocabulary ids [start, stop), float32."""
+        weight = self.weight[start:stop]
+        if self.bias is not None:
+            out = torch.addmm(self.bias[start:stop], normed, weight.T)
+        else:
+            out = normed @ weight.T
+        if self.transform is not None:
+            out = self.transform(out)
+        return out.float()
+
+
+def unembedding(model: Any) -> Unembedding:
+    """The prepared readout of a LoadedModel (memoized in ``model.memo``)."""
+    cached = model.memo.get("unembedding")
+    if cached is None:
+        cached = _prepare_unembedding(model.bridge)
+        model.memo["unembedding"] = cached
+    return cached
+
+
+def _prepare_unembedding(bridge: Any) -> Unembedding:
+    from transformer_lens.model_bridge.architecture_adapter import ArchitectureAdapter
+    from transformer_lens.tools.analysis.logit_lens import (
+        _final_norm,
+        _require_decoder_unembed,
+    )
+    from transformer_lens.utilities.activation_functions import softcap_enabled
+    from transformer_lens.utilities.quantization import require_readable_weight
+
+    _require_decoder_unembed(bridge, operation="lenstui readout")
+    w_u = require_readable_weight(bridge.W_U, operation="read logits through W_U", owner=bridge)
+    device = w_u.device
+    half = w_u.dtype in (torch.float16, torch.bfloat16)
+    compute_dtype = w_u.dtype if (half and device.type != "cpu") else torch.float32
+    with torch.no_grad():
+        # W_U is [d_model, d_vocab]; tied models expose it as a view of the embedding,
+        # whose transpose is already contiguous: then no copy is made.
+        weight = w_u.detach().T.to(dtype=compute_dtype).contiguous()
+        bias = getattr(bridge, "b_U", None)
+        if bias is not None:
+            bias = bias.detach().to(device=device, dtype=compute_dtype)
+            if not bool(bias.any()):
+                bias = None  # an all-zero bias costs a pass over every block for nothing
+    adapter = getattr(bridge, "adapter", None)
+    transform = None
+    if adapter is not None and callable(getattr(adapter, "apply_output_logits_transform", None)):
+        overridden = type(adapter).apply_output_logits_transform is not ArchitectureAdapter.apply_output_logits_transform
+        capped = softcap_enabled(getattr(bridge.cfg, "output_logits_soft_cap", None))
+        if overridden or capped:
+            transform = adapter.apply_output_logits_transform
+    return Unembedding(
+        weight=weight,
+        bias=bias,
+        norm=_final_norm(bridge),
+        transform=transform,
+        compute_dtype=compute_dtype,
+        device=device,
+    )
+
+
+@dataclass
+class ReadoutStats:
+    """Per vector (float32, on the readout's device)."""
+
+    top_ids: torch.Tensor  # [n, k] int64, by descending logit
+    top_logits: torch.Tensor  # [n, k]
+    max_logit: torch.Tensor  # [n] the row's largest logit
+    log_z: torch.Tensor  # [n] log sum exp(logit - max_logit): logsumexp = max_logit + log_z
+    entropy: torch.Tensor  # [n] nats
+    kl: Optional[torch.Tensor]  # [n] KL(reference || row), nats; None without a reference
+    target_logits: Optional[torch.Tensor]  # [n, T]
+    target_ranks: Optional[torch.Tensor]  # [n, T] int64: logits strictly above the target
+
+    @property
+    def lse(self) -> torch.Tensor:
+        return self.max_logit + self.log_z
+
+    def log_probs(self, logits: torch.Tensor) -> torch.Tensor:
+        """[n, j] logits of these vectors -> log-probabilities (shift first: exact-ish)."""
+        return (logits - self.max_logit[:, None]) - self.log_z[:, None]
+
+    @property
+    def top_probs(self) -> torch.Tensor:
+        return self.log_probs(self.top_logits).exp()
+
+    @property
+    def target_probs(self) -> Optional[torch.Tensor]:
+        if self.target_logits is None:
+            return None
+        return self.log_probs(self.target_logits).exp()
+
+
+def read_out(
+    unembed: Unembedding,
+    normed: torch.Tensor,
+    *,
+    top_k: int,
+    targets: Optional[torch.Tensor] = None,
+    reference: Union[None, int, torch.Tensor] = None,
+    block: int = DEFAULT_BLOCK,
+    should_stop: Optional[StopCheck] = None,
+) -> ReadoutStats:
+    """Read ``normed`` vectors [n, d] (already through :meth:`Unembedding.normalize`).
+
+    ``targets``: [n, T] token ids per vector (T >= 1). ``reference``: the distribution KL
+    is measured from, either [m, d] normalised vectors or an int m meaning "the last m of
+    ``normed``"; vector i is compared with reference i % m (n must be a multiple of m), so
+    a [rows x positions] stack flattened row-major with the final row's m = positions
+    vectors as reference gives KL(final || row) per cell. Raises Cancelled between
+    vocabulary blocks when ``should_stop()`` turns true.
+    """
+    n, d = normed.shape
+    vocab = unembed.d_vocab
+    if not 1 <= top_k <= vocab:
+        raise ValueError(f"top_k must be in 1..{vocab}")
+    block = max(1, int(block))
+    half = unembed.compute_dtype != torch.float32
+    keep = min(vocab, top_k + _HALF_PRECISION_MARGIN) if half else top_k
+    x = normed.to(device=unembed.device, dtype=unembed.compute_dtype)
+    x32 = normed.to(device=unembed.device, dtype=torch.float32) if half else x  # for the float32 recompute
+    dev = x.device
+    f32 = dict(device=dev, dtype=torch.float32)
+
+    ref_x: Optional[torch.Tensor] = None
+    n_ref = 0
+    if reference is not None:
+        if isinstance(reference, int):
+            n_ref = reference
+        else:
+            ref_x = reference.to(device=dev, dtype=unembed.compute_dtype)
+            n_ref = ref_x.shape[0]
+        if n_ref < 1 or n % n_ref:
+            raise ValueError(f"{n} vectors do not split into groups of {n_ref} references")
+    groups = n // n_ref if n_ref else 0
+    if n_ref:
+        ref_vectors = x[n - n_ref :] if ref_x is None else ref_x  # [m, d]
+
+    # Running (over vocabulary blocks) per vector: max logit, log sum exp(logit - max),
+    # entropy, top-k. The logsumexp stays split as max + log_z: logits reach ~200, where a
+    # float32 ulp is 1.5e-5, and probabilities are exp((logit - max) - log_z).
+    run_max = torch.full((n,), -torch.inf, **f32)
+    run_log_z = torch.zeros(n, **f32)
+    run_entropy = torch.zeros(n, **f32)
+    top_vals = torch.full((n, keep), -torch.inf, **f32)
+    top_ids = torch.zeros((n, keep), device=dev, dtype=torch.long)
+    if n_ref:
+        ref_max = torch.full((n_ref,), -torch.inf, **f32)
+        ref_log_z = torch.zeros(n_ref, **f32)
+        ref_cross = torch.zeros(n, **f32)  # E_ref[l_row - l_ref] so far
+    if targets is not None:
+        targets = targets.to(device=dev, dtype=torch.long).reshape(n, -1)
+        n_targets = targets.shape[1]
+        guess = _target_logits(unembed, x, targets)  # the counting threshold; checked below
+        exact = guess.clone()
+        above = torch.zeros((n, n_targets), device=dev, dtype=torch.long)
+
+    for start in range(0, vocab, block):
+        check_stop(should_stop)
+        stop = min(vocab, start + block)
+        logits = unembed.logits(x, start, stop)  # [n, B] float32
+        # softmax is one vectorised pass (torch's elementwise exp is several times slower);
+        # its max is 1/z for z = sum exp(l - max), so the block's logsumexp costs nothing.
+        probs = torch.softmax(logits, dim=1)
+        block_max = logits.amax(dim=1)
+        block_log_z = -torch.log(probs.amax(dim=1))
+        block_entropy = block_log_z - (torch.linalg.vecdot(probs, logits) - block_max)
+        run_max, run_log_z, keep_old, take_new = _merge_lse(run_max, run_log_z, block_max, block_log_z)
+        run_entropy = (
+            keep_old * run_entropy
+            + take_new * block_entropy
+            - torch.xlogy(keep_old, keep_old)
+            - torch.xlogy(take_new, take_new)
+        )
+        if n_ref:
+            if ref_x is None:
+                ref_logits, ref_probs = logits[n - n_ref :], probs[n - n_ref :]
+            else:
+                ref_logits = unembed.logits(ref_x, start, stop)
+                ref_probs = torch.softmax(ref_logits, dim=1)
+            if unembed.transform is None:
+                # The logits are linear in x (the bias cancels in the difference), so
+                # E_ref[l_row - l_ref] over this block is (x_row - x_ref) . (p_ref @ W_block):
+                # an [n, d] product instead of another pass over [n, block].
+                mixed = ref_probs.to(unembed.compute_dtype) @ unembed.weight[start:stop]  # [m, d]
+                block_cross = torch.linalg.vecdot(
+                    (x.view(groups, n_ref, -1) - ref_vectors).float(), mixed.float()
+                ).reshape(n)
+            else:
+                # Differences first, so the reference row's own term is exactly zero.
+                diff = logits.view(groups, n_ref, -1) - ref_logits
+                block_cross = torch.linalg.vecdot(diff, ref_probs).reshape(n)
+                del diff
+            ref_max, ref_log_z, ref_old, ref_new = _merge_lse(
+                ref_max, ref_log_z, ref_logits.amax(dim=1), -torch.log(ref_probs.amax(dim=1))
+            )
+            ref_cross = ref_old.repeat(groups) * ref_cross + ref_new.repeat(groups) * block_cross
+            del ref_logits, ref_probs
+        del probs
+        # Running top-k: the block's best, merged with the best so far.
+        block_top = torch.topk(logits, k=min(keep, stop - start), dim=1)
+        merged_vals = torch.cat([top_vals, block_top.values], dim=1)
+        merged_ids = torch.cat([top_ids, block_top.indices + start], dim=1)
+        best = torch.topk(merged_vals, k=keep, dim=1)
+        top_vals = best.values
+        top_ids = merged_ids.gather(1, best.indices)
+        if targets is not None:
+            for t in range(n_targets):
+                column = targets[:, t]
+                above[:, t] += (logits > guess[:, t : t + 1]).sum(dim=1, dtype=torch.int32)  # 3x an int64 sum
+                inside = (column >= start) & (column < stop)
+                if bool(inside.any()):
+                    local = (column - start).clamp(0, stop - start - 1)
+                    exact[:, t] = torch.where(inside, logits.gather(1, local[:, None])[:, 0], exact[:, t])
+        del logits
+
+    entropy = run_entropy.clamp_min(0.0)
+    kl = None
+    if n_ref:
+        # KL(ref || row) = sum p_ref (l_ref - lse_ref - l_row + lse_row)
+        lse_gap = (run_max.view(groups, n_ref) - ref_max) + (run_log_z.view(groups, n_ref) - ref_log_z)
+        kl = (lse_gap - ref_cross.view(groups, n_ref)).reshape(n).clamp_min(0.0)
+
+    target_logits = target_ranks = None
+    if targets is not None:
+        target_ranks = above
+        # The count used the guessed target logit as its threshold; where the target's own
+        # in-block value differs from the guess (last-bit rounding of a different kernel),
+        # recount that vector against its own full row, so ties behave exactly.
+        if half:
+            exact = _target_logits(unembed, x32, targets, float32=True)
+        else:
+            for row, t in (guess != exact).nonzero().tolist():
+                full = unembed.logits(x[row : row + 1])[0]
+                above[row, t] = int((full > full[targets[row, t]]).sum())
+                exact[row, t] = full[targets[row, t]]
+        target_logits = exact
+    if half:
+        top_vals, top_ids = _refine_top_k(unembed, x32, top_ids, top_k)
+    return ReadoutStats(
+        top_ids=top_ids[:, :top_k],
+        top_logits=top_vals[:, :top_k],
+        max_logit=run_max,
+        log_z=run_log_z,
+        entropy=entropy,
+        kl=kl,
+        target_logits=target_logits,
+        target_ranks=target_ranks,
+    )
+
+
+def _merge_lse(max_a, log_z_a, max_b, log_z_b):
+    """Two disjoint parts of a softmax, each as (max, log sum exp(l - max)) -> the union's
+    (max, log_z) and each part's share of the total mass (w_a + w_b = 1).
+
+    The union's entropy is then sum_i w_i (H_i - log w_i), H_i each part's own entropy.
+    """
+    new_max = torch.maximum(max_a, max_b)
+    a = (max_a - new_max) + log_z_a  # -inf for an empty part
+    b = (max_b - new_max) + log_z_b
+    log_z = torch.logaddexp(a, b)
+    return new_max, log_z, torch.exp(a - log_z), torch.exp(b - log_z)
+
+
+def _target_logits(
+    unembed: Unembedding, x: torch.Tensor, targets: torch.Tensor, float32: bool = False
+) -> torch.Tensor:
+    """[n, T] logits of each vector's own targets.
+
+    Computed by the same GEMM as the vocabulary blocks, over the distinct target rows
+    padded to at least 64 (a narrow product takes a GEMV path that rounds differently),
+    so the value matches the in-block logit bit for bit in practice; read_out still checks.
+    """
+    unique, inverse = torch.unique(targets, return_inverse=True)
+    rows = unique
+    if rows.numel() < 64:
+        pad = torch.arange(min(64, unembed.d_vocab), device=rows.device)
+        rows = torch.cat([rows, pad])[: max(64, rows.numel())] if unembed.d_vocab >= 64 else rows
+    weight = unembed.weight[rows]
+    xs = x
+    if float32:
+        weight, xs = weight.float(), x.float()
+    if unembed.bias is not None:  # addmm like Unembedding.logits: the same rounding
+        out = torch.addmm(unembed.bias[rows].to(weight.dtype), xs, weight.T)
+    else:
+        out = xs @ weight.T  # [n, U (+ padding)]
+    if unembed.transform is not None:
+        out = unembed.transform(out)
+    return out.float().gather(1, inverse.reshape(targets.shape[0], -1))
+
+
+def _refine_top_k(unembed: Unembedding, x: torch.Tensor, candidates: torch.Tensor, k: int):
+    """Recompute half-precision top-k candidates' logits in float32 and re-rank them."""
+    values = _target_logits(unembed, x, candidates, float32=True)
+    best = torch.topk(values, k=k, dim=1)
+    return best.values, candidates.gather(1, best.indices)

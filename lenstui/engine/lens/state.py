@@ -1,0 +1,525 @@
+"""What the lens has already computed for a model, so the next run computes only what changed.
+
+One :class:`LensState` per loaded model (``lens_state(model)``) keeps:
+- the last run's token ids, the model's KV cache and the residual stack
+  ``[rows, positions, d_model]`` (block inputs, the last block's output, and the
+  mid-block residuals once they were asked for);
+- the cells already read out, per position, for the current readout settings.
+
+In a causal model position p depends on tokens 0..p only, so a new prompt that shares
+its first c tokens with the last one keeps positions < c: the forward pass runs for the
+new tokens only (the KV cache, cropped to c, supplies the prefix), and only positions
+>= c are read out. A generation step is one position; an undo (a prefix of the last
+ids) runs nothing at all. Changing top-k, the target or the lens variant keeps the
+forward and redoes the readout; the extended lens reruns its decoder blocks over the
+cached stack (every position: its early rows attend over the whole prefix) but never the
+model's forward.
+
+The API is two-step so the app can paint what is visible first:
+``plan = state.prepare(ids, ...)`` (validates, runs the forward for the new tokens),
+then ``state.cells(positions)`` -> :class:`LensColumns` for just those positions
+(computed or from the cache), and ``state.result()`` -> the whole :class:`LensResult`.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from dataclasses import dataclass, field
+from typing import Optional, Sequence, Union
+
+import torch
+
+from lenstui.core.callbacks import StopCheck, check_stop
+from lenstui.core.errors import InputError
+from lenstui.core.lens_result import LensCell, LensResult, TopToken, TrackedValue
+from lenstui.core.lenses import LENS_KINDS, MAX_TOP_K, MAX_TRACKED
+from lenstui.core.tokens import TokenRef, TokenSpec
+from lenstui.engine.lens.readout import read_out, unembedding
+from lenstui.engine.model.load import LoadedModel
+from lenstui.engine.model.vocab import encode_prompt, resolve_token, token_ref
+
+# Residual vectors per read_out call: enough to keep the GEMM efficient, few enough that
+# a chunk of positions (its [vectors, vocab block] working set) returns quickly.
+VECTORS_PER_CHUNK = 512
+# Positions x rows per extended-decoder forward (bounds its activation memory).
+EXTENDED_TOKENS_PER_PASS = 4096
+
+
+
+@dataclass(frozen=True)
+class LensSettings:
+    """The readout settings; changing any of them keeps the forward, redoes the readout."""
+
+    top_k: int = 10
+    lens: str = "logit"
+    extended_blocks: int = 0  # 0 unless lens == "extended"
+    incl_mid: bool = False
+    target_id: Optional[int] = None  # None: each position's own final top-1
+    track_ids: tuple[int, ...] = ()  # tokens whose probability and rank every cell reports
+
+
+@dataclass
+class LensPlan:
+    """What ``prepare`` settled: the prompt, the rows and which positions are new."""
+
+    model: str
+    settings: LensSettings
+    tokens: list[TokenRef]
+    layers: list[str]
+    reused_positions: int  # positions whose cells were kept from the last run
+    forward_positions: int  # positions the model's forward pass ran for
+    tracked: list[TokenRef] = field(default_factory=list)
+
+    @property
+    def n_positions(self) -> int:
+        return len(self.tokens)
+
+    def result(self, columns: "LensColumns", *, subset: bool = True, seconds: float = 0.0) -> LensResult:
+        """The one builder of a LensResult from computed columns: a subset (its
+        ``positions`` are the columns; a streamed chunk, ``--positions``) or, with
+        ``subset=False``, the whole grid in position order."""
+        settings = self.settings
+        return LensResult(
+            model=self.model,
+            lens=settings.lens,
+            tokens=self.tokens,
+            layers=self.layers,
+            grid=columns.cells,
+            targets=columns.targets,
+            target_is_default=settings.target_id is None,
+            seconds=seconds,
+            extended_blocks=settings.extended_blocks,
+            positions=list(columns.positions) if subset else None,
+            tracked=self.tracked,
+            top_k=settings.top_k,
+        )
+
+
+@dataclass
+class LensColumns:
+    """Cells for some positions: ``cells[row][i]`` is row ``row`` at ``positions[i]``."""
+
+    positions: list[int]
+    cells: list[list[LensCell]]
+    targets: list[TokenRef]
+
+
+def lens_state(model: LoadedModel, slot: str = "a") -> "LensState":
+    """The model's lens state for ``slot`` (kept in ``model.memo``): slot "a" is the
+    explorer's prompt, "b" the compare view's second prompt, each incremental on its own."""
+    key = "lens_state" if slot == "a" else f"lens_state:{slot}"
+    state = model.memo.get(key)
+    if state is None:
+        state = LensState(model)
+        model.memo[key] = state
+    return state
+
+
+def row_labels(n_layers: int, incl_mid: bool) -> list[str]:
+    """Row labels: "embed", then per block ("L3.attn" mid rows when asked) "L3"."""
+    labels = ["embed"]
+    for layer in range(n_layers):
+        if incl_mid:
+            labels.append(f"L{layer}.attn")
+        labels.append(f"L{layer}")
+    return labels
+
+
+
+def _install_cache_shim(bridge) -> None:
+    """Let the bridge's attention see HF's KV cache under the name it reads.
+
+    transformers 5 passes the layer cache as ``cache=``; TransformerLens 4.3's attention
+    bridges look for ``past_key_values`` (or ``layer_past``) and otherwise skip the cache
+    update, so an incremental forward would attend to its own tokens only. A forward
+    pre-hook copies the one name to the other; LensState checks the cache's length after
+    every forward and falls back to full forwards if a model still does not fill it.
+    """
+    if getattr(bridge, "_lenstui_cache_shim", False):
+        return
+
+    def copy_cache_kwarg(module, args, kwargs):
+        if kwargs.get("past_key_values") is None and kwargs.get("cache") is not None:
+            kwargs["past_key_values"] = kwargs["cache"]
+        return args, kwargs
+
+    for block in getattr(bridge, "blocks", []):
+        attn = getattr(block, "attn", None)
+        if isinstance(attn, torch.nn.Module):
+            attn.register_forward_pre_hook(copy_cache_kwarg, with_kwargs=True)
+    bridge._lenstui_cache_shim = True
+
+
+class LensState:
+    def __init__(self, model: LoadedModel):
+        self.model = model
+        self._ids: list[int] = []
+        self._kv = None  # HF DynamicCache over self._ids, or None
+        self._kv_works: Optional[bool] = None  # None until the first incremental forward
+        self._capture_mid = False
+        self._pre: Optional[torch.Tensor] = None  # [n_layers + 1, pos, d]: block inputs + last output
+        self._mid: Optional[torch.Tensor] = None  # [n_layers, pos, d] when captured
+        self._version = 0  # bumped whenever the stack changes
+        self._extended: Optional[tuple[int, int, torch.Tensor]] = None  # (version, blocks, stack)
+        self._settings: Optional[LensSettings] = None
+        self._plan: Optional[LensPlan] = None  # what the last prepare() settled
+        self._columns: dict[int, tuple[list[LensCell], TokenRef]] = {}
+        self._final_top1: dict[int, int] = {}  # position -> the model's own top-1 there
+        self.forward_count = 0  # forward passes run (tests and benches read it)
+
+    # -- settings and the forward -------------------------------------------------------
+    def prepare(
+        self,
+        prompt: Union[str, Sequence[int]],
+        *,
+        top_k: int = 10,
+        lens: str = "logit",
+        extended_blocks: int = 1,
+        incl_mid: bool = False,
+        target: Optional[TokenSpec] = None,
+        track: Sequence[TokenSpec] = (),
+        should_stop: Optional[StopCheck] = None,
+    ) -> LensPlan:
+        """Validate, then bring the residual stack up to date for ``prompt`` (the forward
+        for new tokens only). Raises InputError on bad input, Cancelled when superseded."""
+        model = self.model
+        if lens not in LENS_KINDS:
+            raise InputError(f"Unknown lens {lens!r}: choose one of {', '.join(LENS_KINDS)}.")
+        if not 1 <= top_k <= min(MAX_TOP_K, model.d_vocab):
+            raise InputError(f"top-k must be between 1 and {min(MAX_TOP_K, model.d_vocab)}, not {top_k}.")
+        if lens == "extended":
+            if not 1 <= extended_blocks < model.n_layers:
+                raise InputError(
+                    f"The extended lens needs 1..{model.n_layers - 1} decoder blocks, not {extended_blocks}."
+                )
+            if incl_mid:
+                raise InputError("The extended lens reads block outputs only: turn mid-block rows off.")
+        ids = encode_prompt(model, prompt)
+        target_id = None if target is None else resolve_token(model, target)
+        track_ids: list[int] = []
+        for spec in track:
+            token_id = resolve_token(model, spec)
+            if token_id not in track_ids:
+                track_ids.append(token_id)
+        if len(track_ids) > MAX_TRACKED:
+            raise InputError(f"At most {MAX_TRACKED} tokens can be tracked at once, not {len(track_ids)}.")
+        settings = LensSettings(
+            top_k=top_k,
+            lens=lens,
+            extended_blocks=extended_blocks if lens == "extended" else 0,
+            incl_mid=incl_mid,
+            target_id=target_id,
+            track_ids=tuple(track_ids),
+        )
+        check_stop(should_stop)
+        kept, ran = self._update_stack(ids, incl_mid)
+        check_stop(should_stop)
+        if settings != self._settings:
+            self._columns.clear()
+            self._settings = settings
+        self._plan = LensPlan(
+            model=model.name,
+            settings=settings,
+            tokens=[token_ref(model, i) for i in ids],
+            layers=row_labels(model.n_layers, incl_mid),
+            reused_positions=len([p for p in self._columns if p < len(ids)]),
+            forward_positions=ran,
+            tracked=[token_ref(model, i) for i in track_ids],
+        )
+        return self._plan
+
+    def _update_stack(self, ids: list[int], incl_mid: bool) -> tuple[int, int]:
+        """Keep what is shared with the last ids, run the forward for the rest.
+        Returns (kept positions, positions the forward ran for)."""
+        common = 0
+        for old, new in zip(self._ids, ids):
+            if old != new:
+                break
+            common += 1
+        if incl_mid and not self._capture_mid:
+            self._capture_mid = True
+            common = 0  # the mid rows were never captured: one full forward adds them
+        if self._pre is None:
+            common = 0
+        if common < len(self._ids):
+            self._truncate(common)
+        if common == len(ids):
+            return common, 0
+        # Without a usable KV cache the prefix's forward runs again (its cells are kept).
+        start = common if self._kv is not None else 0
+        self._forward(ids, start)
+        return common, len(ids) - start
+
+    def _truncate(self, keep: int) -> None:
+        self._ids = self._ids[:keep]
+        if keep == 0 or self._pre is None:
+            self._pre = self._mid = None
+            self._kv = None
+        else:
+            self._pre = self._pre[:, :keep]
+            if self._mid is not None:
+                self._mid = self._mid[:, :keep]
+            if self._kv is not None and keep < self._kv.get_seq_length():
+                self._kv.crop(keep - self._kv.get_seq_length())  # negative: tokens to drop
+        self._version += 1
+        for pos in [p for p in self._columns if p >= keep]:
+            del self._columns[pos]
+        for pos in [p for p in self._final_top1 if p >= keep]:
+            del self._final_top1[pos]
+
+    def _forward(self, ids: list[int], start: int) -> None:
+        from transformers import DynamicCache
+
+        model = self.model
+        bridge = model.bridge
+        n_layers = model.n_layers
+        names = [f"blocks.{i}.hook_resid_pre" for i in range(n_layers)]
+        names.append(f"blocks.{n_layers - 1}.hook_resid_post")
+        mid_names = [f"blocks.{i}.hook_resid_mid" for i in range(n_layers)] if self._capture_mid else []
+        captured: dict[str, torch.Tensor] = {}
+
+        def capture(name):
+            def hook(resid, hook):
+                captured[name] = resid.detach()[0]
+
+            return hook
+
+        use_kv = self._kv_works is not False
+        if use_kv:
+            _install_cache_shim(bridge)
+        kv = self._kv if (use_kv and start > 0) else (DynamicCache() if use_kv else None)
+        tokens = torch.tensor([ids[start:]], device=model.device)
+        kwargs = {"past_key_values": kv} if kv is not None else {}
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # HF renamed past_key_values -> cache
+            # The model computes its logits for the new positions anyway: their argmax is
+            # each position's own top-1, the default target (as the lens always defined it).
+            logits = bridge.run_with_hooks(
+                tokens,
+                return_type="logits",
+                fwd_hooks=[(name, capture(name)) for name in names + mid_names],
+                **kwargs,
+            )
+        self.forward_count += 1
+        if kv is not None and kv.get_seq_length() != len(ids):
+            if start > 0:
+                # The cache did not take: this model cannot run incrementally. Redo from 0.
+                self._kv_works = False
+                self._kv = None
+                self._forward(ids, 0)
+                return
+            self._kv_works = False
+            kv = None
+        elif kv is not None and start > 0:
+            self._kv_works = True
+        for offset, top1 in enumerate(logits[0].argmax(dim=-1).tolist()):
+            self._final_top1[start + offset] = int(top1)
+        del logits
+        dtype = torch.float32 if model.device == "cpu" else None
+        pre = torch.stack([captured[name] for name in names])
+        pre = pre.to(dtype) if dtype is not None else pre
+        mid = None
+        if mid_names:
+            mid = torch.stack([captured[name] for name in mid_names])
+            mid = mid.to(dtype) if dtype is not None else mid
+        if start == 0:
+            self._pre, self._mid = pre, mid
+        else:
+            self._pre = torch.cat([self._pre, pre], dim=1)
+            if mid is not None:
+                self._mid = torch.cat([self._mid, mid], dim=1)
+        self._kv = kv
+        self._ids = list(ids)
+        self._version += 1
+
+    # -- rows -----------------------------------------------------------------------------
+    def _stack(self, positions: list[int]) -> torch.Tensor:
+        """[rows, len(positions), d] in row order for the current settings."""
+        settings = self._settings
+        index = torch.tensor(positions, device=self._pre.device)
+        if settings.lens == "extended":
+            return self._extended_stack()[:, index]
+        pre = self._pre[:, index]
+        if not settings.incl_mid:
+            return pre
+        mid = self._mid[:, index]
+        rows = [pre[0]]
+        for layer in range(self.model.n_layers):
+            rows.append(mid[layer])
+            rows.append(pre[layer + 1])
+        return torch.stack(rows)
+
+    def _extended_stack(self) -> torch.Tensor:
+        blocks = self._settings.extended_blocks
+        if self._extended is not None and self._extended[:2] == (self._version, blocks):
+            return self._extended[2]
+        stack = _extended_decode(self.model, self._ids, self._pre, blocks)
+        self._extended = (self._version, blocks, stack)
+        return stack
+
+    # -- the readout ----------------------------------------------------------------------
+    def computed_positions(self) -> list[int]:
+        """Positions whose cells are already read out for the current settings (free to ask)."""
+        return sorted(p for p in self._columns if p < len(self._ids))
+
+    def cells(self, positions: Sequence[int], should_stop: Optional[StopCheck] = None) -> LensColumns:
+        """The cells at ``positions`` (computed now, or kept from earlier), in that order."""
+        if self._settings is None:
+            raise RuntimeError("prepare() first")
+        n = len(self._ids)
+        wanted = []
+        for pos in positions:
+            pos = int(pos)
+            if not 0 <= pos < n:
+                raise InputError(f"Position {pos} is outside the prompt (0..{n - 1}).")
+            wanted.append(pos)
+        missing = sorted({p for p in wanted if p not in self._columns})
+        n_rows = len(row_labels(self.model.n_layers, self._settings.incl_mid))
+        # Always: the final top-1 is an extra target of every row (prediction depth).
+        self._read_final_top1(missing, should_stop)
+        per_chunk = max(1, VECTORS_PER_CHUNK // n_rows)
+        for first in range(0, len(missing), per_chunk):
+            check_stop(should_stop)
+            self._read_positions(missing[first : first + per_chunk], should_stop)
+        columns = [self._columns[p] for p in wanted]
+        return LensColumns(
+            positions=wanted,
+            cells=[[col[0][row] for col in columns] for row in range(n_rows)],
+            targets=[col[1] for col in columns],
+        )
+
+    def result(self, should_stop: Optional[StopCheck] = None, started: Optional[float] = None) -> LensResult:
+        """Every position: the whole grid (cells kept from earlier runs are reused)."""
+        columns = self.cells(range(len(self._ids)), should_stop)
+        seconds = 0.0 if started is None else time.perf_counter() - started
+        return self._plan.result(columns, subset=False, seconds=seconds)
+
+    @property
+    def settings(self) -> Optional[LensSettings]:
+        """The readout settings of the last prepare() (None before the first)."""
+        return self._settings
+
+    def rows_at(self, position: int) -> torch.Tensor:
+        """[rows, d]: the residual of every row at one position, for the current settings
+        (the extended lens: its decoded rows)."""
+        if self._settings is None:
+            raise RuntimeError("prepare() first")
+        return self._stack([position])[:, 0]
+
+    def _read_final_top1(self, positions: list[int], should_stop: Optional[StopCheck]) -> None:
+        """The model's own top-1 at each position (the default targets) where the forward
+        did not leave it, all in one readout: ranks are counted during the grid's pass."""
+        missing = [p for p in positions if p not in self._final_top1]
+        unembed = unembedding(self.model)
+        for first in range(0, len(missing), VECTORS_PER_CHUNK):
+            chunk = missing[first : first + VECTORS_PER_CHUNK]
+            final = self._pre[-1, torch.tensor(chunk, device=self._pre.device)]
+            top1 = read_out(unembed, unembed.normalize(final), top_k=1, should_stop=should_stop)
+            for pos, tid in zip(chunk, top1.top_ids[:, 0].tolist()):
+                self._final_top1[pos] = int(tid)
+
+    def _read_positions(self, positions: list[int], should_stop: Optional[StopCheck]) -> None:
+        model = self.model
+        settings = self._settings
+        unembed = unembedding(model)
+        stack = self._stack(positions)  # [rows, P, d]
+        n_rows, n_pos, d = stack.shape
+        final = self._pre[-1, torch.tensor(positions, device=self._pre.device)]
+        final_normed = unembed.normalize(final)
+        if settings.target_id is None:
+            target_ids = [self._final_top1[p] for p in positions]
+        else:
+            target_ids = [settings.target_id] * n_pos
+        normed = unembed.normalize(stack.reshape(n_rows * n_pos, d), apply_norm=settings.lens != "raw")
+        # Targets per vector, one readout pass for all: [the target, the final top-1 (for
+        # prediction depth), the tracked tokens...].
+        per_position = [
+            [target_ids[i], self._final_top1[p], *settings.track_ids] for i, p in enumerate(positions)
+        ]
+        targets = torch.tensor(per_position, device=normed.device).repeat(n_rows, 1)
+        stats = read_out(
+            unembed,
+            normed,
+            top_k=settings.top_k,
+            targets=targets,
+            reference=final_normed if settings.lens == "raw" else n_pos,
+            should_stop=should_stop,
+        )
+        self._store_cells(positions, target_ids, n_rows, stats)
+
+
+    def _store_cells(self, positions, target_ids, n_rows, stats) -> None:
+        """Plain LensCells from the readout's tensors: one tolist per field, cached token refs."""
+        model = self.model
+        n_pos = len(positions)
+        top_ids = stats.top_ids.tolist()
+        top_probs = stats.top_probs.tolist()
+        top_logits = stats.top_logits.tolist()
+        entropy = stats.entropy.tolist()
+        kl = stats.kl.tolist()
+        all_ranks = stats.target_ranks.tolist()
+        all_probs = stats.target_probs.tolist()
+        track_ids = self._settings.track_ids
+        refs = model.memo.setdefault("token_refs", {})
+        columns: list[list[LensCell]] = [[] for _ in range(n_pos)]
+        for vec in range(n_rows * n_pos):
+            top = []
+            for tid, prob, logit in zip(top_ids[vec], top_probs[vec], top_logits[vec]):
+                ref = refs.get(tid) or token_ref(model, tid)
+                top.append(TopToken(ref.id, ref.text, ref.piece, prob, logit))
+            columns[vec % n_pos].append(
+                LensCell(
+                    top=tuple(top),
+                    entropy=entropy[vec],
+                    kl_to_final=kl[vec],
+                    target_rank=int(all_ranks[vec][0]),
+                    target_prob=all_probs[vec][0],
+                    tracked=tuple(
+                        TrackedValue(tid, (refs.get(tid) or token_ref(model, tid)).text, all_probs[vec][2 + j], int(all_ranks[vec][2 + j]))
+                        for j, tid in enumerate(track_ids)
+                    ),
+                    final_top1_rank=int(all_ranks[vec][1]),
+                )
+            )
+        for i, pos in enumerate(positions):
+            self._columns[pos] = (columns[i], token_ref(model, target_ids[i]))
+
+
+def _extended_decode(model: LoadedModel, ids: list[int], pre: torch.Tensor, n_blocks: int) -> torch.Tensor:
+    """Rows before the cut run through the last ``n_blocks`` blocks; [rows, pos, d] -> same.
+
+    Row i of the (mid-free) stack is block i's input; rows >= cut already passed the cut
+    and read as the model's output. Early rows are batched, a few at a time.
+    """
+    n_layers = model.n_layers
+    cut = n_layers - n_blocks
+    early = list(range(min(cut, pre.shape[0])))
+    out = pre.clone()
+    out[cut:] = pre[-1]
+    if not early:
+        return out
+    tokens = torch.tensor([ids], device=model.device)
+    per_pass = max(1, EXTENDED_TOKENS_PER_PASS // len(ids))
+    for first in range(0, len(early), per_pass):
+        rows = early[first : first + per_pass]
+        replacement = pre[rows]
+        captured: dict[str, torch.Tensor] = {}
+
+        def write_rows(resid: torch.Tensor, hook, replacement=replacement) -> torch.Tensor:
+            return replacement.to(dtype=resid.dtype, device=resid.device)
+
+        def read_out_resid(resid: torch.Tensor, hook, captured=captured) -> None:
+            captured["resid"] = resid.detach()
+
+        with torch.no_grad():
+            model.bridge.run_with_hooks(
+                tokens.expand(len(rows), -1),
+                return_type=None,
+                fwd_hooks=[
+                    (f"blocks.{cut}.hook_resid_pre", write_rows),
+                    (f"blocks.{n_layers - 1}.hook_resid_post", read_out_resid),
+                ],
+            )
+        out[rows] = captured["resid"].to(out.dtype)
+    return out

@@ -1,0 +1,264 @@
+"""Every worker handler in one place: what each request does on the model thread.
+
+A handler is ``handler(model, request, ctx) -> value``. It runs on the worker thread
+(``lenstui.jobs.scheduler``), calls the engine and hands back plain data (results, reports,
+id sets) that the UI thread renders. ``ctx`` is the worker's ``JobContext``:
+``should_stop()``, ``progress(message, fraction)`` and ``checkpoint()`` (raises
+``Cancelled`` when superseded and, in a long job, first serves queued short requests).
+
+The engine is imported inside each handler, not at the top: this module is imported
+by the app before its first frame, and the engine pulls in torch. The first request
+pays for that import on the worker thread instead.
+
+``HANDLERS`` maps every request kind to its handler; the scheduler serves them all
+(``LoadModel`` is its own: loading sets the model the other handlers get).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Optional, Union
+
+from lenstui.core.attribution_result import AttributionResult
+from lenstui.core.scan_result import ScanMarks, ScanResult, marks_for
+from lenstui.core.speak_result import SpeakResult
+from lenstui.jobs.protocol import (
+    AttributeCell,
+    CheckSpeakable,
+    Handler,
+    InspectReply,
+    InspectToken,
+    ModelInfo,
+    RenderScenes,
+    RunCompare,
+    RunLens,
+    ScanVocabulary,
+    SceneRender,
+)
+from lenstui.talks.format import Scene
+
+# Positions per streamed chunk after the first: about one readout chunk of a 30-layer
+# model, so a superseding request waits at most about that long for the stream to stop.
+STREAM_POSITIONS = 32
+
+
+def run_lens_handler(model, request: RunLens, ctx):
+    """-> LensResult, streamed: the cells at ``request.first_positions`` (the ones in
+    view) and every cell already computed are posted first as one ``Partial``, then the
+    rest in chunks, nearest to the first ones first; then the whole grid is the ``Done``
+    value. Each partial is a LensResult whose ``positions`` are its columns. Text is
+    encoded (chat-templated when asked) here, on the worker."""
+    from lenstui.engine.lens.state import lens_state
+    from lenstui.engine.model.chat import chat_prompt_ids
+
+    started = time.perf_counter()
+    prompt: Union[str, list[int]] = (
+        list(request.prompt) if isinstance(request.prompt, tuple) else request.prompt
+    )
+    if isinstance(prompt, str) and request.chat:
+        prompt = chat_prompt_ids(model, prompt)
+    state = lens_state(model)
+    plan = state.prepare(
+        prompt,
+        top_k=min(request.top_k, model.d_vocab),
+        lens=request.lens,
+        extended_blocks=request.extended_blocks,
+        incl_mid=request.incl_mid,
+        target=request.target,
+        track=request.track,
+        should_stop=ctx.should_stop,
+    )
+    n = plan.n_positions
+    first = stream_order(request.first_positions, n)
+    if first:
+        ready = set(state.computed_positions())  # free: a prefix kept, or a re-prioritised run
+        wanted = [p for p in first if p not in ready]
+        head = ready | set(wanted)
+        rest = [p for p in range(n) if p not in head]
+        # Nearest to what is in view first, so a small scroll finds its cells ready.
+        rest.sort(key=lambda p: min(abs(p - f) for f in first))
+        ctx.partial(plan.result(state.cells(sorted(head), ctx.should_stop)))
+        for start in range(0, len(rest), STREAM_POSITIONS):
+            chunk = rest[start : start + STREAM_POSITIONS]
+            ctx.partial(plan.result(state.cells(chunk, ctx.should_stop)))
+    return state.result(ctx.should_stop, started=started)
+
+
+def compare_handler(model, request: RunCompare, ctx):
+    """-> engine.compare.Comparison for the two prompts (chat-templated when asked)."""
+    from lenstui.engine.lens.compare import compare_rows
+    from lenstui.engine.model.chat import chat_prompt_ids
+
+    def encoded(prompt):
+        prompt = list(prompt) if isinstance(prompt, tuple) else prompt
+        return chat_prompt_ids(model, prompt) if isinstance(prompt, str) and request.chat else prompt
+
+    return compare_rows(
+        model,
+        encoded(request.prompt_a),
+        request.position_a,
+        encoded(request.prompt_b),
+        request.position_b,
+        top_k=min(request.top_k, model.d_vocab),
+        lens=request.lens,
+        incl_mid=request.incl_mid,
+        target=request.target,
+        track=request.track,
+        should_stop=ctx.should_stop,
+    )
+
+
+def stream_order(first_positions: tuple[int, ...], n_positions: int) -> list[int]:
+    """The requested first positions in range (negative from the end), deduplicated."""
+    chosen: list[int] = []
+    for pos in first_positions:
+        pos = pos + n_positions if pos < 0 else pos
+        if 0 <= pos < n_positions and pos not in chosen:
+            chosen.append(pos)
+    return chosen
+
+
+def inspect_handler(model, request: InspectToken, ctx) -> InspectReply:
+    """-> the token's report, plus the prompt's ids joined into characters if given."""
+    from lenstui.core.token_bytes import join_tokens
+    from lenstui.engine.inspect.neighbors import inspect_token
+
+    report = inspect_token(model, request.token_id, request.neighbors)
+    sequence = join_tokens(model, list(request.sequence)) if request.sequence else None
+    return InspectReply(report, sequence, request.selected)
+
+
+def speak_handler(model, request: CheckSpeakable, ctx) -> SpeakResult:
+    """-> SpeakResult for ``request.token_id``, with its aim measure attached."""
+    from lenstui.engine.speak.aim import speak_aim
+    from lenstui.engine.speak.check import check_speakable
+
+    result = check_speakable(model, request.token_id, should_stop=ctx.should_stop, progress=ctx.progress)
+    ctx.progress("measuring the aim", None)
+    speak_aim(model, result, should_stop=ctx.should_stop)
+    return result
+
+
+def scan_handler(model, request: ScanVocabulary, ctx) -> Optional[ScanResult]:
+    """-> ScanResult (None when ``cached_only`` and nothing is cached). Between chunks
+    it calls ``ctx.checkpoint()``, so lens runs and token checks are served while the
+    scan runs, and a cancel keeps what is done."""
+    from lenstui.engine.speak.scan import load_cached_scan, scan_vocabulary
+
+    if request.cached_only:
+        return load_cached_scan(model)
+
+    def between_chunks() -> bool:
+        ctx.checkpoint()  # raises Cancelled when superseded
+        return False
+
+    return scan_vocabulary(
+        model, should_stop=between_chunks, progress=ctx.progress, resume=request.resume, limit=request.limit
+    )
+
+
+def scan_marks_handler(model, request: ScanVocabulary, ctx) -> Optional[ScanMarks]:
+    """The scan, reduced to the id sets the app marks tokens with."""
+    scan = scan_handler(model, request, ctx)
+    if scan is None:  # cached_only and no scan cached for this model
+        return None
+    return marks_for(scan)
+
+
+def attribute_handler(model, request: AttributeCell, ctx) -> AttributionResult:
+    """-> AttributionResult for one cell; stops between steps when superseded."""
+    from lenstui.engine.attribution import attribute
+
+    return attribute(
+        model,
+        list(request.prompt_ids),
+        position=request.position,
+        layer=request.row,
+        token=request.token_id,
+        contrast=request.contrast_id,
+        heads=request.heads,
+        should_stop=ctx.should_stop,
+    )
+
+
+def render_scene(model, scene: Scene, request: RenderScenes, ctx) -> SceneRender:
+    """The scene's ids (greedy steps appended), then one lens run. A scene that does not
+    fit this model (InputError from resolve_scene or greedy_ids) comes back with its
+    problem; Cancelled propagates."""
+    from lenstui.core.errors import LenstuiError
+    from lenstui.engine.model.generate import greedy_ids
+    from lenstui.talks.resolve import resolve_scene
+
+    try:
+        resolved = resolve_scene(model, scene)
+        options = dict(
+            top_k=request.top_k,
+            lens=scene.lens,
+            extended_blocks=scene.extended_blocks or 1,
+            incl_mid=request.incl_mid and scene.lens != "extended",
+            target=resolved.target_id,
+        )
+        if resolved.pinned_ids:
+            options["track"] = tuple(resolved.pinned_ids)  # as the session sends its pins
+        # The same request the app's session makes for this state: generated steps and
+        # id prompts run as ids, a text prompt as text (templated on this thread).
+        if scene.steps:
+            ids = greedy_ids(model, resolved.prompt_ids, scene.steps, should_stop=ctx.should_stop)
+            lens_request = RunLens(tuple(ids), **options)
+        elif scene.prompt_ids is not None:
+            lens_request = RunLens(tuple(scene.prompt_ids), **options)
+        else:
+            lens_request = RunLens(scene.prompt or "", chat=scene.chat, **options)
+        result = run_lens_handler(model, lens_request, ctx)
+    except LenstuiError as err:
+        return SceneRender(scene.number, problem=str(err))
+    return SceneRender(
+        scene.number,
+        request=lens_request,
+        result=result,
+        prompt_length=len(resolved.prompt_ids),
+        cursor_layer=resolved.cursor_layer,
+        cursor_position=resolved.cursor_position,
+        target_id=resolved.target_id,
+        pinned_ids=tuple(resolved.pinned_ids),
+    )
+
+
+def render_scenes_handler(model, request: RenderScenes, ctx) -> int:
+    """Scene after scene in ``request.order``, each handed back as it is done
+    (``ctx.partial``); between scenes ``ctx.checkpoint()`` serves interactive requests.
+    -> how many scenes were computed."""
+    by_number = {scene.number: scene for scene in request.scenes}
+    for number in request.order:
+        ctx.checkpoint()  # raises Cancelled when superseded
+        ctx.partial(render_scene(model, by_number[number], request, ctx))
+    return len(request.order)
+
+
+HANDLERS: dict[type, Handler] = {
+    RunLens: run_lens_handler,
+    InspectToken: inspect_handler,
+    CheckSpeakable: speak_handler,
+    ScanVocabulary: scan_marks_handler,
+    AttributeCell: attribute_handler,
+    RenderScenes: render_scenes_handler,
+    RunCompare: compare_handler,
+}
+
+
+def model_info(model) -> ModelInfo:
+    """What the UI may know about a loaded model (plain values)."""
+    from lenstui.engine.model.chat import has_chat_template
+
+    return ModelInfo(
+        name=model.name,
+        source=model.source,
+        device=str(model.device),
+        dtype=model.dtype,
+        n_layers=model.n_layers,
+        n_ctx=model.n_ctx,
+        d_vocab=model.d_vocab,
+        load_seconds=model.load_seconds,
+        from_cache=model.from_cache,
+        has_chat_template=has_chat_template(model),
+    )

@@ -1,0 +1,253 @@
+"""The worker's typed protocol: the requests the UI sends and the results it gets back.
+
+Plain frozen dataclasses (no torch, no Textual), so the app, the worker and the tests
+all speak them. A request class is a "kind": a newer request of a kind supersedes an
+older one (``lenstui.jobs.scheduler``). Every result carries the ``seq`` its request
+was given, so stale answers are recognised and dropped.
+
+The values results carry are the core's result dataclasses (``LensResult``,
+``TokenReport``, ...) and the few reply types defined at the end of this module.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar, Optional, Union
+
+from lenstui.core.lens_result import LensResult
+from lenstui.core.token_bytes import JoinedSequence
+from lenstui.core.token_report import TokenReport
+
+# ---------------------------------------------------------------- requests
+
+
+@dataclass(frozen=True)
+class Request:
+    """Base of every request. Subclasses are the "kinds" that supersede each other."""
+
+    title: ClassVar[str] = "Request"  # heads a user's notice about it; default: the class name
+    priority: ClassVar[int] = 5  # lower runs sooner
+    needs_model: ClassVar[bool] = True
+    long_running: ClassVar[bool] = False  # may call ctx.checkpoint() to let short jobs in
+
+    def __init_subclass__(cls, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        if "title" not in cls.__dict__:
+            cls.title = cls.__name__
+
+
+@dataclass(frozen=True)
+class LoadModel(Request):
+    spec: Optional[str] = None  # None: the embedded model
+    device: Optional[str] = None
+    dtype: str = "float32"
+
+    title: ClassVar[str] = "Model"
+    priority: ClassVar[int] = 0
+    needs_model: ClassVar[bool] = False
+
+
+@dataclass(frozen=True)
+class RunLens(Request):
+    # Text is encoded (and chat-templated when ``chat``) on the worker thread; a tuple of
+    # ids is used as given, so generation steps keep partial UTF-8 tokens intact.
+    prompt: Union[str, tuple[int, ...]]
+    chat: bool = False
+    top_k: int = 10
+    lens: str = "logit"
+    extended_blocks: int = 1
+    incl_mid: bool = False
+    target: Union[str, int, None] = None
+    # Pinned tokens (text, vocabulary piece or id), read in every cell.
+    track: tuple[Union[str, int], ...] = ()
+    # Positions to compute and post first (the cells in view; negative counts from the
+    # end, since the app does not know a text prompt's length). Not part of equality:
+    # a request that only re-prioritises is the same run, and reuses what was computed.
+    first_positions: tuple[int, ...] = field(default=(), compare=False)
+
+    title: ClassVar[str] = "Logit lens"
+    priority: ClassVar[int] = 1
+
+
+@dataclass(frozen=True)
+class RunCompare(Request):
+    """Two prompts side by side: both lenses (incremental, slots "a" and "b") and KL(A || B)
+    per row between position ``position_a`` of A and ``position_b`` of B."""
+
+    prompt_a: Union[str, tuple[int, ...]]
+    prompt_b: str
+    position_a: int = -1
+    position_b: int = -1
+    chat: bool = False
+    top_k: int = 10
+    lens: str = "logit"
+    incl_mid: bool = False
+    target: Union[str, int, None] = None
+    track: tuple[Union[str, int], ...] = ()
+
+    title: ClassVar[str] = "Compare prompts"
+    priority: ClassVar[int] = 1
+
+
+@dataclass(frozen=True)
+class InspectToken(Request):
+    """The token inspector's request: one token's report, and optionally the prompt's
+    ids joined into characters with one position highlighted."""
+
+    token_id: int
+    neighbors: int = 20
+    sequence: Optional[tuple[int, ...]] = None  # the prompt's ids, to join into characters
+    selected: Optional[int] = None  # the prompt position to highlight in that sequence
+
+    title: ClassVar[str] = "Token inspector"
+    priority: ClassVar[int] = 1
+
+
+@dataclass(frozen=True)
+class CheckSpeakable(Request):
+    """One token's certified speakability check."""
+
+    token_id: int
+
+    title: ClassVar[str] = "Speakability"
+    priority: ClassVar[int] = 2
+
+
+@dataclass(frozen=True)
+class ScanVocabulary(Request):
+    """A vocabulary-wide speakability scan: long, chunked, interleaved with short jobs."""
+
+    limit: Optional[int] = None  # scan only ids 0..limit-1 (not cached), as `lenstui scan --limit`
+    resume: bool = True  # continue a cached partial scan
+    cached_only: bool = False  # just load the cached scan (None when there is none)
+
+    title: ClassVar[str] = "Vocabulary scan"
+    priority: ClassVar[int] = 3
+    long_running: ClassVar[bool] = True
+
+
+@dataclass(frozen=True)
+class AttributeCell(Request):
+    """Direct logit attribution of one lens cell (``lenstui.engine.attribution``)."""
+
+    prompt_ids: tuple[int, ...]  # the ids the grid shows (chat template and steps included)
+    position: int
+    row: int  # the lens row index: 0 = embed, k + 1 = after block k
+    token_id: int
+    contrast_id: Optional[int] = None  # None: against the mean logit
+    heads: int = 8
+
+    title: ClassVar[str] = "Attribution"
+    priority: ClassVar[int] = 2
+
+
+@dataclass(frozen=True)
+class RenderScenes(Request):
+    """A talk's scenes computed ahead, one after another in ``order`` (scene numbers,
+    the current scene first). Long-running: between scenes the handler calls
+    ``ctx.checkpoint()`` so interactive requests get in, and it hands each finished
+    scene back at once with ``ctx.partial`` (a ``Partial`` result)."""
+
+    scenes: tuple = ()  # lenstui.talks.format.Scene, in file order
+    order: tuple[int, ...] = ()  # scene numbers (1-based) to compute, in this order
+    top_k: int = 10
+    incl_mid: bool = False
+
+    title: ClassVar[str] = "Scenes"
+    priority: ClassVar[int] = 2
+    long_running: ClassVar[bool] = True
+
+
+# ---------------------------------------------------------------- results
+
+
+@dataclass(frozen=True)
+class Result:
+    seq: int  # what submit() returned for the request
+    request: Request
+
+    @property
+    def kind(self) -> type:
+        return type(self.request)
+
+
+@dataclass(frozen=True)
+class Progress(Result):
+    message: str
+    fraction: Optional[float] = None  # 0..1, None when unknown
+
+
+@dataclass(frozen=True)
+class Partial(Result):
+    """Part of a request's answer, posted before its ``Done`` and tagged with the
+    request's seq like every result, so the stale rule applies; unlike Progress,
+    partials never merge. RunLens: a LensResult whose ``positions`` are the columns
+    of this chunk; RenderScenes: one computed scene."""
+
+    value: Any
+
+
+@dataclass(frozen=True)
+class Done(Result):
+    value: Any  # LoadModel: ModelInfo; RunLens: LensResult; others: what their handler returns
+    seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class Failed(Result):
+    message: str  # a sentence for the user
+    error: str = ""  # the exception's type name
+
+
+@dataclass(frozen=True)
+class Stopped(Result):
+    """The request was superseded (or the worker is shutting down) before it finished."""
+
+    reason: str = "superseded"
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What the UI may know about the loaded model: plain values, no tensors."""
+
+    name: str
+    source: str
+    device: str
+    dtype: str
+    n_layers: int
+    n_ctx: int
+    d_vocab: int
+    load_seconds: float
+    from_cache: bool
+    has_chat_template: bool
+
+
+# handler(model or None, request, ctx: lenstui.jobs.scheduler.JobContext) -> value; runs on
+# the worker thread (lenstui.jobs.handlers).
+Handler = Callable[[Any, Request, Any], Any]
+
+
+# ---------------------------------------------------------------- reply values
+
+
+@dataclass(frozen=True)
+class InspectReply:
+    report: "TokenReport"
+    sequence: Optional["JoinedSequence"]  # the prompt's tokens joined into characters
+    selected: Optional[int]  # prompt position to highlight in the sequence
+
+
+@dataclass(frozen=True)
+class SceneRender:
+    """One talk scene computed on the loaded model: its lens result and cursor, or the
+    sentence saying why it cannot be shown (``problem``)."""
+
+    number: int
+    problem: Optional[str] = None
+    request: Optional[RunLens] = None  # the lens run this scene is (what the session asks next)
+    result: Optional["LensResult"] = None
+    prompt_length: int = 0  # tokens before the generated steps
+    cursor_layer: Optional[str] = None  # a row label
+    cursor_position: Optional[int] = None  # 0-based, in prompt + generated tokens
+    target_id: Optional[int] = None
+    pinned_ids: tuple[int, ...] = ()

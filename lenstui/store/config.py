@@ -1,0 +1,73 @@
+"""The explorer's settings: ``config_dir()/config.toml``, every key optional.
+
+```toml
+theme = "lenstui-contrast"   # a shipped or user theme name
+top_k = 10                   # tokens per cell in the layer x top-k view (1..100, MAX_TOP_K)
+debounce_ms = 350            # pause after typing before the lens re-runs
+export_dir = "~/slides"      # where exports go (default: the current dir, else the data dir)
+chat = true                  # chat template on at start for instruct models
+models_dir = "~/models"      # also list the .gguf files and HF model folders here in the model picker
+
+[keymap]                     # rebind keys by binding id (see `?`), comma-separated keys
+"lenstui.step" = "ctrl+n,f8"
+```
+
+A broken file never stops the app: the loader returns defaults plus a sentence per
+problem, and the app shows those as notices.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+from lenstui.core.lenses import MAX_TOP_K
+
+
+@dataclass
+class Config:
+    theme: Optional[str] = None
+    top_k: int = 10
+    debounce_ms: int = 350
+    export_dir: Optional[str] = None
+    chat: Optional[bool] = None
+    models_dir: Optional[str] = None
+    keymap: dict[str, str] = field(default_factory=dict)
+
+
+def config_path() -> Path:
+    from lenstui.store.paths import config_dir
+
+    return config_dir() / "config.toml"
+
+
+def load_config(path: Optional[Path] = None) -> tuple[Config, list[str]]:
+    path = path or config_path()
+    config, problems = Config(), []
+    if not path.is_file():
+        return config, problems
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, OSError, UnicodeDecodeError) as err:
+        return config, [f"{path} was ignored ({err})."]
+    checks = {
+        "theme": (str, None),
+        "top_k": (int, lambda v: 1 <= v <= MAX_TOP_K),
+        "debounce_ms": (int, lambda v: 0 <= v <= 5000),
+        "export_dir": (str, None),
+        "chat": (bool, None),
+        "models_dir": (str, lambda v: bool(v.strip())),
+        "keymap": (dict, lambda v: all(isinstance(x, str) for x in v.values())),
+    }
+    for key, value in data.items():
+        if key not in checks:
+            problems.append(f"{path.name}: unknown setting {key!r} was ignored.")
+            continue
+        kind, valid = checks[key]
+        if not isinstance(value, kind) or isinstance(value, bool) and kind is int or (valid and not valid(value)):
+            problems.append(f"{path.name}: {key} = {value!r} is not allowed and was ignored.")
+            continue
+        setattr(config, key, value)
+    return config, problems

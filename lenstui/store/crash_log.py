@@ -1,0 +1,49 @@
+"""The crash log: unexpected tracebacks, kept in a rotating file the user's notice names.
+
+``log_crash(text)`` appends one entry and returns the file's path (None when it cannot
+be written: a crash log must never add a second failure).
+"""
+
+from __future__ import annotations
+
+import logging
+import logging.handlers
+from pathlib import Path
+from typing import Optional
+
+from lenstui.store.paths import data_dir
+
+# Unexpected tracebacks (bugs, torch errors) are kept here, rotated, and the user's
+# notice names the file; ``log`` alone has no handler in the app, so they would vanish.
+CRASH_LOG_NAME = "worker.log"
+CRASH_LOG_BYTES = 1_000_000
+CRASH_LOG_BACKUPS = 3
+
+_crash_log = logging.getLogger("lenstui.crashes")
+_crash_log.propagate = False
+
+
+def crash_log_path() -> Path:
+    """Where worker tracebacks go: ``data_dir()/logs/worker.log``."""
+    return data_dir() / "logs" / CRASH_LOG_NAME
+
+
+def log_crash(text: str) -> Optional[Path]:
+    """Append a traceback to the rotating crash log; returns its path (None if unwritable)."""
+    path = crash_log_path()
+    try:
+        handlers = _crash_log.handlers
+        if not handlers or Path(handlers[0].baseFilename) != path:  # the data dir moved (tests)
+            for old in list(handlers):
+                _crash_log.removeHandler(old)
+                old.close()
+            path.parent.mkdir(parents=True, exist_ok=True)
+            handler = logging.handlers.RotatingFileHandler(
+                path, maxBytes=CRASH_LOG_BYTES, backupCount=CRASH_LOG_BACKUPS, encoding="utf-8"
+            )
+            handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+            _crash_log.addHandler(handler)
+        _crash_log.error(text)
+    except OSError:
+        return None
+    return path

@@ -1,0 +1,1 @@
+"""The explorer's panes: the prompt, the token inspector, the speakability pane."""

@@ -1,0 +1,76 @@
+"""The status line: model, device, load progress, what the worker is doing, last run time."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from rich.text import Text
+from textual.reactive import reactive
+from textual.widgets import Static
+
+from lenstui.core.textfmt import bar
+
+BAR_WIDTH = 10
+
+
+def progress_bar(fraction: Optional[float]) -> str:
+    if fraction is None:
+        return ""
+    return bar(fraction, BAR_WIDTH, "░") + f" {round(fraction * 100):>3d}%"
+
+
+class StatusBar(Static):
+    """One line. ``show_timings=False`` hides every duration and the cache state, which
+    vary between runs (snapshot tests need a stable screen)."""
+
+    DEFAULT_CSS = """
+    StatusBar {
+        height: 1;
+        padding: 0 1;
+        background: $panel;
+        color: $text-muted;
+        &.-error { color: $error; }
+    }
+    """
+
+    model: reactive[str] = reactive("no model")
+    state: reactive[str] = reactive("")
+    run_info: reactive[str] = reactive("")
+
+    def __init__(self, *, show_timings: bool = True, id=None) -> None:
+        super().__init__("", id=id, markup=False)
+        self.show_timings = show_timings
+
+    def seconds(self, value: float) -> str:
+        return f" · {value:.2f}s" if self.show_timings else ""
+
+    def set_loading(self, message: str, fraction: Optional[float]) -> None:
+        self.remove_class("-error")
+        # The bar first: at 80 columns a long message is what gets cut, not the bar.
+        self.state = f"loading {progress_bar(fraction)} {message}".replace("  ", " ")
+
+    def set_model(self, name: str, device: str, dtype: str, n_layers: int, load_seconds: float, cached: bool) -> None:
+        self.remove_class("-error")
+        # Whether the cache was warm varies between machines: hidden with the timings.
+        how = " (cached)" if cached and self.show_timings else ""
+        precision = "" if dtype == "float32" else f" · {dtype}"
+        self.model = f"{name} · {device}{precision} · {n_layers} layers"
+        self.state = f"loaded{how}{self.seconds(load_seconds)}"
+
+    def set_error(self, message: str) -> None:
+        self.add_class("-error")
+        self.state = message
+
+    def set_running(self, running: bool) -> None:
+        if running:
+            self.remove_class("-error")
+            self.state = "running the lens…"
+        elif self.state == "running the lens…":
+            self.state = "ready"
+
+    def set_run(self, tokens: int, seconds: float) -> None:
+        self.run_info = f"{tokens} tokens{self.seconds(seconds)}"
+
+    def render(self) -> Text:
+        parts = [p for p in (self.model, self.state, self.run_info) if p]
+        return Text(" │ ".join(parts), no_wrap=True, overflow="ellipsis")

@@ -1,0 +1,74 @@
+"""What the Pilot tests of the explorer share: apps that keep their notices, and ways to
+wait for the worker's answers without sleeping.
+
+The model is loaded once per session (conftest's ``embedded``) and handed to each app
+through its ``loader`` (conftest's ``make_app``), so the app still goes through its
+worker. The waits await ``app.model_settled`` / ``app.lens_settled`` (asyncio events the
+app sets when a result lands); the timeout only keeps a broken build from hanging.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from lenstui.tui.app import LenstuiApp
+from lenstui.tui.presenter import PresenterApp
+from lenstui.tui.widgets.grid import LensGrid
+
+EIFFEL = "The Eiffel Tower is located in the city of"
+SETTLE_TIMEOUT = 300
+
+
+class KeepsNotices:
+    """Mixed into an app: every notice is kept, so tests can read what the user was told."""
+
+    def __init__(self, *args, **kwargs):
+        self.notices: list[tuple[str, str]] = []  # (severity, message)
+        super().__init__(*args, **kwargs)
+        self.worker_stop_timeout = 120  # the next test's worker must not share the model mid-run
+
+    def notify(self, message, *, title="", severity="information", **kwargs):
+        self.notices.append((severity, str(message)))
+        return super().notify(message, title=title, severity=severity, **kwargs)
+
+    @property
+    def notice_texts(self) -> list[str]:
+        return [text for _, text in self.notices]
+
+
+class RecordingApp(KeepsNotices, LenstuiApp):
+    pass
+
+
+class RecordingPresenter(KeepsNotices, PresenterApp):
+    pass
+
+
+async def settle(app: LenstuiApp, pilot) -> None:
+    await pilot.pause()  # deliver the messages the last key press posted
+    await asyncio.wait_for(app.model_settled.wait(), SETTLE_TIMEOUT)
+    await asyncio.wait_for(app.lens_settled.wait(), SETTLE_TIMEOUT)
+    await pilot.pause()  # let the grid repaint with what just landed
+
+
+async def until(pilot, condition, what: str = "the condition") -> None:
+    """Let the app process messages until ``condition()`` holds (worker replies arrive
+    as messages, so this waits on real work, with a bound against a broken build)."""
+
+    async def poll():
+        while not condition():
+            await pilot.pause(0.05)
+
+    try:
+        await asyncio.wait_for(poll(), SETTLE_TIMEOUT)
+    except asyncio.TimeoutError:
+        raise AssertionError(f"timed out waiting for {what}") from None
+
+
+def grid_lines(app: LenstuiApp) -> list[str]:
+    grid = app.query_one(LensGrid)
+    return [grid.render_line(y).text for y in range(grid.scrollable_content_region.height)]
+
+
+def row(app: LenstuiApp, label: str) -> str:
+    return next(line for line in grid_lines(app) if line.split(" ", 1)[0] == label)
