@@ -241,7 +241,8 @@ def through_module(model, resid):
     """Logits of a residual through the model's own final norm and unembedding (float32)."""
     x = torch.tensor(resid, dtype=torch.float32)[None, None, :]
     with torch.no_grad():
-        return (model.bridge.ln_final(x)[0, 0] @ model.bridge.W_U + model.bridge.b_U).double().numpy()
+        logits = model.ln_final(x)[0, 0] @ model.W_U
+        return (logits if model.b_U is None else logits + model.b_U).double().numpy()
 
 
 @pytest.mark.parametrize("which", ["tiny_llama", "tiny_gpt2"])

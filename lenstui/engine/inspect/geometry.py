@@ -53,15 +53,14 @@ def effective_unembedding(model: LoadedModel) -> tuple[torch.Tensor, torch.Tenso
     cached = model.memo.get(MEMO_KEY)
     if cached is not None:
         return cached
-    bridge = model.bridge
     affine = final_norm_affine(model)
     with torch.no_grad():
-        W_U = bridge.W_U.detach().to(torch.float32)  # [d_model, d_vocab]
+        W_U = model.W_U.detach().to(torch.float32)  # [d_model, d_vocab]
         W_eff = (W_U * affine.gain.to(W_U.device)[:, None]).T.contiguous()
-        b_U = getattr(bridge, "b_U", None)
+        b_U = model.b_U
         c = (
             b_U.detach().to(torch.float32).clone()
-            if isinstance(b_U, torch.Tensor)
+            if b_U is not None
             else torch.zeros(W_U.shape[1], dtype=torch.float32, device=W_U.device)
         )
         c += affine.beta.to(W_U.device) @ W_U
@@ -81,19 +80,16 @@ def final_norm_affine(model: LoadedModel) -> FinalNormAffine:
     cached = model.memo.get(_AFFINE_KEY)
     if cached is not None:
         return cached
-    bridge = model.bridge
-    d_model = int(bridge.cfg.d_model)
-    device = bridge.W_U.device
-    kind = {"LN": "LN", "LNPre": "LN", "RMS": "RMS", "RMSPre": "RMS"}.get(
-        str(getattr(bridge.cfg, "normalization_type", None)), "none"
-    )
-    module = getattr(bridge, "ln_final", None)
+    d_model = model.d_model
+    device = model.W_U.device
+    kind = {"LN": "LN", "LNPre": "LN", "RMS": "RMS", "RMSPre": "RMS"}.get(str(model.normalization_type), "none")
+    module = model.ln_final
     ones = torch.ones(d_model, dtype=torch.float32, device=device)
     zeros = torch.zeros(d_model, dtype=torch.float32, device=device)
     if kind == "none" or not isinstance(module, torch.nn.Module):
         affine = FinalNormAffine(ones, zeros, "none", "weights")
     else:
-        declared = _declared_affine(bridge, module, ones, zeros)
+        declared = _declared_affine(model.rmsnorm_uses_offset, module, ones, zeros)
         measured = _probe_affine(module, d_model, device)
         if measured is None or _close(declared, measured):
             affine = FinalNormAffine(declared[0], declared[1], kind, "weights")
@@ -103,7 +99,7 @@ def final_norm_affine(model: LoadedModel) -> FinalNormAffine:
     return affine
 
 
-def _declared_affine(bridge, module, ones, zeros) -> tuple[torch.Tensor, torch.Tensor]:
+def _declared_affine(offset: bool, module, ones, zeros) -> tuple[torch.Tensor, torch.Tensor]:
     # TL bridges expose the wrapped HF module's parameters as attributes; a
     # NormalizationBridge also keeps the raw module as `original_component`.
     inner = getattr(module, "original_component", None)
@@ -114,7 +110,7 @@ def _declared_affine(bridge, module, ones, zeros) -> tuple[torch.Tensor, torch.T
     if bias is None and inner is not None:
         bias = _tensor_attr(inner, "bias")
     gain = ones if weight is None else weight.detach().to(torch.float32).to(ones.device)
-    if weight is not None and getattr(bridge.cfg, "rmsnorm_uses_offset", False):
+    if weight is not None and offset:
         gain = 1.0 + gain
     beta = zeros if bias is None else bias.detach().to(torch.float32).to(ones.device)
     return gain, beta

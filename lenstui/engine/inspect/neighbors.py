@@ -68,17 +68,16 @@ def neighbor_tables(model: LoadedModel) -> _Tables:
     tables = model.memo.get(_TABLES_KEY)
     if tables is not None:
         return tables
-    bridge = model.bridge
     W_eff, offset = effective_unembedding(model)
     kind = final_norm_affine(model).kind
     with torch.no_grad():
         readout = W_eff - W_eff.mean(dim=1, keepdim=True) if kind == "LN" else W_eff
         readout_unit, readout_norms = _unit_rows(readout)
-        W_U = bridge.W_U.detach()
+        W_U = model.W_U.detach()
         raw_norms = W_U.to(torch.float32).norm(dim=0)
-        b_U = getattr(bridge, "b_U", None)
-        bias = b_U.detach().to(torch.float32) if isinstance(b_U, torch.Tensor) and bool(b_U.any()) else None
-        W_E = bridge.W_E.detach()
+        b_U = model.b_U
+        bias = b_U.detach().to(torch.float32) if b_U is not None and bool(b_U.any()) else None
+        W_E = model.W_E.detach()
         tied = W_E.shape == W_U.T.shape and (
             W_E.data_ptr() == W_U.data_ptr() or bool(torch.equal(W_E, W_U.T))
         )

@@ -2,8 +2,9 @@
 matmul's speed and without a ``[vectors, vocab]`` tensor.
 
 ``lens.py`` says *what* a lens run is; this module says *how fast*. A block of
-residual vectors is read through the model's own final norm (TransformerLens' bridge
-module, applied by :meth:`Unembedding.normalize`), ``W_U``, ``b_U`` and the adapter's
+residual vectors is read through the model's own final norm (the plain model's module,
+or the TransformerLens bridge's for a model only the bridge reads; applied by
+:meth:`Unembedding.normalize`), ``W_U``, ``b_U`` and the adapter's
 post-unembedding transform (softcap, logit scaling), walking the vocabulary in blocks
 of ``block`` tokens. Per vector it keeps, in float32:
 
@@ -61,13 +62,13 @@ class Unembedding:
 
     def normalize(self, vectors: torch.Tensor, apply_norm: bool = True) -> torch.Tensor:
         """[n, d] residual vectors -> what the unembedding reads (final norm or raw), float32."""
-        from transformer_lens.tools.analysis.logit_lens import _run_ln_final
-
         if apply_norm and self.norm is not None:
             param = next(self.norm.parameters(), None)
             dtype = param.dtype if param is not None else vectors.dtype
             with torch.no_grad():
-                vectors = _run_ln_final(self.norm, vectors.to(device=self.device, dtype=dtype))
+                # Norms take [batch, pos, d]; their statistics are per vector, so the
+                # rows stand in for positions (as TransformerLens' _run_ln_final does).
+                vectors = self.norm(vectors.to(device=self.device, dtype=dtype)[None])[0]
         # float32 even when the matmul runs in half precision: read_out recomputes the
         # top-k and target logits from these exact values.
         return vectors.to(device=self.device, dtype=torch.float32)
@@ -85,15 +86,39 @@ class Unembedding:
 
 
 def unembedding(model: Any) -> Unembedding:
-    """The prepared readout of a LoadedModel (memoized in ``model.memo``)."""
+    """The prepared readout of a LoadedModel (memoized in ``model.memo``): read from the
+    plain model where its anatomy is known, else from the TransformerLens bridge."""
     cached = model.memo.get("unembedding")
     if cached is None:
-        cached = _prepare_unembedding(model.bridge)
+        if model.anatomy is not None:
+            cached = _prepared(model.W_U, model.b_U, model.ln_final, transform=None)
+        else:
+            cached = _prepare_unembedding(model.bridge)
         model.memo["unembedding"] = cached
     return cached
 
 
+def _prepared(w_u: torch.Tensor, bias: Optional[torch.Tensor], norm, transform) -> Unembedding:
+    """The readout's layout of an unembedding ``w_u`` [d_model, d_vocab] (and its bias)."""
+    device = w_u.device
+    half = w_u.dtype in (torch.float16, torch.bfloat16)
+    compute_dtype = w_u.dtype if (half and device.type != "cpu") else torch.float32
+    with torch.no_grad():
+        # W_U is [d_model, d_vocab]; tied models expose it as a view of the embedding,
+        # whose transpose is already contiguous: then no copy is made.
+        weight = w_u.detach().T.to(dtype=compute_dtype).contiguous()
+        if bias is not None:
+            bias = bias.detach().to(device=device, dtype=compute_dtype)
+            if not bool(bias.any()):
+                bias = None  # an all-zero bias costs a pass over every block for nothing
+    return Unembedding(
+        weight=weight, bias=bias, norm=norm, transform=transform, compute_dtype=compute_dtype, device=device
+    )
+
+
 def _prepare_unembedding(bridge: Any) -> Unembedding:
+    """The readout through the bridge: its final norm and any output transform its
+    adapter applies (softcap, logit scaling)."""
     from transformer_lens.model_bridge.architecture_adapter import ArchitectureAdapter
     from transformer_lens.tools.analysis.logit_lens import (
         _final_norm,
@@ -104,18 +129,6 @@ def _prepare_unembedding(bridge: Any) -> Unembedding:
 
     _require_decoder_unembed(bridge, operation="lenstui readout")
     w_u = require_readable_weight(bridge.W_U, operation="read logits through W_U", owner=bridge)
-    device = w_u.device
-    half = w_u.dtype in (torch.float16, torch.bfloat16)
-    compute_dtype = w_u.dtype if (half and device.type != "cpu") else torch.float32
-    with torch.no_grad():
-        # W_U is [d_model, d_vocab]; tied models expose it as a view of the embedding,
-        # whose transpose is already contiguous: then no copy is made.
-        weight = w_u.detach().T.to(dtype=compute_dtype).contiguous()
-        bias = getattr(bridge, "b_U", None)
-        if bias is not None:
-            bias = bias.detach().to(device=device, dtype=compute_dtype)
-            if not bool(bias.any()):
-                bias = None  # an all-zero bias costs a pass over every block for nothing
     adapter = getattr(bridge, "adapter", None)
     transform = None
     if adapter is not None and callable(getattr(adapter, "apply_output_logits_transform", None)):
@@ -123,14 +136,8 @@ def _prepare_unembedding(bridge: Any) -> Unembedding:
         capped = softcap_enabled(getattr(bridge.cfg, "output_logits_soft_cap", None))
         if overridden or capped:
             transform = adapter.apply_output_logits_transform
-    return Unembedding(
-        weight=weight,
-        bias=bias,
-        norm=_final_norm(bridge),
-        transform=transform,
-        compute_dtype=compute_dtype,
-        device=device,
-    )
+    bias = getattr(bridge, "b_U", None)
+    return _prepared(w_u, bias if isinstance(bias, torch.Tensor) else None, _final_norm(bridge), transform)
 
 
 @dataclass

@@ -24,7 +24,6 @@ then ``state.cells(positions)`` -> :class:`LensColumns` for just those positions
 from __future__ import annotations
 
 import time
-import warnings
 from dataclasses import dataclass, field
 from typing import Optional, Sequence, Union
 
@@ -35,6 +34,7 @@ from lenstui.core.errors import InputError
 from lenstui.core.lens_result import LensCell, LensResult, TopToken, TrackedValue
 from lenstui.core.lenses import LENS_KINDS, MAX_TOP_K, MAX_TRACKED
 from lenstui.core.tokens import TokenRef, TokenSpec
+from lenstui.engine.lens.forward import capture_forward, run_from_block
 from lenstui.engine.lens.readout import read_out, unembedding
 from lenstui.engine.model.load import LoadedModel
 from lenstui.engine.model.vocab import encode_prompt, resolve_token, token_ref
@@ -44,7 +44,6 @@ from lenstui.engine.model.vocab import encode_prompt, resolve_token, token_ref
 VECTORS_PER_CHUNK = 512
 # Positions x rows per extended-decoder forward (bounds its activation memory).
 EXTENDED_TOKENS_PER_PASS = 4096
-
 
 
 @dataclass(frozen=True)
@@ -124,31 +123,6 @@ def row_labels(n_layers: int, incl_mid: bool) -> list[str]:
             labels.append(f"L{layer}.attn")
         labels.append(f"L{layer}")
     return labels
-
-
-
-def _install_cache_shim(bridge) -> None:
-    """Let the bridge's attention see HF's KV cache under the name it reads.
-
-    transformers 5 passes the layer cache as ``cache=``; TransformerLens 4.3's attention
-    bridges look for ``past_key_values`` (or ``layer_past``) and otherwise skip the cache
-    update, so an incremental forward would attend to its own tokens only. A forward
-    pre-hook copies the one name to the other; LensState checks the cache's length after
-    every forward and falls back to full forwards if a model still does not fill it.
-    """
-    if getattr(bridge, "_lenstui_cache_shim", False):
-        return
-
-    def copy_cache_kwarg(module, args, kwargs):
-        if kwargs.get("past_key_values") is None and kwargs.get("cache") is not None:
-            kwargs["past_key_values"] = kwargs["cache"]
-        return args, kwargs
-
-    for block in getattr(bridge, "blocks", []):
-        attn = getattr(block, "attn", None)
-        if isinstance(attn, torch.nn.Module):
-            attn.register_forward_pre_hook(copy_cache_kwarg, with_kwargs=True)
-    bridge._lenstui_cache_shim = True
 
 
 class LensState:
@@ -272,35 +246,13 @@ class LensState:
         from transformers import DynamicCache
 
         model = self.model
-        bridge = model.bridge
-        n_layers = model.n_layers
-        names = [f"blocks.{i}.hook_resid_pre" for i in range(n_layers)]
-        names.append(f"blocks.{n_layers - 1}.hook_resid_post")
-        mid_names = [f"blocks.{i}.hook_resid_mid" for i in range(n_layers)] if self._capture_mid else []
-        captured: dict[str, torch.Tensor] = {}
-
-        def capture(name):
-            def hook(resid, hook):
-                captured[name] = resid.detach()[0]
-
-            return hook
-
         use_kv = self._kv_works is not False
-        if use_kv:
-            _install_cache_shim(bridge)
         kv = self._kv if (use_kv and start > 0) else (DynamicCache() if use_kv else None)
         tokens = torch.tensor([ids[start:]], device=model.device)
-        kwargs = {"past_key_values": kv} if kv is not None else {}
-        with torch.no_grad(), warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)  # HF renamed past_key_values -> cache
-            # The model computes its logits for the new positions anyway: their argmax is
-            # each position's own top-1, the default target (as the lens always defined it).
-            logits = bridge.run_with_hooks(
-                tokens,
-                return_type="logits",
-                fwd_hooks=[(name, capture(name)) for name in names + mid_names],
-                **kwargs,
-            )
+        # The model computes its logits for the new positions anyway: their argmax is
+        # each position's own top-1, the default target (as the lens always defined it).
+        captured = capture_forward(model, tokens, kv, self._capture_mid)
+        logits = captured.logits
         self.forward_count += 1
         if kv is not None and kv.get_seq_length() != len(ids):
             if start > 0:
@@ -313,16 +265,14 @@ class LensState:
             kv = None
         elif kv is not None and start > 0:
             self._kv_works = True
-        for offset, top1 in enumerate(logits[0].argmax(dim=-1).tolist()):
+        for offset, top1 in enumerate(logits.argmax(dim=-1).tolist()):
             self._final_top1[start + offset] = int(top1)
         del logits
         dtype = torch.float32 if model.device == "cpu" else None
-        pre = torch.stack([captured[name] for name in names])
-        pre = pre.to(dtype) if dtype is not None else pre
-        mid = None
-        if mid_names:
-            mid = torch.stack([captured[name] for name in mid_names])
-            mid = mid.to(dtype) if dtype is not None else mid
+        pre, mid = captured.pre, captured.mid
+        if dtype is not None:
+            pre = pre.to(dtype)
+            mid = mid.to(dtype) if mid is not None else None
         if start == 0:
             self._pre, self._mid = pre, mid
         else:
@@ -503,23 +453,6 @@ def _extended_decode(model: LoadedModel, ids: list[int], pre: torch.Tensor, n_bl
     per_pass = max(1, EXTENDED_TOKENS_PER_PASS // len(ids))
     for first in range(0, len(early), per_pass):
         rows = early[first : first + per_pass]
-        replacement = pre[rows]
-        captured: dict[str, torch.Tensor] = {}
-
-        def write_rows(resid: torch.Tensor, hook, replacement=replacement) -> torch.Tensor:
-            return replacement.to(dtype=resid.dtype, device=resid.device)
-
-        def read_out_resid(resid: torch.Tensor, hook, captured=captured) -> None:
-            captured["resid"] = resid.detach()
-
-        with torch.no_grad():
-            model.bridge.run_with_hooks(
-                tokens.expand(len(rows), -1),
-                return_type=None,
-                fwd_hooks=[
-                    (f"blocks.{cut}.hook_resid_pre", write_rows),
-                    (f"blocks.{n_layers - 1}.hook_resid_post", read_out_resid),
-                ],
-            )
-        out[rows] = captured["resid"].to(out.dtype)
+        resid = run_from_block(model, tokens.expand(len(rows), -1), cut, pre[rows])
+        out[rows] = resid.to(out.dtype)
     return out

@@ -1,7 +1,8 @@
 """Greedy generation steps on token ids (a scene's ``steps``), kept as ids.
 
 The app's Ctrl+N appends the lens's own next token one run at a time; a prepared scene
-needs its steps before its single lens run, so this runs plain forward passes. Ids
+needs its steps before its single lens run, so this runs the plain model (with its KV
+cache: each step is one token). Ids
 stay ids: an emoji split over several tokens stays exactly what the model produced.
 """
 
@@ -30,10 +31,14 @@ def greedy_ids(
         raise InputError(
             f"The prompt ({len(out)} tokens) plus {steps} steps is more than the {model.n_ctx} tokens {model.name} reads."
         )
-    device = next(model.bridge.parameters()).device
+    from transformers import DynamicCache
+
+    cache = DynamicCache()  # each step runs the new token only
+    fresh = out
     for _ in range(steps):
         check_stop(should_stop)
         with torch.no_grad():
-            logits = model.bridge(torch.tensor([out], device=device))
-        out.append(int(logits[0, -1].argmax()))
+            logits = model.hf(input_ids=torch.tensor([fresh], device=model.device), cache=cache, use_cache=True).logits
+        fresh = [int(logits[0, -1].argmax())]
+        out.append(fresh[0])
     return out

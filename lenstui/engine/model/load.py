@@ -36,6 +36,7 @@ import torch
 
 from lenstui.core.callbacks import Progress
 from lenstui.core.errors import ModelLoadError
+from lenstui.engine.model.anatomy import Anatomy, context_length, find_anatomy, plain_twin
 from lenstui.store.atomic import write_text_atomic
 from lenstui.store.paths import cache_root
 
@@ -50,9 +51,17 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
 @dataclass
 class LoadedModel:
-    """A model ready for the engine: the bridge, its tokenizer and where it came from."""
+    """A model ready for the engine: the plain transformers model, its tokenizer, where it
+    came from, and (built on first use) its TransformerLens bridge.
 
-    bridge: Any  # transformer_lens.model_bridge.TransformerBridge
+    The lens's forward and readout run on the plain model where ``anatomy`` knows its
+    architecture (``engine/model/anatomy.py``); what needs TransformerLens (attribution,
+    the Jacobian lens, hooks by TL name, models the anatomy does not know) asks for
+    ``bridge``, which imports TransformerLens and boots it on a twin of the model that
+    shares every weight tensor (the bridge rewires the modules it wraps).
+    """
+
+    hf: Any  # the transformers model, plain (eval mode)
     tokenizer: Any
     name: str
     source: str  # "embedded", "gguf", "hf-dir", "hub" or "local" (built in memory)
@@ -63,26 +72,83 @@ class LoadedModel:
     # Lazily computed per-model tables (effective unembedding, vocab strings, ...),
     # shared by the engine modules so each is built once per loaded model.
     memo: dict = field(default_factory=dict, repr=False)
+    _bridge: Any = field(default=None, repr=False)
+
+    @property
+    def bridge(self) -> Any:
+        """The TransformerLens 4 bridge (``TransformerBridge``), booted on first use."""
+        if self._bridge is None:
+            self._bridge = _boot_bridge(self)
+        return self._bridge
+
+    @property
+    def has_bridge(self) -> bool:
+        """Whether the bridge was booted already (asking ``bridge`` boots it)."""
+        return self._bridge is not None
+
+    @property
+    def anatomy(self) -> Optional[Anatomy]:
+        """The plain model's named parts, or None when only the bridge can read it."""
+        if "anatomy" not in self.memo:
+            self.memo["anatomy"] = find_anatomy(self.hf)
+        return self.memo["anatomy"]
 
     @property
     def n_layers(self) -> int:
-        return int(self.bridge.cfg.n_layers)
+        return int(self.hf.config.num_hidden_layers)
 
     @property
     def d_model(self) -> int:
-        return int(self.bridge.cfg.d_model)
+        return int(self.hf.config.hidden_size)
 
     @property
     def d_vocab(self) -> int:
-        return int(self.bridge.W_U.shape[1])
+        return int(self.hf.get_output_embeddings().weight.shape[0])
 
     @property
     def n_ctx(self) -> int:
+        if self.anatomy is not None:
+            return context_length(self.hf)
         return int(self.bridge.cfg.n_ctx)
 
     @property
     def normalization_type(self) -> Optional[str]:
+        if self.anatomy is not None:
+            return self.anatomy.norm_kind
         return getattr(self.bridge.cfg, "normalization_type", None)
+
+    @property
+    def rmsnorm_uses_offset(self) -> bool:
+        """Gemma's RMSNorm multiplies by ``1 + weight`` (native anatomies never do)."""
+        if self.anatomy is not None:
+            return False
+        return bool(getattr(self.bridge.cfg, "rmsnorm_uses_offset", False))
+
+    @property
+    def W_U(self) -> Any:
+        """[d_model, d_vocab] unembedding (no copy)."""
+        return self.anatomy.W_U if self.anatomy is not None else self.bridge.W_U
+
+    @property
+    def b_U(self) -> Any:
+        """[d_vocab] unembedding bias, or None when the model has none."""
+        if self.anatomy is not None:
+            return self.anatomy.b_U
+        bias = getattr(self.bridge, "b_U", None)
+        return bias if isinstance(bias, torch.Tensor) else None
+
+    @property
+    def W_E(self) -> Any:
+        """[d_vocab, d_model] token embedding."""
+        return self.anatomy.W_E if self.anatomy is not None else self.bridge.W_E
+
+    @property
+    def ln_final(self) -> Any:
+        """The module the readout applies before the unembedding (None: no final norm)."""
+        if self.anatomy is not None:
+            return self.anatomy.final_norm
+        module = getattr(self.bridge, "ln_final", None)
+        return module if isinstance(module, torch.nn.Module) else None
 
     def decode(self, token_id: int) -> str:
         """The text a single token decodes to (may contain U+FFFD for partial bytes)."""
@@ -283,19 +349,16 @@ def wrap_model(
     load_seconds: float = 0.0,
     from_cache: bool = False,
 ) -> LoadedModel:
-    """Wrap a Hugging Face causal LM (already in memory) with TransformerLens 4."""
-    from transformer_lens.model_bridge import TransformerBridge
-
+    """A Hugging Face causal LM (already in memory) ready for the engine. The model runs
+    eager attention, as TransformerLens' bridge does, so both give the same numbers."""
     _quiet_transformers()
     device = resolve_device(device)
     torch_dtype = parse_dtype(dtype)
     hf_model = hf_model.to(device=device, dtype=torch_dtype).eval()
-    bridge = TransformerBridge.boot_transformers(
-        name, hf_model=hf_model, tokenizer=tokenizer, device=device, dtype=torch_dtype
-    )
-    bridge.eval()
+    if getattr(hf_model.config, "_attn_implementation", "eager") != "eager":
+        hf_model.set_attn_implementation("eager")
     return LoadedModel(
-        bridge=bridge,
+        hf=hf_model,
         tokenizer=tokenizer,
         name=name,
         source=source,
@@ -304,6 +367,22 @@ def wrap_model(
         load_seconds=load_seconds,
         from_cache=from_cache,
     )
+
+
+def _boot_bridge(model: LoadedModel) -> Any:
+    """TransformerLens' bridge over a twin of ``model.hf`` (shared tensors, no copy)."""
+    from transformer_lens.model_bridge import TransformerBridge
+
+    _quiet_transformers()
+    bridge = TransformerBridge.boot_transformers(
+        model.name,
+        hf_model=plain_twin(model.hf),
+        tokenizer=model.tokenizer,
+        device=model.device,
+        dtype=parse_dtype(model.dtype),
+    )
+    bridge.eval()
+    return bridge
 
 
 def describe_spec(spec: Optional[str]) -> str:
@@ -352,7 +431,7 @@ def load_model(
                     f"No model at {spec!r}: pass a .gguf file, a Hugging Face model directory, "
                     "a Hugging Face model id, or nothing for the embedded SmolLM2."
                 )
-        _report(progress, "wrapping the model with TransformerLens", 0.85)
+        _report(progress, "preparing the model", 0.85)
         loaded = wrap_model(
             hf_model,
             tokenizer,

@@ -377,23 +377,22 @@ def readout_for_model(model) -> Readout:
         return cached
     from lenstui.engine.inspect.geometry import effective_unembedding, final_norm_affine
 
-    bridge = model.bridge
     affine = final_norm_affine(model)
     W_eff32, _ = effective_unembedding(model)
-    W_U = bridge.W_U.detach()
-    b_U = getattr(bridge, "b_U", None)
-    b_U = b_U.detach() if isinstance(b_U, torch.Tensor) else None
+    W_U = model.W_U.detach()
+    b_U = model.b_U
+    b_U = b_U.detach() if b_U is not None else None
     n = W_U.shape[1]
     readout = Readout(
         rows=W_U.T,
         bias=(b_U.to(torch.float64) if b_U is not None else torch.zeros(n, dtype=torch.float64)).to(W_U.device),
         gain=affine.gain.to(W_U.device, torch.float64),
         beta=affine.beta.to(W_U.device, torch.float64),
-        eps=final_norm_eps(bridge),
+        eps=final_norm_eps(model),
         kind=affine.kind,
         name=model.name,
         decode=model.decode,
-        final_norm=bridge.ln_final,
+        final_norm=model.ln_final,
         unembed_weight=W_U,
         unembed_bias=b_U,
         screen_rows=W_eff32 if W_eff32.dtype == torch.float32 else None,
@@ -402,12 +401,14 @@ def readout_for_model(model) -> Readout:
     return readout
 
 
-def final_norm_eps(bridge) -> float:
-    """The final norm's epsilon, read from the wrapped module (HF names differ)."""
-    module = getattr(bridge, "ln_final", None)
+def final_norm_eps(model) -> float:
+    """The final norm's epsilon, read from the module (HF names differ)."""
+    module = model.ln_final
     for obj in (getattr(module, "original_component", None), module):
         for attr in ("variance_epsilon", "eps", "epsilon"):
             value = getattr(obj, attr, None) if obj is not None else None
             if isinstance(value, (int, float)):
                 return float(value)
-    return float(getattr(bridge.cfg, "eps", 1e-5))
+    if model.anatomy is None:
+        return float(getattr(model.bridge.cfg, "eps", 1e-5))
+    return float(getattr(model.hf.config, "rms_norm_eps", getattr(model.hf.config, "layer_norm_epsilon", 1e-5)))
