@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from lenstui.core.errors import Cancelled
-from lenstui.engine.speak.check import as_readout, check_speakable
 from lenstui.engine.speak import scan as scan_module
+from lenstui.engine.speak.check import as_readout, check_speakable
 from lenstui.engine.speak.geometry import readout_from_arrays
 from lenstui.engine.speak.scan import load_cached_scan, scan_vocabulary
 from lenstui.engine.speak.scan_cache import scan_dir

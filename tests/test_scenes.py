@@ -15,8 +15,8 @@ import torch
 
 from lenstui.cli import main
 from lenstui.core.errors import LenstuiError
-from lenstui.talks import format as scenes
 from lenstui.store import atomic
+from lenstui.talks import format as scenes
 from lenstui.talks.format import Cursor, Scene, append_scene, load_talk, parse_scene, scene_to_toml, token_spec
 
 ROOT = Path(__file__).resolve().parent.parent

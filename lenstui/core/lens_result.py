@@ -129,6 +129,9 @@ class LensResult:
         # A streamed grid has PENDING columns: their depth is unknown yet.
         first = next((cell for row in self.grid for cell in row if cell is not PENDING), None)
         k = self.top_k or (len(first.top) if first is not None else 1)
+        from_arrays = getattr(self.grid, "depth", None)  # a PackedGrid reads its arrays
+        if callable(from_arrays):
+            return from_arrays(k)
         out = []
         for col in range(len(self.grid[0]) if self.grid else 0):
             column = [row[col] for row in self.grid]

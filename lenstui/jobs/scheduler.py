@@ -122,9 +122,13 @@ class ModelWorker:
         *,
         loader: Optional[Callable[..., Any]] = None,
         handlers: Optional[dict[type, Handler]] = None,
+        stopped_when_dropped: bool = False,
     ):
         """``handlers``: what to serve besides ``LoadModel`` (default: ``RunLens`` only;
-        the app passes ``lenstui.jobs.handlers.HANDLERS``, every kind)."""
+        the app passes ``lenstui.jobs.handlers.HANDLERS``, every kind).
+        ``stopped_when_dropped``: a queued request that is superseded or cancelled before
+        it runs ends in a ``Stopped`` result too (by default it ends in none)."""
+        self._stopped_when_dropped = stopped_when_dropped
         self._post = post
         self._loader = loader
         self._cond = threading.Condition()
@@ -149,30 +153,41 @@ class ModelWorker:
         with self._cond:
             self._handlers[kind] = handler
 
-    def submit(self, request: Request) -> int:
-        """Queue a request; returns its sequence number (results carry it)."""
+    def submit(self, request: Request, seq: Optional[int] = None) -> int:
+        """Queue a request; returns its sequence number (results carry it). ``seq``: the
+        number to give it, when the caller numbers requests itself (the process worker)."""
         kind = type(request)
         with self._cond:
-            seq = next(self._counter)
+            seq = next(self._counter) if seq is None else seq
             self._latest[kind] = seq
+            dropped = self._pending.get(kind)
             self._pending[kind] = _Job(seq, request)  # drops an older queued one of this kind
             for job in self._active:
                 if type(job.request) is kind or kind is LoadModel:
                     job.cancelled = True
             self._cond.notify_all()
+        self._report_dropped(dropped)
         return seq
 
     def cancel(self, kind: type) -> bool:
         """Drop a queued request of ``kind`` and stop a running one (it ends ``Stopped``).
         Returns whether there was anything to cancel."""
         with self._cond:
-            found = self._pending.pop(kind, None) is not None
+            dropped = self._pending.pop(kind, None)
+            found = dropped is not None
             for job in self._active:
                 if type(job.request) is kind:
                     job.cancelled = True
                     found = True
             self._cond.notify_all()
+        self._report_dropped(dropped)
         return found
+
+    def _report_dropped(self, job: Optional[_Job]) -> None:
+        # A queued job dropped unrun has no result; a caller that counts the requests
+        # it is owed an answer for (the process worker) asks for a Stopped instead.
+        if job is not None and self._stopped_when_dropped:
+            self._emit(Stopped(job.seq, job.request, "superseded"))
 
     def latest_seq(self, kind: type) -> Optional[int]:
         with self._cond:
