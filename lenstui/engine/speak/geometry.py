@@ -25,12 +25,15 @@ from __future__ import annotations
 import hashlib
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Optional
 
 import numpy as np
 import torch
 
 from lenstui.core.errors import InputError
+from lenstui.store.atomic import atomic_file
+from lenstui.store.paths import cache_root
 
 # Unit roundoff of float32 and float64.
 U32 = 2.0**-24
@@ -93,6 +96,9 @@ class Readout:
     row_mean: torch.Tensor = field(init=False, repr=False)  # [n] mean of each effective row (LN)
     c: torch.Tensor = field(init=False, repr=False)  # [n] float64 offsets
     memo: dict = field(default_factory=dict, repr=False)
+    # Where the geometry's costly summaries (whitening, norms, fingerprint) are kept
+    # between runs, keyed by the raw weights (``readout_for_model``); None: not kept.
+    store: Optional[Path] = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if self.kind not in ("RMS", "LN"):
@@ -146,9 +152,7 @@ class Readout:
 
     @property
     def max_row_norm(self) -> float:
-        if "max_row_norm" not in self.memo:
-            self.memo["max_row_norm"] = float(self.V.norm(dim=1).max())
-        return self.memo["max_row_norm"]
+        return self._summary("max_row_norm", lambda: float(self.V.norm(dim=1).max()))
 
     def full_row_norms(self, ids: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Norms of the unprojected effective rows ``W_eff[j]`` (float64), for ``ids`` or
@@ -158,15 +162,11 @@ class Readout:
 
     @property
     def max_full_row_norm(self) -> float:
-        if "max_full_row_norm" not in self.memo:
-            self.memo["max_full_row_norm"] = float(self.full_row_norms().max())
-        return self.memo["max_full_row_norm"]
+        return self._summary("max_full_row_norm", lambda: float(self.full_row_norms().max()))
 
     @property
     def max_abs_offset(self) -> float:
-        if "max_abs_offset" not in self.memo:
-            self.memo["max_abs_offset"] = float(self.c.abs().max())
-        return self.memo["max_abs_offset"]
+        return self._summary("max_abs_offset", lambda: float(self.c.abs().max()))
 
     @property
     def logit_scale(self) -> float:
@@ -179,15 +179,16 @@ class Readout:
         ``gamma_{d+8} * (max|W_eff[j]| |z| + max(|b_j| + |W_U[:, j]| |beta|))`` with the
         rows unprojected, so the model's own float32 readout ranks t first too, whatever
         its summation order."""
-        if "float32_offset_term" not in self.memo:
-            beta_norm = float(self.beta.norm())
-            offsets = self.bias.abs()
-            if beta_norm:
-                offsets = offsets + self.rows.detach().to(torch.float64).norm(dim=1) * beta_norm
-            self.memo["float32_offset_term"] = float(offsets.max())
-        offset_term = self.memo["float32_offset_term"]
+        offset_term = self._summary("float32_offset_term", self._float32_offset_term)
         gamma = float32_gamma(self.d + MODEL_READOUT_ROUNDINGS)
         return SPEAK_SAFETY * gamma * (self.max_full_row_norm * z_norm + offset_term)
+
+    def _float32_offset_term(self) -> float:
+        beta_norm = float(self.beta.norm())
+        offsets = self.bias.abs()
+        if beta_norm:
+            offsets = offsets + self.rows.detach().to(torch.float64).norm(dim=1) * beta_norm
+        return float(offsets.max())
 
     @property
     def certificate_tolerance(self) -> float:
@@ -298,6 +299,29 @@ class Readout:
                 logits = logits + self.unembed_bias
         return logits.detach()
 
+    # -- summaries kept on disk ----------------------------------------------------
+
+    def _summary(self, key: str, compute: Callable[[], Any]) -> Any:
+        """``compute()``, memoized, and kept in ``store`` so a later process (a one-off
+        ``lenstui speak``) reads it instead of spending a second or two on it again."""
+        if key in self.memo:
+            return self.memo[key]
+        stored = self._stored()
+        if key in stored:
+            value = stored[key]
+        else:
+            value = compute()
+            stored[key] = value
+            if self.store is not None:
+                _write_summaries(self.store, stored)
+        self.memo[key] = value
+        return value
+
+    def _stored(self) -> dict:
+        if "_stored" not in self.memo:
+            self.memo["_stored"] = _read_summaries(self.store, self.d, self.V.device) if self.store is not None else {}
+        return self.memo["_stored"]
+
     # -- whitening -----------------------------------------------------------
 
     def whitening(self) -> dict[str, torch.Tensor]:
@@ -305,31 +329,80 @@ class Readout:
 
         A strong shared direction makes a few tokens win most dot products; whitening
         removes it, so the whitened own direction of a token is usually a witness."""
-        if "whitening" not in self.memo:
-            V = self.V
-            mean = V.mean(dim=0)
-            centred = V - mean
-            cov = centred.T @ centred / V.shape[0]
-            evals, evecs = torch.linalg.eigh(cov)
-            keep = evals > evals.max() * 1e-9  # drops the all-ones direction for LN
-            inv_sqrt = torch.where(keep, evals.clamp_min(1e-300).rsqrt(), torch.zeros_like(evals))
-            inv = torch.where(keep, 1.0 / evals.clamp_min(1e-300), torch.zeros_like(evals))
-            self.memo["whitening"] = {
-                "mean": mean,
-                "zca": (evecs * inv_sqrt) @ evecs.T,
-                "siginv": (evecs * inv) @ evecs.T,
-            }
-        return self.memo["whitening"]
+        return self._summary("whitening", self._whitening)
+
+    def _whitening(self) -> dict[str, torch.Tensor]:
+        V = self.V
+        mean = V.mean(dim=0)
+        centred = V - mean
+        cov = centred.T @ centred / V.shape[0]
+        evals, evecs = torch.linalg.eigh(cov)
+        keep = evals > evals.max() * 1e-9  # drops the all-ones direction for LN
+        inv_sqrt = torch.where(keep, evals.clamp_min(1e-300).rsqrt(), torch.zeros_like(evals))
+        inv = torch.where(keep, 1.0 / evals.clamp_min(1e-300), torch.zeros_like(evals))
+        return {"mean": mean, "zca": (evecs * inv_sqrt) @ evecs.T, "siginv": (evecs * inv) @ evecs.T}
 
     def fingerprint(self) -> str:
         """Hash of everything a verdict depends on (effective rows, offsets, norm)."""
-        if "fingerprint" not in self.memo:
-            digest = hashlib.sha256()
-            digest.update(f"{self.kind}|{self.eps!r}|{self.n_vocab}|{self.d}".encode())
-            digest.update(np.ascontiguousarray(self.V.cpu().numpy()).tobytes())
-            digest.update(np.ascontiguousarray(self.c.cpu().numpy()).tobytes())
-            self.memo["fingerprint"] = digest.hexdigest()
-        return self.memo["fingerprint"]
+        return self._summary("fingerprint", self._fingerprint)
+
+    def _fingerprint(self) -> str:
+        digest = hashlib.sha256()
+        digest.update(f"{self.kind}|{self.eps!r}|{self.n_vocab}|{self.d}".encode())
+        digest.update(np.ascontiguousarray(self.V.cpu().numpy()).tobytes())
+        digest.update(np.ascontiguousarray(self.c.cpu().numpy()).tobytes())
+        return digest.hexdigest()
+
+
+# Bump when a kept summary changes meaning: older files are then ignored.
+_SUMMARY_FORMAT = 1
+
+
+def weights_key(rows: torch.Tensor, bias: torch.Tensor, gain: torch.Tensor, beta: torch.Tensor, eps: float, kind: str) -> str:
+    """A hash of the raw readout weights (their bytes as stored; ~0.1 s for SmolLM2)."""
+    digest = hashlib.sha256(f"{_SUMMARY_FORMAT}|{kind}|{eps!r}|{tuple(rows.shape)}|{rows.dtype}".encode())
+    for tensor in (rows, bias, gain, beta):
+        data = tensor.detach().cpu().contiguous()
+        digest.update(data.view(torch.uint8).numpy().tobytes() if data.numel() else b"")
+    return digest.hexdigest()
+
+
+def _read_summaries(path: Path, d: int, device) -> dict:
+    """The kept summaries; a missing, damaged or mis-shaped file is just not there."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            out: dict[str, Any] = {}
+            for name in ("max_row_norm", "max_full_row_norm", "max_abs_offset", "float32_offset_term"):
+                if name in data:
+                    out[name] = float(data[name])
+            if "fingerprint" in data:
+                out["fingerprint"] = str(data["fingerprint"])
+            if all(f"whitening.{k}" in data for k in ("mean", "zca", "siginv")):
+                whitening = {
+                    k: torch.from_numpy(np.array(data[f"whitening.{k}"], dtype=np.float64)).to(device)
+                    for k in ("mean", "zca", "siginv")
+                }
+                if whitening["zca"].shape == (d, d) and whitening["mean"].shape == (d,):
+                    out["whitening"] = whitening
+            return out
+    except Exception:  # not there, truncated, not an npz: computed again
+        return {}
+
+
+def _write_summaries(path: Path, stored: dict) -> None:
+    arrays: dict[str, np.ndarray] = {}
+    for name, value in stored.items():
+        if name == "whitening":
+            for k, tensor in value.items():
+                arrays[f"whitening.{k}"] = tensor.cpu().numpy()
+        else:
+            arrays[name] = np.array(value)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_file(path) as handle:
+            np.savez(handle, **arrays)
+    except OSError:
+        pass  # an unwritable cache only costs the next process the computation
 
 
 def readout_from_arrays(
@@ -397,6 +470,8 @@ def readout_for_model(model) -> Readout:
         unembed_bias=b_U,
         screen_rows=W_eff32 if W_eff32.dtype == torch.float32 else None,
     )
+    key = weights_key(readout.rows, readout.bias, readout.gain, readout.beta, readout.eps, readout.kind)
+    readout.store = cache_root() / "geometry" / f"{key[:32]}.npz"
     model.memo["speak_readout"] = readout
     return readout
 
