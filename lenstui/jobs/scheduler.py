@@ -297,7 +297,13 @@ class ModelWorker:
         if loader is None:
             from lenstui.engine.model.load import load_model as loader
         try:
-            model = loader(request.spec, device=request.device, dtype=request.dtype, progress=ctx.progress)
+            model = loader(
+                request.spec,
+                device=request.device,
+                dtype=request.dtype,
+                progress=ctx.progress,
+                allow_download=request.allow_download,
+            )
         except Exception as err:
             # A failed switch to a second model leaves the first one loaded and serving:
             # requests keep running on it, so there is no load error to report.
