@@ -12,7 +12,6 @@ typed; the extended lens's stack and the presenter's computed scenes are bounded
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import stat

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from pathlib import Path
 
 from lenstui.cli.common import add_model_options, add_token_arguments, load_from_args, one_token, print_json
 from lenstui.core.errors import InputError

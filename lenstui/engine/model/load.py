@@ -380,7 +380,8 @@ _OFFLINE_WORDS = ("1", "true", "yes", "on")
 
 def user_offline() -> bool:
     """The user's own ``HF_HUB_OFFLINE=1`` (or ``TRANSFORMERS_OFFLINE=1``)."""
-    return any(os.environ.get(name, "").strip().lower() in _OFFLINE_WORDS for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+    names = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+    return any(os.environ.get(name, "").strip().lower() in _OFFLINE_WORDS for name in names)
 
 
 def hub_offline(allow_download: bool = False) -> bool:
@@ -546,12 +547,13 @@ def _explain_os_error(spec: Optional[str], err: OSError, offline: bool = True) -
             )
         if offline:
             return (
-                f"Model {quoted(spec, middle=True)} is not in the local Hugging Face cache, and lenstui never downloads "
-                f"unless asked: download it first (`hf download {name}`), pass --allow-download (or set "
-                "allow_download = true in config.toml), or pass a local directory or .gguf file."
+                f"Model {quoted(spec, middle=True)} is not in the local Hugging Face cache, and lenstui "
+                f"never downloads unless asked: download it first (`hf download {name}`), pass "
+                "--allow-download (or set allow_download = true in config.toml), or pass a local "
+                "directory or .gguf file."
             )
         return (
-            f"Model {quoted(spec, middle=True)} is not in the local Hugging Face cache and the hub could not be reached "
-            "or has no such model: check the name, or pass a local directory or .gguf file."
+            f"Model {quoted(spec, middle=True)} is not in the local Hugging Face cache and the hub could "
+            "not be reached or has no such model: check the name, or pass a local directory or .gguf file."
         )
     return f"Cannot read {describe_spec(spec)}: {_first_line(err)}."

@@ -149,7 +149,8 @@ def _read(path: Path, decode: Optional[Callable[[int], str]]) -> ScanResult:
         arrays = {name: data[name] for name in ("verdicts", "hard", "best_match", "margin", "method", "tried")}
         for name, array in arrays.items():
             _check(array.shape == (n,), f"{name} has shape {array.shape}, not ({n},)")
-            _check(array.dtype.kind in ("f" if name == "margin" else "iu"), f"{name} has the wrong type ({array.dtype})")
+            kinds = "f" if name == "margin" else "iu"
+            _check(array.dtype.kind in kinds, f"{name} has the wrong type ({array.dtype})")
         _check(bool(((verdicts >= 0) & (verdicts < len(VERDICT_CODES))).all()), "a verdict code is out of range")
         method = arrays["method"]
         _check(bool(((method >= 0) & (method < len(METHODS))).all()), "a method code is out of range")
@@ -162,8 +163,8 @@ def _read(path: Path, decode: Optional[Callable[[int], str]]) -> ScanResult:
         offsets, ids = data["cert_offsets"], data["cert_ids"]
         members, weights = data["cert_members"], data["cert_weights"]
         _check(offsets.shape == (len(ids) + 1,) and members.shape == weights.shape, "the certificates do not add up")
-        _check(bool((np.diff(offsets) >= 0).all()) and (not len(offsets) or (offsets[0] == 0 and offsets[-1] == len(members))),
-               "the certificate offsets do not add up")
+        ends_ok = not len(offsets) or (offsets[0] == 0 and offsets[-1] == len(members))
+        _check(bool((np.diff(offsets) >= 0).all()) and ends_ok, "the certificate offsets do not add up")
         _check(bool(((ids >= 0) & (ids < n)).all() and ((members >= 0) & (members < n)).all()),
                "a certificate names a token id out of range")
         certificates = {

@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Optional
 
-from lenstui.jobs.protocol import Failed, LoadModel, ModelInfo
+from lenstui.jobs.protocol import Failed, ModelInfo
 from lenstui.tui.host import ExplorerHost
 
 
