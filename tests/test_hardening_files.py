@@ -353,6 +353,14 @@ def test_deeply_nested_toml_in_a_theme_or_a_talk_is_one_sentence(tmp_path):
     assert "nests tables or lists too deeply" in str(err.value) and "\n" not in str(err.value)
 
 
+def test_a_deeply_nested_model_config_is_not_a_model(tmp_path):
+    from lenstui.store.model_catalog import is_causal_lm_config
+
+    config = tmp_path / "config.json"
+    config.write_text("[" * 100_000 + "]" * 100_000)
+    assert is_causal_lm_config(config) is False
+
+
 def test_present_check_on_a_deeply_nested_talk_exits_2(tmp_path, capsys):
     from lenstui.cli import main
 

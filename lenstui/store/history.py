@@ -66,7 +66,7 @@ class PromptHistory:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError:
             pass
-        with file_lock(self.path):
+        with file_lock(self.path, timeout=2.0):  # the UI thread waits at most this long
             on_disk, _ = self._parse()
             if prompt in self._added:
                 self._added.remove(prompt)

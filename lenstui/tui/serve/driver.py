@@ -34,7 +34,10 @@ from typing import Any, Optional
 from textual.drivers.web_driver import WebDriver
 
 # Seconds between the graceful request and the hard exit.
-EXIT_GRACE = float(os.environ.get("LENSTUI_WEB_EXIT_GRACE", "3"))
+try:
+    EXIT_GRACE = max(0.1, float(os.environ.get("LENSTUI_WEB_EXIT_GRACE", "3")))
+except ValueError:
+    EXIT_GRACE = 3.0
 DRIVER_IMPORT = "lenstui.tui.serve.driver:GuardedWebDriver"
 
 
