@@ -90,8 +90,16 @@ def test_a_hub_id_not_in_the_cache_is_one_sentence_and_no_network(online_by_defa
     assert online_by_default.HF_HUB_OFFLINE is True  # the hub libraries are offline for the process
 
 
-def test_allow_download_does_reach_for_the_hub(online_by_default, no_network):
+def test_allow_download_does_reach_for_the_hub(online_by_default, no_network, monkeypatch):
     """The switch is real: with allow_download the same load tries the hub (refused here)."""
+    import types
+
+    from huggingface_hub.utils import _http
+
+    # The hub library retries a refused connection with a backoff (1+2+4+8+8 s): no waiting here.
+    no_wait = types.SimpleNamespace(**{k: getattr(time, k) for k in dir(time) if not k.startswith("_")})
+    no_wait.sleep = lambda seconds: None
+    monkeypatch.setattr(_http, "time", no_wait)
     with pytest.raises(ModelLoadError) as err:
         load_model("someone/not-cached-" + uuid.uuid4().hex[:8], device="cpu", allow_download=True)
     assert "hub could not be reached" in str(err.value)

@@ -67,11 +67,11 @@ def parse_row(text: str, n_layers: int) -> int:
     text = text.strip()
     if text == "embed":
         return 0
-    label = _LABEL.match(text)
+    label = _LABEL.match(text) if len(text) <= 12 else None  # "L" and a few digits
     if label:
         block = int(label.group(1))
         if block >= n_layers:
-            raise InputError(f"Layer {quoted(text)} is out of range: the model has blocks L0..L{n_layers - 1}.")
+            raise InputError(f"Layer {text} is out of range: the model has blocks L0..L{n_layers - 1}.")
         return block + 1
     try:
         return int(text)
