@@ -110,6 +110,8 @@ def _witness_axes(readout, scan, ids):
 
 
 def test_scan_theta_column_equals_per_token_bounds_and_stays_below_the_exact_theta(embedded, limited_scan, tmp_path):
+    from lenstui.store.scan_export import write_scan
+
     readout = as_readout(embedded)
     scan = limited_scan
     speakable = [t for t in range(LIMIT) if scan.verdicts[t] == SPEAKABLE]
@@ -123,7 +125,7 @@ def test_scan_theta_column_equals_per_token_bounds_and_stays_below_the_exact_the
     assert (whitened > expected[own]).any()  # it does help some
     expected[own] = np.maximum(expected[own], whitened)
     # The CSV: the new column is the last one; every other column keeps its place.
-    scan.write(tmp_path / "scan.csv")
+    write_scan(scan, tmp_path / "scan.csv")
     with open(tmp_path / "scan.csv", encoding="utf-8") as handle:
         rows = list(csv.reader(handle))
     assert rows[0][:9] == ["id", "text", "verdict", "hard_to_speak", "best_match", "best_match_text", "margin", "method", "certificate"]
@@ -133,7 +135,7 @@ def test_scan_theta_column_equals_per_token_bounds_and_stays_below_the_exact_the
     np.testing.assert_allclose([float(column[t]) for t in speakable], expected, rtol=0, atol=1e-9)
     assert all(column[t] == "" for t in range(LIMIT) if scan.verdicts[t] != SPEAKABLE)
     # The JSON, per token.
-    scan.write(tmp_path / "scan.json")
+    write_scan(scan, tmp_path / "scan.json")
     tokens = json.loads((tmp_path / "scan.json").read_text(encoding="utf-8"))["tokens"]
     np.testing.assert_allclose([tokens[t]["theta_lower_deg"] for t in speakable], expected, rtol=0, atol=1e-9)
     assert tokens[5]["theta_lower_deg"] is None  # unspeakable

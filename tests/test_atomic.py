@@ -51,4 +51,5 @@ def test_history_save_failure_keeps_the_previous_file(tmp_path, monkeypatch):
     monkeypatch.setattr("lenstui.store.atomic.os.replace", lambda *a: (_ for _ in ()).throw(OSError("disk gone")))
     history.add("two")  # the session goes on; the file is the last whole one
     assert PromptHistory(path).entries == ["one\nwith a newline"]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["history.jsonl"]
+    # No temporary file is left; the lock file (two processes merge under it) stays.
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["history.jsonl", "history.jsonl.lock"]

@@ -50,7 +50,7 @@ def test_offline_hub_id_mentions_how_to_get_it(monkeypatch):
     with pytest.raises(ModelLoadError) as err:
         load_model("HuggingFaceTB/definitely-not-cached-model", device="cpu")
     assert "HF_HUB_OFFLINE is set" in str(err.value)
-    assert "huggingface-cli download" in str(err.value)
+    assert "hf download HuggingFaceTB/definitely-not-cached-model" in str(err.value)
 
 
 def test_dtype_and_device_are_validated():

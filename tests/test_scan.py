@@ -152,9 +152,11 @@ def test_layernorm_with_bias_whole_vocabulary(cache_dir):
 
 
 def test_writes_csv_and_json(tiny_llama, cache_dir, tmp_path):
+    from lenstui.store.scan_export import write_scan
+
     result = scan_vocabulary(tiny_llama)
-    result.write(tmp_path / "scan.csv")
-    result.write(tmp_path / "scan.json")
+    write_scan(result, tmp_path / "scan.csv")
+    write_scan(result, tmp_path / "scan.json")
     with open(tmp_path / "scan.csv", newline="", encoding="utf-8") as handle:
         rows = list(csv.DictReader(handle))
     assert len(rows) == tiny_llama.d_vocab

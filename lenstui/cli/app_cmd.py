@@ -33,6 +33,7 @@ def run(args: argparse.Namespace) -> int:
         dtype=args.dtype,
         theme=args.theme,
         chat=args.chat,
+        allow_download=args.allow_download,
     )
     app.run()
     return int(app.return_code or 0)

@@ -7,7 +7,7 @@ import re
 
 from lenstui.cli.common import add_model_options, load_from_args, print_json
 from lenstui.core.attribution_result import AttributionResult, Component
-from lenstui.core.errors import InputError
+from lenstui.core.errors import InputError, quoted
 from lenstui.core.textfmt import fit, signed_bar, visible
 from lenstui.engine.attribution import DEFAULT_HEADS, attribute
 
@@ -67,7 +67,7 @@ def parse_row(text: str, n_layers: int) -> int:
     text = text.strip()
     if text == "embed":
         return 0
-    label = _LABEL.match(text)
+    label = _LABEL.match(text) if len(text) <= 12 else None  # "L" and a few digits
     if label:
         block = int(label.group(1))
         if block >= n_layers:
@@ -77,7 +77,7 @@ def parse_row(text: str, n_layers: int) -> int:
         return int(text)
     except ValueError:
         raise InputError(
-            f"Unknown layer {text!r}: pass a row label (embed, L0..L{n_layers - 1}) or its index "
+            f"Unknown layer {quoted(text)}: pass a row label (embed, L0..L{n_layers - 1}) or its index "
             f"(0..{n_layers})."
         ) from None
 

@@ -21,6 +21,22 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--dtype", default="float32", choices=("float32", "float16", "bfloat16"), help="weights dtype"
     )
+    parser.add_argument(
+        "--allow-download",
+        action="store_true",
+        default=None,
+        help="let a Hugging Face model id that is not in the local cache be downloaded "
+        "(default: never, unless allow_download = true in config.toml)",
+    )
+
+
+def downloads_allowed(args: argparse.Namespace) -> bool:
+    """--allow-download, else the config's ``allow_download`` (default False)."""
+    if getattr(args, "allow_download", None):
+        return True
+    from lenstui.store.config import load_config
+
+    return bool(load_config()[0].allow_download)
 
 
 def add_token_arguments(parser: argparse.ArgumentParser) -> None:
@@ -39,10 +55,15 @@ def load_from_args(args: argparse.Namespace):
             print(f"\r\033[2K{message}…", end="", file=sys.stderr, flush=True)
 
     try:
-        return load_model(args.model, device=args.device, dtype=args.dtype, progress=progress)
+        model = load_model(
+            args.model, device=args.device, dtype=args.dtype, progress=progress, allow_download=downloads_allowed(args)
+        )
     finally:
         if sys.stderr.isatty():
             print("\r\033[2K", end="", file=sys.stderr, flush=True)
+    for note in model.notes:  # e.g. the GGUF cache could not be written
+        print(f"lenstui: note: {note}", file=sys.stderr)
+    return model
 
 
 def one_token(args: argparse.Namespace, message: str):

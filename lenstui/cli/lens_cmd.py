@@ -6,7 +6,7 @@ import argparse
 from typing import Optional
 
 from lenstui.cli.common import add_model_options, load_from_args, print_json
-from lenstui.core.errors import InputError
+from lenstui.core.errors import InputError, quoted
 from lenstui.core.lens_result import LensResult
 from lenstui.core.lenses import LENS_KINDS
 from lenstui.core.textfmt import fit, visible
@@ -66,7 +66,7 @@ def _compare_positions(spec: str) -> tuple[int, int]:
     try:
         first, second = (int(part) for part in spec.split(","))
     except ValueError:
-        raise InputError(f"--compare-positions takes two positions like -1,-1 or 4,7, not {spec!r}.") from None
+        raise InputError(f"--compare-positions takes two positions like -1,-1 or 4,7, not {quoted(spec)}.") from None
     return first, second
 
 

@@ -108,6 +108,7 @@ def present(talk: Talk, args: argparse.Namespace) -> int:
         device=args.device,
         dtype=args.dtype,
         theme=args.theme or talk.theme,
+        allow_download=args.allow_download,
     )
     app.run()
     return int(app.return_code or 0)

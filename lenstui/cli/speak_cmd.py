@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from pathlib import Path
 
 from lenstui.cli.common import add_model_options, add_token_arguments, load_from_args, one_token, print_json
 from lenstui.core.errors import InputError
@@ -128,14 +127,14 @@ def format_result(result, label=None) -> str:
 
 def run_scan(args: argparse.Namespace) -> int:
     """`lenstui scan`."""
-    from lenstui.core.scan_result import check_out_path
     from lenstui.engine.speak.check import as_readout
     from lenstui.engine.speak.scan import scan_vocabulary
     from lenstui.engine.speak.scan_cache import scan_dir
+    from lenstui.store.scan_export import check_out_path, write_scan
 
-    out = Path(args.out) if args.out else None
-    if out is not None:
-        check_out_path(out)
+    # Checked before the model loads and the scan runs: minutes of work must not end in
+    # "cannot write".
+    out = check_out_path(args.out) if args.out else None
     if args.limit is not None and args.limit < 1:
         raise InputError("--limit must be at least 1.")
     model = load_from_args(args)
@@ -152,8 +151,10 @@ def run_scan(args: argparse.Namespace) -> int:
         return 130
     finally:
         bar.clear()
+    for note in result.notes:  # e.g. a damaged cache was set aside and the scan started over
+        print(f"lenstui: note: {note}", file=sys.stderr)
     if out is not None:
-        result.write(out)
+        write_scan(result, out)
     counts = result.counts()
     folder = scan_dir(as_readout(model)) if args.limit is None else None
     if args.json:

@@ -26,3 +26,30 @@ class Cancelled(Exception):
     away from torch, so the worker and the CLI can catch it without importing the
     engine's numeric modules.
     """
+
+
+# How much of what the user typed an error sentence quotes.
+QUOTE_LIMIT = 60
+
+
+def quoted(value: object, limit: int = QUOTE_LIMIT, middle: bool = False) -> str:
+    """``repr(value)`` for an error sentence, quoting at most about ``limit`` characters
+    of it: a 1 MB prompt or token text comes back as its first characters, an ellipsis
+    and its length, never whole. ``middle``: keep both ends instead (a path, whose file
+    name is at the end)."""
+    if isinstance(value, str):
+        if len(value) <= limit:
+            return repr(value)
+        if middle:
+            head = (limit - 1) // 2
+            return repr(value[:head] + "…" + value[-(limit - 1 - head):])
+        return f"{value[: limit - 1] + '…'!r} ({len(value):,} characters)"
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def clipped(text: object, limit: int = 200) -> str:
+    """``str(text)`` cut to ``limit`` characters (an exception's message inside a
+    sentence: it may carry the input that caused it)."""
+    text = str(text)
+    return text if len(text) <= limit else text[: limit - 1] + "…"

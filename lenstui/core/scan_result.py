@@ -1,19 +1,16 @@
 """A vocabulary scan's verdicts as plain arrays (numpy, no torch), and what the grid
 marks with them. Filled by ``lenstui.engine.speak.scan``; cached on disk by
-``lenstui.engine.speak.scan_cache``."""
+``lenstui.engine.speak.scan_cache``; exported (``scan --out``) by
+``lenstui.store.scan_export``."""
 
 from __future__ import annotations
 
-import csv
-import json
 import math
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable, Optional
 
 import numpy as np
 
-from lenstui.core.errors import InputError
 from lenstui.core.verdicts import Method, Verdict
 
 # The int8 codes stored per token (and on disk) are positions in these tuples.
@@ -58,6 +55,9 @@ class ScanResult:
     # witness direction (``aim.cap_lower_bounds``); NaN where not computed (offset readouts,
     # unspeakable and undetermined tokens, or not yet).
     theta_lower: Optional[np.ndarray] = None
+    # Sentences for the user about how this scan came to be (a damaged cache was set
+    # aside and the scan started over); not saved.
+    notes: list[str] = field(default_factory=list, repr=False)
 
     def __post_init__(self) -> None:
         if self.theta_lower is None:
@@ -153,51 +153,6 @@ class ScanResult:
                 "max_lead_bound": float(self.margin[i]),
             }
         return record
-
-    def write(self, path: Path) -> None:
-        """CSV or JSON by the file's extension."""
-        path = check_out_path(Path(path))
-        suffix = path.suffix.lower()
-        if suffix == ".json":
-            payload = {
-                "model": self.model,
-                "key": self.key,
-                "complete": self.complete,
-                "reachable_set": self.reachable_set,
-                "tolerances": {"speak": self.speak_tolerance, "certificate": self.certificate_tolerance},
-                "counts": self.counts(),
-                "seconds": self.seconds,
-                "tokens": [self.token_record(i) for i in range(self.n_scanned)],
-            }
-            with open(path, "w", encoding="utf-8") as handle:
-                json.dump(payload, handle, ensure_ascii=False)
-                handle.write("\n")
-        elif suffix == ".csv":
-            columns = ["id", "text", "verdict", "hard_to_speak", "best_match", "best_match_text", "margin", "method"]
-            with open(path, "w", encoding="utf-8", newline="") as handle:
-                writer = csv.writer(handle)
-                writer.writerow(columns + ["certificate", "theta_lower_deg"])
-                for i in range(self.n_scanned):
-                    record = self.token_record(i)
-                    cert = record.get("certificate")
-                    cert_text = (
-                        " ".join(f"{e['id']}:{e['weight']!r}" for e in cert["combination"]) if cert else ""
-                    )
-                    theta = record["theta_lower_deg"]
-                    writer.writerow(
-                        [record[c] if record[c] is not None else "" for c in columns]
-                        + [cert_text, repr(theta) if theta is not None else ""]
-                    )
-
-
-OUT_SUFFIXES = (".csv", ".json")
-
-
-def check_out_path(path: Path) -> Path:
-    """``path`` if ScanResult.write can write it (by its suffix), else InputError."""
-    if Path(path).suffix.lower() not in OUT_SUFFIXES:
-        raise InputError(f"Cannot write {Path(path).name}: use a .csv or .json file name.")
-    return Path(path)
 
 
 @dataclass(frozen=True)

@@ -143,10 +143,15 @@ def scan_handler(model, request: ScanVocabulary, ctx) -> Optional[ScanResult]:
     """-> ScanResult (None when ``cached_only`` and nothing is cached). Between chunks
     it calls ``ctx.checkpoint()``, so lens runs and token checks are served while the
     scan runs, and a cancel keeps what is done."""
+    from lenstui.core.errors import LenstuiError
     from lenstui.engine.speak.scan import load_cached_scan, scan_vocabulary
 
     if request.cached_only:
-        return load_cached_scan(model)
+        problems: list[str] = []
+        scan = load_cached_scan(model, problems)
+        if problems:  # a damaged cache: a notice (it was set aside; the next scan rebuilds it)
+            raise LenstuiError(problems[0])
+        return scan
 
     def between_chunks() -> bool:
         ctx.checkpoint()  # raises Cancelled when superseded
@@ -261,4 +266,5 @@ def model_info(model) -> ModelInfo:
         load_seconds=model.load_seconds,
         from_cache=model.from_cache,
         has_chat_template=has_chat_template(model),
+        notes=tuple(getattr(model, "notes", ())),
     )

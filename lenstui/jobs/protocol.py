@@ -41,6 +41,7 @@ class LoadModel(Request):
     spec: Optional[str] = None  # None: the embedded model
     device: Optional[str] = None
     dtype: str = "float32"
+    allow_download: bool = False  # a hub id not in the local cache may be fetched
 
     title: ClassVar[str] = "Model"
     priority: ClassVar[int] = 0
@@ -220,6 +221,7 @@ class ModelInfo:
     load_seconds: float
     from_cache: bool
     has_chat_template: bool
+    notes: tuple[str, ...] = ()  # sentences about the load (the GGUF cache could not be written, ...)
 
 
 # handler(model or None, request, ctx: lenstui.jobs.scheduler.JobContext) -> value; runs on

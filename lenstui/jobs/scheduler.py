@@ -51,7 +51,7 @@ import time
 import traceback
 from typing import Any, Callable, Optional
 
-from lenstui.core.errors import Cancelled, LenstuiError
+from lenstui.core.errors import Cancelled, LenstuiError, clipped
 from lenstui.jobs.handlers import model_info, run_lens_handler
 from lenstui.jobs.protocol import (
     Done,
@@ -66,7 +66,7 @@ from lenstui.jobs.protocol import (
     RunLens,
     Stopped,
 )
-from lenstui.store.crash_log import log_crash
+from lenstui.store.crash_log import log_crash, short_repr
 
 log = logging.getLogger(__name__)
 
@@ -292,14 +292,14 @@ class ModelWorker:
         except LenstuiError as err:
             result = Failed(job.seq, job.request, str(err), type(err).__name__)
         except Exception as err:  # a bug or a torch error: reported, and the thread lives on
-            text = f"worker request {job.request!r} failed:\n{traceback.format_exc()}"
+            text = f"worker request {short_repr(job.request)} failed:\n{traceback.format_exc()}"
             log.error(text)
             where = log_crash(text)
             details = f" Details in {where}." if where is not None else ""
             result = Failed(
                 job.seq,
                 job.request,
-                f"{type(job.request).__name__} failed ({type(err).__name__}: {err}).{details}",
+                f"{type(job.request).__name__} failed ({type(err).__name__}: {clipped(err)}).{details}",
                 type(err).__name__,
             )
         finally:
@@ -312,7 +312,13 @@ class ModelWorker:
         if loader is None:
             from lenstui.engine.model.load import load_model as loader
         try:
-            model = loader(request.spec, device=request.device, dtype=request.dtype, progress=ctx.progress)
+            model = loader(
+                request.spec,
+                device=request.device,
+                dtype=request.dtype,
+                progress=ctx.progress,
+                allow_download=request.allow_download,
+            )
         except Exception as err:
             # A failed switch to a second model leaves the first one loaded and serving:
             # requests keep running on it, so there is no load error to report.

@@ -7,6 +7,7 @@ debounce_ms = 350            # pause after typing before the lens re-runs
 export_dir = "~/slides"      # where exports go (default: the current dir, else the data dir)
 chat = true                  # chat template on at start for instruct models
 models_dir = "~/models"      # also list the .gguf files and HF model folders here in the model picker
+allow_download = false       # true: a Hugging Face id not in the local cache may be downloaded
 
 [keymap]                     # rebind keys by binding id (see `?`), comma-separated keys
 "lenstui.step" = "ctrl+n,f8"
@@ -23,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
+from lenstui.core.errors import clipped, quoted
 from lenstui.core.lenses import MAX_TOP_K
 
 
@@ -34,6 +36,7 @@ class Config:
     export_dir: Optional[str] = None
     chat: Optional[bool] = None
     models_dir: Optional[str] = None
+    allow_download: bool = False
     keymap: dict[str, str] = field(default_factory=dict)
 
 
@@ -51,7 +54,9 @@ def load_config(path: Optional[Path] = None) -> tuple[Config, list[str]]:
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, OSError, UnicodeDecodeError) as err:
-        return config, [f"{path} was ignored ({err})."]
+        return config, [f"{path} was ignored ({clipped(err)})."]
+    except RecursionError:  # tomllib recurses per nesting level: [[[[...]]]] deep enough
+        return config, [f"{path} was ignored (its tables or lists are nested too deeply to read)."]
     checks = {
         "theme": (str, None),
         "top_k": (int, lambda v: 1 <= v <= MAX_TOP_K),
@@ -59,15 +64,16 @@ def load_config(path: Optional[Path] = None) -> tuple[Config, list[str]]:
         "export_dir": (str, None),
         "chat": (bool, None),
         "models_dir": (str, lambda v: bool(v.strip())),
+        "allow_download": (bool, None),
         "keymap": (dict, lambda v: all(isinstance(x, str) for x in v.values())),
     }
     for key, value in data.items():
         if key not in checks:
-            problems.append(f"{path.name}: unknown setting {key!r} was ignored.")
+            problems.append(f"{path.name}: unknown setting {quoted(key)} was ignored.")
             continue
         kind, valid = checks[key]
         if not isinstance(value, kind) or isinstance(value, bool) and kind is int or (valid and not valid(value)):
-            problems.append(f"{path.name}: {key} = {value!r} is not allowed and was ignored.")
+            problems.append(f"{path.name}: {key} = {quoted(value)} is not allowed and was ignored.")
             continue
         setattr(config, key, value)
     return config, problems

@@ -69,7 +69,7 @@ def is_causal_lm_config(config_path: Path) -> bool:
     """Whether a config.json names a causal LM architecture (LlamaForCausalLM, GPT2LMHeadModel)."""
     try:
         config = json.loads(config_path.read_text(encoding="utf-8"))
-    except (OSError, ValueError, UnicodeDecodeError):
+    except (OSError, ValueError, UnicodeDecodeError, RecursionError):  # deeply nested JSON: not a model
         return False
     architectures = config.get("architectures") if isinstance(config, dict) else None
     if not isinstance(architectures, list):

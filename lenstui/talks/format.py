@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Union
 
-from lenstui.core.errors import LenstuiError
+from lenstui.core.errors import LenstuiError, clipped, quoted
 from lenstui.core.lenses import LENS_KINDS
 from lenstui.store.atomic import write_bytes_atomic
 
@@ -106,7 +106,7 @@ def token_spec(value: Any) -> TokenSpec:
     """A token as a talk file names it: an int or "#123" is an id, any other string its
     text or vocabulary piece. Raises ValueError for anything else."""
     if isinstance(value, bool):
-        raise ValueError(f"{value!r} is not a token")
+        raise ValueError(f"{quoted(value)} is not a token")
     if isinstance(value, int):
         if value < 0:
             raise ValueError(f"token id {value} is negative")
@@ -114,7 +114,7 @@ def token_spec(value: Any) -> TokenSpec:
     if isinstance(value, str) and value:
         match = _TOKEN_ID.match(value)
         return int(match.group(1)) if match else value
-    raise ValueError(f"{value!r} is not a token (give its text, \"#id\" or an id)")
+    raise ValueError(f"{quoted(value)} is not a token (give its text, \"#id\" or an id)")
 
 
 def token_spec_text(spec: TokenSpec) -> str:
@@ -135,7 +135,7 @@ def parse_scene(data: Any, number: int, default_theme: Optional[str] = None) -> 
 
     for key in data:
         if key not in SCENE_KEYS:
-            scene.notes.append(f"unknown key {key!r} was ignored")
+            scene.notes.append(f"unknown key {quoted(key)} was ignored")
     title = data.get("title", scene.title)
     if isinstance(title, str) and title.strip():
         scene.title = title.strip()
@@ -173,12 +173,12 @@ def parse_scene(data: Any, number: int, default_theme: Optional[str] = None) -> 
     if view in VIEWS:
         scene.view = view
     else:
-        bad(f"view {view!r} is not one of {', '.join(VIEWS)}")
+        bad(f"view {quoted(view)} is not one of {', '.join(VIEWS)}")
     lens = data.get("lens", "logit")
     if lens in LENSES:
         scene.lens = lens
     else:
-        bad(f"lens {lens!r} is not one of {', '.join(LENSES)}")
+        bad(f"lens {quoted(lens)} is not one of {', '.join(LENSES)}")
     blocks = data.get("extended_blocks")
     if blocks is not None:
         if isinstance(blocks, int) and not isinstance(blocks, bool) and blocks >= 1:
@@ -200,9 +200,9 @@ def parse_scene(data: Any, number: int, default_theme: Optional[str] = None) -> 
             if layer is not None and not (
                 isinstance(layer, int) and not isinstance(layer, bool) or isinstance(layer, str) and _LAYER_LABEL.match(layer)
             ):
-                bad(f"cursor layer {layer!r} is not a row label (\"embed\", \"L12\", \"L3.attn\") or a row index")
+                bad(f"cursor layer {quoted(layer)} is not a row label (\"embed\", \"L12\", \"L3.attn\") or a row index")
             elif position is not None and (not isinstance(position, int) or isinstance(position, bool)):
-                bad(f"cursor position {position!r} is not a whole number (negative counts from the end)")
+                bad(f"cursor position {quoted(position)} is not a whole number (negative counts from the end)")
             else:
                 scene.cursor = Cursor(layer, position)
 
@@ -232,7 +232,9 @@ def parse_talk(text: str, path: Path) -> Talk:
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
-        raise LenstuiError(f"{path} is not valid TOML ({err}): fix that line and try again.") from None
+        raise LenstuiError(f"{path} is not valid TOML ({clipped(err)}): fix that line and try again.") from None
+    except RecursionError:  # tomllib recurses per nesting level: [[[[...]]]] deep enough
+        raise LenstuiError(f"{path} nests tables or lists too deeply to read: it is not a talk file.") from None
     scenes_data = data.get("scene")
     if scenes_data is None:
         raise LenstuiError(f"{path} has no scenes: add at least one [[scene]] table with a prompt.")
@@ -246,8 +248,8 @@ def parse_talk(text: str, path: Path) -> Talk:
         if isinstance(value, str) and value.strip():
             setattr(talk, key, value.strip() if key == "title" else value)
         else:
-            talk.notes.append(f"{key} = {value!r} is not a text and was ignored")
-    talk.notes += [f"unknown key {key!r} was ignored" for key in data if key not in TOP_KEYS]
+            talk.notes.append(f"{key} = {quoted(value)} is not a text and was ignored")
+    talk.notes += [f"unknown key {quoted(key)} was ignored" for key in data if key not in TOP_KEYS]
     header_lines = [text.count("\n", 0, m.start()) + 1 for m in _SCENE_HEADER.finditer(text)]
     for index, scene_data in enumerate(scenes_data):
         scene = parse_scene(scene_data, index + 1, talk.theme)
@@ -337,6 +339,7 @@ def append_scene(path: Union[str, Path], scene: Scene) -> Talk:
     is parsed before anything is written, then written to a temporary file in the same
     folder and moved over the original in one step, so a crash or a full disk leaves the
     old file whole. A file that is not a valid talk is left untouched (LenstuiError).
+    A talk file that is a symbolic link stays one: the file it points to is written.
     """
     path = Path(path).expanduser()
     if scene.problem:

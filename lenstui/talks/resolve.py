@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional, Union
 
-from lenstui.core.errors import InputError
+from lenstui.core.errors import InputError, quoted
 from lenstui.engine.model.chat import chat_prompt_ids
 from lenstui.engine.model.load import LoadedModel
 from lenstui.engine.model.vocab import encode_prompt, resolve_token
@@ -72,7 +72,7 @@ def resolve_scene(model: LoadedModel, scene: Scene) -> ResolvedScene:
         try:
             token_id = resolve_token(model, spec)
         except InputError as err:
-            problems.append(f"{'target' if is_target else 'pinned'} {token_spec_text(spec)!r}: {str(err).rstrip('.')}")
+            problems.append(f"{'target' if is_target else 'pinned'} {quoted(token_spec_text(spec))}: {str(err).rstrip('.')}")
             continue
         if is_target:
             resolved.target_id = token_id

@@ -49,7 +49,8 @@ from lenstui.jobs.protocol import (
 )
 from lenstui.jobs.scheduler import ModelWorker
 from lenstui.store.config import load_config
-from lenstui.store.export import export_dir, save_json, save_svg
+from lenstui.core.errors import quoted
+from lenstui.store.export import export_dir, reserve_stem, save_json, save_svg
 from lenstui.tui.actions import EXPLORER_ACTIONS, bindings, resting_over_screens, resting_while_typing
 from lenstui.tui.commands import ModelChosen, ModelCommands, explorer_commands
 from lenstui.tui.panes.inspector import InspectorPane, WiredInspector
@@ -108,11 +109,14 @@ class LenstuiApp(App):
         chat: Optional[bool] = None,
         loader: Optional[Callable] = None,
         show_timings: bool = True,
+        allow_download: Optional[bool] = None,
     ) -> None:
         super().__init__()
         self.config, self._startup_problems = load_config()
         self.initial_prompt = prompt
-        self.model_request = LoadModel(model, device, dtype)
+        # Hub ids load from the local cache only, unless --allow-download or the config says so.
+        downloads = bool(allow_download or self.config.allow_download)
+        self.model_request = LoadModel(model, device, dtype, allow_download=downloads)
         self.loader = loader  # tests pass one that returns an already loaded model
         self.show_timings = show_timings
         self.model_info: Optional[ModelInfo] = None
@@ -287,6 +291,8 @@ class LenstuiApp(App):
         elif isinstance(result, Done):
             info: ModelInfo = result.value
             self.model_info = info
+            for note in info.notes:
+                self.notify(note, title="Model", severity="warning", timeout=10)
             self.status.set_model(info.name, info.device, info.dtype, info.n_layers, info.load_seconds, info.from_cache)
             if self.shown_result is None:
                 self.grid.show_hint("Type a prompt and press Enter (F2 cycles through presets).")
@@ -592,25 +598,29 @@ class LenstuiApp(App):
     def export_dir(self) -> Path:
         return export_dir(self.config.export_dir)
 
-    def export_json(self) -> Optional[Path]:
+    def export_json(self, stem: Optional[str] = None) -> Optional[Path]:
         if self.shown_result is None:
             self.notify("Nothing to export yet: run the lens first.", severity="warning")
             return None
-        path = save_json(self.shown_result, self.export_dir())
+        path = save_json(self.shown_result, self.export_dir(), stem)
         self.notify(f"Grid saved as JSON: {path}", title="Export", timeout=8)
         return path
 
-    def export_svg(self) -> Path:
-        path = save_svg(self.export_screenshot(), self.export_dir())
+    def export_svg(self, stem: Optional[str] = None) -> Path:
+        path = save_svg(self.export_screenshot(), self.export_dir(), stem)
         self.notify(f"Screen saved as SVG: {path}", title="Export", timeout=8)
         return path
 
     def action_export(self) -> None:
         try:
-            self.export_svg()
-            self.export_json()
+            # One name for both files, never one another export (this second, or another
+            # lenstui's) already has.
+            suffixes = (".svg", ".json") if self.shown_result is not None else (".svg",)
+            stem = reserve_stem(self.export_dir(), suffixes)
+            self.export_svg(stem)
+            self.export_json(stem)
         except OSError as err:
-            self.notify(f"Export failed: {err}", severity="error")
+            self.notify(f"Export failed: {err.strerror or err}", severity="error")
 
     # ------------------------------------------------------------ grid -> panes
 
@@ -631,7 +641,7 @@ class LenstuiApp(App):
         if wanted not in self.available_themes:
             fallback = DEFAULT_THEME if DEFAULT_THEME in self.available_themes else "textual-dark"
             self._startup_problems.append(
-                f"No theme called {wanted!r}; using {fallback}. "
+                f"No theme called {quoted(wanted)}; using {fallback}. "
                 f"Available: {', '.join(self.lenstui_theme_names)}."
             )
             wanted = fallback

@@ -9,7 +9,10 @@
   background, the current one first, and hands each back as it is done (``Partial``
   results); they land in ``renders``, keyed by scene number. Moving to a computed scene
   shows it at once, with no new lens run. Moving to one that is not computed yet puts
-  it first in line (a new ``RenderScenes`` that skips what is done).
+  it first in line (a new ``RenderScenes`` that skips what is done). A long talk keeps
+  at most ``MAX_RENDERS`` computed scenes, those around the current one
+  (``KEEP_BEHIND`` before it, the rest after): moving on computes the next ones and
+  drops those left far behind, so memory stays bounded however many scenes a talk has.
 - **Problems.** A scene the file gets wrong, or that does not fit the model (prompt
   longer than the context, an unknown token), shows its sentence where the grid is;
   the rest of the talk goes on.
@@ -39,6 +42,10 @@ from lenstui.tui.widgets.grid import VIEWS as GRID_VIEWS
 
 # Present mode's keys rest while the prompt has the focus (typing is typing).
 RESTING_WHILE_TYPING = resting_while_typing(PRESENTER_ACTIONS)
+# Computed scenes kept at once (each holds a whole lens grid), and how many of them are
+# behind the current scene; a talk with at most MAX_RENDERS scenes keeps all of them.
+MAX_RENDERS = 20
+KEEP_BEHIND = 4
 
 
 class SceneBanner(Static):
@@ -115,12 +122,32 @@ class PresenterApp(LenstuiApp):
 
     # ------------------------------------------------------------ worker
 
+    def _window(self) -> list[int]:
+        """Indices of the scenes to keep computed, in the order to compute them: every
+        scene from the current one onwards (wrapping) for a short talk; for a long one
+        the current scene, the next ones, then the few before it (MAX_RENDERS in all)."""
+        count, here = len(self.talk.scenes), self.scene_index
+        if count <= MAX_RENDERS:
+            return [(here + i) % count for i in range(count)]
+        behind = min(KEEP_BEHIND, here)
+        ahead = min(count - here, MAX_RENDERS - behind)
+        behind = min(here, MAX_RENDERS - ahead)
+        return list(range(here, here + ahead)) + list(range(here - 1, here - 1 - behind, -1))
+
+    def _drop_far_renders(self) -> None:
+        """Forget computed scenes outside the window (a long talk's memory stays bounded)."""
+        if len(self.renders) <= MAX_RENDERS and len(self.talk.scenes) <= MAX_RENDERS:
+            return
+        keep = {self.talk.scenes[i].number for i in self._window()}
+        for number in [n for n in self.renders if n not in keep]:
+            del self.renders[number]
+
     def _submit_renders(self) -> None:
-        """Compute every scene not computed yet, the current one first, then onwards."""
-        count = len(self.talk.scenes)
+        """Compute every scene of the window not computed yet, the current one first."""
+        self._drop_far_renders()
         order = tuple(
             scene.number
-            for scene in (self.talk.scenes[(self.scene_index + i) % count] for i in range(count))
+            for scene in (self.talk.scenes[i] for i in self._window())
             if scene.ok and scene.number not in self.renders
         )
         if not order:
@@ -144,6 +171,8 @@ class PresenterApp(LenstuiApp):
             return
         if isinstance(result, Partial):
             render: SceneRender = result.value
+            if render.number not in {self.talk.scenes[i].number for i in self._window()}:
+                return  # computed for a window the talk has moved away from
             self.renders[render.number] = render
             if render.number == self.scene.number:
                 self.show_scene(self.scene_index)

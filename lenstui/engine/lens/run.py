@@ -29,7 +29,7 @@ import time
 from typing import Optional, Sequence, Union
 
 from lenstui.core.callbacks import StopCheck
-from lenstui.core.errors import InputError
+from lenstui.core.errors import InputError, quoted
 from lenstui.core.lens_result import LensResult
 from lenstui.core.tokens import TokenSpec
 from lenstui.engine.lens.state import lens_state
@@ -57,10 +57,10 @@ def parse_positions(spec: str, n_tokens: int) -> list[int]:
                 picked = [index % n_tokens]
         except ValueError:
             raise InputError(
-                f"Cannot read positions {spec!r}: use an index (3, -1), a range (5:12) or a comma list of them."
+                f"Cannot read positions {quoted(spec)}: use an index (3, -1), a range (5:12) or a comma list of them."
             ) from None
         if not picked:
-            raise InputError(f"Positions {part!r} select nothing in a {n_tokens}-token prompt.")
+            raise InputError(f"Positions {quoted(part)} select nothing in a {n_tokens}-token prompt.")
         chosen.extend(p for p in picked if p not in chosen)
     return chosen
 

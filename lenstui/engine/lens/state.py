@@ -30,7 +30,7 @@ from typing import Optional, Sequence, Union
 import torch
 
 from lenstui.core.callbacks import StopCheck, check_stop
-from lenstui.core.errors import InputError
+from lenstui.core.errors import InputError, quoted
 from lenstui.core.lens_result import LensCell, LensResult, TopToken, TrackedValue
 from lenstui.core.lenses import LENS_KINDS, MAX_TOP_K, MAX_TRACKED
 from lenstui.core.tokens import TokenRef, TokenSpec
@@ -159,7 +159,7 @@ class LensState:
         for new tokens only). Raises InputError on bad input, Cancelled when superseded."""
         model = self.model
         if lens not in LENS_KINDS:
-            raise InputError(f"Unknown lens {lens!r}: choose one of {', '.join(LENS_KINDS)}.")
+            raise InputError(f"Unknown lens {quoted(lens)}: choose one of {', '.join(LENS_KINDS)}.")
         if not 1 <= top_k <= min(MAX_TOP_K, model.d_vocab):
             raise InputError(f"top-k must be between 1 and {min(MAX_TOP_K, model.d_vocab)}, not {top_k}.")
         if lens == "extended":
@@ -192,6 +192,10 @@ class LensState:
         if settings != self._settings:
             self._columns.clear()
             self._settings = settings
+        if settings.lens != "extended":
+            # The extended lens's decoded stack is as big as the residual stack itself:
+            # switching away frees it (switching back decodes it again, the forward is kept).
+            self._extended = None
         self._plan = LensPlan(
             model=model.name,
             settings=settings,

@@ -7,7 +7,7 @@ so the lens shows what the model "would say" as the assistant.
 
 from __future__ import annotations
 
-from lenstui.core.errors import InputError
+from lenstui.core.errors import InputError, clipped
 from lenstui.engine.model.load import LoadedModel
 from lenstui.engine.model.vocab import encode_prompt
 
@@ -24,8 +24,17 @@ def chat_prompt_ids(model: LoadedModel, user_text: str) -> list[int]:
         raise InputError(f"{model.name} has no chat template: turn the chat toggle off.")
     # Templated to text first, then encoded: tokenize=True's return type differs between
     # transformers versions, and the template already holds any special tokens it needs.
-    text = model.tokenizer.apply_chat_template(
-        [{"role": "user", "content": user_text}], add_generation_prompt=True, tokenize=False
-    )
+    try:
+        text = model.tokenizer.apply_chat_template(
+            [{"role": "user", "content": user_text}], add_generation_prompt=True, tokenize=False
+        )
+    except Exception as err:  # jinja2's TemplateError (a raise_exception, a syntax error), or worse
+        # The template is the model's, not lenstui's: whatever it raised is one sentence.
+        raise InputError(
+            f"The chat template of {model.name} failed on this prompt ({type(err).__name__}: "
+            f"{clipped(err, 160)}): turn the chat toggle off, or fix the template."
+        ) from None
+    if not isinstance(text, str):
+        raise InputError(f"The chat template of {model.name} did not produce text: turn the chat toggle off.")
     ids = list(model.tokenizer(text, add_special_tokens=False)["input_ids"])
     return encode_prompt(model, ids)

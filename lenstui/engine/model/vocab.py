@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Sequence, Union
 
-from lenstui.core.errors import InputError
+from lenstui.core.errors import InputError, quoted
 from lenstui.core.tokens import TokenRef, TokenSpec
 from lenstui.engine.model.load import LoadedModel
 
@@ -67,10 +67,11 @@ def resolve_token(model: LoadedModel, token: TokenSpec) -> int:
     if token in vocab:
         return int(vocab[token])
     if not ids:
-        raise InputError(f"{token!r} encodes to no tokens at all.")
+        raise InputError(f"{quoted(token)} encodes to no tokens at all.")
     pieces = " + ".join(repr(model.piece(i)) for i in ids[:8])
     raise InputError(
-        f"{token!r} is {len(ids)} tokens ({pieces}), not one: pick one of them, or pass --id N."
+        f"{quoted(token)} is {len(ids):,} tokens ({pieces}{', …' if len(ids) > 8 else ''}), not one: "
+        "pick one of them, or pass --id N."
     )
 
 

@@ -70,10 +70,11 @@ def _empty(readout: Readout) -> ScanResult:
     )
 
 
-def load_cached_scan(model) -> Optional[ScanResult]:
-    """The cached scan of this model (possibly partial: see ``complete``), or None."""
+def load_cached_scan(model, problems: Optional[list[str]] = None) -> Optional[ScanResult]:
+    """The cached scan of this model (possibly partial: see ``complete``), or None (a
+    damaged cache is set aside with a sentence in ``problems``)."""
     readout = as_readout(model)
-    return read_scan(scan_dir(readout), readout.decode)
+    return read_scan(scan_dir(readout), readout.decode, problems)
 
 
 # -- screening ------------------------------------------------------------------
@@ -143,12 +144,14 @@ def scan_vocabulary(
     targets = n if limit is None else max(0, min(int(limit), n))
     folder = scan_dir(readout) if cache and targets == n else None
     result = None
+    notes: list[str] = []
     if resume and folder is not None:
-        result = read_scan(folder, readout.decode)
+        result = read_scan(folder, readout.decode, notes)
         if result is not None and result.n_vocab != n:
             result = None
     if result is None:
         result = _empty(readout)
+    result.notes = notes
     result.scope = targets if targets < n else 0
     started = time.perf_counter()
     save = ScanSaver(result, folder, started, result.seconds)

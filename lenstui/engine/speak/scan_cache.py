@@ -4,9 +4,13 @@
   and ``METHODS``), hard-to-speak flags, margins and proofs; ``counts()`` and
   ``token_record()`` are what the CLI and the app print;
 - the cache: ``scan_dir(readout)`` under the data dir, keyed by the model's name and a hash
-  of its effective unembedding; ``save_scan`` writes it atomically, ``read_scan`` loads it
-  (a damaged entry is ignored); ``ScanSaver`` saves a running scan every few seconds;
-- exports: ``ScanResult.write`` to .csv or .json (``check_out_path`` checks the name first).
+  of its effective unembedding; ``save_scan`` writes it atomically (synced to disk, whole
+  whichever of two lenstui processes saves last), ``read_scan`` loads it. A damaged entry
+  (a truncated or bit-flipped npz, an empty file, arrays of the wrong shape, codes out of
+  range) is never fatal: it is renamed ``scan.npz.damaged``, a sentence saying so goes to
+  ``problems``, and the scan starts over; ``ScanSaver`` saves a running scan every few
+  seconds;
+- exports (``scan --out``): ``lenstui.store.scan_export``.
 
 Format 2 added ``theta_lower`` (certified lower bounds of the aim measure, degrees; NaN where
 not computed). A format-1 cache is read with every bound missing, and the next
@@ -19,6 +23,7 @@ The computation that fills a ScanResult is ``lenstui.engine.speak.scan``.
 from __future__ import annotations
 
 import json
+import os
 import re
 import time
 from pathlib import Path
@@ -26,7 +31,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from lenstui.core.scan_result import ScanResult
+from lenstui.core.scan_result import METHODS, VERDICT_CODES, ScanResult
 from lenstui.engine.speak.geometry import Readout
 from lenstui.store.atomic import atomic_file
 
@@ -91,51 +96,107 @@ def save_scan(result: ScanResult, folder: Path) -> None:
         )
 
 
-def read_scan(folder: Path, decode: Optional[Callable[[int], str]] = None) -> Optional[ScanResult]:
+class DamagedScan(ValueError):
+    """A cache file that is not a scan this code wrote; str() says what is wrong."""
+
+
+def read_scan(
+    folder: Path, decode: Optional[Callable[[int], str]] = None, problems: Optional[list[str]] = None
+) -> Optional[ScanResult]:
+    """The scan cached in ``folder``, or None: nothing there, a format this code does
+    not read, or a damaged file (set aside as ``scan.npz.damaged``, with a sentence
+    appended to ``problems``)."""
     path = folder / "scan.npz"
     if not path.is_file():
         return None
     try:
-        with np.load(path, allow_pickle=False) as data:
-            meta = json.loads(str(data["meta"]))
-            if meta.get("format") not in READABLE_FORMATS:
-                return None
-            n = len(data["verdicts"])
-            # Format 1 has no theta bounds: all missing, the next scan computes them.
-            theta = data["theta_lower"].copy() if "theta_lower" in data.files else np.full(n, np.nan)
-            if theta.shape != (n,):
-                return None
-            offsets = data["cert_offsets"]
-            members, weights = data["cert_members"], data["cert_weights"]
-            certificates = {
-                int(i): (
-                    members[offsets[k] : offsets[k + 1]].tolist(),
-                    weights[offsets[k] : offsets[k + 1]].tolist(),
-                )
-                for k, i in enumerate(data["cert_ids"])
-            }
-            lp_witnesses = {int(i): data["lp_z"][k].copy() for k, i in enumerate(data["lp_ids"])}
-            return ScanResult(
-                model=meta["model"],
-                key=meta["key"],
-                n_vocab=n,
-                verdicts=data["verdicts"].copy(),
-                hard=data["hard"].copy(),
-                best_match=data["best_match"].copy(),
-                margin=data["margin"].copy(),
-                method=data["method"].copy(),
-                tried=data["tried"].copy(),
-                certificates=certificates,
-                lp_witnesses=lp_witnesses,
-                seconds=float(meta.get("seconds", 0.0)),
-                reachable_set=meta.get("reachable_set", ""),
-                speak_tolerance=float(meta.get("speak_tolerance", 0.0)),
-                certificate_tolerance=float(meta.get("certificate_tolerance", 0.0)),
-                decode=decode,
-                theta_lower=theta,
+        return _read(path, decode)
+    except _Unreadable:
+        return None  # another format: left alone for the code that wrote it
+    except Exception as err:  # BadZipFile, EOFError, zlib/struct errors, bad shapes or codes, ...
+        why = str(err) if isinstance(err, DamagedScan) else f"{type(err).__name__}: {err}"
+        aside = path.with_name("scan.npz.damaged")
+        try:
+            os.replace(path, aside)
+            where = f"it was moved to {aside.name}"
+        except OSError:
+            where = "it was left where it is"
+        if problems is not None:
+            problems.append(
+                f"The cached vocabulary scan in {folder} is damaged ({why[:160]}); {where}, and the "
+                "next scan rebuilds it from the start."
             )
-    except (OSError, ValueError, KeyError):  # a damaged cache entry is ignored, never fatal
         return None
+
+
+class _Unreadable(Exception):
+    """A cache of a format this code does not read (newer, or unknown)."""
+
+
+def _check(condition: bool, what: str) -> None:
+    if not condition:
+        raise DamagedScan(what)
+
+
+def _read(path: Path, decode: Optional[Callable[[int], str]]) -> ScanResult:
+    with np.load(path, allow_pickle=False) as data:
+        meta = json.loads(str(data["meta"]))
+        _check(isinstance(meta, dict), "its metadata is not a table")
+        if meta.get("format") not in READABLE_FORMATS:
+            raise _Unreadable()
+        verdicts = data["verdicts"]
+        n = len(verdicts)
+        arrays = {name: data[name] for name in ("verdicts", "hard", "best_match", "margin", "method", "tried")}
+        for name, array in arrays.items():
+            _check(array.shape == (n,), f"{name} has shape {array.shape}, not ({n},)")
+            kinds = "f" if name == "margin" else "iu"
+            _check(array.dtype.kind in kinds, f"{name} has the wrong type ({array.dtype})")
+        _check(bool(((verdicts >= 0) & (verdicts < len(VERDICT_CODES))).all()), "a verdict code is out of range")
+        method = arrays["method"]
+        _check(bool(((method >= 0) & (method < len(METHODS))).all()), "a method code is out of range")
+        _check(bool(np.isin(arrays["hard"], (-1, 0, 1)).all()), "a hard-to-speak flag is not -1, 0 or 1")
+        best = arrays["best_match"]
+        _check(bool(((best >= -1) & (best < n)).all()), "a best match is not a token id")
+        # Format 1 has no theta bounds: all missing, the next scan computes them.
+        theta = data["theta_lower"].copy() if "theta_lower" in data.files else np.full(n, np.nan)
+        _check(theta.shape == (n,), f"theta_lower has shape {theta.shape}, not ({n},)")
+        offsets, ids = data["cert_offsets"], data["cert_ids"]
+        members, weights = data["cert_members"], data["cert_weights"]
+        _check(offsets.shape == (len(ids) + 1,) and members.shape == weights.shape, "the certificates do not add up")
+        ends_ok = not len(offsets) or (offsets[0] == 0 and offsets[-1] == len(members))
+        _check(bool((np.diff(offsets) >= 0).all()) and ends_ok, "the certificate offsets do not add up")
+        _check(bool(((ids >= 0) & (ids < n)).all() and ((members >= 0) & (members < n)).all()),
+               "a certificate names a token id out of range")
+        certificates = {
+            int(i): (
+                members[offsets[k] : offsets[k + 1]].tolist(),
+                weights[offsets[k] : offsets[k + 1]].tolist(),
+            )
+            for k, i in enumerate(ids)
+        }
+        lp_ids, lp_z = data["lp_ids"], data["lp_z"]
+        _check(bool(((lp_ids >= 0) & (lp_ids < n)).all()) and (not len(lp_ids) or lp_z.shape[0] == len(lp_ids)),
+               "the LP witnesses do not add up")
+        lp_witnesses = {int(i): lp_z[k].copy() for k, i in enumerate(lp_ids)}
+        return ScanResult(
+            model=str(meta["model"]),
+            key=str(meta["key"]),
+            n_vocab=n,
+            verdicts=verdicts.astype(np.int8),
+            hard=arrays["hard"].astype(np.int8),
+            best_match=best.astype(np.int64),
+            margin=arrays["margin"].astype(np.float64),
+            method=method.astype(np.int8),
+            tried=arrays["tried"].astype(np.int16),
+            certificates=certificates,
+            lp_witnesses=lp_witnesses,
+            seconds=float(meta.get("seconds", 0.0)),
+            reachable_set=str(meta.get("reachable_set", "")),
+            speak_tolerance=float(meta.get("speak_tolerance", 0.0)),
+            certificate_tolerance=float(meta.get("certificate_tolerance", 0.0)),
+            decode=decode,
+            theta_lower=theta,
+        )
 
 
 class ScanSaver:

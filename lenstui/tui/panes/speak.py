@@ -285,6 +285,8 @@ class WiredSpeak(SpeakPane):
             self.show_scan_progress(result.message, result.fraction)
         elif isinstance(result, Done) and result.value is not None:
             marks: ScanMarks = result.value
+            for note in marks.scan.notes:  # e.g. a damaged cache was set aside and rebuilt
+                self.notify(note, title="Vocabulary scan", severity="warning", timeout=10)
             self.show_scan(marks.scan)
             self.post_message(self.ScanMarked(marks))
         elif isinstance(result, Stopped):

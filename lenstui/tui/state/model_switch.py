@@ -11,9 +11,10 @@ model loaded in the worker; here the status line goes back to it and a notice sa
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Optional
 
-from lenstui.jobs.protocol import Failed, LoadModel, ModelInfo
+from lenstui.jobs.protocol import Failed, ModelInfo
 from lenstui.tui.host import ExplorerHost
 
 
@@ -27,7 +28,8 @@ class ModelSwitch:
         self.pending = label or spec or "the embedded model"
         app.model_settled.clear()
         app.status.set_loading(f"opening {self.pending}", 0.0)
-        app.submit(LoadModel(spec or None, app.model_request.device, app.model_request.dtype))
+        # The start's device, dtype and download policy, for another spec.
+        app.submit(replace(app.model_request, spec=spec or None))
 
     def failed(self, result: Failed) -> bool:
         """True when this was a switch and the old model is still loaded (the app then

@@ -12,6 +12,7 @@ from typing import Optional, Union
 
 from textual.app import SystemCommand
 
+from lenstui.core.errors import quoted
 from lenstui.core.lens_result import LensResult
 from lenstui.jobs.protocol import RunLens
 from lenstui.tui.host import ExplorerHost
@@ -46,7 +47,7 @@ def pin_selected(host: ExplorerHost) -> None:
 
 def unpin(host: ExplorerHost, token: Union[int, str]) -> None:
     if host.session.unpin(token):
-        host.notify(f"Unpinned {token!r}.", timeout=2)
+        host.notify(f"Unpinned {quoted(token)}.", timeout=2)
         _after_pins_changed(host)
 
 
@@ -80,7 +81,7 @@ def lens_answered(host: ExplorerHost, request: RunLens, result: LensResult) -> N
 def lens_failed(host: ExplorerHost, dropped: Optional[Union[int, str]]) -> None:
     """A lens run failed; ``dropped`` is the typed pin it failed on (unpinned again)."""
     if dropped is not None:
-        host.notify(f"Unpinned {dropped!r}: it is not one token of this model.", severity="warning", timeout=6)
+        host.notify(f"Unpinned {quoted(dropped)}: it is not one token of this model.", severity="warning", timeout=6)
         host.grid.set_pins(host.session.pins)
         host.rerun_lens()
 

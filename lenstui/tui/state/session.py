@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional, Union
 
+from lenstui.core.errors import quoted
 from lenstui.core.lenses import LENS_KINDS, MAX_TRACKED
 from lenstui.core.textfmt import visible
 from lenstui.jobs.protocol import RunLens
@@ -101,13 +102,13 @@ class LensSession:
         """Pin a token id (from a cell) or a typed token. Returns what happened, as a
         sentence for a notice; a duplicate or a ninth pin changes nothing."""
         if token in self.pins:
-            return f"{token!r} is already pinned."
+            return f"{quoted(token)} is already pinned."
         if len(self.pins) >= MAX_PINS:
             return f"At most {MAX_PINS} tokens can be pinned: unpin one first."
         self.pins.append(token)
         if isinstance(token, str):
             self.unresolved_pin = token
-        return f"Pinned {'token ' + str(token) if isinstance(token, int) else repr(token)}."
+        return f"Pinned {'token ' + str(token) if isinstance(token, int) else quoted(token)}."
 
     def unpin(self, token: Union[int, str]) -> bool:
         if token not in self.pins:
