@@ -33,6 +33,7 @@ from lenstui.jobs.protocol import Done, Failed, Partial, RenderScenes, Result, S
 from lenstui.talks.format import Cursor, Scene, Talk, append_scene
 from lenstui.tui.actions import PRESENTER_ACTIONS, bindings, resting_while_typing
 from lenstui.tui.app import LenstuiApp
+from lenstui.tui.safety import Guarded
 from lenstui.tui.screens.attribution import AttributionScreen, open_attribution
 from lenstui.tui.state.session import Step
 from lenstui.tui.widgets.grid import VIEWS as GRID_VIEWS
@@ -41,7 +42,7 @@ from lenstui.tui.widgets.grid import VIEWS as GRID_VIEWS
 RESTING_WHILE_TYPING = resting_while_typing(PRESENTER_ACTIONS)
 
 
-class SceneBanner(Static):
+class SceneBanner(Guarded, Static):
     """``N/total · title`` above everything, in present mode."""
 
     DEFAULT_CSS = """
@@ -55,7 +56,7 @@ class SceneBanner(Static):
     """
 
 
-class SceneMessage(Static):
+class SceneMessage(Guarded, Static):
     """Where the grid goes, for a scene that cannot be shown (or is still computing)."""
 
     DEFAULT_CSS = """
@@ -230,7 +231,7 @@ class PresenterApp(LenstuiApp):
         self.grid.place_cursor(render.cursor_layer, render.cursor_position)
         if scene.view == "attribution":
             # The cursor's cell, attributed as the `a` key would (the target, when set).
-            open_attribution(self, result, self.grid.current_cell, self.attribution_contrast)
+            open_attribution(self, self.grid.result, self.grid.current_cell, self.attribution_contrast)
 
     def _show_message(self, text: str, *, problem: bool) -> None:
         message = self.query_one(SceneMessage)
@@ -310,10 +311,11 @@ class PresenterApp(LenstuiApp):
             scene.chat = session.chat
         scene.steps = len(session.steps)
         scene.view = self.grid.view
-        cell = self.grid.current_cell
-        if cell is not None and self.shown_result is not None:
-            last = len(self.shown_result.tokens) - 1
-            scene.cursor = Cursor(cell.layer, -1 if cell.position == last else cell.position)
+        grid = self.grid
+        if grid.result is not None and grid.cursor_layer is not None:
+            # The cursor of the grid on screen (its cell may still be streaming in).
+            last = len(grid.result.tokens) - 1
+            scene.cursor = Cursor(grid.cursor_layer, -1 if grid.cursor_pos >= last else grid.cursor_pos)
         scene.target = session.target
         scene.pinned = list(session.pins)
         scene.lens = session.lens_kind
