@@ -93,8 +93,10 @@ class WorkerReply(Message, bubble=False):
         )
 
 
-# How often the app checks that the worker thread is alive (seconds).
+# How often the app checks that the worker thread is alive (seconds), and how many times
+# it starts a new one before it gives up (a worker that dies at once every time).
 WORKER_WATCH_SECONDS = 0.5
+WORKER_RESTARTS = 5
 
 
 class ExplorerScreen(Guarded, Screen):
@@ -300,6 +302,17 @@ class LenstuiApp(Guarded, App):
             return
         self._worker_restarts += 1
         where = f" Details in {worker.death}." if worker.death is not None else ""
+        if self._worker_restarts > WORKER_RESTARTS:
+            worker.stop(timeout=0)  # (marks it stopping: this is said once)
+            self.status.set_error("the model worker keeps failing")
+            self.notify(
+                f"The model worker keeps stopping; quit and start lenstui again.{where}",
+                title="Worker",
+                severity="error",
+                timeout=30,
+                markup=False,
+            )
+            return
         self.notify(
             f"The model worker stopped unexpectedly; restarting it and loading the model again.{where}",
             title="Worker",
@@ -317,6 +330,15 @@ class LenstuiApp(Guarded, App):
         self.session.queued_steps = 0
         self.speak_pane.forget_running()
         self.submit(self.loaded_request or self.model_request)
+        for screen in self.screen_stack:  # a view waiting for an answer asks again
+            resubmit = getattr(screen, "resubmit", None)
+            if callable(resubmit):
+                resubmit()
+        self._worker_restarted()
+
+    def _worker_restarted(self) -> None:
+        """After a new worker was started and the model load submitted (present mode
+        computes its scenes again)."""
 
     # ------------------------------------------------------------ features
 

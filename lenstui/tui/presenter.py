@@ -154,6 +154,12 @@ class PresenterApp(LenstuiApp):
             if isinstance(result, Failed) and self.scene.number not in self.renders and self.scene.ok:
                 self._show_message(f"Scene {self.scene.number} could not be computed: {result.message}", problem=True)
 
+    def _worker_restarted(self) -> None:
+        # The RenderScenes in flight died with the old worker: compute what is left again.
+        self._render_seq = None
+        self._render_order = ()
+        self._submit_renders()
+
     def _on_load_reply(self, result: Result) -> None:
         switching = self.model_switch.pending is not None
         super()._on_load_reply(result)

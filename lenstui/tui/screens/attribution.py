@@ -136,8 +136,14 @@ class AttributionScreen(Guarded, Screen):
     def attribute(self, request: AttributeCell, label: str) -> None:
         """Ask the worker for ``request`` (a newer one supersedes a running one)."""
         self.request, self.label = request, label
+        self.result = None  # (until this request's answer lands)
         self.view.show_message(f"Attributing {label}…")
         self.seq = explorer(self).submit(request, reply_to=self)
+
+    def resubmit(self) -> None:
+        """The worker restarted: ask again if the answer is still to come."""
+        if self.result is None:
+            self.attribute(self.request, self.label)
 
     def on_worker_reply(self, message) -> None:
         result = message.result

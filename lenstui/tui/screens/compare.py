@@ -78,6 +78,11 @@ class CompareScreen(Guarded, Screen):
         self.query_one("#compare-info", Static).update("running both lenses…")
         explorer(self).submit(self.request(), reply_to=self)
 
+    def resubmit(self) -> None:
+        """The worker restarted: run the comparison again if its answer was still to come."""
+        if not self.settled:
+            self.run_compare()
+
     def on_input_submitted(self, event: Input.Submitted) -> None:
         if event.input.id == "compare-a":
             if event.value.strip():
