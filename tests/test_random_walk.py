@@ -23,14 +23,61 @@ import os
 import time
 
 import pytest
-from apphelpers import RecordingApp
+from apphelpers import RecordingApp, RecordingPresenter
 from hypothesis import HealthCheck, Phase, settings
 from hypothesis.stateful import run_state_machine_as_test
-from walk import ExplorerWalk
+from walk import ExplorerWalk, PresenterWalk
 
 from lenstui.core.errors import InputError
 from lenstui.jobs import handlers
 from lenstui.jobs.protocol import RunLens
+from lenstui.talks.format import load_talk
+
+# A talk for the tiny models: scenes that show, and scenes that cannot (a token the
+# vocabulary lacks, steps past the context, a view that does not exist).
+TINY_TALK = '''title = "a tiny talk"
+
+[[scene]]
+title = "Eiffel, top-k"
+prompt = "The Eiffel Tower is located in the city of"
+view = "topk"
+cursor = { layer = "L1", position = -1 }
+pinned = [" city", "#7"]
+
+[[scene]]
+title = "Two steps on"
+prompt = "hello world, hello"
+steps = 2
+cursor = { layer = "L2", position = 2 }
+target = "#9"
+
+[[scene]]
+title = "Ids, attributed"
+prompt_ids = [5, 30, 60, 90, 120]
+view = "attribution"
+cursor = { layer = "L0", position = -1 }
+
+[[scene]]
+title = "A token the model lacks"
+prompt = "hello"
+target = "#999999"
+
+[[scene]]
+title = "Raw lens, light"
+prompt = "Sometimes, when people say plasma"
+lens = "raw"
+theme = "lenstui-light"
+
+[[scene]]
+title = "Past the context"
+prompt = "hello world"
+steps = 100
+
+[[scene]]
+title = "A view that does not exist"
+prompt = "hello bytes"
+view = "sideways"
+'''
 
 PACE_SECONDS = 0.015  # after each partial: the tiny model's lens streams for a while
 UNOPENABLE = "no/such-model"
@@ -101,6 +148,18 @@ def _walk(models: dict, first, *, examples: int, steps: int, **options):
     return machine, _walk_settings(examples, steps)
 
 
+class WalkPresenter(RecordingPresenter):
+    """Counts the scenes it puts on screen (the walk takes each one's prompt line)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.scenes_applied = 0
+
+    def _apply(self, scene, render) -> None:
+        super()._apply(scene, render)
+        self.scenes_applied += 1
+
+
 def _report(name: str, machine, started: float) -> None:
     stats = machine.stats
     seconds = time.perf_counter() - started
@@ -111,7 +170,8 @@ def _report(name: str, machine, started: float) -> None:
     )
     print(
         f"  keys while the lens streams: {stats.get('keys while the lens streams', 0)}; "
-        f"typing bursts: {stats.get('typing bursts', 0)}; keys by screen: {stats.get('keys by screen', {})}"
+        f"typing bursts: {stats.get('typing bursts', 0)}; scenes shown: {stats.get('scenes shown', 0)}; "
+        f"keys by screen: {stats.get('keys by screen', {})}"
     )
     spent = sorted(stats.get("seconds", {}).items(), key=lambda item: -item[1])
     print("  seconds per kind of step: " + ", ".join(f"{name} {s:.1f}" for name, s in spent))
@@ -138,3 +198,24 @@ def test_random_walk_on_the_embedded_model(walk_setup, embedded, tiny_gpt2):
     started = time.perf_counter()
     run_state_machine_as_test(machine, settings=walk_settings)
     _report("random walk, embedded model", machine, started)
+
+
+def test_random_walk_in_present_mode(walk_setup, tmp_path, tiny_llama):
+    """The walk on ``lenstui present``: scenes move, jump, save (``w``) and apply their
+    prompt, steps, cursor, target, pins, lens, view and theme; each example its own copy
+    of the talk file (saving appends to it)."""
+    copies = iter(range(10**6))
+
+    def make_app(prompt: str):
+        path = tmp_path / f"talk-{next(copies)}.toml"
+        path.write_text(TINY_TALK, encoding="utf-8")
+        return WalkPresenter(load_talk(path), loader=lambda spec, **kw: tiny_llama, show_timings=False)
+
+    machine = type(
+        "PresenterWalk",
+        (PresenterWalk,),
+        dict(make_app=staticmethod(make_app), models={tiny_llama.name: tiny_llama}, stats={}),
+    )
+    started = time.perf_counter()
+    run_state_machine_as_test(machine, settings=_walk_settings(6, 25))
+    _report("random walk, present mode", machine, started)

@@ -251,6 +251,7 @@ def is_idle(app) -> bool:
         and not worker.busy_kinds()
         and not app.session.queued_steps
         and app.grid._stream_run is None
+        and getattr(app, "_render_seq", None) is None  # present mode: no scene computing
     )
 
 
@@ -311,7 +312,10 @@ def check_grid_against_a_fresh_run(app, model) -> str:
     if not text.strip() and not steps:
         return "empty"  # nothing to run: the grid keeps what it had
     try:
-        ids = chat_prompt_ids(model, text) if chat else encode_prompt(model, text)
+        if session.prompt_ids is not None:  # a talk's scene given as ids: shown as their text
+            ids = list(session.prompt_ids)
+        else:
+            ids = chat_prompt_ids(model, text) if chat else encode_prompt(model, text)
     except InputError:
         assert session.last_failed or app.shown_request != session.last_request, "a prompt that cannot run ran"
         return "cannot run"
@@ -372,8 +376,14 @@ class ExplorerWalk(RuleBasedStateMachine):
     def _run(self, step, name: str = ""):
         self.stats["steps"] = self.stats.get("steps", 0) + 1  # rules run, idle checks included
         started = time.perf_counter()
+
+        async def then_settle(app, pilot):
+            value = await step(app, pilot)
+            await self.between_keys(app, pilot)
+            return value
+
         try:
-            return self.driver.run(step)
+            return self.driver.run(then_settle)
         finally:
             seconds = self.stats.setdefault("seconds", {})
             seconds[name or step.__name__] = seconds.get(name or step.__name__, 0.0) + time.perf_counter() - started
@@ -393,16 +403,23 @@ class ExplorerWalk(RuleBasedStateMachine):
                 typing = app.focused is prompt and app.screen is app.base_screen
                 selection = tuple(prompt.selection)
                 preset = app._preset_index
+                scenes = getattr(app, "scenes_applied", 0)
                 await press_key(app, pilot, key)
                 if typing:
                     line.key(key, selection)
                 if app._preset_index != preset:  # F2 put a preset there (wherever the focus was)
                     line.text = PRESETS[app._preset_index].text
+                if getattr(app, "scenes_applied", 0) != scenes:  # a talk's scene put its prompt there
+                    line.text = app.prompt_pane.text
+                await self.between_keys(app, pilot)
                 if pause:
                     await asyncio.sleep(pause)
                     await settle_queues(pilot)
 
         self._run(press)
+
+    async def between_keys(self, app, pilot) -> None:
+        """After each key and each step (present mode waits for its scenes here)."""
 
     # ------------------------------------------------------------ start
 
@@ -654,3 +671,45 @@ async def settle_queues(pilot) -> None:
 
 async def _history(app, pilot) -> list[str]:
     return list(app.prompt_pane.history.entries)
+
+
+# ---------------------------------------------------------------- present mode
+
+SCENE_KEYS = (" ", "pagedown", "pageup", "backspace", "1", "2", "3", "4", "enter", "g", "escape", "w", "f", "home")
+
+
+class PresenterWalk(ExplorerWalk):
+    """The same walk in present mode (``lenstui present``), with the scene keys too.
+
+    ``make_app`` returns a presenter whose ``scenes_applied`` counts the scenes put on
+    screen (each sets the prompt line). Every scene is computed before the next key is
+    sent (``between_keys``): a scene applied later, by a worker reply landing between two
+    keys, would rewrite the line under a key the walk had already predicted."""
+
+    @initialize(size=st.sampled_from(((120, 40), (80, 24))))
+    def start(self, size) -> None:
+        started = time.perf_counter()
+        self.driver = Driver(lambda: type(self).make_app(""), size)
+        seconds = self.stats.setdefault("seconds", {})
+        seconds["start"] = seconds.get("start", 0.0) + time.perf_counter() - started
+        self.line.history = list(self.driver.run(_history))
+        self.driver.run(self._scenes_computed)
+
+    async def _scenes_computed(self, app, pilot) -> None:
+        await self.between_keys(app, pilot)
+
+    async def between_keys(self, app, pilot) -> None:
+        started = time.monotonic()
+        applied = app.scenes_applied
+        while app._render_seq is not None or not app.model_settled.is_set():
+            if time.monotonic() - started > type(self).idle_timeout:
+                raise AssertionError("the talk's scenes were never computed")
+            await pause(pilot, 0.02)
+        await settle_queues(pilot)
+        if app.scenes_applied != applied:  # a scene landed while we waited: its prompt
+            self.line.text = app.prompt_pane.text
+        self.stats["scenes shown"] = self.stats.get("scenes shown", 0) + app.scenes_applied - applied
+
+    @rule(keys=st.lists(st.sampled_from(SCENE_KEYS), min_size=1, max_size=4), pause=PAUSES)
+    def scene_keys(self, keys, pause: float) -> None:
+        self._press(tuple(keys), pause)
