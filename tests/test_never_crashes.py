@@ -433,3 +433,49 @@ def test_the_worker_survives_a_base_exception_from_a_handler():
     finally:
         worker.stop()
     assert worker.death is None
+
+
+# ---------------------------------------------------------------- 5: found by the random walk
+
+
+TINY_TALK = '''title = "two scenes"
+
+[[scene]]
+title = "Eiffel"
+prompt = "The Eiffel Tower is located in the city of"
+target = "#9"
+
+[[scene]]
+title = "Two steps on"
+prompt = "hello world, hello"
+steps = 2
+'''
+
+
+async def test_a_lens_run_in_flight_never_paints_over_the_scene_shown(tmp_path, tiny_llama):
+    """Found by the walk in present mode: `u` (a lens run of scene 1 without its target),
+    then PgDn before that run answered: the run's answer replaced scene 2's grid, so the
+    grid showed scene 1's prompt under scene 2's prompt line and steps."""
+    from apphelpers import RecordingPresenter
+
+    from lenstui.talks.format import load_talk
+
+    path = tmp_path / "talk.toml"
+    path.write_text(TINY_TALK, encoding="utf-8")
+    app = RecordingPresenter(load_talk(path), loader=lambda spec, **kw: tiny_llama)
+    async with app.run_test(size=(120, 40)) as pilot:
+        gate = _held(app)
+        await until(pilot, lambda: app.scene_settled.is_set() and len(app.renders) == 2, "both scenes")
+        await settle(app, pilot)
+        gate.hold()
+        await pilot.press("u")  # the lens again, without the target: held after its first partial
+        await until(pilot, lambda: gate.holding.is_set(), "the held run")
+        await pilot.press("pagedown")
+        await until(pilot, lambda: app.scene_index == 1 and app.scene_settled.is_set(), "scene 2")
+        scene = list(app.grid.result.token_ids)
+        gate.release()
+        await settle(app, pilot)
+        await pilot.pause(0.2)
+        assert app.prompt_pane.text == "hello world, hello" and len(app.session.steps) == 2
+        assert list(app.grid.result.token_ids) == scene == list(app.session.steps[-1].ids)
+        assert not app.crashes

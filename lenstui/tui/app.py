@@ -423,6 +423,14 @@ class LenstuiApp(Guarded, App):
     def _on_lens_reply(self, result: Result) -> None:
         if isinstance(result, Progress):
             return
+        if result.request != self.session.last_request:
+            # The answer to a state the session has left without asking the worker again
+            # (a talk's scene was put on screen meanwhile, with its own computed grid): it
+            # must not paint over what is shown. Nothing else is on its way.
+            if not isinstance(result, Partial):
+                self.status.set_running(False)
+                self.lens_settled.set()
+            return
         if isinstance(result, Partial):  # some columns, before the whole grid
             self.grid.show_partial(result.value, result.request)
             self._set_inspector_prompt(result.value.token_ids)  # the prompt on screen now

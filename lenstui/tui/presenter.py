@@ -29,7 +29,7 @@ from typing import Optional
 from textual.widgets import Input, Static
 
 from lenstui.core.errors import LenstuiError
-from lenstui.jobs.protocol import Done, Failed, Partial, RenderScenes, Result, SceneRender, Stopped
+from lenstui.jobs.protocol import Done, Failed, Partial, RenderScenes, Result, RunLens, SceneRender, Stopped
 from lenstui.talks.format import Cursor, Scene, Talk, append_scene
 from lenstui.tui.actions import PRESENTER_ACTIONS, bindings, resting_while_typing
 from lenstui.tui.app import LenstuiApp
@@ -210,6 +210,7 @@ class PresenterApp(LenstuiApp):
         """Put a computed scene on screen and make it the session's state, as if the
         speaker had typed the prompt, stepped, and picked the target and lens."""
         result, request = render.result, render.request
+        self.cancel(RunLens)  # a lens run of the state being left: its answer is not wanted
         ids = tuple(result.token_ids)
         text = scene.prompt if scene.prompt is not None else "".join(t.text for t in result.tokens[: render.prompt_length])
         self.session.restore(
