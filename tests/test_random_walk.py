@@ -79,7 +79,7 @@ prompt = "hello bytes"
 view = "sideways"
 '''
 
-PACE_SECONDS = 0.015  # after each partial: the tiny model's lens streams for a while
+PACE_SECONDS = 0.03  # after each partial: the tiny model's lens streams for a while
 UNOPENABLE = "no/such-model"
 
 
@@ -180,7 +180,7 @@ def _report(name: str, machine, started: float) -> None:
 def test_random_walk_on_tiny_models(walk_setup, tiny_llama, tiny_gpt2):
     machine, walk_settings = _walk({"tiny-gpt2": tiny_gpt2}, tiny_llama, examples=16, steps=30)
     started = time.perf_counter()
-    run_state_machine_as_test(machine, settings=walk_settings)
+    run_state_machine_as_test(machine, settings=walk_settings, _min_steps=10)
     _report("random walk, tiny models", machine, started)
     assert machine.stats["steps"] >= walk_settings.max_examples
 
@@ -196,7 +196,7 @@ def test_random_walk_on_the_embedded_model(walk_setup, embedded, tiny_gpt2):
         skip_commands=("speak: scan the whole vocabulary",),  # minutes on 49,152 tokens
     )
     started = time.perf_counter()
-    run_state_machine_as_test(machine, settings=walk_settings)
+    run_state_machine_as_test(machine, settings=walk_settings, _min_steps=12)
     _report("random walk, embedded model", machine, started)
 
 
@@ -217,5 +217,5 @@ def test_random_walk_in_present_mode(walk_setup, tmp_path, tiny_llama):
         dict(make_app=staticmethod(make_app), models={tiny_llama.name: tiny_llama}, stats={}),
     )
     started = time.perf_counter()
-    run_state_machine_as_test(machine, settings=_walk_settings(6, 25))
+    run_state_machine_as_test(machine, settings=_walk_settings(6, 25), _min_steps=10)
     _report("random walk, present mode", machine, started)

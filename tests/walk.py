@@ -45,6 +45,7 @@ from lenstui.tui.panes.prompt import PRESETS
 from lenstui.tui.screens.attribution import AttributionScreen
 from lenstui.tui.screens.trajectory import TrajectoryScreen
 
+CHECK_EVERY = 3  # steps between idle checks at least (the teardown checks too)
 STEP_TIMEOUT = 120  # seconds one step may take before the walk calls the app stuck
 REFERENCE_SLOT = "random-walk-reference"  # the fresh lens state the grid is checked against
 PROB_TOL = 2e-4  # |p_app - p_reference|: two float32 computations of the same softmax
@@ -368,6 +369,8 @@ class ExplorerWalk(RuleBasedStateMachine):
         super().__init__()
         self.driver: Optional[Driver] = None
         self.line = TypedLine()
+        self.since_check = 0  # steps since the last idle check
+        self.scenes_seen = 0  # present mode: the app's scenes_applied when last looked at
         self.stats = type(self).stats
         self.stats["examples"] = self.stats.get("examples", 0) + 1
 
@@ -375,11 +378,13 @@ class ExplorerWalk(RuleBasedStateMachine):
 
     def _run(self, step, name: str = ""):
         self.stats["steps"] = self.stats.get("steps", 0) + 1  # rules run, idle checks included
+        self.since_check += 1
         started = time.perf_counter()
 
         async def then_settle(app, pilot):
             value = await step(app, pilot)
             await self.between_keys(app, pilot)
+            self._adopt_scene(app)
             return value
 
         try:
@@ -403,14 +408,13 @@ class ExplorerWalk(RuleBasedStateMachine):
                 typing = app.focused is prompt and app.screen is app.base_screen
                 selection = tuple(prompt.selection)
                 preset = app._preset_index
-                scenes = getattr(app, "scenes_applied", 0)
+                self._adopt_scene(app)
                 await press_key(app, pilot, key)
                 if typing:
                     line.key(key, selection)
                 if app._preset_index != preset:  # F2 put a preset there (wherever the focus was)
                     line.text = PRESETS[app._preset_index].text
-                if getattr(app, "scenes_applied", 0) != scenes:  # a talk's scene put its prompt there
-                    line.text = app.prompt_pane.text
+                self._adopt_scene(app)
                 await self.between_keys(app, pilot)
                 if pause:
                     await asyncio.sleep(pause)
@@ -420,6 +424,14 @@ class ExplorerWalk(RuleBasedStateMachine):
 
     async def between_keys(self, app, pilot) -> None:
         """After each key and each step (present mode waits for its scenes here)."""
+
+    def _adopt_scene(self, app) -> None:
+        """A talk's scene was put on screen since the last look: its prompt is the line's."""
+        applied = getattr(app, "scenes_applied", 0)
+        if applied != self.scenes_seen:
+            self.stats["scenes shown"] = self.stats.get("scenes shown", 0) + applied - self.scenes_seen
+            self.scenes_seen = applied
+            self.line.text = app.prompt_pane.text
 
     # ------------------------------------------------------------ start
 
@@ -517,10 +529,10 @@ class ExplorerWalk(RuleBasedStateMachine):
 
         async def run(app, pilot):
             await press_key(app, pilot, "ctrl+p")
-            await pause(pilot)
-            for char in query:
-                await press_key(app, pilot, char)
-            for _ in range(100):
+            for char in query:  # typed as one burst, as a paste of keys would arrive
+                await post_key(app, char)
+            await settle_queues(pilot)
+            for _ in range(50):
                 lists = app.screen.query("CommandList")
                 if lists and lists.first().option_count:
                     break
@@ -570,9 +582,12 @@ class ExplorerWalk(RuleBasedStateMachine):
 
         self._run(run, "wait")
 
+    @precondition(lambda self: self.since_check >= CHECK_EVERY)
     @rule()
     def check_idle(self) -> None:
-        """Wait until nothing is on its way, then hold the grid against a fresh run."""
+        """Wait until nothing is on its way, then hold the grid against a fresh run (at
+        most every ``CHECK_EVERY`` steps: a check waits for the lens, keys do not)."""
+        self.since_check = 0
         models = type(self).models
         timeout = type(self).idle_timeout
 
@@ -693,22 +708,24 @@ class PresenterWalk(ExplorerWalk):
         seconds = self.stats.setdefault("seconds", {})
         seconds["start"] = seconds.get("start", 0.0) + time.perf_counter() - started
         self.line.history = list(self.driver.run(_history))
-        self.driver.run(self._scenes_computed)
+        self.driver.run(self._first_scene_shown)
 
-    async def _scenes_computed(self, app, pilot) -> None:
+    async def _first_scene_shown(self, app, pilot) -> None:
+        started = time.monotonic()
+        while not app.scene_settled.is_set():
+            if time.monotonic() - started > type(self).idle_timeout:
+                raise AssertionError("the talk's first scene was never shown")
+            await pause(pilot, 0.02)
         await self.between_keys(app, pilot)
+        self._adopt_scene(app)
 
     async def between_keys(self, app, pilot) -> None:
         started = time.monotonic()
-        applied = app.scenes_applied
         while app._render_seq is not None or not app.model_settled.is_set():
             if time.monotonic() - started > type(self).idle_timeout:
                 raise AssertionError("the talk's scenes were never computed")
             await pause(pilot, 0.02)
         await settle_queues(pilot)
-        if app.scenes_applied != applied:  # a scene landed while we waited: its prompt
-            self.line.text = app.prompt_pane.text
-        self.stats["scenes shown"] = self.stats.get("scenes shown", 0) + app.scenes_applied - applied
 
     @rule(keys=st.lists(st.sampled_from(SCENE_KEYS), min_size=1, max_size=4), pause=PAUSES)
     def scene_keys(self, keys, pause: float) -> None:
