@@ -532,12 +532,17 @@ class ExplorerWalk(RuleBasedStateMachine):
             for char in query:  # typed as one burst, as a paste of keys would arrive
                 await post_key(app, char)
             await settle_queues(pilot)
-            for _ in range(50):
+            top = ""
+            for _ in range(100):  # until the search has answered this query, not the discovery list
                 lists = app.screen.query("CommandList")
                 if lists and lists.first().option_count:
-                    break
+                    top = str(lists.first().get_option_at_index(0).prompt)
+                    if top.startswith(query):
+                        break
                 await pause(pilot, 0.02)
-            await press_key(app, pilot, "escape" if escape else "enter")
+            # The walk explores the app, it does not leave it: never Enter on "Quit".
+            leave = escape or top.lower().startswith("quit")
+            await press_key(app, pilot, "escape" if leave else "enter")
             await pause(pilot)
             if app.screen.__class__.__name__ == "CommandPalette":
                 await press_key(app, pilot, "escape")
