@@ -53,3 +53,16 @@ def make_app(embedded):
         return RecordingApp(prompt, **kwargs)
 
     return make
+
+
+@pytest.fixture
+def make_tiny_app(tiny_llama):
+    """``make_tiny_app(prompt, **options)``: an explorer (keeping its notices) on the tiny
+    random Llama: the whole app in milliseconds per run."""
+    from apphelpers import RecordingApp
+
+    def make(prompt: str = "", **kwargs):
+        kwargs.setdefault("loader", lambda spec, **kw: tiny_llama)
+        return RecordingApp(prompt, **kwargs)
+
+    return make

@@ -147,7 +147,10 @@ class LensResult:
     @property
     def next_token(self) -> TokenRef:
         """The model's greedy next token after the prompt (final row, last computed position)."""
-        top = self.grid[-1][-1].top[0]
+        cell = self.grid[-1][-1]
+        if cell is PENDING:
+            raise ValueError("the last position of this streamed grid is not computed yet")
+        top = cell.top[0]
         return TokenRef(top.id, top.text, top.piece)
 
     @property
@@ -172,14 +175,23 @@ class LensResult:
             top_k=self.top_k,
         )
 
+    @property
+    def complete(self) -> bool:
+        """No cell or target is PENDING (a streamed grid before its last column is not)."""
+        return all(t is not PENDING for t in self.targets) and all(
+            cell is not PENDING for row in self.grid for cell in row
+        )
+
     def to_json(self) -> dict:
+        """The ``lenstui lens --json`` payload; a cell or target not computed yet (a
+        streamed grid) is ``null``."""
         payload = {
             "model": self.model,
             "lens": self.lens,
             "tokens": [t.to_json() for t in self.tokens],
             "layers": list(self.layers),
-            "grid": [[cell.to_json() for cell in row] for row in self.grid],
-            "targets": [t.to_json() for t in self.targets],
+            "grid": [[None if cell is PENDING else cell.to_json() for cell in row] for row in self.grid],
+            "targets": [None if t is PENDING else t.to_json() for t in self.targets],
             "extended_blocks": self.extended_blocks,
             "seconds": self.seconds,
         }

@@ -19,6 +19,7 @@ from textual.timer import Timer
 from textual.widgets import Input, Static
 
 from lenstui.store.history import PromptHistory
+from lenstui.tui.safety import Guarded
 
 
 @dataclass(frozen=True)
@@ -43,7 +44,7 @@ PRESETS = (
 )
 
 
-class PromptInput(Input):
+class PromptInput(Guarded, Input):
     """An Input whose up/down walk the prompt history."""
 
     BINDINGS = [
@@ -101,7 +102,7 @@ class PromptInput(Input):
         self._browse = None
 
 
-class PromptPane(Vertical):
+class PromptPane(Guarded, Vertical):
     DEFAULT_CSS = """
     PromptPane {
         height: auto;

@@ -19,10 +19,11 @@ from textual.screen import Screen
 from textual.widgets import Footer, Static
 
 from lenstui.core.errors import InputError
-from lenstui.core.lens_result import LensResult
+from lenstui.core.lens_result import PENDING, LensResult
 from lenstui.core.textfmt import visible
 from lenstui.jobs.protocol import AttributeCell, Done, Failed, Stopped
 from lenstui.tui.host import ExplorerHost, explorer
+from lenstui.tui.safety import Guarded
 from lenstui.tui.widgets.attribution import AttributionView
 from lenstui.tui.widgets.grid import GridCell
 
@@ -50,7 +51,14 @@ def attribution_request(
 
     The token is the lens target when one is set, else the token under the cursor (the
     cell's top-1 in the positions view); ``contrast`` is a pinned (id, text) or None.
-    Raises InputError with a sentence for a cell the engine cannot attribute."""
+    Raises InputError with a sentence for a cell the engine cannot attribute, and for a
+    cell that is not one of ``result``'s (the cursor's cell must come from the result on
+    screen: a cell of another run has no business with these tokens)."""
+    if not 0 <= cell.position < len(result.tokens) or cell.layer not in result.layers:
+        raise InputError(
+            f"The selected cell ({cell.layer} at position {cell.position}) is not in the grid on "
+            "screen any more: pick a cell again."
+        )
     if result.lens != "logit":
         raise InputError(
             f"Attribution reads the plain logit lens, and the grid shows the {result.lens} lens: "
@@ -66,6 +74,8 @@ def attribution_request(
         token_id, token_text = cell.token_id, cell.text
     else:
         target = result.targets[cell.position]
+        if target is PENDING:
+            raise InputError("The lens target at that position is not computed yet: try again in a moment.")
         token_id, token_text = target.id, target.text
     contrast_id, contrast_text = contrast if contrast is not None else (None, "")
     if contrast_id == token_id:
@@ -80,7 +90,7 @@ def attribution_request(
     return request, label
 
 
-class AttributionScreen(Screen):
+class AttributionScreen(Guarded, Screen):
     """The attribution of one cell over the whole terminal; Esc or q returns to the grid."""
 
     DEFAULT_CSS = """
@@ -126,8 +136,14 @@ class AttributionScreen(Screen):
     def attribute(self, request: AttributeCell, label: str) -> None:
         """Ask the worker for ``request`` (a newer one supersedes a running one)."""
         self.request, self.label = request, label
+        self.result = None  # (until this request's answer lands)
         self.view.show_message(f"Attributing {label}…")
         self.seq = explorer(self).submit(request, reply_to=self)
+
+    def resubmit(self) -> None:
+        """The worker restarted: ask again if the answer is still to come."""
+        if self.result is None:
+            self.attribute(self.request, self.label)
 
     def on_worker_reply(self, message) -> None:
         result = message.result

@@ -20,12 +20,13 @@ from lenstui.core.comparison import Comparison
 from lenstui.core.textfmt import visible
 from lenstui.jobs.protocol import Done, Failed, RunCompare
 from lenstui.tui.host import explorer
+from lenstui.tui.safety import Guarded
 from lenstui.tui.screens.trajectory import token_label
 
 DEFAULT_PROMPT_B = "Is there a fish emoji?"
 
 
-class CompareScreen(Screen):
+class CompareScreen(Guarded, Screen):
     BINDINGS = [
         Binding("escape", "app.pop_screen", "Back", id="compare.back"),
         Binding("ctrl+o", "switch_prompt", "Edit A ⇄ B", id="compare.switch"),
@@ -76,6 +77,11 @@ class CompareScreen(Screen):
         self.settled = False
         self.query_one("#compare-info", Static).update("running both lenses…")
         explorer(self).submit(self.request(), reply_to=self)
+
+    def resubmit(self) -> None:
+        """The worker restarted: run the comparison again if its answer was still to come."""
+        if not self.settled:
+            self.run_compare()
 
     def on_input_submitted(self, event: Input.Submitted) -> None:
         if event.input.id == "compare-a":

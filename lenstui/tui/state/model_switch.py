@@ -60,6 +60,10 @@ class ModelSwitch:
         app.session.forget_model()
         app.shown_result = None
         app.shown_request = None
+        # The old model's cells say nothing about this one (and the cursor's cell must not
+        # be attributed or pinned on it): the grid is empty until the new lens lands.
+        waiting = "Running the lens on the new model…" if app.session.has_prompt else "Type a prompt and press Enter."
+        app.grid.clear(f"{info.name} loaded. {waiting}")
         app.notify(f"Model: {info.name}", timeout=3)
         app.rerun_lens()
         return True

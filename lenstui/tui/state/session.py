@@ -96,6 +96,14 @@ class LensSession:
         self.unresolved_pin = None
         return dropped
 
+    def drop_failed_step(self, request: RunLens) -> bool:
+        """The run of ``request`` failed: if it was the last generation step's (a step past
+        the model's context, say), that step is not added after all. Whether it was."""
+        if not self.steps or request.prompt != self.steps[-1].ids:
+            return False
+        self.steps.pop()
+        return True
+
     # ---------------------------------------------------------------- pins
 
     def pin(self, token: Union[int, str]) -> str:

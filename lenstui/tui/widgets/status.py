@@ -9,6 +9,7 @@ from textual.reactive import reactive
 from textual.widgets import Static
 
 from lenstui.core.textfmt import bar
+from lenstui.tui.safety import Guarded
 
 BAR_WIDTH = 10
 
@@ -19,7 +20,7 @@ def progress_bar(fraction: Optional[float]) -> str:
     return bar(fraction, BAR_WIDTH, "░") + f" {round(fraction * 100):>3d}%"
 
 
-class StatusBar(Static):
+class StatusBar(Guarded, Static):
     """One line. ``show_timings=False`` hides every duration and the cache state, which
     vary between runs (snapshot tests need a stable screen)."""
 
