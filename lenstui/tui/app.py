@@ -37,6 +37,7 @@ from lenstui.jobs.protocol import (
     CheckSpeakable,
     Done,
     Failed,
+    FitLens,
     Handler,
     LoadModel,
     ModelInfo,
@@ -57,7 +58,7 @@ from lenstui.tui.panes.prompt import PRESETS, Preset, PromptPane
 from lenstui.tui.panes.speak import WiredSpeak
 from lenstui.tui.screens.aim import open_aim_distribution
 from lenstui.tui.screens.attribution import AttributionScreen, open_attribution
-from lenstui.tui.state import pins
+from lenstui.tui.state import lenses, pins
 from lenstui.tui.state.model_switch import ModelSwitch
 from lenstui.tui.state.session import LensSession, Step
 from lenstui.tui.theming import DEFAULT_THEME, load_themes
@@ -275,6 +276,8 @@ class LenstuiApp(App):
             self._on_load_reply(result)
         elif isinstance(result.request, RunLens):
             self._on_lens_reply(result)
+        elif isinstance(result.request, FitLens):
+            lenses.fit_reply(self, result)
 
     def on_model_chosen(self, message: ModelChosen) -> None:
         self.model_switch.begin(message.spec, message.label)
@@ -294,6 +297,7 @@ class LenstuiApp(App):
                 self.session.chat = False
             for pane in self.side_panes():
                 pane.post_message(ModelLoaded(info))
+            lenses.model_loaded(self, info)
             self._refresh_prompt_info()
             self.model_switch.done(info)
             self.model_settled.set()
@@ -332,6 +336,7 @@ class LenstuiApp(App):
             inspector.prompt_ids = tuple(result.token_ids)
         self.grid.show_result(result)
         pins.lens_answered(self, request, result)
+        lenses.show_lens_file(self, result)
         self.status.set_run(len(result.tokens), result.seconds)
         self._refresh_prompt_info()
 
@@ -544,6 +549,9 @@ class LenstuiApp(App):
         self.set_lens(self.session.next_lens())
 
     def set_lens(self, kind: str) -> None:
+        if not self.session.lens_ready(kind):  # a learned lens with no file for this model
+            self.notify(lenses.missing_lens_sentence(kind), severity="warning", timeout=6)
+            return
         self.session.set_lens(kind)
         self.notify(f"Lens: {kind}", timeout=2)
         self.rerun_lens()
@@ -586,6 +594,11 @@ class LenstuiApp(App):
 
     def action_show_compare(self) -> None:
         pins.show_compare(self)
+
+    # ------------------------------------------------------------ learned lenses (tui/state/lenses.py)
+
+    def action_lens_eval(self) -> None:
+        lenses.show_eval(self)
 
     # ------------------------------------------------------------ export
 
