@@ -360,3 +360,14 @@ def test_a_jacobian_fit_is_refused_on_the_cpu_unless_asked(tmp_path):
     assert [f.kind for f in found] == ["jacobian"]
     result = run_lens(model, CORPUS[0], lens="jacobian", top_k=2)
     assert result.lens_file.origin == "J-lens on 2 prompts (lenstui self-sampled text, seed 0)"
+
+
+def test_compare_reads_both_prompts_through_the_learned_lens(peaked, peaked_lens):
+    from lenstui.engine.lens.compare import compare_rows
+
+    tuned = compare_rows(peaked, CORPUS[0], -1, CORPUS[1], -1, lens="tuned", lens_path=peaked_lens.path, top_k=2)
+    logit = compare_rows(peaked, CORPUS[0], -1, CORPUS[1], -1, lens="logit", top_k=2)
+    assert tuned.a.lens == tuned.b.lens == "tuned" and tuned.a.lens_file is not None
+    assert len(tuned.kl) == peaked.n_layers + 1
+    assert tuned.kl[-1] == pytest.approx(logit.kl[-1], rel=1e-4)  # the last row is the model's own
+    assert tuned.kl[:-1] != pytest.approx(logit.kl[:-1])

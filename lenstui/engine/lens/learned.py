@@ -177,9 +177,11 @@ class LearnedLens:
     def apply(self, stack: torch.Tensor, positions: Union[list[int], torch.Tensor]) -> torch.Tensor:
         """[rows, P, d] block-output rows at prompt ``positions`` -> the same, translated
         (positions before ``logit_positions`` and rows without a translator unchanged)."""
-        matrices_t, biases, index = self._on(stack.device, stack.dtype)
+        # float32 whatever the model's dtype: a half-precision translator loses the small
+        # corrections it is made of.
+        matrices_t, biases, index = self._on(stack.device, torch.float32)
         with torch.no_grad():
-            picked = stack.index_select(0, index)  # [R', P, d]
+            picked = stack.index_select(0, index).float()  # [R', P, d]
             if biases is not None:
                 moved = torch.baddbmm(biases[:, None, :], picked, matrices_t)
             else:
@@ -189,7 +191,7 @@ class LearnedLens:
             if bool(keep.any()):
                 moved[:, keep] = picked[:, keep]
             out = stack.clone()
-            out[index] = moved
+            out[index] = moved.to(stack.dtype)
         return out
 
 
