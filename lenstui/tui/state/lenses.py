@@ -20,7 +20,7 @@ from lenstui.tui.host import ExplorerHost
 from lenstui.tui.screens.lens_eval import LensEvalScreen
 from lenstui.tui.screens.path_prompt import PathPrompt
 
-FIT_HINT = "least squares on ~6,000 tokens the model writes itself, about 2 min on 2 cores; kept per model"
+FIT_HINT = "least squares on ~6,000 tokens the model writes itself: 2-5 min on 2 cores; kept per model"
 
 
 def model_loaded(host: ExplorerHost, info: ModelInfo) -> None:
