@@ -19,6 +19,7 @@ def _isolated_user_dirs(tmp_path_factory, monkeypatch):
     base = tmp_path_factory.mktemp("user")
     monkeypatch.setenv("LENSTUI_CONFIG_DIR", str(base / "config"))
     monkeypatch.setenv("LENSTUI_DATA_DIR", str(base / "data"))
+    monkeypatch.setenv("LENSTUI_LENS_DIR", str(base / "lenses"))  # fitted lenses (the cache holds the model)
 
 
 @pytest.fixture(scope="session")

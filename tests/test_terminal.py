@@ -40,6 +40,7 @@ def _env(tmp_path) -> dict[str, str]:
     return {
         "LENSTUI_CONFIG_DIR": str(tmp_path / "config"),
         "LENSTUI_DATA_DIR": str(tmp_path / "data"),
+        "LENSTUI_LENS_DIR": str(tmp_path / "lenses"),  # no lens fitted on this machine shows up
     }
 
 

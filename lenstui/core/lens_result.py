@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
+from lenstui.core.learned_lens import LensFile
 from lenstui.core.tokens import TokenRef
 
 
@@ -122,6 +123,7 @@ class LensResult:
     positions: Optional[list[int]] = None
     tracked: list[TokenRef] = field(default_factory=list)  # tokens followed in every cell
     top_k: int = 0  # tokens per cell (0: read it from the cells)
+    lens_file: Optional[LensFile] = None  # the learned lens's file (lens "tuned", "jacobian")
 
     @property
     def depth(self) -> list[Depth]:
@@ -173,6 +175,7 @@ class LensResult:
             extended_blocks=self.extended_blocks,
             tracked=self.tracked,
             top_k=self.top_k,
+            lens_file=self.lens_file,
         )
 
     @property
@@ -200,4 +203,6 @@ class LensResult:
         if self.tracked:
             payload["tracked"] = [t.to_json() for t in self.tracked]
         payload["depth"] = [d.to_json() for d in self.depth]
+        if self.lens_file is not None:
+            payload["lens_file"] = self.lens_file.to_json()
         return payload

@@ -25,6 +25,8 @@ from lenstui.core.speak_result import SpeakResult
 from lenstui.jobs.protocol import (
     AttributeCell,
     CheckSpeakable,
+    EvaluateLenses,
+    FitLens,
     Handler,
     InspectReply,
     InspectToken,
@@ -66,6 +68,7 @@ def run_lens_handler(model, request: RunLens, ctx):
         incl_mid=request.incl_mid,
         target=request.target,
         track=request.track,
+        lens_path=request.lens_path,
         should_stop=ctx.should_stop,
     )
     n = plan.n_positions
@@ -104,6 +107,7 @@ def compare_handler(model, request: RunCompare, ctx):
         incl_mid=request.incl_mid,
         target=request.target,
         track=request.track,
+        lens_path=request.lens_path,
         should_stop=ctx.should_stop,
     )
 
@@ -240,6 +244,64 @@ def render_scenes_handler(model, request: RenderScenes, ctx) -> int:
     return len(request.order)
 
 
+def _between_chunks(ctx):
+    """A should_stop for long engine jobs: ``ctx.checkpoint()`` (serves queued short
+    requests, raises Cancelled when superseded or cancelled), never True itself."""
+
+    def should_stop() -> bool:
+        ctx.checkpoint()
+        return False
+
+    return should_stop
+
+
+def fit_lens_handler(model, request: FitLens, ctx):
+    """-> FitReport. Checkpoints between forward passes (lens runs get in), progress
+    with an ETA; a cancel saves nothing."""
+    from pathlib import Path
+
+    from lenstui.core.errors import InputError
+    from lenstui.engine.lens.fit import fit_lens
+
+    text = None
+    if request.text_path:
+        try:
+            text = Path(request.text_path).expanduser().read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as err:
+            raise InputError(f"Cannot read {request.text_path}: {err}.") from None
+    return fit_lens(
+        model,
+        request.kind,
+        tokens=request.tokens,
+        text=text,
+        text_name=request.text_path or "",
+        out=request.out,
+        refine_steps=request.refine_steps,
+        should_stop=_between_chunks(ctx),
+        progress=ctx.progress,
+    )
+
+
+def evaluate_lenses_handler(model, request: EvaluateLenses, ctx):
+    """-> LensEval over the prompt's ids (one window) or the text file."""
+    from pathlib import Path
+
+    from lenstui.core.errors import InputError
+    from lenstui.engine.lens.evaluate import evaluate_lenses
+
+    if request.text_path:
+        try:
+            source = Path(request.text_path).expanduser().read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as err:
+            raise InputError(f"Cannot read {request.text_path}: {err}.") from None
+    else:
+        source = [list(request.prompt_ids)]
+    return evaluate_lenses(
+        model, source, request.lenses, lens_path=request.lens_path,
+        should_stop=_between_chunks(ctx), progress=ctx.progress,
+    )
+
+
 HANDLERS: dict[type, Handler] = {
     RunLens: run_lens_handler,
     InspectToken: inspect_handler,
@@ -248,13 +310,20 @@ HANDLERS: dict[type, Handler] = {
     AttributeCell: attribute_handler,
     RenderScenes: render_scenes_handler,
     RunCompare: compare_handler,
+    FitLens: fit_lens_handler,
+    EvaluateLenses: evaluate_lenses_handler,
 }
 
 
 def model_info(model) -> ModelInfo:
     """What the UI may know about a loaded model (plain values)."""
+    from lenstui.engine.lens.learned import available_lenses
     from lenstui.engine.model.chat import has_chat_template
 
+    try:
+        lenses = tuple(available_lenses(model))
+    except Exception:  # finding fitted lenses is a convenience: never a failed load
+        lenses = ()
     return ModelInfo(
         name=model.name,
         source=model.source,
@@ -267,4 +336,5 @@ def model_info(model) -> ModelInfo:
         from_cache=model.from_cache,
         has_chat_template=has_chat_template(model),
         notes=tuple(getattr(model, "notes", ())),
+        lenses=lenses,
     )

@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar, Optional, Union
 
+from lenstui.core.learned_lens import LensFile
 from lenstui.core.lens_result import LensResult
 from lenstui.core.token_bytes import JoinedSequence
 from lenstui.core.token_report import TokenReport
@@ -61,6 +62,8 @@ class RunLens(Request):
     target: Union[str, int, None] = None
     # Pinned tokens (text, vocabulary piece or id), read in every cell.
     track: tuple[Union[str, int], ...] = ()
+    # A learned lens's file (lens "tuned" or "jacobian"); None: the one fitted for the model.
+    lens_path: Optional[str] = None
     # Positions to compute and post first (the cells in view; negative counts from the
     # end, since the app does not know a text prompt's length). Not part of equality:
     # a request that only re-prioritises is the same run, and reuses what was computed.
@@ -85,6 +88,7 @@ class RunCompare(Request):
     incl_mid: bool = False
     target: Union[str, int, None] = None
     track: tuple[Union[str, int], ...] = ()
+    lens_path: Optional[str] = None
 
     title: ClassVar[str] = "Compare prompts"
     priority: ClassVar[int] = 1
@@ -159,6 +163,38 @@ class RenderScenes(Request):
     long_running: ClassVar[bool] = True
 
 
+@dataclass(frozen=True)
+class FitLens(Request):
+    """Fit a learned lens for the loaded model (``lenstui.engine.lens.fit``): long, with
+    progress and an ETA; between chunks it lets interactive requests in, and a cancel
+    stops it with nothing saved. Done: a ``FitReport``."""
+
+    kind: str = "tuned"
+    tokens: Optional[int] = None  # None: the default budget
+    text_path: Optional[str] = None  # fit on this text file instead of sampled text
+    refine_steps: int = 0
+    out: Optional[str] = None  # None: the model's lens folder in the user cache
+
+    title: ClassVar[str] = "Lens fit"
+    priority: ClassVar[int] = 4
+    long_running: ClassVar[bool] = True
+
+
+@dataclass(frozen=True)
+class EvaluateLenses(Request):
+    """Per row, each lens's KL to the final row, top-1 agreement and final top-1 rank over
+    the prompt's ids or a text file (``lenstui.engine.lens.evaluate``). Done: a ``LensEval``."""
+
+    lenses: tuple[str, ...] = ("logit", "tuned")
+    prompt_ids: tuple[int, ...] = ()  # the grid's ids (chat template and steps included)
+    text_path: Optional[str] = None  # or a text file (paragraphs)
+    lens_path: Optional[str] = None  # a learned lens's file; None: the ones fitted for the model
+
+    title: ClassVar[str] = "Lens evaluation"
+    priority: ClassVar[int] = 3
+    long_running: ClassVar[bool] = True
+
+
 # ---------------------------------------------------------------- results
 
 
@@ -222,6 +258,7 @@ class ModelInfo:
     from_cache: bool
     has_chat_template: bool
     notes: tuple[str, ...] = ()  # sentences about the load (the GGUF cache could not be written, ...)
+    lenses: tuple[LensFile, ...] = ()  # learned lenses fitted for these weights (found in the cache)
 
 
 # handler(model or None, request, ctx: lenstui.jobs.scheduler.JobContext) -> value; runs on

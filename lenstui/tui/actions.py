@@ -65,6 +65,7 @@ EXPLORER_ACTIONS: tuple[Action, ...] = (
     Action("unpin_all", "U", "Unpin all", "lenstui.unpin_all", show=False, while_typing=False, over_screens=False),
     Action("show_trajectory", "T", "Trajectory", "lenstui.trajectory", while_typing=False, over_screens=False),
     Action("show_compare", "C", "Compare", "lenstui.compare", show=False, while_typing=False, over_screens=False),
+    Action("lens_eval", "E", "Lens evaluation", "lenstui.lens_eval", show=False, while_typing=False, over_screens=False),
 )
 
 # Present mode's own keys, on top of the explorer's. Priority: PgUp/PgDn/Enter/g also mean

@@ -41,6 +41,7 @@ from lenstui.jobs.protocol import (
     CheckSpeakable,
     Done,
     Failed,
+    FitLens,
     Handler,
     LoadModel,
     ModelInfo,
@@ -62,7 +63,7 @@ from lenstui.tui.panes.prompt import PRESETS, Preset, PromptPane
 from lenstui.tui.panes.speak import WiredSpeak
 from lenstui.tui.screens.aim import open_aim_distribution
 from lenstui.tui.screens.attribution import AttributionScreen, open_attribution
-from lenstui.tui.state import pins
+from lenstui.tui.state import lenses, pins
 from lenstui.tui.state.model_switch import ModelSwitch
 from lenstui.tui.safety import Guarded, SafetyNet
 from lenstui.tui.state.session import LensSession, Step
@@ -392,6 +393,8 @@ class LenstuiApp(Guarded, App):
             self._on_load_reply(result)
         elif isinstance(result.request, RunLens):
             self._on_lens_reply(result)
+        elif isinstance(result.request, FitLens):
+            lenses.fit_reply(self, result)
 
     def on_model_chosen(self, message: ModelChosen) -> None:
         self.model_switch.begin(message.spec, message.label)
@@ -414,6 +417,7 @@ class LenstuiApp(Guarded, App):
                 self.session.chat = False
             for pane in self.side_panes():
                 pane.post_message(ModelLoaded(info))
+            lenses.model_loaded(self, info)
             self._refresh_prompt_info()
             switched = self.model_switch.done(info)
             if self._reloading:
@@ -480,6 +484,7 @@ class LenstuiApp(Guarded, App):
         self._set_inspector_prompt(result.token_ids)
         self.grid.show_result(result)
         pins.lens_answered(self, request, result)
+        lenses.show_lens_file(self, result)
         self.status.set_run(len(result.tokens), result.seconds)
         self._refresh_prompt_info()
 
@@ -705,6 +710,9 @@ class LenstuiApp(Guarded, App):
         self.set_lens(self.session.next_lens())
 
     def set_lens(self, kind: str) -> None:
+        if not self.session.lens_ready(kind):  # a learned lens with no file for this model
+            self.notify(lenses.missing_lens_sentence(kind), severity="warning", timeout=6)
+            return
         self.session.set_lens(kind)
         self.notify(f"Lens: {kind}", timeout=2)
         self.rerun_lens()
@@ -752,6 +760,11 @@ class LenstuiApp(Guarded, App):
 
     def action_show_compare(self) -> None:
         pins.show_compare(self)
+
+    # ------------------------------------------------------------ learned lenses (tui/state/lenses.py)
+
+    def action_lens_eval(self) -> None:
+        lenses.show_eval(self)
 
     # ------------------------------------------------------------ export
 

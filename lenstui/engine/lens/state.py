@@ -33,7 +33,8 @@ import torch
 from lenstui.core.callbacks import StopCheck, check_stop
 from lenstui.core.errors import InputError, quoted
 from lenstui.core.lens_result import LensCell, LensResult, TopToken, TrackedValue
-from lenstui.core.lenses import LENS_KINDS, MAX_TOP_K, MAX_TRACKED
+from lenstui.core.learned_lens import LensFile
+from lenstui.core.lenses import LEARNED_LENSES, LENS_KINDS, MAX_TOP_K, MAX_TRACKED
 from lenstui.core.tokens import TokenRef, TokenSpec
 from lenstui.engine.lens.readout import read_out, unembedding
 from lenstui.engine.model.load import LoadedModel
@@ -57,6 +58,7 @@ class LensSettings:
     incl_mid: bool = False
     target_id: Optional[int] = None  # None: each position's own final top-1
     track_ids: tuple[int, ...] = ()  # tokens whose probability and rank every cell reports
+    lens_file: str = ""  # a learned lens's file (lens "tuned" or "jacobian"), resolved
 
 
 @dataclass
@@ -70,6 +72,7 @@ class LensPlan:
     reused_positions: int  # positions whose cells were kept from the last run
     forward_positions: int  # positions the model's forward pass ran for
     tracked: list[TokenRef] = field(default_factory=list)
+    lens_file: Optional[LensFile] = None  # the learned lens's file, when the lens is one
 
     @property
     def n_positions(self) -> int:
@@ -93,6 +96,7 @@ class LensPlan:
             positions=list(columns.positions) if subset else None,
             tracked=self.tracked,
             top_k=settings.top_k,
+            lens_file=self.lens_file,
         )
 
 
@@ -166,6 +170,7 @@ class LensState:
         self._plan: Optional[LensPlan] = None  # what the last prepare() settled
         self._columns: dict[int, tuple[list[LensCell], TokenRef]] = {}
         self._final_top1: dict[int, int] = {}  # position -> the model's own top-1 there
+        self._learned = None  # the learned lens (engine.lens.learned.LearnedLens) when one is read
         self.forward_count = 0  # forward passes run (tests and benches read it)
 
     # -- settings and the forward -------------------------------------------------------
@@ -179,10 +184,12 @@ class LensState:
         incl_mid: bool = False,
         target: Optional[TokenSpec] = None,
         track: Sequence[TokenSpec] = (),
+        lens_path: Optional[str] = None,
         should_stop: Optional[StopCheck] = None,
     ) -> LensPlan:
         """Validate, then bring the residual stack up to date for ``prompt`` (the forward
-        for new tokens only). Raises InputError on bad input, Cancelled when superseded."""
+        for new tokens only). Raises InputError on bad input, Cancelled when superseded.
+        ``lens_path``: a learned lens's file (default: the one fitted for this model)."""
         model = self.model
         if lens not in LENS_KINDS:
             raise InputError(f"Unknown lens {quoted(lens)}: choose one of {', '.join(LENS_KINDS)}.")
@@ -195,6 +202,13 @@ class LensState:
                 )
             if incl_mid:
                 raise InputError("The extended lens reads block outputs only: turn mid-block rows off.")
+        learned = None
+        if lens in LEARNED_LENSES:
+            from lenstui.engine.lens.learned import learned_lens
+
+            if incl_mid:
+                raise InputError(f"The {lens} lens has translators for block outputs only: turn mid-block rows off.")
+            learned = learned_lens(model, lens, lens_path)
         ids = encode_prompt(model, prompt)
         target_id = None if target is None else resolve_token(model, target)
         track_ids: list[int] = []
@@ -211,6 +225,7 @@ class LensState:
             incl_mid=incl_mid,
             target_id=target_id,
             track_ids=tuple(track_ids),
+            lens_file=learned.stamp if learned is not None else "",
         )
         check_stop(should_stop)
         kept, ran = self._update_stack(ids, incl_mid)
@@ -222,6 +237,7 @@ class LensState:
             # The extended lens's decoded stack is as big as the residual stack itself:
             # switching away frees it (switching back decodes it again, the forward is kept).
             self._extended = None
+        self._learned = learned
         self._plan = LensPlan(
             model=model.name,
             settings=settings,
@@ -230,6 +246,7 @@ class LensState:
             reused_positions=len([p for p in self._columns if p < len(ids)]),
             forward_positions=ran,
             tracked=[token_ref(model, i) for i in track_ids],
+            lens_file=learned.file if learned is not None else None,
         )
         return self._plan
 
@@ -345,6 +362,8 @@ class LensState:
         if settings.lens == "extended":
             return self._extended_stack()[:, index]
         pre = self._pre[:, index]
+        if self._learned is not None:
+            return self._learned.apply(pre, positions)
         if not settings.incl_mid:
             return pre
         mid = self._mid[:, index]

@@ -20,6 +20,7 @@ from textual.widgets import Footer, Static
 
 from lenstui.core.errors import InputError
 from lenstui.core.lens_result import PENDING, LensResult
+from lenstui.core.lenses import LEARNED_LENSES
 from lenstui.core.textfmt import visible
 from lenstui.jobs.protocol import AttributeCell, Done, Failed, Stopped
 from lenstui.tui.host import ExplorerHost, explorer
@@ -28,6 +29,7 @@ from lenstui.tui.widgets.attribution import AttributionView
 from lenstui.tui.widgets.grid import GridCell
 
 ATTRIBUTION_HEADS = 8
+LEARNED_NOTE = "attribution decomposes the logit lens, not the {lens} lens's translator"
 _BLOCK_ROW = re.compile(r"L(\d+)")
 
 
@@ -59,7 +61,8 @@ def attribution_request(
             f"The selected cell ({cell.layer} at position {cell.position}) is not in the grid on "
             "screen any more: pick a cell again."
         )
-    if result.lens != "logit":
+    learned = result.lens in LEARNED_LENSES
+    if result.lens != "logit" and not learned:
         raise InputError(
             f"Attribution reads the plain logit lens, and the grid shows the {result.lens} lens: "
             "switch back to logit (F5) to attribute a cell."
@@ -86,6 +89,8 @@ def attribution_request(
     at = visible(result.tokens[cell.position].text)
     vs = "" if contrast_id is None else f" vs {visible(contrast_text)}"
     label = f"{visible(token_text)}{vs} at {at}@{cell.position} · {cell.layer}"
+    if learned:  # the decomposition is of the row the logit lens reads, before any translator
+        label += f" · read by the logit lens ({LEARNED_NOTE.format(lens=result.lens)})"
     request = AttributeCell(tuple(result.token_ids), cell.position, row, token_id, contrast_id, heads)
     return request, label
 
@@ -153,7 +158,8 @@ class AttributionScreen(Guarded, Screen):
             self.result = result.value
             self.view.show_result(result.value)
             note = self.query_one("#attribution-note", Static)
-            note.update(result.value.note)
+            learned = self.label.partition(" · read by the logit lens (")[2].rstrip(")")
+            note.update(f"{learned[:1].upper()}{learned[1:]}. {result.value.note}" if learned else result.value.note)
             note.add_class("-shown")
             self.view.query_one("#attribution-heads").focus()
         elif isinstance(result, Failed):  # the app has shown it as a notice too
@@ -185,6 +191,9 @@ def open_attribution(
     except InputError as err:
         app.notify(str(err), title=AttributeCell.title, severity="warning", timeout=8)
         return
+    if result.lens in LEARNED_LENSES:
+        app.notify(f"The grid shows the {result.lens} lens; {LEARNED_NOTE.format(lens=result.lens)}: "
+                   "it reads the row as the logit lens does.", title=AttributeCell.title, timeout=8)
     if isinstance(app.screen, AttributionScreen):
         app.screen.attribute(request, label)
     else:

@@ -116,6 +116,8 @@ def show_compare(host: ExplorerHost) -> None:
         target=session.target,
         track=tuple(session.pins),
     )
+    if session.lens_kind in session.lens_paths:  # a learned lens read from a chosen file
+        options["lens_path"] = session.lens_paths[session.lens_kind]
     host.push_screen(CompareScreen(prompt_a, session.prompt_b, options=options, chat=session.chat))
 
 

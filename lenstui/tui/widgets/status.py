@@ -37,6 +37,8 @@ class StatusBar(Guarded, Static):
     model: reactive[str] = reactive("no model")
     state: reactive[str] = reactive("")
     run_info: reactive[str] = reactive("")
+    lens_info: reactive[str] = reactive("")  # a learned lens and its file ("" for the built-in lenses)
+    job_info: reactive[str] = reactive("")  # a long job's progress (a lens fit)
 
     def __init__(self, *, show_timings: bool = True, id=None) -> None:
         super().__init__("", id=id, markup=False)
@@ -72,6 +74,14 @@ class StatusBar(Guarded, Static):
     def set_run(self, tokens: int, seconds: float) -> None:
         self.run_info = f"{tokens} tokens{self.seconds(seconds)}"
 
+    def set_lens(self, text: str) -> None:
+        """Which learned lens the grid reads, and from which file ("" for none)."""
+        self.lens_info = text
+
+    def set_job(self, text: str, fraction: Optional[float] = None) -> None:
+        """A long job's line ("" when none runs), with its bar."""
+        self.job_info = f"{text} {progress_bar(fraction)}".strip() if text else ""
+
     def render(self) -> Text:
-        parts = [p for p in (self.model, self.state, self.run_info) if p]
+        parts = [p for p in (self.model, self.state, self.job_info, self.lens_info, self.run_info) if p]
         return Text(" │ ".join(parts), no_wrap=True, overflow="ellipsis")
