@@ -565,6 +565,8 @@ def patch(
         [patched.grid[r][c].target_prob if in_cone(cone, r, c) else before[r][c] for c in range(n)]
         for r in range(len(clean.layers))
     ]
+    seconds = time.perf_counter() - started
+    patched.seconds = seconds
     return PatchResult(
         spec=spec,
         clean=clean,
@@ -575,7 +577,7 @@ def patch(
         cone=cone,
         source_tokens=None if source_state is None else [token_ref(model, i) for i in source_state.ids],
         cost=cost,
-        seconds=time.perf_counter() - started,
+        seconds=seconds,
     )
 
 
@@ -898,6 +900,7 @@ def steer(
             clean_ids.append(token)
             clean_generated.append(token)
     result = steered.result(should_stop)
+    result.seconds = time.perf_counter() - started
     spec = SteerSpec(
         layer=block,
         position=p,
@@ -914,5 +917,5 @@ def steer(
         clean_generated=[token_ref(model, t) for t in clean_generated],
         cone=steer_cone(result.layers, len(result.tokens), layer=block, position=p),
         cost=cost,
-        seconds=time.perf_counter() - started,
+        seconds=result.seconds,
     )

@@ -36,6 +36,7 @@ class StatusBar(Static):
     model: reactive[str] = reactive("no model")
     state: reactive[str] = reactive("")
     run_info: reactive[str] = reactive("")
+    causal: reactive[str] = reactive("")  # the patch or steer on show (tui/state/causal.py)
 
     def __init__(self, *, show_timings: bool = True, id=None) -> None:
         super().__init__("", id=id, markup=False)
@@ -71,6 +72,11 @@ class StatusBar(Static):
     def set_run(self, tokens: int, seconds: float) -> None:
         self.run_info = f"{tokens} tokens{self.seconds(seconds)}"
 
+    def set_causal(self, text: str) -> None:
+        """What the grid shows instead of the clean run ("" when it shows the clean run)."""
+        self.causal = text
+
     def render(self) -> Text:
-        parts = [p for p in (self.model, self.state, self.run_info) if p]
+        # A patch or steer on show comes first: at 80 columns the end of the line is cut.
+        parts = [p for p in (self.causal, self.model, self.state, self.run_info) if p]
         return Text(" │ ".join(parts), no_wrap=True, overflow="ellipsis")
