@@ -412,6 +412,18 @@ def test_a_kept_steer_grows_one_position_per_step(tiny_llama):
     assert lens_state(tiny_llama, "a").intervention is None
 
 
+@pytest.mark.parametrize("layer", ["L0", -1])  # -1: after the last block, where no block reruns
+def test_steered_steps_leave_the_clean_cache_alone(tiny_llama, layer):
+    ids, _ = prompts(tiny_llama)
+    state = lens_state(tiny_llama, "a")
+    state.prepare(ids, top_k=3)
+    keys = [layer_cache.keys.clone() for layer_cache in state.kv_cache.layers]
+    result = patching.steer(tiny_llama, ids, toward=ids[2], layer=layer, alpha=4.0, steps=3, top_k=3)
+    assert len(result.steered.tokens) == len(ids) + 3
+    assert state.ids == ids and state.kv_cache.get_seq_length() == len(ids)
+    assert all(torch.equal(a, b.keys) for a, b in zip(keys, state.kv_cache.layers))
+
+
 def test_steer_mistakes(tiny_llama):
     ids, _ = prompts(tiny_llama)
     with pytest.raises(InputError, match="same token"):
@@ -508,3 +520,42 @@ def test_steering_the_embedded_model_matches_adding_it_by_hand(embedded, smol_re
     assert result.generated != result.clean_generated  # the steer does something
     probs = smol_reference.probs(ids + expected, [iv])
     assert_final_rows_match(result.steered, probs)
+
+
+# ---------------------------------------------------------------- the worker's handlers
+
+
+def test_causal_requests_through_the_worker(tiny_llama):
+    import queue
+
+    from lenstui.core.patch_result import PatchResult, SteerResult, SweepResult
+    from lenstui.jobs.handlers import HANDLERS
+    from lenstui.jobs.protocol import Done, Failed, LoadModel, Progress, RunPatch, RunSteer, RunSweep
+    from lenstui.jobs.scheduler import ModelWorker
+
+    results: queue.Queue = queue.Queue()
+    worker = ModelWorker(results.put, loader=lambda spec, **kw: tiny_llama, handlers=HANDLERS).start()
+    try:
+        ids, other = prompts(tiny_llama)
+
+        def answer(request):
+            seq = worker.submit(request)
+            while True:
+                result = results.get(timeout=120)
+                if result.seq == seq and not isinstance(result, Progress):
+                    return result
+
+        worker.submit(LoadModel())
+        patched = answer(RunPatch(tuple(ids), tuple(other), layer="L1", position=5, top_k=3))
+        assert isinstance(patched, Done) and isinstance(patched.value, PatchResult)
+        direct = patching.patch(tiny_llama, ids, source_prompt=other, layer="L1", position=5, top_k=3)
+        assert patched.value.patched.grid[-1][-1] == direct.patched.grid[-1][-1]
+        swept = answer(RunSweep(tuple(ids), tuple(other), mode="layers", position=5))
+        assert isinstance(swept.value, SweepResult) and len(swept.value.points) == tiny_llama.n_layers + 1
+        steered = answer(RunSteer(tuple(ids), ids[2], layer="L1", alpha=2.0, steps=2, top_k=3))
+        assert isinstance(steered.value, SteerResult) and len(steered.value.generated) == 2
+        assert steered.value.clean_generated == []  # the app steps itself
+        failed = answer(RunPatch(tuple(ids), tuple(other), layer="L7"))
+        assert isinstance(failed, Failed) and "out of range" in failed.message
+    finally:
+        worker.stop()

@@ -327,7 +327,7 @@ def _resume(model, clean: LensState, start: int, intervention, names, decoder, s
         if any(prefix.layers[i].get_seq_length() != n for i in range(n_layers)):
             raise RuntimeError("the resumed blocks did not fill the KV cache")
     else:
-        prefix = kv  # nothing ran: every block's keys and values are the clean ones
+        prefix = kv_prefix(kv, n)  # nothing ran: every block's keys and values are the clean ones (views)
     missing = [name for name in names if name not in captured]
     if missing:
         raise RuntimeError(f"hooks did not fire: {missing[:3]}")

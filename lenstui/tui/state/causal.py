@@ -408,6 +408,16 @@ def _show_steer(host: CausalHost, request: RunSteer, value: SteerResult) -> None
         step_under_steer(host)
 
 
+def forget_model(host: CausalHost) -> None:
+    """Another model was loaded: the source's ids, a patch and a steer were the old one's."""
+    state = host.causal
+    state.source = None
+    state.shown = None
+    state.steer = None
+    state.queued_steps = 0
+    host.status.set_causal("")
+
+
 # ---------------------------------------------------------------- the palette
 
 

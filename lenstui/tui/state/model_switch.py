@@ -15,6 +15,7 @@ from typing import Optional
 
 from lenstui.jobs.protocol import Failed, LoadModel, ModelInfo
 from lenstui.tui.host import ExplorerHost
+from lenstui.tui.state import causal
 
 
 class ModelSwitch:
@@ -56,6 +57,8 @@ class ModelSwitch:
         app.inspector_pane.forget_model()
         app.speak_pane.forget_model()
         app.session.forget_model()
+        if hasattr(app, "causal"):  # a marked source, a patch or a steer: the old model's ids
+            causal.forget_model(app)
         app.shown_result = None
         app.shown_request = None
         app.notify(f"Model: {info.name}", timeout=3)
