@@ -161,20 +161,20 @@ async def test_steer_from_the_palette_alpha_keys_steps_and_clear(make_app, embed
         causal.steer_selected(app)
         await until(pilot, lambda: isinstance(app.causal.shown, SteerResult), "the steered run")
         assert app.causal.steer.toward == cell.token_id and app.causal.steer.layer == "L15"
-        assert "steer" in str(app.status.render()) and "×1 at L15" in str(app.status.render())
+        assert "steer" in str(app.status.render()) and "×0.25 at L15" in str(app.status.render())
         assert app.grid.result is app.causal.shown.steered
         assert app.grid.border_title.startswith(f"steer {app.causal.steer.label[6:]}")
 
         # Steer toward " sea" instead, as the palette would with that cell selected.
-        app.causal.steer = causal.Steer(sea, " sea", "L15", 1.0)
+        app.causal.steer = causal.Steer(sea, " sea", "L24", 0.1)
         causal.change_alpha(app, 0)  # resubmit
         await until(pilot, lambda: isinstance(app.causal.shown, SteerResult) and app.causal.shown.spec.toward.id == sea, "steer toward sea")
         await pilot.press("plus")
-        await until(pilot, lambda: app.causal.shown.spec.alpha == 1.25, "alpha 1.25")
-        await pilot.press("minus", "minus")
-        await until(pilot, lambda: app.causal.shown.spec.alpha == 0.75, "alpha 0.75")
+        await until(pilot, lambda: app.causal.shown.spec.alpha == 0.15, "alpha 0.15")
+        await pilot.press("plus", "plus", "minus")
+        await until(pilot, lambda: app.causal.shown.spec.alpha == 0.2, "alpha 0.2")
         steered = app.causal.shown
-        expected = patching.steer(embedded, clean.token_ids, toward=sea, layer="L15", alpha=0.75, steps=2, top_k=app.session.top_k)
+        expected = patching.steer(embedded, clean.token_ids, toward=sea, layer="L24", alpha=0.2, steps=2, top_k=app.session.top_k)
         assert steered.steered.grid[-1][-1].top[0].id == expected.generated[0].id
 
         # Ctrl+N twice: both tokens from the steered run.

@@ -33,8 +33,8 @@ from lenstui.core.textfmt import visible
 from lenstui.jobs.protocol import Done, Failed, Request, Result, RunLens, RunPatch, RunSteer, RunSweep
 from lenstui.tui.host import ExplorerHost
 
-ALPHA_STEP = 0.25
-DEFAULT_ALPHA = 1.0
+ALPHA_STEP = 0.05  # alpha is in median residual norms: 0.1-0.5 already steer SmolLM2
+DEFAULT_ALPHA = 0.25
 COMPONENT_NAMES = {"resid": "the residual", "attn": "the attention output", "mlp": "the MLP output"}
 
 
