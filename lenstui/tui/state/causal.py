@@ -230,6 +230,8 @@ def sweep(host: CausalHost, prompt_a, position: int, *, mode: str = "layers", la
         if site is None:
             return False
         layer = site[0]
+    elif mode == "layers":
+        layer = None  # every layer
     session = host.session
     host.submit(
         RunSweep(
@@ -362,7 +364,11 @@ def on_reply(host: CausalHost, result: Result) -> None:
         if isinstance(request, RunSteer):
             state.steer = None
             state.queued_steps = 0
-        host.status.set_causal("")
+            if isinstance(state.shown, SteerResult):  # the last steered grid goes too
+                state.shown = None
+                if host.shown_result is not None:
+                    host.grid.show_result(host.shown_result)
+        _refresh_status(host)  # whatever is still on show (a failed patch leaves the last one)
         return  # the app has shown the failure as a notice
     if not isinstance(result, Done):
         return
@@ -382,14 +388,8 @@ def _show_patch(host: CausalHost, value: PatchResult) -> None:
     if state.steering:  # a steer started meanwhile: it owns the grid
         return
     state.shown = value
-    heading = f"patched: {value.spec.label}"
-    host.grid.show_causal(value.patched, value.cone, heading)
-    key = host.key_for("lenstui.restore_clean")
-    final = value.target_after[-1][-1], value.target_before[-1][-1]
-    target = value.patched.targets[-1]
-    host.status.set_causal(
-        f"patched: {value.spec.label} · P({visible(target.text)}) {final[1]:.3f}→{final[0]:.3f} · {key} restores"
-    )
+    host.grid.show_causal(value.patched, value.cone, f"patched: {value.spec.label}")
+    _refresh_status(host)
 
 
 def _show_steer(host: CausalHost, request: RunSteer, value: SteerResult) -> None:
@@ -401,8 +401,7 @@ def _show_steer(host: CausalHost, request: RunSteer, value: SteerResult) -> None
         steer.scale = value.spec.scale
     state.shown = value
     host.grid.show_causal(value.steered, value.cone, steer.label)
-    key = host.key_for("lenstui.restore_clean")
-    host.status.set_causal(f"{steer.label} (= {abs(steer.alpha) * steer.scale:.0f} of |resid|) · +/- alpha · {key} clears")
+    _refresh_status(host)
     if state.queued_steps and host.shown_result is not None and value.steered.token_ids == host.shown_result.token_ids:
         state.queued_steps -= 1
         step_under_steer(host)
@@ -416,6 +415,25 @@ def forget_model(host: CausalHost) -> None:
     state.steer = None
     state.queued_steps = 0
     host.status.set_causal("")
+
+
+def _refresh_status(host: CausalHost) -> None:
+    """The status line's causal part for what is on show."""
+    state = host.causal
+    shown = state.shown
+    key = host.key_for("lenstui.restore_clean")
+    if isinstance(shown, PatchResult):
+        before, after = shown.target_before[-1][-1], shown.target_after[-1][-1]
+        target = visible(shown.patched.targets[-1].text)
+        host.status.set_causal(f"patched: {shown.spec.label} · P({target}) {before:.3f}→{after:.3f} · {key} restores")
+    elif state.steer is not None and isinstance(shown, SteerResult) and state.steer.scale is not None:
+        steer = state.steer
+        norm = abs(steer.alpha) * steer.scale
+        host.status.set_causal(
+            f"{steer.label} · norm {norm:.0f} (median |resid| {steer.scale:.0f}) · +/- alpha · {key} clears"
+        )
+    else:
+        host.status.set_causal("")
 
 
 # ---------------------------------------------------------------- the palette
