@@ -264,7 +264,7 @@ def format_sweep(result: SweepResult) -> str:
         line = (
             fit(name, 7)
             + fit(f"{point.target_prob:.4f}", 12)
-            + fit(f"{point.target_prob - result.clean_target_prob:+.4f}", 9)
+            + fit(f"{round(point.target_prob - result.clean_target_prob, 4) + 0.0:+.4f}", 9)  # no "-0.0000"
             + fit(str(point.target_rank), 6)
             + "".join(fit(f"{t.prob:.4f}", 12) for t in point.tracked)
             + fit(f"{visible(point.top.text)} {point.top.prob:.2f}", 16)
