@@ -34,6 +34,9 @@ from lenstui.jobs.protocol import (
     RenderScenes,
     RunCompare,
     RunLens,
+    RunPatch,
+    RunSteer,
+    RunSweep,
     ScanVocabulary,
     SceneRender,
 )
@@ -109,6 +112,89 @@ def compare_handler(model, request: RunCompare, ctx):
         track=request.track,
         lens_path=request.lens_path,
         should_stop=ctx.should_stop,
+    )
+
+
+def _encoded(model, prompt, chat: bool):
+    """A request's prompt for the engine: ids as a list, text chat-templated when asked."""
+    from lenstui.engine.model.chat import chat_prompt_ids
+
+    if prompt is None:
+        return None
+    if isinstance(prompt, tuple):
+        return list(prompt)
+    return chat_prompt_ids(model, prompt) if chat else prompt
+
+
+def _lens_options(model, request) -> dict:
+    return dict(
+        top_k=min(request.top_k, model.d_vocab),
+        lens=request.lens,
+        extended_blocks=request.extended_blocks,
+        incl_mid=request.incl_mid,
+        target=request.target,
+        track=request.track,
+    )
+
+
+def patch_handler(model, request: RunPatch, ctx):
+    """-> core.patch_result.PatchResult: the patched grid, its effects and cone."""
+    from lenstui.engine.patching import patch
+
+    return patch(
+        model,
+        _encoded(model, request.prompt_a, request.chat),
+        source_prompt=_encoded(model, request.prompt_b, request.chat),
+        layer=request.layer,
+        position=request.position,
+        from_position=request.from_position,
+        component=request.component,
+        head=request.head,
+        ablate=request.ablate,
+        should_stop=ctx.should_stop,
+        **_lens_options(model, request),
+    )
+
+
+def sweep_handler(model, request: RunSweep, ctx):
+    """-> core.patch_result.SweepResult, with progress per patched run."""
+    from lenstui.engine.patching import sweep
+
+    return sweep(
+        model,
+        _encoded(model, request.prompt_a, request.chat),
+        source_prompt=_encoded(model, request.prompt_b, request.chat),
+        mode=request.mode,
+        layer=request.layer,
+        position=request.position,
+        from_position=request.from_position,
+        component=request.component,
+        head=request.head,
+        ablate=request.ablate,
+        target=request.target,
+        track=request.track,
+        should_stop=ctx.should_stop,
+        progress=ctx.progress,
+    )
+
+
+def steer_handler(model, request: RunSteer, ctx):
+    """-> core.patch_result.SteerResult (no clean continuation: the app steps itself)."""
+    from lenstui.engine.patching import steer
+
+    return steer(
+        model,
+        _encoded(model, request.prompt, request.chat),
+        toward=request.toward,
+        away=request.away,
+        layer=request.layer,
+        alpha=request.alpha,
+        position=request.position,
+        steps=request.steps,
+        scale=request.scale,
+        clean_steps=False,
+        should_stop=ctx.should_stop,
+        **_lens_options(model, request),
     )
 
 
@@ -312,6 +398,9 @@ HANDLERS: dict[type, Handler] = {
     RunCompare: compare_handler,
     FitLens: fit_lens_handler,
     EvaluateLenses: evaluate_lenses_handler,
+    RunPatch: patch_handler,
+    RunSweep: sweep_handler,
+    RunSteer: steer_handler,
 }
 
 

@@ -195,6 +195,83 @@ class EvaluateLenses(Request):
     long_running: ClassVar[bool] = True
 
 
+@dataclass(frozen=True)
+class RunPatch(Request):
+    """A patched lens run (``lenstui.engine.patching.patch``): prompt A with block
+    ``layer``'s ``component`` at ``position`` taken from prompt B at ``from_position``,
+    or ablated (``ablate`` "zero"/"mean", no prompt B). Both prompts run in the lens'
+    slots "a" and "b", so the explorer's and the compare view's runs are reused."""
+
+    prompt_a: Union[str, tuple[int, ...]]
+    prompt_b: Union[str, tuple[int, ...], None] = None
+    layer: Union[str, int] = "L0"  # "L3", 3, "embed"
+    position: int = -1
+    from_position: Optional[int] = None
+    component: str = "resid"  # resid, attn, mlp, head (with ``head``) or "L3H4"
+    head: Optional[int] = None
+    ablate: Optional[str] = None
+    chat: bool = False
+    top_k: int = 10
+    lens: str = "logit"
+    extended_blocks: int = 1
+    incl_mid: bool = False
+    target: Union[str, int, None] = None
+    track: tuple[Union[str, int], ...] = ()
+
+    title: ClassVar[str] = "Patch"
+    priority: ClassVar[int] = 1
+
+
+@dataclass(frozen=True)
+class RunSweep(Request):
+    """Patch after patch (``lenstui.engine.patching.sweep``): ``position`` at every layer
+    (``mode`` "layers") or every position at ``layer`` ("positions"), reading the
+    target's probability at A's last position."""
+
+    prompt_a: Union[str, tuple[int, ...]]
+    prompt_b: Union[str, tuple[int, ...], None] = None
+    mode: str = "layers"
+    layer: Union[str, int, None] = None
+    position: int = -1
+    from_position: Optional[int] = None
+    component: str = "resid"
+    head: Optional[int] = None
+    ablate: Optional[str] = None
+    chat: bool = False
+    target: Union[str, int, None] = None
+    track: tuple[Union[str, int], ...] = ()
+
+    title: ClassVar[str] = "Patch sweep"
+    priority: ClassVar[int] = 2
+
+
+@dataclass(frozen=True)
+class RunSteer(Request):
+    """A steered lens run (``lenstui.engine.patching.steer``): ``alpha`` median residual
+    norms toward ``toward``'s unembedding direction (away from ``away``'s) added after
+    block ``layer`` from ``position`` on; ``steps`` greedy tokens under it. ``scale``
+    fixes the unit (the app keeps the first run's while it steps)."""
+
+    prompt: Union[str, tuple[int, ...]]
+    toward: Union[str, int]
+    layer: Union[str, int] = "L0"
+    alpha: float = 4.0
+    away: Union[str, int, None] = None
+    position: int = 0
+    steps: int = 0
+    scale: Optional[float] = None
+    chat: bool = False
+    top_k: int = 10
+    lens: str = "logit"
+    extended_blocks: int = 1
+    incl_mid: bool = False
+    target: Union[str, int, None] = None
+    track: tuple[Union[str, int], ...] = ()
+
+    title: ClassVar[str] = "Steer"
+    priority: ClassVar[int] = 1
+
+
 # ---------------------------------------------------------------- results
 
 

@@ -63,7 +63,8 @@ from lenstui.tui.panes.prompt import PRESETS, Preset, PromptPane
 from lenstui.tui.panes.speak import WiredSpeak
 from lenstui.tui.screens.aim import open_aim_distribution
 from lenstui.tui.screens.attribution import AttributionScreen, open_attribution
-from lenstui.tui.state import lenses, pins
+from lenstui.tui.state import causal, lenses, pins
+from lenstui.tui.state.causal import CausalState
 from lenstui.tui.state.model_switch import ModelSwitch
 from lenstui.tui.safety import Guarded, SafetyNet
 from lenstui.tui.state.session import LensSession, Step
@@ -158,6 +159,7 @@ class LenstuiApp(Guarded, App):
         self._preset_index = -1
         self.scan_marks: Optional[ScanMarks] = None  # once a vocabulary scan exists: held here only
         self.attribution_contrast: Optional[tuple[int, str]] = None  # (id, text) pinned by the palette
+        self.causal = CausalState()  # patches, sweeps and steering (tui/state/causal.py)
         self.model_switch = ModelSwitch(self)  # the palette's "model: open ..."
         self._install_themes(theme)
         if self.config.keymap:
@@ -395,6 +397,8 @@ class LenstuiApp(Guarded, App):
             self._on_lens_reply(result)
         elif isinstance(result.request, FitLens):
             lenses.fit_reply(self, result)
+        elif causal.handles(result.request):
+            causal.on_reply(self, result)
 
     def on_model_chosen(self, message: ModelChosen) -> None:
         self.model_switch.begin(message.spec, message.label)
@@ -442,7 +446,8 @@ class LenstuiApp(Guarded, App):
                 self.lens_settled.set()
             return
         if isinstance(result, Partial):  # some columns, before the whole grid
-            self.grid.show_partial(result.value, result.request)
+            if not causal.lens_partial(self):  # a steered grid stays until it is steered again
+                self.grid.show_partial(result.value, result.request)
             self._set_inspector_prompt(result.value.token_ids)  # the prompt on screen now
             return
         self.status.set_running(False)
@@ -482,7 +487,8 @@ class LenstuiApp(Guarded, App):
         self.shown_result = result
         self.shown_request = request
         self._set_inspector_prompt(result.token_ids)
-        self.grid.show_result(result)
+        if not causal.lens_shown(self, result, request):  # a steer shows this run steered
+            self.grid.show_result(result)
         pins.lens_answered(self, request, result)
         lenses.show_lens_file(self, result)
         self.status.set_run(len(result.tokens), result.seconds)
@@ -547,6 +553,9 @@ class LenstuiApp(Guarded, App):
     # ------------------------------------------------------------ actions
 
     def action_step(self) -> None:
+        if causal.step_under_steer(self):  # the steered run's next token
+            self._refresh_prompt_info()
+            return
         result = self.shown_result
         if self._lens_running():
             # Each step extends the previous one's answer: queue it (the reply takes it).
@@ -633,6 +642,9 @@ class LenstuiApp(Guarded, App):
         # Letters like "i", "s" and "t" belong to the prompt while typing.
         if action in LETTER_ACTIONS and isinstance(self.focused, Input):
             return False
+        applies = causal.check_action(self, action)  # p, Esc, + and - mean more at times
+        if applies is not None:
+            return applies
         if action in GRID_ACTIONS and isinstance(self.screen, AttributionScreen):
             return False  # the grid is behind the attribution screen: its keys rest
         return True
@@ -765,6 +777,20 @@ class LenstuiApp(Guarded, App):
 
     def action_lens_eval(self) -> None:
         lenses.show_eval(self)
+
+    # ------------------------------------------------------------ the causal lens (tui/state/causal.py)
+
+    def action_patch_cell(self) -> None:
+        causal.patch_cursor(self)
+
+    def action_restore_clean(self) -> None:
+        causal.restore_clean(self)
+
+    def action_steer_more(self) -> None:
+        causal.change_alpha(self, causal.ALPHA_STEP)
+
+    def action_steer_less(self) -> None:
+        causal.change_alpha(self, -causal.ALPHA_STEP)
 
     # ------------------------------------------------------------ export
 

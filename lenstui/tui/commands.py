@@ -26,7 +26,7 @@ from lenstui.store.config import load_config
 from lenstui.store.model_catalog import ModelEntry, discover_models
 from lenstui.tui.host import ExplorerHost
 from lenstui.tui.panes.prompt import PRESETS, Preset
-from lenstui.tui.state import lenses, pins
+from lenstui.tui.state import causal, lenses, pins
 
 PREFIX = "model: open "
 
@@ -146,6 +146,7 @@ def explorer_commands(app: PaletteHost) -> Iterator[SystemCommand]:
     yield SystemCommand("attribute: contrast with the selected token", "attribute logit(token) - logit(this one)", app.action_attribute_contrast)
     yield SystemCommand("attribute: no contrast", "attribute logit(token) - mean logit", app.action_attribute_no_contrast)
     yield from pins.commands(app)
+    yield from causal.commands(app)
     yield SystemCommand("export: grid as JSON", "same shape as `lenstui lens --json`", app.export_json)
     yield SystemCommand("export: screen as SVG", "a screenshot for slides", app.export_svg)
     yield SystemCommand("keys: show or hide bindings", "the keys panel (F1 or ?)", app.action_toggle_help)

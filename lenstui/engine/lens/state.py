@@ -156,8 +156,15 @@ def _install_cache_shim(bridge) -> None:
 
 
 class LensState:
-    def __init__(self, model: LoadedModel):
+    def __init__(self, model: LoadedModel, intervention=None):
         self.model = model
+        # Hooks every forward of this state adds (lenstui.engine.patching: a patch or a
+        # steer), asked per forward with ``intervention.hooks(start, count)`` for the
+        # positions start..start+count-1 it runs. None: the clean model.
+        self.intervention = intervention
+        # position -> the target id a cell there reads when the settings give none (a
+        # patched run reads the clean run's targets); None: each position's own top-1.
+        self.fixed_targets: Optional[dict[int, int]] = None
         self._ids: list[int] = []
         self._kv = None  # HF DynamicCache over self._ids, or None
         self._kv_works: Optional[bool] = None  # None until the first incremental forward
@@ -312,6 +319,9 @@ class LensState:
         kv = self._kv if (use_kv and start > 0) else (DynamicCache() if use_kv else None)
         tokens = torch.tensor([ids[start:]], device=model.device)
         kwargs = {"past_key_values": kv} if kv is not None else {}
+        hooks = [(name, capture(name)) for name in names + mid_names]
+        if self.intervention is not None:
+            hooks = list(self.intervention.hooks(start, len(ids) - start)) + hooks
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)  # HF renamed past_key_values -> cache
             # The model computes its logits for the new positions anyway: their argmax is
@@ -319,7 +329,7 @@ class LensState:
             logits = bridge.run_with_hooks(
                 tokens,
                 return_type="logits",
-                fwd_hooks=[(name, capture(name)) for name in names + mid_names],
+                fwd_hooks=hooks,
                 **kwargs,
             )
         self.forward_count += 1
@@ -353,6 +363,69 @@ class LensState:
         self._kv = kv
         self._ids = list(ids)
         self._version += 1
+
+    # -- forks (lenstui.engine.patching) ---------------------------------------------------
+    def fork(self, keep: int, intervention=None) -> "LensState":
+        """A new state that shares this one's first ``keep`` positions (ids, residual
+        stack, KV cache, cells and settings) and runs ``intervention`` in its forwards:
+        its next ``prepare`` with this state's ids computes positions >= ``keep`` only.
+        This state is not changed (the KV cache is shared as views: a DynamicCache
+        grows by concatenation, never in place)."""
+        keep = max(0, min(int(keep), len(self._ids)))
+        other = LensState(self.model, intervention)
+        other._kv_works = self._kv_works
+        other._capture_mid = self._capture_mid
+        other._settings = self._settings
+        if keep > 0 and self._pre is not None:
+            other._ids = self._ids[:keep]
+            other._pre = self._pre[:, :keep]
+            other._mid = self._mid[:, :keep] if self._mid is not None else None
+            other._kv = kv_prefix(self._kv, keep) if self._kv is not None else None
+            other._columns = {p: c for p, c in self._columns.items() if p < keep}
+            other._final_top1 = {p: t for p, t in self._final_top1.items() if p < keep}
+        return other
+
+    def extend(self, ids: Sequence[int], pre: torch.Tensor, mid: Optional[torch.Tensor], kv) -> None:
+        """Append positions ``len(ids so far)..`` computed elsewhere (a patched run
+        resumed from a block): ``pre`` [n_layers + 1, new, d] and ``mid`` as the forward
+        would capture them, and the KV cache now covering all of ``ids``."""
+        start = len(self._ids)
+        if list(ids[:start]) != self._ids or pre.shape[1] != len(ids) - start:
+            raise ValueError("extend() takes the ids so far plus exactly the new positions")
+        dtype = torch.float32 if self.model.device == "cpu" else None
+        pre = pre.to(dtype) if dtype is not None else pre
+        mid = mid.to(dtype) if (mid is not None and dtype is not None) else mid
+        self._pre = pre if self._pre is None else torch.cat([self._pre, pre], dim=1)
+        if mid is not None:
+            self._mid = mid if self._mid is None else torch.cat([self._mid, mid], dim=1)
+        self._kv = kv
+        self._ids = [int(i) for i in ids]
+        self._version += 1
+
+    @property
+    def ids(self) -> list[int]:
+        """The token ids the stack covers."""
+        return list(self._ids)
+
+    @property
+    def kv_cache(self):
+        """The KV cache over ``ids`` (None when this model runs without one)."""
+        return self._kv
+
+    def residual(self, row: int) -> torch.Tensor:
+        """[positions, d]: block ``row``'s input (row ``n_layers``: the last block's
+        output), i.e. the residual after block ``row - 1``; row 0 is the embedding."""
+        return self._pre[row]
+
+    def mid_residual(self, layer: int) -> Optional[torch.Tensor]:
+        """[positions, d] after block ``layer``'s attention, when mid rows were captured."""
+        return None if self._mid is None else self._mid[layer]
+
+    def next_token_id(self) -> int:
+        """The model's greedy next token after ``ids`` (this state's own final top-1)."""
+        last = len(self._ids) - 1
+        self._read_final_top1([last], None)
+        return self._final_top1[last]
 
     # -- rows -----------------------------------------------------------------------------
     def _stack(self, positions: list[int]) -> torch.Tensor:
@@ -451,7 +524,8 @@ class LensState:
         final = self._pre[-1, torch.tensor(positions, device=self._pre.device)]
         final_normed = unembed.normalize(final)
         if settings.target_id is None:
-            target_ids = [self._final_top1[p] for p in positions]
+            fixed = self.fixed_targets or {}
+            target_ids = [fixed.get(p, self._final_top1[p]) for p in positions]
         else:
             target_ids = [settings.target_id] * n_pos
         normed = unembed.normalize(stack.reshape(n_rows * n_pos, d), apply_norm=settings.lens != "raw")
@@ -507,6 +581,25 @@ class LensState:
             )
         for i, pos in enumerate(positions):
             self._columns[pos] = (columns[i], token_ref(model, target_ids[i]))
+
+
+def kv_prefix(kv, keep: int):
+    """A DynamicCache over the first ``keep`` positions of ``kv``, as views (no copy):
+    its layers grow by concatenation, so ``kv`` itself is never written."""
+    from transformers import DynamicCache
+    from transformers.cache_utils import DynamicLayer
+
+    out = DynamicCache()
+    layers = []
+    for layer in kv.layers:
+        fresh = DynamicLayer()
+        if getattr(layer, "is_initialized", False) and layer.keys is not None:
+            fresh.lazy_initialization(layer.keys, layer.values)
+            fresh.keys = layer.keys[..., :keep, :]
+            fresh.values = layer.values[..., :keep, :]
+        layers.append(fresh)
+    out.layers = layers
+    return out
 
 
 def _extended_decode(model: LoadedModel, ids: list[int], pre: torch.Tensor, n_blocks: int) -> torch.Tensor:

@@ -16,6 +16,7 @@ from typing import Optional
 
 from lenstui.jobs.protocol import Failed, ModelInfo
 from lenstui.tui.host import ExplorerHost
+from lenstui.tui.state import causal
 
 
 class ModelSwitch:
@@ -58,6 +59,8 @@ class ModelSwitch:
         app.inspector_pane.forget_model()
         app.speak_pane.forget_model()
         app.session.forget_model()
+        if hasattr(app, "causal"):  # a marked source, a patch or a steer: the old model's ids
+            causal.forget_model(app)
         app.shown_result = None
         app.shown_request = None
         # The old model's cells say nothing about this one (and the cursor's cell must not

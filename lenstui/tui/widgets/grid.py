@@ -123,6 +123,7 @@ view their ranks follow the top-k columns. **T**: their trajectories.
         "lens-grid--hint",
         "lens-grid--pinned",
         "lens-grid--pending",
+        "lens-grid--cone",
     }
 
     DEFAULT_CSS = """
@@ -141,6 +142,7 @@ view their ranks follow the top-k columns. **T**: their trajectories.
         & > .lens-grid--hint { color: $text-muted; text-style: italic; }
         & > .lens-grid--pinned { background: $secondary; color: $background; text-style: bold; }
         & > .lens-grid--pending { color: $text-disabled; }
+        & > .lens-grid--cone { background: $success; }
     }
     """
 
@@ -203,6 +205,10 @@ view their ranks follow the top-k columns. **T**: their trajectories.
         self._stream_run: object = None
         self._missing: set[int] = set()
         self._asked: frozenset[int] = frozenset()
+        # A causal run on show (tui/state/causal.py): (its result, the first row each
+        # position's cone starts at, the heading). Only while that result is shown.
+        self._cone: Optional[tuple[LensResult, list, str]] = None
+        self._cone_styles: Optional[list[tuple[Style, Style]]] = None
 
     # ------------------------------------------------------------ data in
 
@@ -240,6 +246,50 @@ view their ranks follow the top-k columns. **T**: their trajectories.
         self._depth_of, self._depth = None, []
         self._stream_run, self._missing, self._asked = None, set(), frozenset()
         self._update_geometry()
+
+    def show_causal(self, result: LensResult, cone: list, heading: str) -> None:
+        """Show a patched or steered run: its cells inside the causal cone (``cone[pos]``:
+        the first row that can change there, None for none) shaded in the cone colour,
+        ``heading`` before the title. Any other result shown later drops both."""
+        self._cone = (result, list(cone), heading)
+        self.show_result(result)
+
+    @property
+    def causal_heading(self) -> Optional[str]:
+        """The heading of the causal run on show (None: the grid shows a clean run)."""
+        cone = self._cone
+        return cone[2] if cone is not None and cone[0] is self.result else None
+
+    def in_cone(self, layer_index: int, pos: int) -> bool:
+        cone = self._cone
+        if cone is None or cone[0] is not self.result or not 0 <= pos < len(cone[1]):
+            return False
+        first = cone[1][pos]
+        return first is not None and layer_index >= first
+
+    def _cell_heat(self, layer_index: int, pos: int, prob: float) -> tuple[Style, Style]:
+        """The shading of one cell: inside a causal cone from a faint tint towards the
+        cone colour (the ``lens-cone`` theme variable, else ``$success``), elsewhere the
+        usual heat scale; both by probability."""
+        if not self.in_cone(layer_index, pos):
+            return self._heat(prob)
+        if self._cone_styles is None:
+            cone_value = self.app.theme_variables.get("lens-cone")
+            try:
+                cone = Color.parse(cone_value) if cone_value else None
+            except Exception:
+                cone = None
+            if cone is None:
+                cone = self.get_component_styles("lens-grid--cone").background
+            base = self.background_colors[1].blend(cone, 0.2)
+            styles = []
+            for level in range(HEAT_LEVELS + 1):
+                background = base.blend(cone, level / HEAT_LEVELS)
+                foreground = background + background.get_contrast_text(0.95)
+                plain = Style(color=foreground.rich_color, bgcolor=background.rich_color)
+                styles.append((plain, plain + Style(underline=True)))
+            self._cone_styles = styles
+        return self._cone_styles[max(0, min(HEAT_LEVELS, round(prob * HEAT_LEVELS)))]
 
     def set_marks(self, unspeakable: frozenset[int], hard_to_speak: frozenset[int]) -> None:
         """Mark tokens a vocabulary scan found unspeakable (†) or hard to speak (°)."""
@@ -383,6 +433,12 @@ view their ranks follow the top-k columns. **T**: their trajectories.
         self._follow_cursor()
 
     def _title(self) -> str:
+        heading = self.causal_heading
+        if heading is not None:
+            return f"{heading} · {self._lens_title()}"
+        return self._lens_title()
+
+    def _lens_title(self) -> str:
         if self.result is None:
             return "logit lens"
         stride = f" · every {self.stride} layers" if self.stride > 1 else ""
@@ -435,6 +491,7 @@ view their ranks follow the top-k columns. **T**: their trajectories.
     def notify_style_update(self) -> None:
         super().notify_style_update()
         self._heat_styles = None  # theme or CSS changed: recompute the shading
+        self._cone_styles = None
 
     def _heat(self, prob: float) -> Style:
         if self._heat_styles is None:
@@ -585,7 +642,7 @@ view their ranks follow the top-k columns. **T**: their trajectories.
                     cells += [Segment(" " * (TOPK_COLUMN - 1), label), gap]
                     continue
                 top = cell.top[k]
-                plain, underlined = self._heat(top.prob)
+                plain, underlined = self._cell_heat(layer_index, self.cursor_pos, top.prob)
                 style = underlined if top.id == target_id else plain
                 if top.id in self._pinned:
                     style = pinned + Style(underline=top.id == target_id)
@@ -603,7 +660,7 @@ view their ranks follow the top-k columns. **T**: their trajectories.
                 top = cells_of_layer[pos].top[0]
                 target = result.targets[pos]
                 on_target = target is not PENDING and top.id == target.id
-                plain, underlined = self._heat(top.prob)
+                plain, underlined = self._cell_heat(layer_index, pos, top.prob)
                 style = underlined if on_target else plain
                 if top.id in self._pinned:
                     style = pinned + Style(underline=on_target)

@@ -39,6 +39,7 @@ class StatusBar(Guarded, Static):
     run_info: reactive[str] = reactive("")
     lens_info: reactive[str] = reactive("")  # a learned lens and its file ("" for the built-in lenses)
     job_info: reactive[str] = reactive("")  # a long job's progress (a lens fit)
+    causal: reactive[str] = reactive("")  # the patch or steer on show (tui/state/causal.py)
 
     def __init__(self, *, show_timings: bool = True, id=None) -> None:
         super().__init__("", id=id, markup=False)
@@ -82,6 +83,11 @@ class StatusBar(Guarded, Static):
         """A long job's line ("" when none runs), with its bar."""
         self.job_info = f"{text} {progress_bar(fraction)}".strip() if text else ""
 
+    def set_causal(self, text: str) -> None:
+        """What the grid shows instead of the clean run ("" when it shows the clean run)."""
+        self.causal = text
+
     def render(self) -> Text:
-        parts = [p for p in (self.model, self.state, self.job_info, self.lens_info, self.run_info) if p]
+        # A patch or steer on show comes first: at 80 columns the end of the line is cut.
+        parts = [p for p in (self.causal, self.model, self.state, self.job_info, self.lens_info, self.run_info) if p]
         return Text(" │ ".join(parts), no_wrap=True, overflow="ellipsis")
