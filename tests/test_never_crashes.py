@@ -479,3 +479,30 @@ async def test_a_lens_run_in_flight_never_paints_over_the_scene_shown(tmp_path, 
         assert app.prompt_pane.text == "hello world, hello" and len(app.session.steps) == 2
         assert list(app.grid.result.token_ids) == scene == list(app.session.steps[-1].ids)
         assert not app.crashes
+
+
+async def test_a_scene_shown_while_a_typed_prompt_waits_for_its_debounce_settles(tmp_path, tiny_llama):
+    """Found by the walk in present mode: a key typed in the prompt (its debounced run
+    pending), then Escape and PgDn before the pause ran out. The scene's prompt replaced
+    the typed one and cancelled the debounce, so no run came, and the app waited for one
+    forever (lens_settled never set again: tests and the benchmark hang on it)."""
+    import asyncio
+
+    from apphelpers import RecordingPresenter
+
+    from lenstui.talks.format import load_talk
+
+    path = tmp_path / "talk.toml"
+    path.write_text(TINY_TALK, encoding="utf-8")
+    app = RecordingPresenter(load_talk(path), loader=lambda spec, **kw: tiny_llama, stage=False)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await until(pilot, lambda: app.scene_settled.is_set() and len(app.renders) == 2, "both scenes")
+        await settle(app, pilot)
+        app.prompt_pane.debounce = 5.0  # a slow typist's pause: the scene comes first
+        await pilot.press("i", "end", "x")
+        assert app.prompt_pane.debounce_pending and not app.lens_settled.is_set()
+        await pilot.press("escape", "pagedown")
+        await until(pilot, lambda: app.scene_index == 1, "scene 2")
+        await asyncio.wait_for(app.lens_settled.wait(), 10)
+        assert app.prompt_pane.text == "hello world, hello" and not app.prompt_pane.debounce_pending
+        assert not app.crashes

@@ -200,22 +200,64 @@ def test_random_walk_on_the_embedded_model(walk_setup, embedded, tiny_gpt2):
     _report("random walk, embedded model", machine, started)
 
 
-def test_random_walk_in_present_mode(walk_setup, tmp_path, tiny_llama):
-    """The walk on ``lenstui present``: scenes move, jump, save (``w``) and apply their
-    prompt, steps, cursor, target, pins, lens, view and theme; each example its own copy
-    of the talk file (saving appends to it)."""
+def _presenter_walk(tmp_path, model):
+    """A present-mode machine: each example its own copy of the talk file (saving appends to it)."""
     copies = iter(range(10**6))
 
     def make_app(prompt: str):
         path = tmp_path / f"talk-{next(copies)}.toml"
         path.write_text(TINY_TALK, encoding="utf-8")
-        return WalkPresenter(load_talk(path), loader=lambda spec, **kw: tiny_llama, show_timings=False)
+        return WalkPresenter(load_talk(path), loader=lambda spec, **kw: model, show_timings=False)
 
-    machine = type(
+    return type(
         "PresenterWalk",
         (PresenterWalk,),
-        dict(make_app=staticmethod(make_app), models={tiny_llama.name: tiny_llama}, stats={}),
+        dict(make_app=staticmethod(make_app), models={model.name: model}, stats={}),
     )
+
+
+def test_random_walk_in_present_mode(walk_setup, tmp_path, tiny_llama):
+    """The walk on ``lenstui present``: scenes move, jump, save (``w``) and apply their
+    prompt, steps, cursor, target, pins, lens, view and theme."""
+    machine = _presenter_walk(tmp_path, tiny_llama)
     started = time.perf_counter()
     run_state_machine_as_test(machine, settings=_walk_settings(6, 25), _min_steps=10)
     _report("random walk, present mode", machine, started)
+
+
+# ---------------------------------------------------------------- examples a long walk found
+
+
+def test_present_mode_settles_after_scene_jumps_over_a_stream(walk_setup, tmp_path, tiny_llama):
+    """The steps of a long walk (LENSTUI_WALK_EXAMPLES=200) that never settled: typing in
+    the prompt, then scene keys before the debounce ran out (the deterministic form of it is
+    tests/test_never_crashes.py's test_a_scene_shown_while_a_typed_prompt_waits_for_its_debounce_settles)."""
+    state = _presenter_walk(tmp_path, tiny_llama)()
+    steps = [
+        ("start", dict(size=(120, 40))),
+        ("palette_by_keys", dict(escape=True, query="pin: unpin all")),
+        ("burst", dict(keys=["pagedown", "A", "n", "i", "f", "pagedown", "v", "escape"])),
+        ("scene_keys", dict(keys=["home", "2", "2"], pause=0.05)),
+        ("scene_keys", dict(keys=["2", "enter", "enter", "2"], pause=0.2)),
+        ("palette_by_keys", dict(escape=False, query="grid: switch view")),
+        ("scene_keys", dict(keys=["g"], pause=0.01)),
+        ("burst", dict(keys=["s", "left", "up", "left", "down", "t", "]", "w"])),
+        ("palette_by_keys", dict(escape=True, query="grid: switch view")),
+        ("typing_burst", dict(keys=["a", "end"])),
+        ("check_idle", {}),
+        ("burst", dict(keys=["ctrl+n", "q", "f2", "escape", "end", "f4", "f4"])),
+        ("palette_by_keys", dict(escape=False, query="pin: unpin all")),
+        ("scene_keys", dict(keys=["pagedown", "4"], pause=0.2)),
+        ("burst", dict(keys=["q", "l", "}", "down", "down"])),
+        ("palette_by_keys", dict(escape=False, query="grid: switch view")),
+        ("scene_keys", dict(keys=["backspace", "2", "escape", "pageup"], pause=0.0)),
+        ("scene_keys", dict(keys=["2", "3"], pause=0.0)),
+        ("scene_keys", dict(keys=["pagedown"], pause=0.0)),
+        ("check_idle", {}),
+    ]
+    try:
+        for name, arguments in steps:
+            getattr(state, name)(**arguments)
+            state.nothing_went_wrong()
+    finally:
+        state.teardown()

@@ -256,6 +256,24 @@ def is_idle(app) -> bool:
     )
 
 
+def idle_report(app) -> dict:
+    """Each condition of ``is_idle``, for the message of a walk that never settled."""
+    worker = app.worker
+    return {
+        "model settled": app.model_settled.is_set(),
+        "lens settled": app.lens_settled.is_set(),
+        "debounce pending": app.prompt_pane._timer is not None,
+        "worker alive": worker is not None and worker.alive,
+        "worker busy": sorted(k.__name__ for k in worker.busy_kinds()) if worker else None,
+        "queued steps": app.session.queued_steps,
+        "streaming": app.grid._stream_run is not None,
+        "scenes computing": getattr(app, "_render_seq", None) is not None,
+        "last request": app.session.last_request,
+        "shown request": app.shown_request,
+        "last failed": app.session.last_failed,
+    }
+
+
 def _cells_match(got, want, where: str) -> None:
     """Two lens cells agree: the same top-k (two tokens whose logits are within
     ``LOGIT_TOL`` may trade places), probabilities, target rank, tracked tokens."""
@@ -540,8 +558,9 @@ class ExplorerWalk(RuleBasedStateMachine):
                     if top.startswith(query):
                         break
                 await pause(pilot, 0.02)
-            # The walk explores the app, it does not leave it: never Enter on "Quit".
-            leave = escape or top.lower().startswith("quit")
+            # Enter only on the command asked for (never on a discovery hit such as "Quit":
+            # the walk explores the app, it does not leave it).
+            leave = escape or not top.startswith(query)
             await press_key(app, pilot, "escape" if leave else "enter")
             await pause(pilot)
             if app.screen.__class__.__name__ == "CommandPalette":
@@ -600,7 +619,7 @@ class ExplorerWalk(RuleBasedStateMachine):
             started = time.monotonic()
             while not is_idle(app):
                 if time.monotonic() - started > timeout:
-                    raise AssertionError(f"the explorer never settled ({app.worker.busy_kinds() if app.worker else None})")
+                    raise AssertionError(f"the explorer never settled: {idle_report(app)}")
                 await pause(pilot, 0.02)
             await pause(pilot)
             if not is_idle(app):

@@ -502,7 +502,15 @@ class LenstuiApp(Guarded, App):
     # ------------------------------------------------------------ running the lens
 
     def on_input_changed(self, event: Input.Changed) -> None:
-        if event.input.id == "prompt-input" and event.value != self.session.prompt_text:
+        # The prompt pane handled this event first (it bubbles up to the app last): only
+        # when it started a debounce is a run on its way. (A Changed of a value the app
+        # itself set, arriving after the app set another, starts none; and a debounce that
+        # set_text cancels is the app's to settle.)
+        if (
+            event.input.id == "prompt-input"
+            and self.prompt_pane.debounce_pending
+            and event.value != self.session.prompt_text
+        ):
             self.lens_settled.clear()  # a debounced run is coming
 
     def on_prompt_pane_run(self, message: PromptPane.Run) -> None:

@@ -265,6 +265,8 @@ class PresenterApp(LenstuiApp):
             if scene.view != "attribution":
                 self.notify(f"view {scene.view} not available yet", title=f"Scene {scene.number}", severity="warning", timeout=4)
         self.grid.place_cursor(render.cursor_layer, render.cursor_position)
+        if not self._lens_running():
+            self.lens_settled.set()  # the scene's grid is the answer (a debounce set_text cancelled included)
         if scene.view == "attribution":
             # The cursor's cell, attributed as the `a` key would (the target, when set).
             open_attribution(self, self.grid.result, self.grid.current_cell, self.attribution_contrast)

@@ -163,6 +163,11 @@ class PromptPane(Guarded, Vertical):
             self.input.value = text
         self.input.cursor_position = len(text)
 
+    @property
+    def debounce_pending(self) -> bool:
+        """Whether a debounced Run is on its way (typing stopped less than the pause ago)."""
+        return self._timer is not None
+
     def show_info(self, text: str) -> None:
         self.query_one("#prompt-info", Static).update(text)
 
