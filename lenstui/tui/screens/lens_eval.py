@@ -23,6 +23,7 @@ from lenstui.core.learned_lens import LensEval, short_path
 from lenstui.jobs.protocol import Done, EvaluateLenses, Failed, Progress, Stopped
 from lenstui.tui.host import explorer
 from lenstui.tui.screens.trajectory import MARKERS, TrajectoryPlot
+from lenstui.tui.safety import Guarded
 
 MEASURES = ("kl", "top1_agree", "final_rank")
 MEASURE_NAMES = {
@@ -98,7 +99,7 @@ class EvalPlot(TrajectoryPlot):
         self.refresh()
 
 
-class LensEvalScreen(Screen):
+class LensEvalScreen(Guarded, Screen):
     """The lenses compared row by row over the explorer (Escape goes back)."""
 
     BINDINGS = [

@@ -12,9 +12,10 @@ from textual.binding import Binding
 from textual.containers import Vertical
 from textual.screen import ModalScreen
 from textual.widgets import Input, Static
+from lenstui.tui.safety import Guarded
 
 
-class PathPrompt(ModalScreen[Optional[str]]):
+class PathPrompt(Guarded, ModalScreen[Optional[str]]):
     BINDINGS = [Binding("escape", "cancel", "Cancel", id="path.cancel")]
     DEFAULT_CSS = """
     PathPrompt { align: center middle; }

@@ -22,6 +22,7 @@ from textual_plotext import PlotextPlot
 from lenstui.core.patch_result import SweepResult
 from lenstui.core.textfmt import visible
 from lenstui.tui.screens.trajectory import FALLBACK_COLOURS, MARKERS, PROB_FLOOR
+from lenstui.tui.safety import Guarded
 
 COLOUR_VARIABLES = ("primary", "secondary", "success", "accent", "warning")
 
@@ -83,7 +84,7 @@ def _heading(result: SweepResult) -> str:
     return f"{source} patched at every position at {first.label if first else '?'} · read at A@{result.measured_position}"
 
 
-class SweepPlot(PlotextPlot):
+class SweepPlot(Guarded, PlotextPlot):
     def __init__(self, **kwargs) -> None:
         super().__init__(**kwargs)
         self.result: Optional[SweepResult] = None
@@ -136,7 +137,7 @@ class SweepPlot(PlotextPlot):
         self.refresh()
 
 
-class SweepScreen(Screen):
+class SweepScreen(Guarded, Screen):
     """A sweep's plot over the explorer (Escape goes back)."""
 
     BINDINGS = [
