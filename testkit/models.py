@@ -47,6 +47,12 @@ def tiny_tokenizer(vocab_size: int = 400):
 
 def tiny_gpt2(seed: int = 0) -> LoadedModel:
     """GPT-2 style: LayerNorm with biases, learned positions, untied unembedding."""
+    model, tokenizer = tiny_gpt2_hf(seed)
+    return wrap_model(model, tokenizer, name="tiny-gpt2", device="cpu")
+
+
+def tiny_gpt2_hf(seed: int = 0):
+    """The plain Hugging Face model and tokenizer behind tiny_gpt2 (not wrapped)."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
     tokenizer = tiny_tokenizer()
@@ -61,17 +67,18 @@ def tiny_gpt2(seed: int = 0) -> LoadedModel:
         bos_token_id=0,
         eos_token_id=0,
     )
-    model = GPT2LMHeadModel(config)
-    return wrap_model(model, tokenizer, name="tiny-gpt2", device="cpu")
+    return GPT2LMHeadModel(config).eval(), tokenizer
 
 
-def tiny_llama(seed: int = 0) -> LoadedModel:
-    """Llama style: RMSNorm, rotary positions, tied embeddings."""
-    model, tokenizer = tiny_llama_hf(seed)
-    return wrap_model(model, tokenizer, name="tiny-llama", device="cpu")
+def tiny_llama(seed: int = 0, initializer_range: float = 0.02, name: str = "tiny-llama") -> LoadedModel:
+    """Llama style: RMSNorm, rotary positions, tied embeddings. A larger
+    ``initializer_range`` (0.3) gives peaked distributions whose middle rows the logit
+    lens reads badly: what a learned lens has to fix."""
+    model, tokenizer = tiny_llama_hf(seed, initializer_range)
+    return wrap_model(model, tokenizer, name=name, device="cpu")
 
 
-def tiny_llama_hf(seed: int = 0):
+def tiny_llama_hf(seed: int = 0, initializer_range: float = 0.02):
     """The plain Hugging Face model and tokenizer behind tiny_llama (not wrapped:
     TransformerLens' bridge rewires the modules it wraps)."""
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -90,6 +97,7 @@ def tiny_llama_hf(seed: int = 0):
         bos_token_id=0,
         eos_token_id=0,
         pad_token_id=0,
+        initializer_range=initializer_range,
     )
     return LlamaForCausalLM(config).eval(), tokenizer
 

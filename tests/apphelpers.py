@@ -10,7 +10,9 @@ app sets when a result lands); the timeout only keeps a broken build from hangin
 from __future__ import annotations
 
 import asyncio
+import threading
 
+from lenstui.jobs.handlers import run_lens_handler
 from lenstui.tui.app import LenstuiApp
 from lenstui.tui.presenter import PresenterApp
 from lenstui.tui.widgets.grid import LensGrid
@@ -24,6 +26,7 @@ class KeepsNotices:
 
     def __init__(self, *args, **kwargs):
         self.notices: list[tuple[str, str]] = []  # (severity, message)
+        kwargs.setdefault("strict_crashes", True)  # a crash the safety net caught fails the test
         super().__init__(*args, **kwargs)
         self.worker_stop_timeout = 120  # the next test's worker must not share the model mid-run
 
@@ -72,3 +75,42 @@ def grid_lines(app: LenstuiApp) -> list[str]:
 
 def row(app: LenstuiApp, label: str) -> str:
     return next(line for line in grid_lines(app) if line.split(" ", 1)[0] == label)
+
+
+class LensGate:
+    """A lens handler that can hold a run after its first partial (the columns in view),
+    so a test sees the grid while it streams, deterministically:
+    ``app.register_handler(RunLens, gate.handler)``, ``gate.hold()``, keys, ``gate.release()``.
+    """
+
+    def __init__(self) -> None:
+        self._open = threading.Event()
+        self._open.set()
+        self.holding = threading.Event()  # a run is waiting at the gate now
+
+    def hold(self) -> None:
+        self._open.clear()
+
+    def release(self) -> None:
+        self._open.set()
+
+    def handler(self, model, request, ctx):
+        gate = self
+
+        class HeldContext:
+            def __getattr__(self, name):
+                return getattr(ctx, name)
+
+            def partial(self, value) -> None:
+                ctx.partial(value)
+                if gate._open.is_set():
+                    return
+                gate.holding.set()
+                # Until released, or until this run is superseded or the worker stops
+                # (then the newer run is the one held).
+                for _ in range(SETTLE_TIMEOUT * 20):
+                    if gate._open.wait(0.05) or ctx.should_stop():
+                        break
+                gate.holding.clear()
+
+        return run_lens_handler(model, request, HeldContext())

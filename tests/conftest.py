@@ -19,6 +19,7 @@ def _isolated_user_dirs(tmp_path_factory, monkeypatch):
     base = tmp_path_factory.mktemp("user")
     monkeypatch.setenv("LENSTUI_CONFIG_DIR", str(base / "config"))
     monkeypatch.setenv("LENSTUI_DATA_DIR", str(base / "data"))
+    monkeypatch.setenv("LENSTUI_LENS_DIR", str(base / "lenses"))  # fitted lenses (the cache holds the model)
 
 
 @pytest.fixture(scope="session")
@@ -50,6 +51,19 @@ def make_app(embedded):
 
     def make(prompt: str = "", **kwargs):
         kwargs.setdefault("loader", lambda spec, **kw: embedded)
+        return RecordingApp(prompt, **kwargs)
+
+    return make
+
+
+@pytest.fixture
+def make_tiny_app(tiny_llama):
+    """``make_tiny_app(prompt, **options)``: an explorer (keeping its notices) on the tiny
+    random Llama: the whole app in milliseconds per run."""
+    from apphelpers import RecordingApp
+
+    def make(prompt: str = "", **kwargs):
+        kwargs.setdefault("loader", lambda spec, **kw: tiny_llama)
         return RecordingApp(prompt, **kwargs)
 
     return make

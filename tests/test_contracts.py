@@ -196,7 +196,7 @@ def test_an_unexpected_worker_error_goes_to_the_rotating_log_and_the_notice_name
         failed = results.get(timeout=30)
     finally:
         worker.stop()
-    log_file = tmp_path / "data" / "logs" / "worker.log"
+    log_file = tmp_path / "data" / "logs" / "crash.log"
     assert isinstance(failed, Failed) and failed.seq == seq
     assert failed.message == (
         f"Explode failed (ValueError: a bug deep in a handler). Details in {log_file}."

@@ -144,7 +144,7 @@ def test_token_id_prompts_work_and_next_token_is_greedy(tiny_llama):
         ({"prompt": ""}, "The prompt is empty"),
         ({"prompt": "x " * 200}, "reads at most 64"),
         ({"prompt": [10**6]}, "outside the vocabulary"),
-        ({"prompt": "hi", "lens": "tuned"}, "Unknown lens"),
+        ({"prompt": "hi", "lens": "nope"}, "Unknown lens"),
         ({"prompt": "hi", "top_k": 0}, "top-k must be between"),
         ({"prompt": "hi", "lens": "extended", "extended_blocks": 3}, "needs 1..2 decoder blocks"),
         ({"prompt": "hi", "target": "the city of Paris"}, "not one"),

@@ -6,7 +6,14 @@ import pytest
 import torch
 
 from lenstui.core.errors import Cancelled
-from lenstui.engine.lens.readout import read_out, unembedding
+from lenstui.engine.lens.readout import (
+    log_prob_error_bound,
+    logit_error_bound,
+    prob_error_bound,
+    read_out,
+    unembedding,
+)
+from lenstui.engine.speak.geometry import float32_gamma
 
 PROMPT = "hello world, the city of Paris"
 
@@ -44,6 +51,34 @@ def _reference(model, vectors, n_pos, targets, apply_ln=True):
     }
 
 
+def _exact_logits(unembed, normed):
+    """The logits of the (float32) normalised vectors in float64: exact to ~1e-16, so the
+    reference both float32 readouts are held to, each within its own error bound."""
+    weight = unembed.weight.double()
+    logits = normed.double() @ weight.T
+    if unembed.bias is not None:
+        logits = logits + unembed.bias.double()
+    assert unembed.transform is None  # (the models here have no softcap)
+    return logits
+
+
+def _assert_near_exact(name, ids, probs, exact_logits, logit_error, log_prob_error):
+    """Float32 top-k ``ids``/``probs`` against float64: each id is the exact top-k's at its
+    rank up to a near tie (the logit bounds of both tokens), each probability within the
+    bound derived from the float32 error analysis (``readout.prob_error_bound``)."""
+    k = ids.shape[1]
+    exact_top = exact_logits.topk(k, dim=1)
+    chosen = exact_logits.gather(1, ids)
+    slack = logit_error.gather(1, ids) + logit_error.gather(1, exact_top.indices)
+    assert torch.all((chosen - exact_top.values).abs() <= slack), f"{name}: top ids beyond a near tie"
+    exact_probs = torch.log_softmax(exact_logits, dim=1).gather(1, ids).exp()
+    bound = prob_error_bound(exact_probs, log_prob_error.gather(1, ids))
+    error = (probs.double() - exact_probs).abs()
+    worst = float((error / bound).max())
+    assert torch.all(error <= bound), f"{name}: a probability off by {worst:.2f}x its float32 bound"
+    return worst
+
+
 def _check_against_tl(model, vectors, n_pos, *, top_k, block, apply_ln=True, ties=False):
     from transformer_lens.tools.analysis import logit_readout
 
@@ -66,7 +101,20 @@ def _check_against_tl(model, vectors, n_pos, *, top_k, block, apply_ln=True, tie
     assert torch.equal(ref["logits"].gather(1, stats.top_ids)[differ], ref["logits"].gather(1, tl_top.top_ids)[differ])
     if not ties:
         assert torch.equal(stats.top_ids, tl_top.top_ids)
-    assert torch.allclose(stats.top_probs, tl_top.values.float(), atol=1e-5, rtol=0)
+    # Both float32 readouts against float64 on the same normalised vectors, each within its
+    # own rounding bound (not each other's rounding: two float32 sums in different orders
+    # differ in the last bits, 2.8653e-02 vs 2.8654e-02 on the embedded model).
+    normed = unembed.normalize(vectors, apply_norm=apply_ln)
+    exact = _exact_logits(unembed, normed)
+    eps = logit_error_bound(unembed, normed)
+    ours = log_prob_error_bound(eps, exact, block)
+    # TransformerLens normalises on its own (same module, maybe another kernel) and takes
+    # one softmax over the whole vocabulary.
+    eps_tl = logit_error_bound(unembed, normed, input_error=float32_gamma(normed.shape[1] + 8))
+    theirs = log_prob_error_bound(eps_tl, exact, block=model.d_vocab)
+    _assert_near_exact("lenstui", stats.top_ids, stats.top_probs, exact, eps, ours)
+    _assert_near_exact("TransformerLens", tl_top.top_ids, tl_top.values, exact, eps_tl, theirs)
+    assert torch.all((stats.top_logits.double() - exact.gather(1, stats.top_ids)).abs() <= eps.gather(1, stats.top_ids))
     # Entropy and KL are differences of float32 sums over logits as large as ~200 on the
     # embedded model, where one float32 ulp is 1.5e-5: the tolerance scales with them
     # (the reference itself is that far from a float64 computation).
@@ -74,9 +122,11 @@ def _check_against_tl(model, vectors, n_pos, *, top_k, block, apply_ln=True, tie
     assert torch.allclose(stats.entropy, tl_top.entropy.float(), atol=atol, rtol=1e-5)
     assert torch.allclose(stats.kl, ref["kl"], atol=atol, rtol=1e-5)
     assert torch.equal(stats.target_ranks, ref["ranks"])
-    assert torch.allclose(stats.target_logits, ref["target_logits"], atol=1e-5, rtol=1e-6)
-    assert torch.allclose(stats.log_probs(stats.target_logits), ref["log_probs"].gather(1, targets), atol=atol, rtol=1e-5)
-    assert torch.allclose(stats.target_probs, ref["log_probs"].gather(1, targets).exp(), atol=1e-5, rtol=0)
+    assert torch.all((stats.target_logits.double() - exact.gather(1, targets)).abs() <= eps.gather(1, targets))
+    exact_lp = torch.log_softmax(exact, dim=1).gather(1, targets)
+    target_bound = ours.gather(1, targets)
+    assert torch.all((stats.log_probs(stats.target_logits).double() - exact_lp).abs() <= target_bound)
+    assert torch.all((stats.target_probs.double() - exact_lp.exp()).abs() <= prob_error_bound(exact_lp.exp(), target_bound))
     return stats
 
 

@@ -96,7 +96,7 @@ promt = "typo"
         ({"prompt": "x", "target": ""}, "target:"),
         ({"prompt": "x", "pinned": " Paris"}, "pinned must be a list"),
         ({"prompt": "x", "pinned": [-1]}, "negative"),
-        ({"prompt": "x", "lens": "tuned"}, "lens 'tuned'"),
+        ({"prompt": "x", "lens": "nope"}, "lens 'nope'"),
         ({"prompt": "x", "extended_blocks": 0}, "extended_blocks"),
         ({"prompt": "x", "title": ""}, "title must be"),
     ],

@@ -102,3 +102,28 @@ def test_queued_steps_are_taken_one_per_answer_and_dropped_with_their_prompt():
     session.queue_step()
     session.set_chat(True)
     assert session.queued_steps == 0
+
+
+def test_learned_lenses_are_cycled_only_once_the_model_has_a_file():
+    session = LensSession()
+    session.set_text("x")
+    cycle = []
+    for _ in range(4):
+        session.set_lens(session.next_lens())
+        cycle.append(session.lens_kind)
+    assert cycle == ["extended", "raw", "logit", "extended"]  # no tuned or jacobian file yet
+    session.learned_available = frozenset({"tuned"})
+    session.set_lens("raw")
+    assert session.next_lens() == "tuned"
+    session.set_lens("tuned")
+    assert session.next_lens() == "logit"  # no J-lens: skipped
+    assert session.request() == RunLens("x", lens="tuned")  # the model's own fitted lens
+    session.use_lens_file("jacobian", "/lenses/j.pt")
+    assert session.lens_kind == "jacobian" and session.request().lens_path == "/lenses/j.pt"
+    session.toggle_mid()  # learned lenses read block outputs only
+    assert session.incl_mid and session.lens_kind == "logit"
+    session.set_lens("tuned")
+    assert not session.incl_mid
+    session.learned_available = frozenset()
+    session.forget_model()  # another model: its files are not this one's
+    assert session.lens_paths == {} and session.lens_kind == "logit"

@@ -85,3 +85,41 @@ def test_trajectory_view_120x40(snap_compare, explorer):
 def test_trajectory_rank_view_contrast_theme_120x40(snap_compare, explorer):
     app = _pinned(explorer(theme="lenstui-contrast"))
     assert snap_compare(app, terminal_size=(120, 40), run_before=keys_then_settle("escape", "T", "r"))
+
+
+# Issue 21: a patched run (the plasma prompts, B's residual after L23 at the last " say")
+# in the top-k view at the patched position: the cone's rows shaded, the heading. (The
+# positions view scrolled to the prompt's end is left out: its horizontal offset lands one
+# cell off a column now and then, when the vertical scrollbar appears after the first
+# scroll; test_positions_view_120x40 shows the same, also on main.)
+PLASMA_A = "Sometimes, when people say plasma, they mean a state of matter. Other times, when people say"
+PLASMA_B = PLASMA_A.replace("say plasma,", "say blood,")
+
+
+def _patched(ids_b, *keys):
+    async def run_before(pilot) -> None:
+        from lenstui.tui.state.causal import PatchSource
+
+        app = pilot.app
+        await until_settled(pilot)
+        await pilot.press("escape")
+        app.causal.source = PatchSource(tuple(ids_b), 19, " blood", "L23")  # as `m` marks it (no notice)
+        app.grid.place_cursor("L23", 19)
+        for key in keys:
+            await pilot.press(key)
+            await until_settled(pilot)
+        while app.causal.shown is None:
+            await pilot.pause(0.05)
+        await until_settled(pilot)
+        await pilot.press("v")  # the top-k view at the patched position: its rows in the cone
+        await until_settled(pilot)
+
+    return run_before
+
+
+@pytest.mark.parametrize("size", [(80, 24), (120, 40)])
+def test_patched_grid(snap_compare, explorer, embedded, size):
+    app = explorer()
+    app.initial_prompt = PLASMA_A
+    ids_b = embedded.tokenizer(PLASMA_B)["input_ids"]
+    assert snap_compare(app, terminal_size=size, run_before=_patched(ids_b, "p"))

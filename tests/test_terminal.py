@@ -40,13 +40,16 @@ def _env(tmp_path) -> dict[str, str]:
     return {
         "LENSTUI_CONFIG_DIR": str(tmp_path / "config"),
         "LENSTUI_DATA_DIR": str(tmp_path / "data"),
+        "LENSTUI_LENS_DIR": str(tmp_path / "lenses"),  # no lens fitted on this machine shows up
     }
 
 
 @pytest.fixture(scope="module")
 def app(tmp_path_factory):
     """One loaded explorer, 120x40, shared by the cases below (each leaves it usable)."""
-    term = TerminalApp(env=_env(tmp_path_factory.mktemp("term")))
+    base = tmp_path_factory.mktemp("term")
+    term = TerminalApp(env=_env(base))
+    term.crash_log = base / "data" / "logs" / "crash.log"  # what the safety net would write
     try:
         term.wait_for_text("loaded", timeout=180)
         yield term
@@ -290,3 +293,10 @@ def test_typing_during_a_vocabulary_scan(app, tokenizer):
     _settled_on(app, tokenizer, EXPECTED)
     app.press("escape")
     app.type("x")  # stop the scan: the rest of the suite needs the CPU
+
+
+def test_the_whole_session_caught_no_crash(app):
+    """Last: nothing above went to the safety net (it keeps the app alive, so a caught
+    crash would not show as an exit) and no notice said something went wrong."""
+    assert not app.crash_log.exists(), app.crash_log.read_text(encoding="utf-8")[-4000:]
+    assert "Something went wrong" not in "\n".join(app.lines())

@@ -23,6 +23,10 @@ def configure(parser: argparse.ArgumentParser, command: str) -> None:
     parser.add_argument(
         "--extended-blocks", type=int, default=1, metavar="N", help="decoder blocks for --lens extended"
     )
+    parser.add_argument(
+        "--lens-path", metavar="PATH", default=None,
+        help="--lens tuned/jacobian: a tuned-lens directory or J-lens file (default: the one fitted for the model)",
+    )
     parser.add_argument("--mid", action="store_true", help="also read the mid-block residual")
     parser.add_argument("--target", default=None, help="target token text (default: the model's top-1)")
     parser.add_argument("--target-id", type=int, default=None, help="target token id")
@@ -86,6 +90,7 @@ def run(args: argparse.Namespace) -> int:
         target=target,
         positions=args.positions,
         track=track,
+        lens_path=args.lens_path,
     )
     if args.json:
         print_json(result.to_json())
@@ -114,6 +119,7 @@ def run_compare(args: argparse.Namespace, track) -> int:
         incl_mid=args.mid,
         target=target,
         track=track,
+        lens_path=args.lens_path,
     )
     if args.json:
         print_json(comparison.to_json())
@@ -173,6 +179,8 @@ def format_table(result: LensResult, position: Optional[int] = None) -> str:
     col = 10
     scope = "" if result.positions is None else f" · {len(column_pos)} positions computed"
     lines = [f"{result.model} · {result.lens} lens · {n} tokens{scope} · {result.seconds:.2f}s", ""]
+    if result.lens_file is not None:
+        lines[1:1] = [f"{result.lens_file.origin} · {result.lens_file.path}", f"({result.lens_file.note})"]
     shown = list(range(max(0, len(column_pos) - 8), len(column_pos)))  # the last 8 columns fit a terminal
     lines.append(" " * label_w + " ".join(fit(visible(result.tokens[column_pos[c]].text), col) for c in shown))
     for label, row in zip(result.layers, result.grid):

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
+from lenstui.core.learned_lens import LensFile
 from lenstui.core.tokens import TokenRef
 
 
@@ -122,6 +123,7 @@ class LensResult:
     positions: Optional[list[int]] = None
     tracked: list[TokenRef] = field(default_factory=list)  # tokens followed in every cell
     top_k: int = 0  # tokens per cell (0: read it from the cells)
+    lens_file: Optional[LensFile] = None  # the learned lens's file (lens "tuned", "jacobian")
 
     @property
     def depth(self) -> list[Depth]:
@@ -150,7 +152,10 @@ class LensResult:
     @property
     def next_token(self) -> TokenRef:
         """The model's greedy next token after the prompt (final row, last computed position)."""
-        top = self.grid[-1][-1].top[0]
+        cell = self.grid[-1][-1]
+        if cell is PENDING:
+            raise ValueError("the last position of this streamed grid is not computed yet")
+        top = cell.top[0]
         return TokenRef(top.id, top.text, top.piece)
 
     @property
@@ -173,16 +178,26 @@ class LensResult:
             extended_blocks=self.extended_blocks,
             tracked=self.tracked,
             top_k=self.top_k,
+            lens_file=self.lens_file,
+        )
+
+    @property
+    def complete(self) -> bool:
+        """No cell or target is PENDING (a streamed grid before its last column is not)."""
+        return all(t is not PENDING for t in self.targets) and all(
+            cell is not PENDING for row in self.grid for cell in row
         )
 
     def to_json(self) -> dict:
+        """The ``lenstui lens --json`` payload; a cell or target not computed yet (a
+        streamed grid) is ``null``."""
         payload = {
             "model": self.model,
             "lens": self.lens,
             "tokens": [t.to_json() for t in self.tokens],
             "layers": list(self.layers),
-            "grid": [[cell.to_json() for cell in row] for row in self.grid],
-            "targets": [t.to_json() for t in self.targets],
+            "grid": [[None if cell is PENDING else cell.to_json() for cell in row] for row in self.grid],
+            "targets": [None if t is PENDING else t.to_json() for t in self.targets],
             "extended_blocks": self.extended_blocks,
             "seconds": self.seconds,
         }
@@ -191,4 +206,6 @@ class LensResult:
         if self.tracked:
             payload["tracked"] = [t.to_json() for t in self.tracked]
         payload["depth"] = [d.to_json() for d in self.depth]
+        if self.lens_file is not None:
+            payload["lens_file"] = self.lens_file.to_json()
         return payload

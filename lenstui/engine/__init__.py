@@ -2,7 +2,8 @@
 
 - ``model/``: loading (embedded GGUF, files, Hugging Face), chat templates, vocabulary
   look-ups, greedy generation;
-- ``lens/``: the lens runs, their incremental state, the fused readout, comparisons;
+- ``lens/``: the lens runs, their incremental state, the fused readout, comparisons, and
+  the learned lenses (tuned, jacobian): their files, their fit, their evaluation;
 - ``inspect/``: the token inspector's neighbours and the readout geometry;
 - ``speak/``: the certified speakability check, its LP, the vocabulary scan and its
   cache, the aim measure;

@@ -25,6 +25,8 @@ from lenstui.core.speak_result import SpeakResult
 from lenstui.jobs.protocol import (
     AttributeCell,
     CheckSpeakable,
+    EvaluateLenses,
+    FitLens,
     Handler,
     InspectReply,
     InspectToken,
@@ -32,6 +34,9 @@ from lenstui.jobs.protocol import (
     RenderScenes,
     RunCompare,
     RunLens,
+    RunPatch,
+    RunSteer,
+    RunSweep,
     ScanVocabulary,
     SceneRender,
 )
@@ -66,6 +71,7 @@ def run_lens_handler(model, request: RunLens, ctx):
         incl_mid=request.incl_mid,
         target=request.target,
         track=request.track,
+        lens_path=request.lens_path,
         should_stop=ctx.should_stop,
     )
     n = plan.n_positions
@@ -104,7 +110,91 @@ def compare_handler(model, request: RunCompare, ctx):
         incl_mid=request.incl_mid,
         target=request.target,
         track=request.track,
+        lens_path=request.lens_path,
         should_stop=ctx.should_stop,
+    )
+
+
+def _encoded(model, prompt, chat: bool):
+    """A request's prompt for the engine: ids as a list, text chat-templated when asked."""
+    from lenstui.engine.model.chat import chat_prompt_ids
+
+    if prompt is None:
+        return None
+    if isinstance(prompt, tuple):
+        return list(prompt)
+    return chat_prompt_ids(model, prompt) if chat else prompt
+
+
+def _lens_options(model, request) -> dict:
+    return dict(
+        top_k=min(request.top_k, model.d_vocab),
+        lens=request.lens,
+        extended_blocks=request.extended_blocks,
+        incl_mid=request.incl_mid,
+        target=request.target,
+        track=request.track,
+    )
+
+
+def patch_handler(model, request: RunPatch, ctx):
+    """-> core.patch_result.PatchResult: the patched grid, its effects and cone."""
+    from lenstui.engine.patching import patch
+
+    return patch(
+        model,
+        _encoded(model, request.prompt_a, request.chat),
+        source_prompt=_encoded(model, request.prompt_b, request.chat),
+        layer=request.layer,
+        position=request.position,
+        from_position=request.from_position,
+        component=request.component,
+        head=request.head,
+        ablate=request.ablate,
+        should_stop=ctx.should_stop,
+        **_lens_options(model, request),
+    )
+
+
+def sweep_handler(model, request: RunSweep, ctx):
+    """-> core.patch_result.SweepResult, with progress per patched run."""
+    from lenstui.engine.patching import sweep
+
+    return sweep(
+        model,
+        _encoded(model, request.prompt_a, request.chat),
+        source_prompt=_encoded(model, request.prompt_b, request.chat),
+        mode=request.mode,
+        layer=request.layer,
+        position=request.position,
+        from_position=request.from_position,
+        component=request.component,
+        head=request.head,
+        ablate=request.ablate,
+        target=request.target,
+        track=request.track,
+        should_stop=ctx.should_stop,
+        progress=ctx.progress,
+    )
+
+
+def steer_handler(model, request: RunSteer, ctx):
+    """-> core.patch_result.SteerResult (no clean continuation: the app steps itself)."""
+    from lenstui.engine.patching import steer
+
+    return steer(
+        model,
+        _encoded(model, request.prompt, request.chat),
+        toward=request.toward,
+        away=request.away,
+        layer=request.layer,
+        alpha=request.alpha,
+        position=request.position,
+        steps=request.steps,
+        scale=request.scale,
+        clean_steps=False,
+        should_stop=ctx.should_stop,
+        **_lens_options(model, request),
     )
 
 
@@ -240,6 +330,64 @@ def render_scenes_handler(model, request: RenderScenes, ctx) -> int:
     return len(request.order)
 
 
+def _between_chunks(ctx):
+    """A should_stop for long engine jobs: ``ctx.checkpoint()`` (serves queued short
+    requests, raises Cancelled when superseded or cancelled), never True itself."""
+
+    def should_stop() -> bool:
+        ctx.checkpoint()
+        return False
+
+    return should_stop
+
+
+def fit_lens_handler(model, request: FitLens, ctx):
+    """-> FitReport. Checkpoints between forward passes (lens runs get in), progress
+    with an ETA; a cancel saves nothing."""
+    from pathlib import Path
+
+    from lenstui.core.errors import InputError
+    from lenstui.engine.lens.fit import fit_lens
+
+    text = None
+    if request.text_path:
+        try:
+            text = Path(request.text_path).expanduser().read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as err:
+            raise InputError(f"Cannot read {request.text_path}: {err}.") from None
+    return fit_lens(
+        model,
+        request.kind,
+        tokens=request.tokens,
+        text=text,
+        text_name=request.text_path or "",
+        out=request.out,
+        refine_steps=request.refine_steps,
+        should_stop=_between_chunks(ctx),
+        progress=ctx.progress,
+    )
+
+
+def evaluate_lenses_handler(model, request: EvaluateLenses, ctx):
+    """-> LensEval over the prompt's ids (one window) or the text file."""
+    from pathlib import Path
+
+    from lenstui.core.errors import InputError
+    from lenstui.engine.lens.evaluate import evaluate_lenses
+
+    if request.text_path:
+        try:
+            source = Path(request.text_path).expanduser().read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as err:
+            raise InputError(f"Cannot read {request.text_path}: {err}.") from None
+    else:
+        source = [list(request.prompt_ids)]
+    return evaluate_lenses(
+        model, source, request.lenses, lens_path=request.lens_path,
+        should_stop=_between_chunks(ctx), progress=ctx.progress,
+    )
+
+
 HANDLERS: dict[type, Handler] = {
     RunLens: run_lens_handler,
     InspectToken: inspect_handler,
@@ -248,13 +396,23 @@ HANDLERS: dict[type, Handler] = {
     AttributeCell: attribute_handler,
     RenderScenes: render_scenes_handler,
     RunCompare: compare_handler,
+    FitLens: fit_lens_handler,
+    EvaluateLenses: evaluate_lenses_handler,
+    RunPatch: patch_handler,
+    RunSweep: sweep_handler,
+    RunSteer: steer_handler,
 }
 
 
 def model_info(model) -> ModelInfo:
     """What the UI may know about a loaded model (plain values)."""
+    from lenstui.engine.lens.learned import available_lenses
     from lenstui.engine.model.chat import has_chat_template
 
+    try:
+        lenses = tuple(available_lenses(model))
+    except Exception:  # finding fitted lenses is a convenience: never a failed load
+        lenses = ()
     return ModelInfo(
         name=model.name,
         source=model.source,
@@ -267,4 +425,5 @@ def model_info(model) -> ModelInfo:
         from_cache=model.from_cache,
         has_chat_template=has_chat_template(model),
         notes=tuple(getattr(model, "notes", ())),
+        lenses=lenses,
     )

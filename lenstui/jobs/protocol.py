@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar, Optional, Union
 
+from lenstui.core.learned_lens import LensFile
 from lenstui.core.lens_result import LensResult
 from lenstui.core.token_bytes import JoinedSequence
 from lenstui.core.token_report import TokenReport
@@ -61,6 +62,8 @@ class RunLens(Request):
     target: Union[str, int, None] = None
     # Pinned tokens (text, vocabulary piece or id), read in every cell.
     track: tuple[Union[str, int], ...] = ()
+    # A learned lens's file (lens "tuned" or "jacobian"); None: the one fitted for the model.
+    lens_path: Optional[str] = None
     # Positions to compute and post first (the cells in view; negative counts from the
     # end, since the app does not know a text prompt's length). Not part of equality:
     # a request that only re-prioritises is the same run, and reuses what was computed.
@@ -85,6 +88,7 @@ class RunCompare(Request):
     incl_mid: bool = False
     target: Union[str, int, None] = None
     track: tuple[Union[str, int], ...] = ()
+    lens_path: Optional[str] = None
 
     title: ClassVar[str] = "Compare prompts"
     priority: ClassVar[int] = 1
@@ -159,6 +163,115 @@ class RenderScenes(Request):
     long_running: ClassVar[bool] = True
 
 
+@dataclass(frozen=True)
+class FitLens(Request):
+    """Fit a learned lens for the loaded model (``lenstui.engine.lens.fit``): long, with
+    progress and an ETA; between chunks it lets interactive requests in, and a cancel
+    stops it with nothing saved. Done: a ``FitReport``."""
+
+    kind: str = "tuned"
+    tokens: Optional[int] = None  # None: the default budget
+    text_path: Optional[str] = None  # fit on this text file instead of sampled text
+    refine_steps: int = 0
+    out: Optional[str] = None  # None: the model's lens folder in the user cache
+
+    title: ClassVar[str] = "Lens fit"
+    priority: ClassVar[int] = 4
+    long_running: ClassVar[bool] = True
+
+
+@dataclass(frozen=True)
+class EvaluateLenses(Request):
+    """Per row, each lens's KL to the final row, top-1 agreement and final top-1 rank over
+    the prompt's ids or a text file (``lenstui.engine.lens.evaluate``). Done: a ``LensEval``."""
+
+    lenses: tuple[str, ...] = ("logit", "tuned")
+    prompt_ids: tuple[int, ...] = ()  # the grid's ids (chat template and steps included)
+    text_path: Optional[str] = None  # or a text file (paragraphs)
+    lens_path: Optional[str] = None  # a learned lens's file; None: the ones fitted for the model
+
+    title: ClassVar[str] = "Lens evaluation"
+    priority: ClassVar[int] = 3
+    long_running: ClassVar[bool] = True
+
+
+@dataclass(frozen=True)
+class RunPatch(Request):
+    """A patched lens run (``lenstui.engine.patching.patch``): prompt A with block
+    ``layer``'s ``component`` at ``position`` taken from prompt B at ``from_position``,
+    or ablated (``ablate`` "zero"/"mean", no prompt B). Both prompts run in the lens'
+    slots "a" and "b", so the explorer's and the compare view's runs are reused."""
+
+    prompt_a: Union[str, tuple[int, ...]]
+    prompt_b: Union[str, tuple[int, ...], None] = None
+    layer: Union[str, int] = "L0"  # "L3", 3, "embed"
+    position: int = -1
+    from_position: Optional[int] = None
+    component: str = "resid"  # resid, attn, mlp, head (with ``head``) or "L3H4"
+    head: Optional[int] = None
+    ablate: Optional[str] = None
+    chat: bool = False
+    top_k: int = 10
+    lens: str = "logit"
+    extended_blocks: int = 1
+    incl_mid: bool = False
+    target: Union[str, int, None] = None
+    track: tuple[Union[str, int], ...] = ()
+
+    title: ClassVar[str] = "Patch"
+    priority: ClassVar[int] = 1
+
+
+@dataclass(frozen=True)
+class RunSweep(Request):
+    """Patch after patch (``lenstui.engine.patching.sweep``): ``position`` at every layer
+    (``mode`` "layers") or every position at ``layer`` ("positions"), reading the
+    target's probability at A's last position."""
+
+    prompt_a: Union[str, tuple[int, ...]]
+    prompt_b: Union[str, tuple[int, ...], None] = None
+    mode: str = "layers"
+    layer: Union[str, int, None] = None
+    position: int = -1
+    from_position: Optional[int] = None
+    component: str = "resid"
+    head: Optional[int] = None
+    ablate: Optional[str] = None
+    chat: bool = False
+    target: Union[str, int, None] = None
+    track: tuple[Union[str, int], ...] = ()
+
+    title: ClassVar[str] = "Patch sweep"
+    priority: ClassVar[int] = 2
+
+
+@dataclass(frozen=True)
+class RunSteer(Request):
+    """A steered lens run (``lenstui.engine.patching.steer``): ``alpha`` median residual
+    norms toward ``toward``'s unembedding direction (away from ``away``'s) added after
+    block ``layer`` from ``position`` on; ``steps`` greedy tokens under it. ``scale``
+    fixes the unit (the app keeps the first run's while it steps)."""
+
+    prompt: Union[str, tuple[int, ...]]
+    toward: Union[str, int]
+    layer: Union[str, int] = "L0"
+    alpha: float = 4.0
+    away: Union[str, int, None] = None
+    position: int = 0
+    steps: int = 0
+    scale: Optional[float] = None
+    chat: bool = False
+    top_k: int = 10
+    lens: str = "logit"
+    extended_blocks: int = 1
+    incl_mid: bool = False
+    target: Union[str, int, None] = None
+    track: tuple[Union[str, int], ...] = ()
+
+    title: ClassVar[str] = "Steer"
+    priority: ClassVar[int] = 1
+
+
 # ---------------------------------------------------------------- results
 
 
@@ -222,6 +335,7 @@ class ModelInfo:
     from_cache: bool
     has_chat_template: bool
     notes: tuple[str, ...] = ()  # sentences about the load (the GGUF cache could not be written, ...)
+    lenses: tuple[LensFile, ...] = ()  # learned lenses fitted for these weights (found in the cache)
 
 
 # handler(model or None, request, ctx: lenstui.jobs.scheduler.JobContext) -> value; runs on

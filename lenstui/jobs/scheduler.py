@@ -23,7 +23,12 @@ Rules the worker keeps:
   partials are no longer posted at all. A ``Done`` (or ``Stopped``/``Failed``) still
   ends every job.
 - **Errors are results.** A failing request becomes ``Failed`` with a sentence for
-  the user; the thread keeps serving.
+  the user; the thread keeps serving. That holds for any ``BaseException`` a handler
+  raises (``SystemExit`` from a library, say): on this thread nothing is a reason to
+  stop but ``stop()``. (``KeyboardInterrupt`` and ``SystemExit`` in the main thread are
+  not this thread's business: they end the app as usual.) Should the thread itself die
+  (a bug here, not in a handler), the traceback goes to the crash log, ``death`` names
+  it and ``alive`` turns false: the app notices and starts a new worker.
 - **Model first.** Requests that need a model wait until one is loaded; they fail
   only if a load was attempted, failed, and no other load is queued. A failed load
   while a model is loaded keeps that model: it goes on serving.
@@ -49,6 +54,7 @@ import logging
 import threading
 import time
 import traceback
+from pathlib import Path
 from typing import Any, Callable, Optional
 
 from lenstui.core.errors import Cancelled, LenstuiError, clipped
@@ -141,7 +147,8 @@ class ModelWorker:
         self._model = None  # only the worker thread reads or writes it
         self._load_error: Optional[str] = None
         self._stopping = False
-        self._thread = threading.Thread(target=self._serve, name="lenstui-model", daemon=True)
+        self.death: Optional[Path] = None  # the crash log holding why the thread died
+        self._thread = threading.Thread(target=self._serve_until_stopped, name="lenstui-model", daemon=True)
 
     # -------------------------------------------------- the UI thread's side
 
@@ -224,7 +231,20 @@ class ModelWorker:
     def alive(self) -> bool:
         return self._thread.is_alive()
 
+    @property
+    def stopping(self) -> bool:
+        """Whether ``stop()`` was called (a thread that ended then did not die)."""
+        return self._stopping
+
     # -------------------------------------------------- the worker thread's side
+
+    def _serve_until_stopped(self) -> None:
+        try:
+            self._serve()
+        except BaseException:  # the loop itself failed: record why, and let the thread end
+            text = f"the worker thread died:\n{traceback.format_exc()}"
+            log.error(text)
+            self.death = log_crash(text)
 
     def _serve(self) -> None:
         while True:
@@ -291,7 +311,7 @@ class ModelWorker:
             result = Stopped(job.seq, job.request, "stopped" if self._stopping else "superseded")
         except LenstuiError as err:
             result = Failed(job.seq, job.request, str(err), type(err).__name__)
-        except Exception as err:  # a bug or a torch error: reported, and the thread lives on
+        except BaseException as err:  # a bug, a torch error, a stray SystemExit: reported; the thread lives on
             text = f"worker request {short_repr(job.request)} failed:\n{traceback.format_exc()}"
             log.error(text)
             where = log_crash(text)

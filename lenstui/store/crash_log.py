@@ -1,7 +1,9 @@
 """The crash log: unexpected tracebacks, kept in a rotating file the user's notice names.
 
 ``log_crash(text)`` appends one entry and returns the file's path (None when it cannot
-be written: a crash log must never add a second failure).
+be written: a crash log must never add a second failure). One file for the whole
+explorer: the worker's failed requests, a worker thread that died, and whatever the
+app's safety net caught on the UI thread (``lenstui.tui.safety``).
 
 The log can hold what the user typed (a request names its prompt), so it is private:
 its folder is 0700 and every file of it 0600, rotated ones included, whatever the umask.
@@ -17,6 +19,7 @@ import logging
 import logging.handlers
 import os
 import reprlib
+import threading
 from pathlib import Path
 from typing import Any, Optional
 
@@ -24,7 +27,7 @@ from lenstui.store.paths import data_dir
 
 # Unexpected tracebacks (bugs, torch errors) are kept here, rotated, and the user's
 # notice names the file; ``log`` alone has no handler in the app, so they would vanish.
-CRASH_LOG_NAME = "worker.log"
+CRASH_LOG_NAME = "crash.log"
 CRASH_LOG_BYTES = 1_000_000
 CRASH_LOG_BACKUPS = 3
 FOLDER_MODE = 0o700
@@ -35,6 +38,9 @@ LINE_LIMIT = 1000
 
 _crash_log = logging.getLogger("lenstui.crashes")
 _crash_log.propagate = False
+_lock = threading.Lock()  # the worker thread and the UI thread both write here
+
+
 
 _short = reprlib.Repr()
 _short.maxstring = 120
@@ -58,8 +64,15 @@ def short_repr(value: Any, limit: int = REPR_LIMIT) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-class _PrivateRotatingHandler(logging.handlers.RotatingFileHandler):
-    """Every file it opens (the log, and the new one after a rotation) is 0600."""
+class _CrashFile(logging.handlers.RotatingFileHandler):
+    """Every file it opens (the log, and the new one after a rotation) is 0600; a failed
+    write is remembered instead of printed to stderr (which would land in the middle of
+    the terminal the app draws on)."""
+
+    failed = False
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        self.failed = True
 
     def _open(self):  # noqa: D401 - logging's hook
         fd = os.open(self.baseFilename, os.O_WRONLY | os.O_CREAT | os.O_APPEND, FILE_MODE)
@@ -75,7 +88,7 @@ def _clip_lines(text: str, limit: int = LINE_LIMIT) -> str:
 
 
 def crash_log_path() -> Path:
-    """Where worker tracebacks go: ``data_dir()/logs/worker.log``."""
+    """Where unexpected tracebacks go: ``data_dir()/logs/crash.log``."""
     return data_dir() / "logs" / CRASH_LOG_NAME
 
 
@@ -90,19 +103,22 @@ def _private_folder(folder: Path) -> None:
 def log_crash(text: str) -> Optional[Path]:
     """Append a traceback to the rotating crash log; returns its path (None if unwritable)."""
     path = crash_log_path()
-    try:
-        handlers = _crash_log.handlers
-        if not handlers or Path(handlers[0].baseFilename) != path:  # the data dir moved (tests)
-            for old in list(handlers):
-                _crash_log.removeHandler(old)
-                old.close()
-            _private_folder(path.parent)
-            handler = _PrivateRotatingHandler(
-                path, maxBytes=CRASH_LOG_BYTES, backupCount=CRASH_LOG_BACKUPS, encoding="utf-8"
-            )
-            handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
-            _crash_log.addHandler(handler)
-        _crash_log.error(_clip_lines(text))
-    except OSError:
-        return None
+    with _lock:
+        try:
+            handlers = _crash_log.handlers
+            if not handlers or Path(handlers[0].baseFilename) != path:  # the data dir moved (tests)
+                for old in list(handlers):
+                    _crash_log.removeHandler(old)
+                    old.close()
+                _private_folder(path.parent)
+                handler = _CrashFile(path, maxBytes=CRASH_LOG_BYTES, backupCount=CRASH_LOG_BACKUPS, encoding="utf-8")
+                handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+                _crash_log.addHandler(handler)
+            handler = _crash_log.handlers[0]
+            handler.failed = False
+            _crash_log.error(_clip_lines(text))
+            if getattr(handler, "failed", False):
+                return None
+        except (OSError, ValueError):  # ValueError: a closed stream, at interpreter exit
+            return None
     return path

@@ -28,3 +28,12 @@ def data_dir() -> Path:
 def cache_root() -> Path:
     """Rebuildable caches (dequantized GGUF models): $LENSTUI_CACHE_DIR or the XDG cache dir."""
     return Path(os.environ.get(CACHE_ENV) or user_cache_dir("lenstui"))
+
+
+LENS_ENV = "LENSTUI_LENS_DIR"
+
+
+def lens_root() -> Path:
+    """Learned lenses fitted here (tuned-lens directories, J-lens files), one folder per
+    model's weights: $LENSTUI_LENS_DIR or ``lenses/`` under the cache dir."""
+    return Path(os.environ.get(LENS_ENV) or cache_root() / "lenses")

@@ -14,7 +14,7 @@ and ``theme`` (the default for every scene), then one ``[[scene]]`` table per sc
     cursor = { layer = "L20", position = -1 }   # a row label or index; -1 = last position
     target = " Paris"       # token text, a vocabulary piece, "#7042" or 7042
     pinned = [" Paris", "#5"]
-    lens = "logit"          # logit | extended | raw
+    lens = "logit"          # logit | extended | raw | tuned | jacobian
     extended_blocks = 1     # with lens = "extended"
     theme = "lenstui-contrast"
 

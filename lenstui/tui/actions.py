@@ -55,16 +55,24 @@ EXPLORER_ACTIONS: tuple[Action, ...] = (
     Action("aim_distribution", "A", "Aim distribution", "lenstui.aim_view", show=False, while_typing=False, over_screens=False),
     Action("target_selected", "t", "Target", "lenstui.target", while_typing=False, over_screens=False),
     Action("reset_target", "u", "Default target", "lenstui.target_reset", show=False, while_typing=False, over_screens=False),
+    # `p` patches the cursor's cell once a patch source is marked (tui/state/causal.py);
+    # until then it inspects the prompt token. The first binding that applies wins.
+    Action("patch_cell", "p", "Patch", "lenstui.patch", while_typing=False, over_screens=False),
     Action("inspect_prompt_token", "p", "Inspect prompt token", "lenstui.inspect_prompt", show=False, while_typing=False, over_screens=False),
     # Over the attribution screen, `a` attributes the cell again (the screen refreshes).
     Action("attribute_cell", "a", "Attribute", "lenstui.attribute", show=False, while_typing=False),
     Action("next_lens", "f5", "Lens variant", "lenstui.lens_variant", show=False, over_screens=False),
     Action("focus_prompt", "slash,i", "Edit prompt", "lenstui.focus_prompt", show=False, while_typing=False, over_screens=False),
+    # Escape puts the clean run back while a patch or steer is on the grid.
+    Action("restore_clean", "escape", "Clean run", "lenstui.restore_clean", over_screens=False),
     Action("focus_grid", "escape", "To the grid", "lenstui.focus_grid", show=False, over_screens=False),
+    Action("steer_more", "plus", "Steer +", "lenstui.steer_more", while_typing=False, over_screens=False),
+    Action("steer_less", "minus", "Steer -", "lenstui.steer_less", while_typing=False, over_screens=False),
     Action("pin_selected", "P", "Pin", "lenstui.pin", while_typing=False, over_screens=False),
     Action("unpin_all", "U", "Unpin all", "lenstui.unpin_all", show=False, while_typing=False, over_screens=False),
     Action("show_trajectory", "T", "Trajectory", "lenstui.trajectory", while_typing=False, over_screens=False),
     Action("show_compare", "C", "Compare", "lenstui.compare", show=False, while_typing=False, over_screens=False),
+    Action("lens_eval", "E", "Lens evaluation", "lenstui.lens_eval", show=False, while_typing=False, over_screens=False),
 )
 
 # Present mode's own keys, on top of the explorer's. Priority: PgUp/PgDn/Enter/g also mean

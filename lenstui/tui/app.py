@@ -13,6 +13,10 @@ need (the shown prompt's ids), and handles what they post (``WiredSpeak.ScanMark
 its typed host protocol (``tui/host.py``). A pane asks the worker with::
 
     seq = explorer(pane).submit(InspectToken(token_id), reply_to=pane)  # pane gets WorkerReply
+
+No exception ends the app (``tui/safety.py``): actions, message handlers, timers and
+callbacks that fail become a notice and a crash-log entry, and a worker thread that died
+is noticed, restarted and given the model again, with the prompt and session kept.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ from lenstui.jobs.protocol import (
     CheckSpeakable,
     Done,
     Failed,
+    FitLens,
     Handler,
     LoadModel,
     ModelInfo,
@@ -58,8 +63,10 @@ from lenstui.tui.panes.prompt import PRESETS, Preset, PromptPane
 from lenstui.tui.panes.speak import WiredSpeak
 from lenstui.tui.screens.aim import open_aim_distribution
 from lenstui.tui.screens.attribution import AttributionScreen, open_attribution
-from lenstui.tui.state import pins
+from lenstui.tui.state import causal, lenses, pins
+from lenstui.tui.state.causal import CausalState
 from lenstui.tui.state.model_switch import ModelSwitch
+from lenstui.tui.safety import Guarded, SafetyNet
 from lenstui.tui.state.session import LensSession, Step
 from lenstui.tui.theming import DEFAULT_THEME, load_themes
 from lenstui.tui.widgets.events import ModelLoaded, TokenFocused
@@ -89,7 +96,17 @@ class WorkerReply(Message, bubble=False):
         )
 
 
-class LenstuiApp(App):
+# How often the app checks that the worker thread is alive (seconds), and how many times
+# it starts a new one before it gives up (a worker that dies at once every time).
+WORKER_WATCH_SECONDS = 0.5
+WORKER_RESTARTS = 5
+
+
+class ExplorerScreen(Guarded, Screen):
+    """The explorer's own (first) screen: Textual's default screen, with the safety net."""
+
+
+class LenstuiApp(Guarded, App):
     CSS_PATH = Path(__file__).parent / "app.tcss"  # absolute: subclasses live elsewhere
     TITLE = "lenstui"
     HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (110, "-wide")]
@@ -110,8 +127,11 @@ class LenstuiApp(App):
         loader: Optional[Callable] = None,
         show_timings: bool = True,
         allow_download: Optional[bool] = None,
+        strict_crashes: bool = False,
     ) -> None:
         super().__init__()
+        # Unexpected exceptions become notices (strict: also re-raised when a test ends).
+        self.safety_net = SafetyNet(self.notify, strict=strict_crashes, on_strict=self._keep_for_run_test)
         self.config, self._startup_problems = load_config()
         self.initial_prompt = prompt
         # Hub ids load from the local cache only, unless --allow-download or the config says so.
@@ -120,7 +140,11 @@ class LenstuiApp(App):
         self.loader = loader  # tests pass one that returns an already loaded model
         self.show_timings = show_timings
         self.model_info: Optional[ModelInfo] = None
+        self.loaded_request: Optional[LoadModel] = None  # the load that gave model_info
         self.worker: Optional[ModelWorker] = None
+        self._extra_handlers: dict[type, Handler] = {}  # register_handler's, kept for a restart
+        self._worker_restarts = 0
+        self._reloading = False  # a restarted worker is loading the model again
         # What the lens shows next (prompt, steps, target, variant): plain, testable state.
         self.session = LensSession(top_k=self.config.top_k, chat=bool(chat if chat is not None else self.config.chat))
         self.shown_result = None  # the LensResult on screen (plain data)
@@ -135,6 +159,7 @@ class LenstuiApp(App):
         self._preset_index = -1
         self.scan_marks: Optional[ScanMarks] = None  # once a vocabulary scan exists: held here only
         self.attribution_contrast: Optional[tuple[int, str]] = None  # (id, text) pinned by the palette
+        self.causal = CausalState()  # patches, sweeps and steering (tui/state/causal.py)
         self.model_switch = ModelSwitch(self)  # the palette's "model: open ..."
         self._install_themes(theme)
         if self.config.keymap:
@@ -172,6 +197,14 @@ class LenstuiApp(App):
                 first = keys.split(",")[0].strip()
                 return self.get_key_display(Binding(first, binding.action, binding.description))
         raise KeyError(binding_id)
+
+    def get_default_screen(self) -> Screen:
+        return ExplorerScreen(id="_default")
+
+    @property
+    def crashes(self):
+        """Every unexpected exception the safety net caught (``safety.Crash``)."""
+        return self.safety_net.crashes
 
     @property
     def base_screen(self) -> Screen:
@@ -216,8 +249,9 @@ class LenstuiApp(App):
             self.notify(problem, title="Settings", severity="warning", timeout=10)
         for problem in self.prompt_pane.history.problems:
             self.notify(problem, title="History", severity="warning", timeout=10)
-        self.worker = ModelWorker(self._post_from_worker, loader=self.loader, handlers=HANDLERS).start()
+        self.worker = self._new_worker()
         self.submit(self.model_request)
+        self.set_interval(WORKER_WATCH_SECONDS, self._watch_worker, name="worker watch")
         name = self.model_request.spec or "the embedded SmolLM2-135M-Instruct"
         self.grid.show_hint(f"Loading {name}… type a prompt meanwhile.")
         self.status.model = self.model_request.spec or "embedded model"
@@ -227,10 +261,91 @@ class LenstuiApp(App):
             self._run_text(self.initial_prompt, immediate=True)
         self.prompt_pane.input.focus()
         self._refresh_prompt_info()
+        self.safety_net.armed = True  # from now on, no exception ends the app
 
     def on_unmount(self) -> None:
+        self.safety_net.armed = False
         if self.worker is not None:
             self.worker.stop(timeout=self.worker_stop_timeout)
+
+    # ------------------------------------------------------------ the safety net (tui/safety.py)
+
+    async def _dispatch_action(self, namespace, action_name: str, params) -> bool:
+        # Every action runs here: key bindings, the footer, run_action.
+        try:
+            return await super()._dispatch_action(namespace, action_name, params)
+        except Exception as error:
+            if not self.safety_net.armed:
+                raise
+            self.safety_net.report(error, f"the {action_name!r} action of {type(namespace).__name__}")
+            return True
+
+    def _handle_exception(self, error: Exception) -> None:
+        # Where Textual sends what nobody caught (timers, callbacks, compose, drawing):
+        # it would exit. Once the app is up, it is a notice instead.
+        if self.safety_net.armed and not self._exit:
+            self.safety_net.report(error, "Textual (a timer, a callback, composing or drawing)")
+            return
+        super()._handle_exception(error)
+
+    def _keep_for_run_test(self, error: BaseException) -> None:
+        # strict_crashes (tests): the Pilot's run_test raises the first caught error when
+        # the test ends; until then the app runs on, as it would for a user.
+        if self._exception is None:
+            self._exception = error
+
+    def _new_worker(self) -> ModelWorker:
+        worker = ModelWorker(self._post_from_worker, loader=self.loader, handlers=HANDLERS)
+        for kind, handler in self._extra_handlers.items():
+            worker.register(kind, handler)
+        return worker.start()
+
+    def _watch_worker(self) -> None:
+        """The worker thread died (a bug in the scheduler itself: handlers' errors are
+        results): say so, start a new one and give it the model again. The prompt, the
+        session and what is on screen stay; the lens runs again once the model is back."""
+        worker = self.worker
+        if worker is None or worker.alive or worker.stopping:
+            return
+        self._worker_restarts += 1
+        where = f" Details in {worker.death}." if worker.death is not None else ""
+        if self._worker_restarts > WORKER_RESTARTS:
+            worker.stop(timeout=0)  # (marks it stopping: this is said once)
+            self.status.set_error("the model worker keeps failing")
+            self.notify(
+                f"The model worker keeps stopping; quit and start lenstui again.{where}",
+                title="Worker",
+                severity="error",
+                timeout=30,
+                markup=False,
+            )
+            return
+        self.notify(
+            f"The model worker stopped unexpectedly; restarting it and loading the model again.{where}",
+            title="Worker",
+            severity="error",
+            timeout=12,
+            markup=False,
+        )
+        self.worker = self._new_worker()
+        self._reply_to.clear()  # their answers died with the old thread
+        self._reloading = True
+        self.model_settled.clear()
+        self.status.set_running(False)
+        self.status.set_loading("restarting the worker", 0.0)
+        self.session.last_request = None  # nothing that was asked has an answer coming
+        self.session.queued_steps = 0
+        self.speak_pane.forget_running()
+        self.submit(self.loaded_request or self.model_request)
+        for screen in self.screen_stack:  # a view waiting for an answer asks again
+            resubmit = getattr(screen, "resubmit", None)
+            if callable(resubmit):
+                resubmit()
+        self._worker_restarted()
+
+    def _worker_restarted(self) -> None:
+        """After a new worker was started and the model load submitted (present mode
+        computes its scenes again)."""
 
     # ------------------------------------------------------------ features
 
@@ -238,6 +353,7 @@ class LenstuiApp(App):
         """Route requests of ``kind`` to ``handler`` on the worker thread."""
         if self.worker is None:
             raise RuntimeError("register handlers from on_mount or later")
+        self._extra_handlers[kind] = handler
         self.worker.register(kind, handler)
 
     def submit(self, request: Request, reply_to: Optional[Widget] = None) -> int:
@@ -279,6 +395,10 @@ class LenstuiApp(App):
             self._on_load_reply(result)
         elif isinstance(result.request, RunLens):
             self._on_lens_reply(result)
+        elif isinstance(result.request, FitLens):
+            lenses.fit_reply(self, result)
+        elif causal.handles(result.request):
+            causal.on_reply(self, result)
 
     def on_model_chosen(self, message: ModelChosen) -> None:
         self.model_switch.begin(message.spec, message.label)
@@ -291,6 +411,7 @@ class LenstuiApp(App):
         elif isinstance(result, Done):
             info: ModelInfo = result.value
             self.model_info = info
+            self.loaded_request = result.request
             for note in info.notes:
                 self.notify(note, title="Model", severity="warning", timeout=10)
             self.status.set_model(info.name, info.device, info.dtype, info.n_layers, info.load_seconds, info.from_cache)
@@ -300,8 +421,13 @@ class LenstuiApp(App):
                 self.session.chat = False
             for pane in self.side_panes():
                 pane.post_message(ModelLoaded(info))
+            lenses.model_loaded(self, info)
             self._refresh_prompt_info()
-            self.model_switch.done(info)
+            switched = self.model_switch.done(info)
+            if self._reloading:
+                self._reloading = False
+                if not switched:
+                    self.rerun_lens()
             self.model_settled.set()
         elif isinstance(result, Failed):
             self.status.set_error(f"not loaded: {result.message}")
@@ -311,22 +437,48 @@ class LenstuiApp(App):
     def _on_lens_reply(self, result: Result) -> None:
         if isinstance(result, Progress):
             return
+        if result.request != self.session.last_request:
+            # The answer to a state the session has left without asking the worker again
+            # (a talk's scene was put on screen meanwhile, with its own computed grid): it
+            # must not paint over what is shown. Nothing else is on its way.
+            if not isinstance(result, Partial):
+                self.status.set_running(False)
+                self.lens_settled.set()
+            return
         if isinstance(result, Partial):  # some columns, before the whole grid
-            self.grid.show_partial(result.value, result.request)
+            if not causal.lens_partial(self):  # a steered grid stays until it is steered again
+                self.grid.show_partial(result.value, result.request)
+            self._set_inspector_prompt(result.value.token_ids)  # the prompt on screen now
             return
         self.status.set_running(False)
-        if isinstance(result, Done):
-            self.show_lens_result(result.value, result.request)
-            if result.request == self.session.last_request and self.session.take_queued_step():
-                self.action_step()  # submits the next run: lens_settled stays clear
-                return
-        elif isinstance(result, Failed):
-            pins.lens_failed(self, self.session.failed())
-            if self.grid.streaming and self.shown_result is not None:
-                self.grid.show_result(self.shown_result)  # not a half-painted older run
-            if self.shown_result is None:
-                self.grid.show_hint(result.message)
-        self.lens_settled.set()
+        stepping = False
+        try:
+            if isinstance(result, Done):
+                self.show_lens_result(result.value, result.request)
+                if result.request == self.session.last_request and self.session.take_queued_step():
+                    stepping = True
+                    self.action_step()  # submits the next run: lens_settled stays clear
+            elif isinstance(result, Failed):
+                dropped = self.session.failed()
+                if self.session.drop_failed_step(result.request):
+                    # The prompt line lists the steps shown, not one that could not run.
+                    if self.shown_request is not None and self.session.request() == self.shown_request:
+                        self.session.submitted(self.shown_request)
+                    self._refresh_prompt_info()
+                pins.lens_failed(self, dropped)
+                if self.grid.result is not None and self.grid.result is not self.shown_result:
+                    # Not a half-painted run that will never finish: the last complete one.
+                    if self.shown_result is not None:
+                        self.grid.show_result(self.shown_result)
+                        self._set_inspector_prompt(self.shown_result.token_ids)
+                    else:
+                        self.grid.clear(result.message)
+                if self.shown_result is None:
+                    self.grid.show_hint(result.message)
+        finally:
+            # Even if showing the answer failed (the safety net reports it), the run is over.
+            if not (stepping and self._lens_running()):
+                self.lens_settled.set()
 
     def show_lens_result(self, result: LensResult, request: RunLens) -> None:
         """Put a complete lens result on screen: the grid, the inspector's prompt, the
@@ -334,17 +486,31 @@ class LenstuiApp(App):
         worker's answer and a talk's computed scene alike."""
         self.shown_result = result
         self.shown_request = request
-        for inspector in self.base_screen.query(WiredInspector):
-            inspector.prompt_ids = tuple(result.token_ids)
-        self.grid.show_result(result)
+        self._set_inspector_prompt(result.token_ids)
+        if not causal.lens_shown(self, result, request):  # a steer shows this run steered
+            self.grid.show_result(result)
         pins.lens_answered(self, request, result)
+        lenses.show_lens_file(self, result)
         self.status.set_run(len(result.tokens), result.seconds)
         self._refresh_prompt_info()
+
+    def _set_inspector_prompt(self, token_ids) -> None:
+        ids = tuple(token_ids)
+        for inspector in self.base_screen.query(WiredInspector):
+            inspector.prompt_ids = ids
 
     # ------------------------------------------------------------ running the lens
 
     def on_input_changed(self, event: Input.Changed) -> None:
-        if event.input.id == "prompt-input" and event.value != self.session.prompt_text:
+        # The prompt pane handled this event first (it bubbles up to the app last): only
+        # when it started a debounce is a run on its way. (A Changed of a value the app
+        # itself set, arriving after the app set another, starts none; and a debounce that
+        # set_text cancels is the app's to settle.)
+        if (
+            event.input.id == "prompt-input"
+            and self.prompt_pane.debounce_pending
+            and event.value != self.session.prompt_text
+        ):
             self.lens_settled.clear()  # a debounced run is coming
 
     def on_prompt_pane_run(self, message: PromptPane.Run) -> None:
@@ -395,6 +561,9 @@ class LenstuiApp(App):
     # ------------------------------------------------------------ actions
 
     def action_step(self) -> None:
+        if causal.step_under_steer(self):  # the steered run's next token
+            self._refresh_prompt_info()
+            return
         result = self.shown_result
         if self._lens_running():
             # Each step extends the previous one's answer: queue it (the reply takes it).
@@ -481,16 +650,26 @@ class LenstuiApp(App):
         # Letters like "i", "s" and "t" belong to the prompt while typing.
         if action in LETTER_ACTIONS and isinstance(self.focused, Input):
             return False
+        applies = causal.check_action(self, action)  # p, Esc, + and - mean more at times
+        if applies is not None:
+            return applies
         if action in GRID_ACTIONS and isinstance(self.screen, AttributionScreen):
             return False  # the grid is behind the attribution screen: its keys rest
         return True
 
     # ------------------------------------------------------------ inspector, target, speakability
 
+    def _no_cell(self, what: str) -> None:
+        """The notice for a key that needs the cursor's cell when there is none."""
+        if self.grid.cursor_pending:
+            self.notify("That cell is not computed yet: it appears in a moment.", severity="warning", timeout=3)
+        else:
+            self.notify(f"Run the lens first, then pick a token to {what}.", severity="warning", timeout=3)
+
     def action_check_speakable(self) -> None:
         cell = self.grid.current_cell
         if cell is None:
-            self.notify("Run the lens first, then pick a token to check.", severity="warning", timeout=3)
+            self._no_cell("check")
             return
         self.speak_pane.check(cell.token_id, cell.text)
 
@@ -541,15 +720,19 @@ class LenstuiApp(App):
         self.set_target(None)
 
     def action_inspect_prompt_token(self) -> None:
-        cell = self.grid.current_cell
-        if cell is None or self.shown_result is None:
+        # The prompt's tokens are known in every column, computed or not: the result on screen.
+        result, position = self.grid.result, self.grid.cursor_pos
+        if result is None or not 0 <= position < len(result.tokens):
             return
-        self.inspector_pane.inspect(self.shown_result.token_ids[cell.position], cell.position)
+        self.inspector_pane.inspect(result.token_ids[position], position)
 
     def action_next_lens(self) -> None:
         self.set_lens(self.session.next_lens())
 
     def set_lens(self, kind: str) -> None:
+        if not self.session.lens_ready(kind):  # a learned lens with no file for this model
+            self.notify(lenses.missing_lens_sentence(kind), severity="warning", timeout=6)
+            return
         self.session.set_lens(kind)
         self.notify(f"Lens: {kind}", timeout=2)
         self.rerun_lens()
@@ -562,12 +745,17 @@ class LenstuiApp(App):
     # ------------------------------------------------------------ attribution (lenstui.tui.screens.attribution)
 
     def action_attribute_cell(self) -> None:
-        open_attribution(self, self.shown_result, self.grid.current_cell, self.attribution_contrast)
+        # The cell and the prompt it is attributed in come from the same result: the one on
+        # screen (a streamed run's, maybe), never a cell of one run with another's tokens.
+        if self.grid.result is not None and self.grid.cursor_pending:
+            self._no_cell("attribute")
+            return
+        open_attribution(self, self.grid.result, self.grid.current_cell, self.attribution_contrast)
 
     def action_attribute_contrast(self) -> None:
         cell = self.grid.current_cell
         if cell is None:
-            self.notify("Select a token first.", severity="warning", timeout=3)
+            self._no_cell("contrast with")
             return
         self.attribution_contrast = (cell.token_id, cell.text)
         self.notify(f"Attribution contrast: {cell.text!r} (the palette's \"attribute: no contrast\" clears it)", timeout=4)
@@ -592,6 +780,25 @@ class LenstuiApp(App):
 
     def action_show_compare(self) -> None:
         pins.show_compare(self)
+
+    # ------------------------------------------------------------ learned lenses (tui/state/lenses.py)
+
+    def action_lens_eval(self) -> None:
+        lenses.show_eval(self)
+
+    # ------------------------------------------------------------ the causal lens (tui/state/causal.py)
+
+    def action_patch_cell(self) -> None:
+        causal.patch_cursor(self)
+
+    def action_restore_clean(self) -> None:
+        causal.restore_clean(self)
+
+    def action_steer_more(self) -> None:
+        causal.change_alpha(self, causal.ALPHA_STEP)
+
+    def action_steer_less(self) -> None:
+        causal.change_alpha(self, -causal.ALPHA_STEP)
 
     # ------------------------------------------------------------ export
 

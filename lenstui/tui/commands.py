@@ -26,7 +26,7 @@ from lenstui.store.config import load_config
 from lenstui.store.model_catalog import ModelEntry, discover_models
 from lenstui.tui.host import ExplorerHost
 from lenstui.tui.panes.prompt import PRESETS, Preset
-from lenstui.tui.state import pins
+from lenstui.tui.state import causal, lenses, pins
 
 PREFIX = "model: open "
 
@@ -135,6 +135,7 @@ def explorer_commands(app: PaletteHost) -> Iterator[SystemCommand]:
     yield SystemCommand("lens: default target", f"each position's own top-1 ({key('lenstui.target_reset')})", app.action_reset_target)
     for kind in LENS_KINDS:
         yield SystemCommand(f"lens: {kind} lens", LENS_DESCRIPTIONS[kind], lambda k=kind: app.set_lens(k))
+    yield from lenses.commands(app)
     yield SystemCommand("lens: toggle mid-block rows", "also read the residual after each attention", app.action_toggle_mid)
     yield SystemCommand("inspect: prompt token at the cursor", f"the input token, not the prediction ({key('lenstui.inspect_prompt')})", app.action_inspect_prompt_token)
     yield SystemCommand("speak: check the selected token", f"certified LP check ({key('lenstui.speak_check')}; {key('lenstui.speak_cancel')} cancels)", app.action_check_speakable)
@@ -145,6 +146,7 @@ def explorer_commands(app: PaletteHost) -> Iterator[SystemCommand]:
     yield SystemCommand("attribute: contrast with the selected token", "attribute logit(token) - logit(this one)", app.action_attribute_contrast)
     yield SystemCommand("attribute: no contrast", "attribute logit(token) - mean logit", app.action_attribute_no_contrast)
     yield from pins.commands(app)
+    yield from causal.commands(app)
     yield SystemCommand("export: grid as JSON", "same shape as `lenstui lens --json`", app.export_json)
     yield SystemCommand("export: screen as SVG", "a screenshot for slides", app.export_svg)
     yield SystemCommand("keys: show or hide bindings", "the keys panel (F1 or ?)", app.action_toggle_help)

@@ -45,6 +45,8 @@ class SpeakSide(Protocol):
 
     def forget_model(self) -> None: ...
 
+    def forget_running(self) -> None: ...
+
 
 class ExplorerHost(Protocol):
     session: LensSession  # the prompt and settings the next lens run is made of

@@ -32,10 +32,11 @@ from typing import Optional
 from textual.widgets import Input, Static
 
 from lenstui.core.errors import LenstuiError
-from lenstui.jobs.protocol import Done, Failed, Partial, RenderScenes, Result, SceneRender, Stopped
+from lenstui.jobs.protocol import Done, Failed, Partial, RenderScenes, Result, RunLens, SceneRender, Stopped
 from lenstui.talks.format import Cursor, Scene, Talk, append_scene
 from lenstui.tui.actions import PRESENTER_ACTIONS, bindings, resting_while_typing
 from lenstui.tui.app import LenstuiApp
+from lenstui.tui.safety import Guarded
 from lenstui.tui.screens.attribution import AttributionScreen, open_attribution
 from lenstui.tui.state.session import Step
 from lenstui.tui.widgets.grid import VIEWS as GRID_VIEWS
@@ -48,7 +49,7 @@ MAX_RENDERS = 20
 KEEP_BEHIND = 4
 
 
-class SceneBanner(Static):
+class SceneBanner(Guarded, Static):
     """``N/total · title`` above everything, in present mode."""
 
     DEFAULT_CSS = """
@@ -62,7 +63,7 @@ class SceneBanner(Static):
     """
 
 
-class SceneMessage(Static):
+class SceneMessage(Guarded, Static):
     """Where the grid goes, for a scene that cannot be shown (or is still computing)."""
 
     DEFAULT_CSS = """
@@ -182,6 +183,12 @@ class PresenterApp(LenstuiApp):
             if isinstance(result, Failed) and self.scene.number not in self.renders and self.scene.ok:
                 self._show_message(f"Scene {self.scene.number} could not be computed: {result.message}", problem=True)
 
+    def _worker_restarted(self) -> None:
+        # The RenderScenes in flight died with the old worker: compute what is left again.
+        self._render_seq = None
+        self._render_order = ()
+        self._submit_renders()
+
     def _on_load_reply(self, result: Result) -> None:
         switching = self.model_switch.pending is not None
         super()._on_load_reply(result)
@@ -232,6 +239,7 @@ class PresenterApp(LenstuiApp):
         """Put a computed scene on screen and make it the session's state, as if the
         speaker had typed the prompt, stepped, and picked the target and lens."""
         result, request = render.result, render.request
+        self.cancel(RunLens)  # a lens run of the state being left: its answer is not wanted
         ids = tuple(result.token_ids)
         text = scene.prompt if scene.prompt is not None else "".join(t.text for t in result.tokens[: render.prompt_length])
         self.session.restore(
@@ -257,9 +265,11 @@ class PresenterApp(LenstuiApp):
             if scene.view != "attribution":
                 self.notify(f"view {scene.view} not available yet", title=f"Scene {scene.number}", severity="warning", timeout=4)
         self.grid.place_cursor(render.cursor_layer, render.cursor_position)
+        if not self._lens_running():
+            self.lens_settled.set()  # the scene's grid is the answer (a debounce set_text cancelled included)
         if scene.view == "attribution":
             # The cursor's cell, attributed as the `a` key would (the target, when set).
-            open_attribution(self, result, self.grid.current_cell, self.attribution_contrast)
+            open_attribution(self, self.grid.result, self.grid.current_cell, self.attribution_contrast)
 
     def _show_message(self, text: str, *, problem: bool) -> None:
         message = self.query_one(SceneMessage)
@@ -339,10 +349,11 @@ class PresenterApp(LenstuiApp):
             scene.chat = session.chat
         scene.steps = len(session.steps)
         scene.view = self.grid.view
-        cell = self.grid.current_cell
-        if cell is not None and self.shown_result is not None:
-            last = len(self.shown_result.tokens) - 1
-            scene.cursor = Cursor(cell.layer, -1 if cell.position == last else cell.position)
+        grid = self.grid
+        if grid.result is not None and grid.cursor_layer is not None:
+            # The cursor of the grid on screen (its cell may still be streaming in).
+            last = len(grid.result.tokens) - 1
+            scene.cursor = Cursor(grid.cursor_layer, -1 if grid.cursor_pos >= last else grid.cursor_pos)
         scene.target = session.target
         scene.pinned = list(session.pins)
         scene.lens = session.lens_kind

@@ -43,12 +43,14 @@ def compare_rows(
     incl_mid: bool = False,
     target: Optional[TokenSpec] = None,
     track: Sequence[TokenSpec] = (),
+    lens_path: Optional[str] = None,
     should_stop: Optional[StopCheck] = None,
 ) -> Comparison:
     """Run the lens on both prompts (whole grids, incremental) and compare row by row the
     distributions at ``pos_a`` in A and ``pos_b`` in B (negative: from the end)."""
     options = dict(
-        top_k=top_k, lens=lens, extended_blocks=extended_blocks, incl_mid=incl_mid, target=target, track=track
+        top_k=top_k, lens=lens, extended_blocks=extended_blocks, incl_mid=incl_mid, target=target, track=track,
+        lens_path=lens_path,
     )
     a = run_lens(model, prompt_a, slot="a", should_stop=should_stop, **options)
     b = run_lens(model, prompt_b, slot="b", should_stop=should_stop, **options)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import torch
 
@@ -25,11 +25,16 @@ class Captured:
     logits: torch.Tensor  # [n, d_vocab]
 
 
-def capture_forward(model: Any, tokens: torch.Tensor, cache: Any, capture_mid: bool) -> Captured:
-    """Run ``tokens`` [1, n] (after what ``cache`` holds) and capture the residuals."""
-    if model.anatomy is not None:
+def capture_forward(
+    model: Any, tokens: torch.Tensor, cache: Any, capture_mid: bool, extra_hooks: Sequence = ()
+) -> Captured:
+    """Run ``tokens`` [1, n] (after what ``cache`` holds) and capture the residuals.
+
+    ``extra_hooks``: TransformerLens (name, hook) pairs that run before the captures (a
+    patch or a steer, ``engine/patching.py``); a forward with any runs on the bridge."""
+    if model.anatomy is not None and not extra_hooks:
         return _plain_forward(model, tokens, cache, capture_mid)
-    return _bridge_forward(model, tokens, cache, capture_mid)
+    return _bridge_forward(model, tokens, cache, capture_mid, extra_hooks)
 
 
 def _plain_forward(model: Any, tokens: torch.Tensor, cache: Any, capture_mid: bool) -> Captured:
@@ -58,7 +63,7 @@ def _plain_forward(model: Any, tokens: torch.Tensor, cache: Any, capture_mid: bo
     return Captured(torch.stack(pre), torch.stack(mid) if capture_mid else None, out.logits[0])
 
 
-def _bridge_forward(model: Any, tokens: torch.Tensor, cache: Any, capture_mid: bool) -> Captured:
+def _bridge_forward(model: Any, tokens: torch.Tensor, cache: Any, capture_mid: bool, extra_hooks: Sequence = ()) -> Captured:
     bridge = model.bridge
     n_layers = model.n_layers
     names = [f"blocks.{i}.hook_resid_pre" for i in range(n_layers)]
@@ -80,7 +85,7 @@ def _bridge_forward(model: Any, tokens: torch.Tensor, cache: Any, capture_mid: b
         logits = bridge.run_with_hooks(
             tokens,
             return_type="logits",
-            fwd_hooks=[(name, capture(name)) for name in names + mid_names],
+            fwd_hooks=[*extra_hooks, *((name, capture(name)) for name in names + mid_names)],
             **kwargs,
         )
     pre = torch.stack([captured[name] for name in names])

@@ -25,6 +25,12 @@ with a half-precision model the matmul runs in the model's dtype, the reductions
 float32, and the top-k and target logits are recomputed in float32 at the end.
 
 TransformerLens' ``logit_readout`` stays the reference in the tests.
+
+**How exact.** ``logit_error_bound`` and ``log_prob_error_bound`` bound, per vector, how
+far the float32 numbers are from exact arithmetic on the same normalised vectors (Higham's
+``gamma_n``, as in ``engine/speak/geometry.py``): the tests hold this readout (and
+TransformerLens' own) to a float64 computation within those bounds, not to each other's
+rounding.
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ from typing import Any, Callable, Optional, Union
 import torch
 
 from lenstui.core.callbacks import StopCheck, check_stop
+from lenstui.engine.speak.geometry import float32_gamma
 
 # Vocabulary tokens per block. Measured on the embedded model, 496-512 vectors, 1 thread on
 # the shared 2-core machine: one run gave 2048: 1.50x, 4096: 1.17x, 8192: 1.50x the matmul
@@ -138,6 +145,62 @@ def _prepare_unembedding(bridge: Any) -> Unembedding:
             transform = adapter.apply_output_logits_transform
     bias = getattr(bridge, "b_U", None)
     return _prepared(w_u, bias if isinstance(bias, torch.Tensor) else None, _final_norm(bridge), transform)
+
+
+# Roundings a logit takes beyond its length-d dot product: the bias add, the conversion of
+# the (float32) normalised vector, and margin.
+LOGIT_ROUNDINGS = 4
+# Roundings of a log-probability beyond its logit's and the sum's: the shift by the max,
+# exp, the division, the log, merging two blocks' (max, log z) (per merge); and margin.
+LOG_PROB_ROUNDINGS = 8
+MERGE_ROUNDINGS = 4
+_TINY32 = float(torch.finfo(torch.float32).tiny)  # below it float32 underflows (absolute error)
+
+
+def logit_error_bound(unembed: Unembedding, normed: torch.Tensor, *, input_error: float = 0.0) -> torch.Tensor:
+    """[n, vocab] float64 bounds on |float32 logit - exact logit| of each normalised vector
+    (``normed`` [n, d], as :meth:`Unembedding.normalize` returns them) and each token.
+
+    A logit is ``w_j . x + b_j``: a length-d float32 dot product and an add, whatever the
+    order of summation within ``gamma_{d+k} (sum_i |w_ji x_i| + |b_j|)`` (Higham's
+    componentwise bound; ``float32_gamma``). ``input_error``: a relative error already in
+    each component of ``x`` (another float32 normalisation of the same residual) adds
+    ``input_error * sum_i |w_ji x_i|``. For the float32 path (CPU) without a
+    post-unembedding transform (a softcap ``c tanh(l / c)`` is 1-Lipschitz: the bound
+    holds up to a few more roundings)."""
+    d = int(normed.shape[-1])
+    magnitude = normed.double().abs() @ unembed.weight.double().abs().T  # [n, vocab]
+    bias = 0.0 if unembed.bias is None else unembed.bias.double().abs()
+    return float32_gamma(d + LOGIT_ROUNDINGS) * (magnitude + bias) + input_error * magnitude
+
+
+def log_prob_error_bound(logit_error: torch.Tensor, exact_logits: torch.Tensor, block: int = DEFAULT_BLOCK) -> torch.Tensor:
+    """[n, vocab] bounds on |float32 log-probability - exact| of every token, from the
+    logits' bounds ``logit_error`` and the exact logits (both [n, vocab], float64).
+
+    ``log p_j = s_j - log z`` with ``s_j = l_j - m`` (m: the largest computed logit) and
+    ``z = sum_k exp(s_k)``. Each ``s_k`` is off by ``a_k = eps_k + u |s_k|``, so z by the
+    factor ``sum_k p_k exp(a_k)``: ``log z`` by at most ``sum_k p_k (exp(a_k) - 1)`` (the
+    tokens that carry the mass count), plus the sum's own ``gamma_(terms)`` for any order
+    of summation. ``read_out`` sums ``block`` tokens at a time and merges the
+    ``ceil(vocab / block)`` partial (max, log z) pairs; a single softmax over the whole
+    vocabulary (TransformerLens' ``logit_readout``) is ``block=vocab``."""
+    u = float32_gamma(1)
+    vocab = int(exact_logits.shape[-1])
+    terms = min(block, vocab)
+    merges = -(-vocab // terms)
+    shifted = exact_logits - exact_logits.max(dim=-1, keepdim=True).values
+    log_p = torch.log_softmax(exact_logits, dim=-1)
+    a = logit_error + u * shifted.abs()
+    log_z = (log_p.exp() * torch.expm1(a)).sum(dim=-1, keepdim=True)
+    sums = float32_gamma(terms + MERGE_ROUNDINGS * merges + LOG_PROB_ROUNDINGS)
+    return a + log_z + sums + u * log_p.abs()
+
+
+def prob_error_bound(exact_probs: torch.Tensor, log_prob_error: torch.Tensor) -> torch.Tensor:
+    """|float32 p - exact p| <= p (exp(delta) - 1) for a log-probability off by at most
+    delta (same shapes), plus float32's underflow below ``finfo.tiny``."""
+    return exact_probs * torch.expm1(log_prob_error) + _TINY32
 
 
 @dataclass

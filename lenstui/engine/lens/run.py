@@ -15,7 +15,10 @@ Lens variants:
   (attention over every position, all rows batched into one forward pass), then read
   as ``logit``; rows from block ``L-N`` on are already past the cut and read as the
   model's own output (nostalgebraist's "extended decoder" for gpt-neo);
-- ``raw``: unembedding without the final norm.
+- ``raw``: unembedding without the final norm;
+- ``tuned`` and ``jacobian``: learned lenses, a fitted translator per row before the
+  readout, read from a tuned-lens folder or a TransformerLens J-lens file
+  (``lens/learned.py``; fitted by ``lens/fit.py``, measured by ``lens/evaluate.py``).
 
 Per cell: the top-k tokens (probability and logit), the entropy of the row's
 distribution, KL(final || row) where "final" is the model's own output distribution,
@@ -77,6 +80,7 @@ def run_lens(
     positions: Union[None, str, Sequence[int]] = None,
     track: Sequence[TokenSpec] = (),
     slot: str = "a",
+    lens_path: Optional[str] = None,
     should_stop: Optional[StopCheck] = None,
 ) -> LensResult:
     """Run the lens on a prompt (text or token ids): the whole grid, or only the columns
@@ -90,6 +94,8 @@ def run_lens(
     ``track``: up to MAX_TRACKED tokens (text, vocabulary piece or id) whose probability
     and rank every cell reports (extra targets of the same readout pass). ``slot``: which
     of the model's lens states to use ("a", "b": two prompts side by side stay incremental).
+    ``lens_path``: the file of a learned lens (``tuned``, ``jacobian``); default: the one
+    fitted for this model (``lenstui.engine.lens.learned``).
     """
     started = time.perf_counter()
     state = lens_state(model, slot)
@@ -101,6 +107,7 @@ def run_lens(
         incl_mid=incl_mid,
         target=target,
         track=track,
+        lens_path=lens_path,
         should_stop=should_stop,
     )
     if positions is None:

@@ -32,7 +32,8 @@ import torch
 from lenstui.core.callbacks import StopCheck, check_stop
 from lenstui.core.errors import InputError, quoted
 from lenstui.core.lens_result import LensCell, LensResult, TopToken, TrackedValue
-from lenstui.core.lenses import LENS_KINDS, MAX_TOP_K, MAX_TRACKED
+from lenstui.core.learned_lens import LensFile
+from lenstui.core.lenses import LEARNED_LENSES, LENS_KINDS, MAX_TOP_K, MAX_TRACKED
 from lenstui.core.tokens import TokenRef, TokenSpec
 from lenstui.engine.lens.forward import capture_forward, run_from_block
 from lenstui.engine.lens.readout import read_out, unembedding
@@ -56,6 +57,7 @@ class LensSettings:
     incl_mid: bool = False
     target_id: Optional[int] = None  # None: each position's own final top-1
     track_ids: tuple[int, ...] = ()  # tokens whose probability and rank every cell reports
+    lens_file: str = ""  # a learned lens's file (lens "tuned" or "jacobian"), resolved
 
 
 @dataclass
@@ -69,6 +71,7 @@ class LensPlan:
     reused_positions: int  # positions whose cells were kept from the last run
     forward_positions: int  # positions the model's forward pass ran for
     tracked: list[TokenRef] = field(default_factory=list)
+    lens_file: Optional[LensFile] = None  # the learned lens's file, when the lens is one
 
     @property
     def n_positions(self) -> int:
@@ -92,6 +95,7 @@ class LensPlan:
             positions=list(columns.positions) if subset else None,
             tracked=self.tracked,
             top_k=settings.top_k,
+            lens_file=self.lens_file,
         )
 
 
@@ -126,8 +130,15 @@ def row_labels(n_layers: int, incl_mid: bool) -> list[str]:
 
 
 class LensState:
-    def __init__(self, model: LoadedModel):
+    def __init__(self, model: LoadedModel, intervention=None):
         self.model = model
+        # Hooks every forward of this state adds (lenstui.engine.patching: a patch or a
+        # steer), asked per forward with ``intervention.hooks(start, count)`` for the
+        # positions start..start+count-1 it runs. None: the clean model.
+        self.intervention = intervention
+        # position -> the target id a cell there reads when the settings give none (a
+        # patched run reads the clean run's targets); None: each position's own top-1.
+        self.fixed_targets: Optional[dict[int, int]] = None
         self._ids: list[int] = []
         self._kv = None  # HF DynamicCache over self._ids, or None
         self._kv_works: Optional[bool] = None  # None until the first incremental forward
@@ -140,6 +151,7 @@ class LensState:
         self._plan: Optional[LensPlan] = None  # what the last prepare() settled
         self._columns: dict[int, tuple[list[LensCell], TokenRef]] = {}
         self._final_top1: dict[int, int] = {}  # position -> the model's own top-1 there
+        self._learned = None  # the learned lens (engine.lens.learned.LearnedLens) when one is read
         self.forward_count = 0  # forward passes run (tests and benches read it)
 
     # -- settings and the forward -------------------------------------------------------
@@ -153,10 +165,12 @@ class LensState:
         incl_mid: bool = False,
         target: Optional[TokenSpec] = None,
         track: Sequence[TokenSpec] = (),
+        lens_path: Optional[str] = None,
         should_stop: Optional[StopCheck] = None,
     ) -> LensPlan:
         """Validate, then bring the residual stack up to date for ``prompt`` (the forward
-        for new tokens only). Raises InputError on bad input, Cancelled when superseded."""
+        for new tokens only). Raises InputError on bad input, Cancelled when superseded.
+        ``lens_path``: a learned lens's file (default: the one fitted for this model)."""
         model = self.model
         if lens not in LENS_KINDS:
             raise InputError(f"Unknown lens {quoted(lens)}: choose one of {', '.join(LENS_KINDS)}.")
@@ -169,6 +183,13 @@ class LensState:
                 )
             if incl_mid:
                 raise InputError("The extended lens reads block outputs only: turn mid-block rows off.")
+        learned = None
+        if lens in LEARNED_LENSES:
+            from lenstui.engine.lens.learned import learned_lens
+
+            if incl_mid:
+                raise InputError(f"The {lens} lens has translators for block outputs only: turn mid-block rows off.")
+            learned = learned_lens(model, lens, lens_path)
         ids = encode_prompt(model, prompt)
         target_id = None if target is None else resolve_token(model, target)
         track_ids: list[int] = []
@@ -185,6 +206,7 @@ class LensState:
             incl_mid=incl_mid,
             target_id=target_id,
             track_ids=tuple(track_ids),
+            lens_file=learned.stamp if learned is not None else "",
         )
         check_stop(should_stop)
         kept, ran = self._update_stack(ids, incl_mid)
@@ -196,6 +218,7 @@ class LensState:
             # The extended lens's decoded stack is as big as the residual stack itself:
             # switching away frees it (switching back decodes it again, the forward is kept).
             self._extended = None
+        self._learned = learned
         self._plan = LensPlan(
             model=model.name,
             settings=settings,
@@ -204,6 +227,7 @@ class LensState:
             reused_positions=len([p for p in self._columns if p < len(ids)]),
             forward_positions=ran,
             tracked=[token_ref(model, i) for i in track_ids],
+            lens_file=learned.file if learned is not None else None,
         )
         return self._plan
 
@@ -255,7 +279,10 @@ class LensState:
         tokens = torch.tensor([ids[start:]], device=model.device)
         # The model computes its logits for the new positions anyway: their argmax is
         # each position's own top-1, the default target (as the lens always defined it).
-        captured = capture_forward(model, tokens, kv, self._capture_mid)
+        # An intervention's hooks are TransformerLens hook points: such a forward runs on
+        # the bridge.
+        extra = list(self.intervention.hooks(start, len(ids) - start)) if self.intervention is not None else []
+        captured = capture_forward(model, tokens, kv, self._capture_mid, extra_hooks=extra)
         logits = captured.logits
         self.forward_count += 1
         if kv is not None and kv.get_seq_length() != len(ids):
@@ -287,6 +314,69 @@ class LensState:
         self._ids = list(ids)
         self._version += 1
 
+    # -- forks (lenstui.engine.patching) ---------------------------------------------------
+    def fork(self, keep: int, intervention=None) -> "LensState":
+        """A new state that shares this one's first ``keep`` positions (ids, residual
+        stack, KV cache, cells and settings) and runs ``intervention`` in its forwards:
+        its next ``prepare`` with this state's ids computes positions >= ``keep`` only.
+        This state is not changed (the KV cache is shared as views: a DynamicCache
+        grows by concatenation, never in place)."""
+        keep = max(0, min(int(keep), len(self._ids)))
+        other = LensState(self.model, intervention)
+        other._kv_works = self._kv_works
+        other._capture_mid = self._capture_mid
+        other._settings = self._settings
+        if keep > 0 and self._pre is not None:
+            other._ids = self._ids[:keep]
+            other._pre = self._pre[:, :keep]
+            other._mid = self._mid[:, :keep] if self._mid is not None else None
+            other._kv = kv_prefix(self._kv, keep) if self._kv is not None else None
+            other._columns = {p: c for p, c in self._columns.items() if p < keep}
+            other._final_top1 = {p: t for p, t in self._final_top1.items() if p < keep}
+        return other
+
+    def extend(self, ids: Sequence[int], pre: torch.Tensor, mid: Optional[torch.Tensor], kv) -> None:
+        """Append positions ``len(ids so far)..`` computed elsewhere (a patched run
+        resumed from a block): ``pre`` [n_layers + 1, new, d] and ``mid`` as the forward
+        would capture them, and the KV cache now covering all of ``ids``."""
+        start = len(self._ids)
+        if list(ids[:start]) != self._ids or pre.shape[1] != len(ids) - start:
+            raise ValueError("extend() takes the ids so far plus exactly the new positions")
+        dtype = torch.float32 if self.model.device == "cpu" else None
+        pre = pre.to(dtype) if dtype is not None else pre
+        mid = mid.to(dtype) if (mid is not None and dtype is not None) else mid
+        self._pre = pre if self._pre is None else torch.cat([self._pre, pre], dim=1)
+        if mid is not None:
+            self._mid = mid if self._mid is None else torch.cat([self._mid, mid], dim=1)
+        self._kv = kv
+        self._ids = [int(i) for i in ids]
+        self._version += 1
+
+    @property
+    def ids(self) -> list[int]:
+        """The token ids the stack covers."""
+        return list(self._ids)
+
+    @property
+    def kv_cache(self):
+        """The KV cache over ``ids`` (None when this model runs without one)."""
+        return self._kv
+
+    def residual(self, row: int) -> torch.Tensor:
+        """[positions, d]: block ``row``'s input (row ``n_layers``: the last block's
+        output), i.e. the residual after block ``row - 1``; row 0 is the embedding."""
+        return self._pre[row]
+
+    def mid_residual(self, layer: int) -> Optional[torch.Tensor]:
+        """[positions, d] after block ``layer``'s attention, when mid rows were captured."""
+        return None if self._mid is None else self._mid[layer]
+
+    def next_token_id(self) -> int:
+        """The model's greedy next token after ``ids`` (this state's own final top-1)."""
+        last = len(self._ids) - 1
+        self._read_final_top1([last], None)
+        return self._final_top1[last]
+
     # -- rows -----------------------------------------------------------------------------
     def _stack(self, positions: list[int]) -> torch.Tensor:
         """[rows, len(positions), d] in row order for the current settings."""
@@ -295,6 +385,8 @@ class LensState:
         if settings.lens == "extended":
             return self._extended_stack()[:, index]
         pre = self._pre[:, index]
+        if self._learned is not None:
+            return self._learned.apply(pre, positions)
         if not settings.incl_mid:
             return pre
         mid = self._mid[:, index]
@@ -382,7 +474,8 @@ class LensState:
         final = self._pre[-1, torch.tensor(positions, device=self._pre.device)]
         final_normed = unembed.normalize(final)
         if settings.target_id is None:
-            target_ids = [self._final_top1[p] for p in positions]
+            fixed = self.fixed_targets or {}
+            target_ids = [fixed.get(p, self._final_top1[p]) for p in positions]
         else:
             target_ids = [settings.target_id] * n_pos
         normed = unembed.normalize(stack.reshape(n_rows * n_pos, d), apply_norm=settings.lens != "raw")
@@ -438,6 +531,25 @@ class LensState:
             )
         for i, pos in enumerate(positions):
             self._columns[pos] = (columns[i], token_ref(model, target_ids[i]))
+
+
+def kv_prefix(kv, keep: int):
+    """A DynamicCache over the first ``keep`` positions of ``kv``, as views (no copy):
+    its layers grow by concatenation, so ``kv`` itself is never written."""
+    from transformers import DynamicCache
+    from transformers.cache_utils import DynamicLayer
+
+    out = DynamicCache()
+    layers = []
+    for layer in kv.layers:
+        fresh = DynamicLayer()
+        if getattr(layer, "is_initialized", False) and layer.keys is not None:
+            fresh.lazy_initialization(layer.keys, layer.values)
+            fresh.keys = layer.keys[..., :keep, :]
+            fresh.values = layer.values[..., :keep, :]
+        layers.append(fresh)
+    out.layers = layers
+    return out
 
 
 def _extended_decode(model: LoadedModel, ids: list[int], pre: torch.Tensor, n_blocks: int) -> torch.Tensor:

@@ -84,6 +84,11 @@ class LoadedModel:
     # Lazily computed per-model tables (effective unembedding, vocab strings, ...),
     # shared by the engine modules so each is built once per loaded model.
     memo: dict = field(default_factory=dict, repr=False)
+    # What the weights were read from, so files fitted for them (learned lenses) can be
+    # found again: the GGUF's sha256, or the weight files of a Hugging Face folder.
+    # Both empty for a model built in memory (its tensors are hashed instead).
+    weights_sha256: Optional[str] = None
+    weights_files: tuple[str, ...] = ()
     _bridge: Any = field(default=None, repr=False)
 
     @property
@@ -594,6 +599,7 @@ def load_model(
             dtype=dtype,
             from_cache=from_cache,
         )
+        loaded.weights_sha256, loaded.weights_files = _weights_identity(spec)
     except ModelLoadError:
         raise
     except OSError as err:
@@ -611,6 +617,32 @@ def load_model(
     loaded.load_seconds = time.perf_counter() - started
     _report(progress, "ready", 1.0)
     return loaded
+
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
+
+
+def _weights_identity(spec: Optional[str]) -> tuple[Optional[str], tuple[str, ...]]:
+    """(the GGUF's sha256, or None; the weight files of a Hugging Face folder or cached
+    hub model). Cheap: a GGUF's digest is memoised, folders are only listed."""
+    if not spec:
+        return gguf_digest(embedded_gguf_path()), ()
+    path = Path(spec).expanduser()
+    if path.suffix.lower() == ".gguf":
+        return gguf_digest(path), ()
+    folder = path if path.is_dir() else None
+    if folder is None:
+        try:
+            from huggingface_hub import try_to_load_from_cache
+
+            config = try_to_load_from_cache(spec, "config.json")
+            folder = Path(config).parent if isinstance(config, str) else None
+        except Exception:  # an identity is a convenience: never a reason not to load
+            folder = None
+    if folder is None:
+        return None, ()
+    files = sorted(str(p) for p in folder.iterdir() if p.suffix in WEIGHT_SUFFIXES and p.is_file())
+    return None, tuple(files)
 
 
 def _first_line(err: BaseException) -> str:

@@ -28,6 +28,7 @@ from lenstui.core.token_bytes import JoinedSequence, TokenGroup
 from lenstui.core.token_report import Neighbor, TokenReport
 from lenstui.jobs.protocol import Done, Failed, InspectReply, InspectToken
 from lenstui.tui.host import explorer
+from lenstui.tui.safety import Guarded
 from lenstui.tui.widgets.events import TokenFocused
 
 LABEL_WIDTH = 16
@@ -127,7 +128,7 @@ def sequence_lines(sequence: JoinedSequence, width: int, selected: Optional[int]
     return out[:-1] if out else out
 
 
-class LinesView(Widget):
+class LinesView(Guarded, Widget):
     """A widget drawn as lines laid out for its current width (reflows on resize)."""
 
     DEFAULT_CSS = """
@@ -184,7 +185,7 @@ class JoinedSequenceView(LinesView):
 # ------------------------------------------------------------------ the pane
 
 
-class InspectorPane(VerticalScroll):
+class InspectorPane(Guarded, VerticalScroll):
     """Shows one token report, a message, and (optionally) the prompt's joined tokens."""
 
     BORDER_TITLE = "inspector"

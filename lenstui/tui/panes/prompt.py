@@ -19,6 +19,7 @@ from textual.timer import Timer
 from textual.widgets import Input, Static
 
 from lenstui.store.history import PromptHistory
+from lenstui.tui.safety import Guarded
 
 
 @dataclass(frozen=True)
@@ -43,7 +44,7 @@ PRESETS = (
 )
 
 
-class PromptInput(Input):
+class PromptInput(Guarded, Input):
     """An Input whose up/down walk the prompt history."""
 
     BINDINGS = [
@@ -101,7 +102,7 @@ class PromptInput(Input):
         self._browse = None
 
 
-class PromptPane(Vertical):
+class PromptPane(Guarded, Vertical):
     DEFAULT_CSS = """
     PromptPane {
         height: auto;
@@ -161,6 +162,11 @@ class PromptPane(Vertical):
             self._quiet_value = text  # its Input.Changed arrives later: skip that one
             self.input.value = text
         self.input.cursor_position = len(text)
+
+    @property
+    def debounce_pending(self) -> bool:
+        """Whether a debounced Run is on its way (typing stopped less than the pause ago)."""
+        return self._timer is not None
 
     def show_info(self, text: str) -> None:
         self.query_one("#prompt-info", Static).update(text)

@@ -22,6 +22,7 @@ from lenstui.core.textfmt import aim_lines, visible
 from lenstui.core.verdicts import DECIDED, Method, Verdict
 from lenstui.jobs.protocol import CheckSpeakable, Done, Failed, Progress, ScanVocabulary, Stopped
 from lenstui.tui.host import explorer
+from lenstui.tui.safety import Guarded
 from lenstui.tui.widgets.events import ModelLoaded, TokenFocused
 
 VERDICT_STYLE = {
@@ -37,7 +38,7 @@ def _token(token_id: int, text: str) -> Content:
     return Content.assemble((visible(text), "bold"), (f" #{token_id}", "$text-muted"))
 
 
-class SpeakPane(Vertical):
+class SpeakPane(Guarded, Vertical):
     """Verdict, gap or certificate summary, binding competitors, time; progress + cancel hint."""
 
     DEFAULT_CSS = """
@@ -246,6 +247,11 @@ class WiredSpeak(SpeakPane):
         self._body(Content("Select a token to check whether the model can say it."))
         self._hint("")
         self.query_one("#speak-scan", Static).update("")
+
+    def forget_running(self) -> None:
+        """The worker restarted: a check that was running has no answer coming."""
+        if self.has_class("-running"):
+            self.show_error(f"The check stopped when the worker restarted: press {self.check_key} to check again.")
 
     def known_verdict(self, token_id: int) -> Optional[str]:
         marks = explorer(self).scan_marks

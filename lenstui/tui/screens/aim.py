@@ -22,6 +22,7 @@ from textual_plotext import PlotextPlot
 
 from lenstui.core.textfmt import visible
 from lenstui.tui.host import ExplorerHost
+from lenstui.tui.safety import Guarded
 
 BINS = 40
 
@@ -44,7 +45,7 @@ def selected_summary(scan, token_id: Optional[int], text: str, exact_theta: Opti
     return line
 
 
-class AimDistribution(Screen):
+class AimDistribution(Guarded, Screen):
     """Histogram of theta lower bounds over the scanned vocabulary, the selected token marked."""
 
     BINDINGS = [Binding("escape,q", "app.pop_screen", "Back", id="lenstui.aim_back")]

@@ -19,14 +19,17 @@ from textual.screen import Screen
 from textual.widgets import Footer, Static
 
 from lenstui.core.errors import InputError
-from lenstui.core.lens_result import LensResult
+from lenstui.core.lens_result import PENDING, LensResult
+from lenstui.core.lenses import LEARNED_LENSES
 from lenstui.core.textfmt import visible
 from lenstui.jobs.protocol import AttributeCell, Done, Failed, Stopped
 from lenstui.tui.host import ExplorerHost, explorer
+from lenstui.tui.safety import Guarded
 from lenstui.tui.widgets.attribution import AttributionView
 from lenstui.tui.widgets.grid import GridCell
 
 ATTRIBUTION_HEADS = 8
+LEARNED_NOTE = "attribution decomposes the logit lens, not the {lens} lens's translator"
 _BLOCK_ROW = re.compile(r"L(\d+)")
 
 
@@ -50,8 +53,16 @@ def attribution_request(
 
     The token is the lens target when one is set, else the token under the cursor (the
     cell's top-1 in the positions view); ``contrast`` is a pinned (id, text) or None.
-    Raises InputError with a sentence for a cell the engine cannot attribute."""
-    if result.lens != "logit":
+    Raises InputError with a sentence for a cell the engine cannot attribute, and for a
+    cell that is not one of ``result``'s (the cursor's cell must come from the result on
+    screen: a cell of another run has no business with these tokens)."""
+    if not 0 <= cell.position < len(result.tokens) or cell.layer not in result.layers:
+        raise InputError(
+            f"The selected cell ({cell.layer} at position {cell.position}) is not in the grid on "
+            "screen any more: pick a cell again."
+        )
+    learned = result.lens in LEARNED_LENSES
+    if result.lens != "logit" and not learned:
         raise InputError(
             f"Attribution reads the plain logit lens, and the grid shows the {result.lens} lens: "
             "switch back to logit (F5) to attribute a cell."
@@ -66,6 +77,8 @@ def attribution_request(
         token_id, token_text = cell.token_id, cell.text
     else:
         target = result.targets[cell.position]
+        if target is PENDING:
+            raise InputError("The lens target at that position is not computed yet: try again in a moment.")
         token_id, token_text = target.id, target.text
     contrast_id, contrast_text = contrast if contrast is not None else (None, "")
     if contrast_id == token_id:
@@ -76,11 +89,13 @@ def attribution_request(
     at = visible(result.tokens[cell.position].text)
     vs = "" if contrast_id is None else f" vs {visible(contrast_text)}"
     label = f"{visible(token_text)}{vs} at {at}@{cell.position} · {cell.layer}"
+    if learned:  # the decomposition is of the row the logit lens reads, before any translator
+        label += f" · read by the logit lens ({LEARNED_NOTE.format(lens=result.lens)})"
     request = AttributeCell(tuple(result.token_ids), cell.position, row, token_id, contrast_id, heads)
     return request, label
 
 
-class AttributionScreen(Screen):
+class AttributionScreen(Guarded, Screen):
     """The attribution of one cell over the whole terminal; Esc or q returns to the grid."""
 
     DEFAULT_CSS = """
@@ -126,8 +141,14 @@ class AttributionScreen(Screen):
     def attribute(self, request: AttributeCell, label: str) -> None:
         """Ask the worker for ``request`` (a newer one supersedes a running one)."""
         self.request, self.label = request, label
+        self.result = None  # (until this request's answer lands)
         self.view.show_message(f"Attributing {label}…")
         self.seq = explorer(self).submit(request, reply_to=self)
+
+    def resubmit(self) -> None:
+        """The worker restarted: ask again if the answer is still to come."""
+        if self.result is None:
+            self.attribute(self.request, self.label)
 
     def on_worker_reply(self, message) -> None:
         result = message.result
@@ -137,7 +158,8 @@ class AttributionScreen(Screen):
             self.result = result.value
             self.view.show_result(result.value)
             note = self.query_one("#attribution-note", Static)
-            note.update(result.value.note)
+            learned = self.label.partition(" · read by the logit lens (")[2].rstrip(")")
+            note.update(f"{learned[:1].upper()}{learned[1:]}. {result.value.note}" if learned else result.value.note)
             note.add_class("-shown")
             self.view.query_one("#attribution-heads").focus()
         elif isinstance(result, Failed):  # the app has shown it as a notice too
@@ -169,6 +191,9 @@ def open_attribution(
     except InputError as err:
         app.notify(str(err), title=AttributeCell.title, severity="warning", timeout=8)
         return
+    if result.lens in LEARNED_LENSES:
+        app.notify(f"The grid shows the {result.lens} lens; {LEARNED_NOTE.format(lens=result.lens)}: "
+                   "it reads the row as the logit lens does.", title=AttributeCell.title, timeout=8)
     if isinstance(app.screen, AttributionScreen):
         app.screen.attribute(request, label)
     else:

@@ -20,12 +20,14 @@ from lenstui.core.comparison import Comparison
 from lenstui.core.textfmt import visible
 from lenstui.jobs.protocol import Done, Failed, RunCompare
 from lenstui.tui.host import explorer
+from lenstui.tui.safety import Guarded
+from lenstui.tui.state import causal
 from lenstui.tui.screens.trajectory import token_label
 
 DEFAULT_PROMPT_B = "Is there a fish emoji?"
 
 
-class CompareScreen(Screen):
+class CompareScreen(Guarded, Screen):
     BINDINGS = [
         Binding("escape", "app.pop_screen", "Back", id="compare.back"),
         Binding("ctrl+o", "switch_prompt", "Edit A ⇄ B", id="compare.switch"),
@@ -33,6 +35,10 @@ class CompareScreen(Screen):
         Binding("]", "move('a',1)", "A pos +1", id="compare.a_next", show=False),
         Binding("{", "move('b',-1)", "B pos -1", id="compare.b_prev", show=False),
         Binding("}", "move('b',1)", "B pos +1", id="compare.b_next", show=False),
+        # The causal lens (tui/state/causal.py): B@Q as the patch source, patch A, sweep.
+        Binding("m", "mark_source", "Mark B as source", id="compare.mark"),
+        Binding("p", "patch", "Patch A", id="compare.patch"),
+        Binding("w", "sweep", "Sweep layers", id="compare.sweep"),
     ]
 
     DEFAULT_CSS = """
@@ -77,6 +83,11 @@ class CompareScreen(Screen):
         self.query_one("#compare-info", Static).update("running both lenses…")
         explorer(self).submit(self.request(), reply_to=self)
 
+    def resubmit(self) -> None:
+        """The worker restarted: run the comparison again if its answer was still to come."""
+        if not self.settled:
+            self.run_compare()
+
     def on_input_submitted(self, event: Input.Submitted) -> None:
         if event.input.id == "compare-a":
             if event.value.strip():
@@ -120,6 +131,7 @@ class CompareScreen(Screen):
         info = (
             f"A position {pa} ({visible(a.tokens[pa].text)}) vs B position {pb} ({visible(b.tokens[pb].text)})"
             f" · KL(A‖B) nats · [ ] moves A's position, {{ }} B's"
+            f" · in the table: m marks B@{pb} as the patch source, p patches A@{pa} at the row's layer, w sweeps every layer"
         )
         self.query_one("#compare-info", Static).update(info)
         table = self.query_one("#compare-table", DataTable)
@@ -138,3 +150,43 @@ class CompareScreen(Screen):
             values += [f"{ta.prob:.1e} / {tb.prob:.1e}" for ta, tb in zip(cell_a.tracked, cell_b.tracked)]
             table.add_row(*values)
         table.move_cursor(row=len(a.layers) - 1)
+
+    # ------------------------------------------------------------ the causal lens
+
+    def _row_layer(self) -> str:
+        table = self.query_one("#compare-table", DataTable)
+        layers = self.comparison.a.layers
+        return layers[max(0, min(len(layers) - 1, table.cursor_row))]
+
+    def action_mark_source(self) -> None:
+        if self.comparison is None:
+            return
+        b = self.comparison.b
+        pos = self.comparison.positions[1]
+        causal.mark_source(explorer(self), tuple(b.token_ids), pos, b.tokens[pos].text, self._row_layer())
+
+    def action_patch(self) -> None:
+        """Patch A at the compared position and the table row's layer; back to the grid,
+        which shows the patched run when it lands."""
+        if self.comparison is None:
+            return
+        host = explorer(self)
+        if host.causal.source is None:
+            self.action_mark_source()
+        layer, pa = self._row_layer(), self.comparison.positions[0]
+        if causal.patch_at(host, tuple(self.comparison.a.token_ids), layer, pa):
+            self.app.pop_screen()
+            host.grid.place_cursor(layer, pa)
+
+    def action_sweep(self) -> None:
+        """Patch B@Q's activation into A@P at every layer; the plot opens when it is done."""
+        if self.comparison is None:
+            return
+        pa, pb = self.comparison.positions
+        causal.sweep(
+            explorer(self),
+            tuple(self.comparison.a.token_ids),
+            pa,
+            prompt_b=tuple(self.comparison.b.token_ids),
+            from_position=pb,
+        )

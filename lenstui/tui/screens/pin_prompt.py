@@ -15,6 +15,8 @@ from textual.containers import Vertical
 from textual.screen import ModalScreen
 from textual.widgets import Input, Static
 
+from lenstui.tui.safety import Guarded
+
 
 def typed_pin(text: str) -> Optional[Union[int, str]]:
     """What was typed, as a pin: ``#15107`` -> 15107, else the text itself (spaces kept:
@@ -27,7 +29,7 @@ def typed_pin(text: str) -> Optional[Union[int, str]]:
     return text
 
 
-class PinPrompt(ModalScreen[Optional[Union[int, str]]]):
+class PinPrompt(Guarded, ModalScreen[Optional[Union[int, str]]]):
     """Dismisses with the pin typed (None on Escape or nothing typed)."""
 
     BINDINGS = [Binding("escape", "cancel", "Cancel", id="pin.cancel")]

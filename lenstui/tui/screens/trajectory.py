@@ -20,8 +20,9 @@ from textual.screen import Screen
 from textual.widgets import Footer, Static
 from textual_plotext import PlotextPlot
 
-from lenstui.core.lens_result import LensResult
+from lenstui.core.lens_result import PENDING, LensResult
 from lenstui.core.textfmt import visible
+from lenstui.tui.safety import Guarded
 
 PROB_FLOOR = 1e-12  # log-scale plots clip below this (and say so on the axis)
 MARKERS = ("●", "x", "+", "o", "*", "#", "@", "%", "=")
@@ -44,9 +45,21 @@ def token_label(text: str, piece: str) -> str:
     return piece if "\ufffd" in text else visible(text)
 
 
+def column_computed(result: LensResult, column: int) -> bool:
+    """Whether grid column ``column`` holds cells (a streamed run's may be PENDING)."""
+    return (
+        0 <= column < (len(result.grid[0]) if result.grid else 0)
+        and result.targets[column] is not PENDING
+        and all(row[column] is not PENDING for row in result.grid)
+    )
+
+
 def trajectory_series(result: LensResult, column: int) -> list[Series]:
     """The target's and each pinned token's probability and rank per row at grid column
-    ``column`` (a pinned token that is also the target is drawn once, as pinned)."""
+    ``column`` (a pinned token that is also the target is drawn once, as pinned); none
+    for a column not computed yet."""
+    if not column_computed(result, column):
+        return []
     rows = result.grid
     series = []
     for j, token in enumerate(result.tracked):
@@ -77,7 +90,7 @@ def _log10(value: float, floor: float) -> float:
     return math.log10(max(value, floor))
 
 
-class TrajectoryPlot(PlotextPlot):
+class TrajectoryPlot(Guarded, PlotextPlot):
     """One line per series against layer; the cursor's layer is a vertical line."""
 
     def __init__(self, **kwargs) -> None:
@@ -156,7 +169,7 @@ def _prob_label(exponent: int) -> str:
     return "1" if exponent == 0 else f"1e{exponent}"
 
 
-class TrajectoryScreen(Screen):
+class TrajectoryScreen(Guarded, Screen):
     """The selected position's trajectories, over the explorer (Escape goes back)."""
 
     BINDINGS = [
@@ -206,6 +219,12 @@ class TrajectoryScreen(Screen):
         column = self.column
         series = trajectory_series(result, column)
         token = visible(result.tokens[self.position].text)
+        if not column_computed(result, column):
+            self.query_one(TrajectoryPlot).show([], result.layers, self.row, self.mode, "")
+            self.query_one("#trajectory-info", Static).update(
+                f"position {self.position} ({token}) is not computed yet: it is drawn when the lens run lands"
+            )
+            return
         depth = result.depth[column]
         settles = "never" if depth.top1 is None else result.layers[depth.top1]
         heading = f"position {self.position} ({token}) · cursor {result.layers[self.row]}"

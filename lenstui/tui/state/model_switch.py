@@ -16,6 +16,7 @@ from typing import Optional
 
 from lenstui.jobs.protocol import Failed, ModelInfo
 from lenstui.tui.host import ExplorerHost
+from lenstui.tui.state import causal
 
 
 class ModelSwitch:
@@ -58,8 +59,14 @@ class ModelSwitch:
         app.inspector_pane.forget_model()
         app.speak_pane.forget_model()
         app.session.forget_model()
+        if hasattr(app, "causal"):  # a marked source, a patch or a steer: the old model's ids
+            causal.forget_model(app)
         app.shown_result = None
         app.shown_request = None
+        # The old model's cells say nothing about this one (and the cursor's cell must not
+        # be attributed or pinned on it): the grid is empty until the new lens lands.
+        waiting = "Running the lens on the new model…" if app.session.has_prompt else "Type a prompt and press Enter."
+        app.grid.clear(f"{info.name} loaded. {waiting}")
         app.notify(f"Model: {info.name}", timeout=3)
         app.rerun_lens()
         return True

@@ -87,15 +87,18 @@ def lens_failed(host: ExplorerHost, dropped: Optional[Union[int, str]]) -> None:
 
 
 def show_trajectory(host: ExplorerHost) -> None:
-    result = host.shown_result
+    """The trajectories at the cursor's position of the result on screen (a streamed one's
+    column may not be computed yet: the view says so, and draws when the run lands)."""
+    grid = host.grid
+    result = grid.result
     if result is None or host.screen is not host.base_screen:
         if result is None:
             host.notify("Run the lens first.", severity="warning", timeout=3)
         return
-    grid = host.grid
-    cell = grid.current_cell
-    row = cell.layer_index if cell is not None else len(result.layers) - 1
-    host.push_screen(TrajectoryScreen(result, grid.cursor_pos, row))
+    label = grid.cursor_layer
+    row = result.layers.index(label) if label in result.layers else len(result.layers) - 1
+    position = max(0, min(grid.cursor_pos, len(result.tokens) - 1))
+    host.push_screen(TrajectoryScreen(result, position, row))
 
 
 def show_compare(host: ExplorerHost) -> None:
@@ -113,6 +116,8 @@ def show_compare(host: ExplorerHost) -> None:
         target=session.target,
         track=tuple(session.pins),
     )
+    if session.lens_kind in session.lens_paths:  # a learned lens read from a chosen file
+        options["lens_path"] = session.lens_paths[session.lens_kind]
     host.push_screen(CompareScreen(prompt_a, session.prompt_b, options=options, chat=session.chat))
 
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Optional, Union
 
 from lenstui.core.errors import quoted
-from lenstui.core.lenses import LENS_KINDS, MAX_TRACKED
+from lenstui.core.lenses import LEARNED_LENSES, LENS_KINDS, MAX_TRACKED
 from lenstui.core.textfmt import visible
 from lenstui.jobs.protocol import RunLens
 
@@ -62,6 +62,10 @@ class LensSession:
     unresolved_pin: Optional[str] = None
     # The compare view's second prompt ("" until set).
     prompt_b: str = ""
+    # Learned lenses: the files chosen by hand, per kind (else the one fitted for the
+    # model), and the kinds the model has a file for (cycling skips the others).
+    lens_paths: dict[str, str] = field(default_factory=dict)
+    learned_available: frozenset[str] = frozenset()
 
     # ---------------------------------------------------------------- the request
 
@@ -70,6 +74,8 @@ class LensSession:
         options = dict(top_k=self.top_k, lens=self.lens_kind, incl_mid=self.incl_mid, target=self.target)
         if self.pins:
             options["track"] = tuple(self.pins)
+        if self.lens_kind in self.lens_paths:
+            options["lens_path"] = self.lens_paths[self.lens_kind]
         if self.steps:
             return RunLens(self.steps[-1].ids, **options)
         if self.prompt_ids is not None:
@@ -95,6 +101,14 @@ class LensSession:
             self.last_failed = False  # a run without it is new anyway
         self.unresolved_pin = None
         return dropped
+
+    def drop_failed_step(self, request: RunLens) -> bool:
+        """The run of ``request`` failed: if it was the last generation step's (a step past
+        the model's context, say), that step is not added after all. Whether it was."""
+        if not self.steps or request.prompt != self.steps[-1].ids:
+            return False
+        self.steps.pop()
+        return True
 
     # ---------------------------------------------------------------- pins
 
@@ -180,6 +194,9 @@ class LensSession:
         self.target = None
         self.pins.clear()
         self.last_request = None
+        self.lens_paths.clear()  # a learned lens belongs to one model
+        if not self.lens_ready(self.lens_kind):
+            self.lens_kind = "logit"
 
     def restore(
         self,
@@ -215,16 +232,31 @@ class LensSession:
 
     def set_lens(self, kind: str) -> None:
         self.lens_kind = kind
-        if kind == "extended":
-            self.incl_mid = False  # the extended decoder reads block outputs only
+        if kind == "extended" or kind in LEARNED_LENSES:
+            self.incl_mid = False  # the extended decoder and the learned lenses read block outputs only
+
+    def lens_ready(self, kind: str) -> bool:
+        """Whether a run of ``kind`` has a file to read (always, for the built-in lenses)."""
+        return kind not in LEARNED_LENSES or kind in self.learned_available or kind in self.lens_paths
 
     def next_lens(self) -> str:
-        """The lens variant after the current one (cycling)."""
-        return LENS_KINDS[(LENS_KINDS.index(self.lens_kind) + 1) % len(LENS_KINDS)]
+        """The lens variant after the current one (cycling; learned lenses without a file
+        are skipped)."""
+        start = LENS_KINDS.index(self.lens_kind)
+        for step in range(1, len(LENS_KINDS) + 1):
+            kind = LENS_KINDS[(start + step) % len(LENS_KINDS)]
+            if self.lens_ready(kind):
+                return kind
+        return self.lens_kind
+
+    def use_lens_file(self, kind: str, path: str) -> None:
+        """Read the learned lens ``kind`` from ``path`` from now on (and show it)."""
+        self.lens_paths[kind] = path
+        self.set_lens(kind)
 
     def toggle_mid(self) -> None:
         self.incl_mid = not self.incl_mid
-        if self.incl_mid and self.lens_kind == "extended":
+        if self.incl_mid and (self.lens_kind == "extended" or self.lens_kind in LEARNED_LENSES):
             self.lens_kind = "logit"
 
     # ---------------------------------------------------------------- what the prompt line says

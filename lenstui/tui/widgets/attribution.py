@@ -23,6 +23,7 @@ from textual.widgets.option_list import Option
 from lenstui.core.attribution_result import AttributionResult, HeadAttribution
 from lenstui.core.textfmt import cell_len, fit, signed_bar, visible
 from lenstui.tui.panes.inspector import LinesView
+from lenstui.tui.safety import Guarded
 
 LABEL_WIDTH = 6
 VALUE_WIDTH = 8
@@ -163,7 +164,7 @@ class AttentionRowView(LinesView):
         return attention_lines(self.result, self.head, width)
 
 
-class AttributionView(Vertical):
+class AttributionView(Guarded, Vertical):
     """Shows one AttributionResult (or a message while there is none)."""
 
     BORDER_TITLE = "attribution"

@@ -17,7 +17,10 @@ rows (the last layer is always kept). The widget holds plain data only: no tenso
 A run arrives streamed (``show_partial``): the columns in view first, then the rest in
 chunks. Columns not computed yet hold ``PENDING`` and draw as a quiet placeholder (the
 ``lens-grid--pending`` style); when the view shows placeholders, the grid posts
-``ColumnsWanted`` so the app can move those columns to the front.
+``ColumnsWanted`` so the app can move those columns to the front. A streamed grid is a
+state like any other: nothing here reads a cell or a target without checking for
+``PENDING`` (the top-k count is the result's ``top_k``, not a cell's), and the cursor is
+clamped to the shown result whenever it changes shape (``show_result``, ``clear``).
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ from textual.strip import Strip
 
 from lenstui.core.lens_result import PENDING, LensResult
 from lenstui.core.textfmt import fit, visible
+from lenstui.tui.safety import Guarded, catch
 
 VIEWS = ("positions", "topk")
 STRIDES = (1, 2, 3, 4)
@@ -80,7 +84,7 @@ class GridCell:
     prob: float
 
 
-class LensGrid(ScrollView, can_focus=True):
+class LensGrid(Guarded, ScrollView, can_focus=True):
     HELP = """
 ## Logit-lens grid
 
@@ -119,6 +123,7 @@ view their ranks follow the top-k columns. **T**: their trajectories.
         "lens-grid--hint",
         "lens-grid--pinned",
         "lens-grid--pending",
+        "lens-grid--cone",
     }
 
     DEFAULT_CSS = """
@@ -137,6 +142,7 @@ view their ranks follow the top-k columns. **T**: their trajectories.
         & > .lens-grid--hint { color: $text-muted; text-style: italic; }
         & > .lens-grid--pinned { background: $secondary; color: $background; text-style: bold; }
         & > .lens-grid--pending { color: $text-disabled; }
+        & > .lens-grid--cone { background: $success; }
     }
     """
 
@@ -199,6 +205,10 @@ view their ranks follow the top-k columns. **T**: their trajectories.
         self._stream_run: object = None
         self._missing: set[int] = set()
         self._asked: frozenset[int] = frozenset()
+        # A causal run on show (tui/state/causal.py): (its result, the first row each
+        # position's cone starts at, the heading). Only while that result is shown.
+        self._cone: Optional[tuple[LensResult, list, str]] = None
+        self._cone_styles: Optional[list[tuple[Style, Style]]] = None
 
     # ------------------------------------------------------------ data in
 
@@ -207,21 +217,79 @@ view their ranks follow the top-k columns. **T**: their trajectories.
         last position follows the prompt's end as it grows)."""
         previous = self.result
         at_end = previous is None or self.cursor_pos >= len(previous.tokens) - 1
-        layer = self._rows[self.cursor_row] if previous is not None and self._rows else None
+        label = self.cursor_layer if previous is not None else None
+        layer = self._rows[self.cursor_row] if previous is not None and 0 <= self.cursor_row < len(self._rows) else None
         self.result = result
         self._rebuild_rows()
-        if layer is None or layer >= len(result.layers):
+        if label is not None and label in result.layers:  # the same row (mid rows may come or go)
+            self.cursor_row = self._row_of_layer(result.layers.index(label))
+        elif layer is None or layer >= len(result.layers):
             self.cursor_row = len(self._rows) - 1
         else:
             self.cursor_row = self._row_of_layer(layer)
         n = len(result.tokens)
-        self.cursor_pos = n - 1 if at_end else min(self.cursor_pos, n - 1)
+        self.cursor_pos = max(0, n - 1 if at_end else min(self.cursor_pos, n - 1))
         self._top_k = _top_count(result)
-        self.cursor_k = min(self.cursor_k, self._top_k - 1)
+        self.cursor_k = max(0, min(self.cursor_k, self._top_k - 1))
         self._stream_run, self._missing, self._asked = None, set(), frozenset()
         self._update_geometry()
         self._follow_cursor()
         self._announce()
+
+    def clear(self, hint: str) -> None:
+        """Drop the shown result (another model was loaded: its cells say nothing about
+        this one) and show ``hint`` where the grid goes."""
+        self.result = None
+        self.hint = hint
+        self._rows = []
+        self.cursor_row = self.cursor_pos = self.cursor_k = 0
+        self._depth_of, self._depth = None, []
+        self._stream_run, self._missing, self._asked = None, set(), frozenset()
+        self._update_geometry()
+
+    def show_causal(self, result: LensResult, cone: list, heading: str) -> None:
+        """Show a patched or steered run: its cells inside the causal cone (``cone[pos]``:
+        the first row that can change there, None for none) shaded in the cone colour,
+        ``heading`` before the title. Any other result shown later drops both."""
+        self._cone = (result, list(cone), heading)
+        self.show_result(result)
+
+    @property
+    def causal_heading(self) -> Optional[str]:
+        """The heading of the causal run on show (None: the grid shows a clean run)."""
+        cone = self._cone
+        return cone[2] if cone is not None and cone[0] is self.result else None
+
+    def in_cone(self, layer_index: int, pos: int) -> bool:
+        cone = self._cone
+        if cone is None or cone[0] is not self.result or not 0 <= pos < len(cone[1]):
+            return False
+        first = cone[1][pos]
+        return first is not None and layer_index >= first
+
+    def _cell_heat(self, layer_index: int, pos: int, prob: float) -> tuple[Style, Style]:
+        """The shading of one cell: inside a causal cone from a faint tint towards the
+        cone colour (the ``lens-cone`` theme variable, else ``$success``), elsewhere the
+        usual heat scale; both by probability."""
+        if not self.in_cone(layer_index, pos):
+            return self._heat(prob)
+        if self._cone_styles is None:
+            cone_value = self.app.theme_variables.get("lens-cone")
+            try:
+                cone = Color.parse(cone_value) if cone_value else None
+            except Exception:
+                cone = None
+            if cone is None:
+                cone = self.get_component_styles("lens-grid--cone").background
+            base = self.background_colors[1].blend(cone, 0.2)
+            styles = []
+            for level in range(HEAT_LEVELS + 1):
+                background = base.blend(cone, level / HEAT_LEVELS)
+                foreground = background + background.get_contrast_text(0.95)
+                plain = Style(color=foreground.rich_color, bgcolor=background.rich_color)
+                styles.append((plain, plain + Style(underline=True)))
+            self._cone_styles = styles
+        return self._cone_styles[max(0, min(HEAT_LEVELS, round(prob * HEAT_LEVELS)))]
 
     def set_marks(self, unspeakable: frozenset[int], hard_to_speak: frozenset[int]) -> None:
         """Mark tokens a vocabulary scan found unspeakable (†) or hard to speak (°)."""
@@ -262,14 +330,35 @@ view their ranks follow the top-k columns. **T**: their trajectories.
             self.refresh()
 
     @property
+    def cursor_layer(self) -> Optional[str]:
+        """The label of the cursor's row ("L12"), None without a result."""
+        if self.result is None or not 0 <= self.cursor_row < len(self._rows):
+            return None
+        return self.result.layers[self._rows[self.cursor_row]]
+
+    @property
+    def cursor_pending(self) -> bool:
+        """Whether the cursor is on a cell of a streamed run not computed yet."""
+        if self.result is None or not 0 <= self.cursor_row < len(self._rows):
+            return False
+        column = self.result.grid[self._rows[self.cursor_row]]
+        return 0 <= self.cursor_pos < len(column) and column[self.cursor_pos] is PENDING
+
+    @property
     def current_cell(self) -> Optional[GridCell]:
-        if self.result is None or not self._rows:
+        """The cell under the cursor, read from the result on screen (``self.result``);
+        None without a result, or on a placeholder of a streamed run."""
+        if self.result is None or not 0 <= self.cursor_row < len(self._rows):
             return None
         layer_index = self._rows[self.cursor_row]
-        if self.result.grid[layer_index][self.cursor_pos] is PENDING:
+        column = self.result.grid[layer_index]
+        if not 0 <= self.cursor_pos < len(column) or column[self.cursor_pos] is PENDING:
             return None  # not computed yet
         rank = self.cursor_k if self.view == "topk" else 0
-        top = self.result.grid[layer_index][self.cursor_pos].top[rank]
+        tops = column[self.cursor_pos].top
+        if not 0 <= rank < len(tops):
+            return None
+        top = tops[rank]
         return GridCell(
             layer=self.result.layers[layer_index],
             layer_index=layer_index,
@@ -344,6 +433,12 @@ view their ranks follow the top-k columns. **T**: their trajectories.
         self._follow_cursor()
 
     def _title(self) -> str:
+        heading = self.causal_heading
+        if heading is not None:
+            return f"{heading} · {self._lens_title()}"
+        return self._lens_title()
+
+    def _lens_title(self) -> str:
         if self.result is None:
             return "logit lens"
         stride = f" · every {self.stride} layers" if self.stride > 1 else ""
@@ -354,8 +449,9 @@ view their ranks follow the top-k columns. **T**: their trajectories.
             stride += f" · target {visible(shown.text) if shown else '…'}"
         if self.view == "topk":
             pos = self.cursor_pos
-            token = visible(self.result.tokens[pos].text)
-            target = visible(self.result.targets[pos].text) if self.result.targets[pos] else "…"
+            token = visible(self.result.tokens[pos].text) if 0 <= pos < len(self.result.tokens) else "…"
+            shown_target = self.result.targets[pos] if 0 <= pos < len(self.result.targets) else PENDING
+            target = "…" if shown_target is PENDING or shown_target is None else visible(shown_target.text)
             k = self._top_k
             pins = f" · pinned ranks after #{k}" if self.result.tracked else ""
             return f"layer × top-{k} at position {pos} ({token}) · target {target}{stride}{pins}"
@@ -395,6 +491,7 @@ view their ranks follow the top-k columns. **T**: their trajectories.
     def notify_style_update(self) -> None:
         super().notify_style_update()
         self._heat_styles = None  # theme or CSS changed: recompute the shading
+        self._cone_styles = None
 
     def _heat(self, prob: float) -> Style:
         if self._heat_styles is None:
@@ -418,6 +515,16 @@ view their ranks follow the top-k columns. **T**: their trajectories.
         return self._heat_styles[level]
 
     def render_line(self, y: int) -> Strip:
+        try:
+            return self._render_line(y)
+        except Exception as error:
+            # One line the grid cannot draw must not stop the whole screen from drawing
+            # (the compositor would fail on every frame): a blank line, and the safety net.
+            if not catch(self, error, f"drawing line {y} of the lens grid"):
+                raise
+            return Strip.blank(self.scrollable_content_region.width, self.rich_style)
+
+    def _render_line(self, y: int) -> Strip:
         width = self.scrollable_content_region.width
         base = self.rich_style
         if self.result is None:
@@ -466,10 +573,12 @@ view their ranks follow the top-k columns. **T**: their trajectories.
                 Segment(fit("H", ENTROPY_W - 1) + " ", header),
                 Segment(fit("KL", KL_W - 1) + " ", header),
             ]
-            n_top = len(result.grid[0][0].top)
+            n_top = self._top_k  # the result's top_k: no cell needed (column 0 may be PENDING)
             for k in columns:
                 style = axis if k == self.cursor_k else header
                 if k >= n_top:  # a pinned token's rank column
+                    if k - n_top >= len(result.tracked):
+                        break
                     pin = result.tracked[k - n_top]
                     cells += [Segment(_cell_text(PIN_MARK + pin.text, TOPK_COLUMN - 1), header), gap]
                     continue
@@ -518,16 +627,22 @@ view their ranks follow the top-k columns. **T**: their trajectories.
                 Segment(fit(f"{cell.entropy:.2f}", ENTROPY_W - 1) + " ", label),
                 Segment(fit(f"{cell.kl_to_final:.2f}", KL_W - 1) + " ", label),
             ]
-            target_id = result.targets[self.cursor_pos].id
+            target = result.targets[self.cursor_pos]
+            target_id = None if target is PENDING else target.id
             pinned = self.get_component_rich_style("lens-grid--pinned")
+            n_top = self._top_k
             for k in columns:
-                if k >= len(cell.top):  # a pinned token: its rank when outside the top-k
-                    value = cell.tracked[k - len(cell.top)]
-                    text = "" if value.rank < len(cell.top) else f"#{value.rank + 1} {value.prob:.0e}"
+                if k >= n_top:  # a pinned token: its rank when outside the top-k
+                    j = k - n_top
+                    value = cell.tracked[j] if j < len(cell.tracked) else None
+                    text = "" if value is None or value.rank < n_top else f"#{value.rank + 1} {value.prob:.0e}"
                     cells += [Segment(fit(text, TOPK_COLUMN - 1), label), gap]
                     continue
+                if k >= len(cell.top):  # fewer tokens than top_k (a tiny vocabulary)
+                    cells += [Segment(" " * (TOPK_COLUMN - 1), label), gap]
+                    continue
                 top = cell.top[k]
-                plain, underlined = self._heat(top.prob)
+                plain, underlined = self._cell_heat(layer_index, self.cursor_pos, top.prob)
                 style = underlined if top.id == target_id else plain
                 if top.id in self._pinned:
                     style = pinned + Style(underline=top.id == target_id)
@@ -543,10 +658,12 @@ view their ranks follow the top-k columns. **T**: their trajectories.
                     cells += self._pending_cells([pos], on_cursor_row)
                     continue
                 top = cells_of_layer[pos].top[0]
-                plain, underlined = self._heat(top.prob)
-                style = underlined if top.id == result.targets[pos].id else plain
+                target = result.targets[pos]
+                on_target = target is not PENDING and top.id == target.id
+                plain, underlined = self._cell_heat(layer_index, pos, top.prob)
+                style = underlined if on_target else plain
                 if top.id in self._pinned:
-                    style = pinned + Style(underline=top.id == result.targets[pos].id)
+                    style = pinned + Style(underline=on_target)
                 if on_cursor_row and pos == self.cursor_pos:
                     style = cursor
                 text = self._token_text(top.id, top.text, POSITION_COLUMN - 1)
@@ -660,7 +777,15 @@ view their ranks follow the top-k columns. **T**: their trajectories.
         """Paint some columns of a run before its complete result (``partial.positions``
         are its columns). A ``run`` unequal to the one being painted starts a new grid
         of placeholders: no cell of an older run stays under a newer one."""
-        fresh = self._stream_run is None or self._stream_run != run or self.result is None
+        fresh = (
+            self._stream_run is None
+            or self._stream_run != run
+            or self.result is None
+            # The same request on another model (a switch): never mix the two models' cells.
+            or self.result.model != partial.model
+            or len(self.result.tokens) != len(partial.tokens)
+            or self.result.layers != partial.layers
+        )
         if fresh:
             result = partial.placeholders()
         else:
@@ -745,6 +870,8 @@ PENDING_MARK = "·"  # a cell whose column is not computed yet
 
 
 def _top_count(result: "LensResult") -> int:
-    """Tokens per cell (the first computed cell says; 1 before any is)."""
-    cell = next((c for c in result.grid[0] if c is not PENDING), None) if result.grid else None
-    return len(cell.top) if cell is not None else 1
+    """Tokens per cell: the result's ``top_k``, else the first computed cell's; at least 1."""
+    if result.top_k:
+        return result.top_k
+    cell = next((c for row in result.grid for c in row if c is not PENDING), None)
+    return max(1, len(cell.top)) if cell is not None else 1

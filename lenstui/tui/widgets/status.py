@@ -9,6 +9,7 @@ from textual.reactive import reactive
 from textual.widgets import Static
 
 from lenstui.core.textfmt import bar
+from lenstui.tui.safety import Guarded
 
 BAR_WIDTH = 10
 
@@ -19,7 +20,7 @@ def progress_bar(fraction: Optional[float]) -> str:
     return bar(fraction, BAR_WIDTH, "░") + f" {round(fraction * 100):>3d}%"
 
 
-class StatusBar(Static):
+class StatusBar(Guarded, Static):
     """One line. ``show_timings=False`` hides every duration and the cache state, which
     vary between runs (snapshot tests need a stable screen)."""
 
@@ -36,6 +37,9 @@ class StatusBar(Static):
     model: reactive[str] = reactive("no model")
     state: reactive[str] = reactive("")
     run_info: reactive[str] = reactive("")
+    lens_info: reactive[str] = reactive("")  # a learned lens and its file ("" for the built-in lenses)
+    job_info: reactive[str] = reactive("")  # a long job's progress (a lens fit)
+    causal: reactive[str] = reactive("")  # the patch or steer on show (tui/state/causal.py)
 
     def __init__(self, *, show_timings: bool = True, id=None) -> None:
         super().__init__("", id=id, markup=False)
@@ -71,6 +75,19 @@ class StatusBar(Static):
     def set_run(self, tokens: int, seconds: float) -> None:
         self.run_info = f"{tokens} tokens{self.seconds(seconds)}"
 
+    def set_lens(self, text: str) -> None:
+        """Which learned lens the grid reads, and from which file ("" for none)."""
+        self.lens_info = text
+
+    def set_job(self, text: str, fraction: Optional[float] = None) -> None:
+        """A long job's line ("" when none runs), with its bar."""
+        self.job_info = f"{text} {progress_bar(fraction)}".strip() if text else ""
+
+    def set_causal(self, text: str) -> None:
+        """What the grid shows instead of the clean run ("" when it shows the clean run)."""
+        self.causal = text
+
     def render(self) -> Text:
-        parts = [p for p in (self.model, self.state, self.run_info) if p]
+        # A patch or steer on show comes first: at 80 columns the end of the line is cut.
+        parts = [p for p in (self.causal, self.model, self.state, self.job_info, self.lens_info, self.run_info) if p]
         return Text(" │ ".join(parts), no_wrap=True, overflow="ellipsis")

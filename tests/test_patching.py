@@ -1,0 +1,561 @@
+"""The causal lens (``lenstui.engine.patching``) against an independent patcher: plain
+PyTorch forward hooks on a plain Hugging Face model (``tests/patch_reference.py``), on
+the tiny models and on the embedded SmolLM2 (its dequantized weights loaded again with
+transformers, eager attention).
+
+What is held to what:
+- every patched run's final rows (each position from the patched one on: its top-k,
+  target and tracked probabilities) within 1e-5 of the reference's softmax;
+- every cell inside the cone, read through the reference's own final norm and
+  unembedding, within 1e-5; every cell outside it equal to the clean cell;
+- the cone itself against the reference's residual stack: no row outside it moves, and
+  the first row inside it at each position does;
+- steering against adding the vector by hand (the reference's own norm gain times its
+  unembedding row), the generated tokens included;
+- the sweep's points against the same patches one by one in the reference;
+- the fast path ("resume": blocks from the patched one, positions from P) against the
+  generic ones ("prefix", "full").
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from patch_reference import Plain
+
+from lenstui.core.errors import InputError
+from lenstui.core.patch_result import attention_counts, in_cone, patch_cone, steer_cone
+from lenstui.engine import patching
+from lenstui.engine.lens.state import LensState, lens_state
+
+TOL = 1e-5
+TEXT = "Sometimes, when people say plasma, they mean a state of matter."
+PLASMA_A = "Sometimes, when people say plasma, they mean a state of matter. Other times, when people say"
+PLASMA_B = PLASMA_A.replace("say plasma,", "say blood,")
+
+
+@pytest.fixture(scope="module")
+def tiny_pairs():
+    """(wrapped model, independent plain HF model) for each tiny architecture."""
+    from testkit.models import tiny_gpt2, tiny_gpt2_hf, tiny_llama, tiny_llama_hf
+
+    return {
+        "tiny_llama": (tiny_llama(), Plain(tiny_llama_hf()[0])),
+        "tiny_gpt2": (tiny_gpt2(), Plain(tiny_gpt2_hf()[0])),
+    }
+
+
+def prompts(model):
+    ids = list(model.tokenizer(TEXT)["input_ids"])
+    other = list(ids)
+    other[5] = (other[5] + 7) % len(model.tokenizer)
+    other[9] = (other[9] + 3) % len(model.tokenizer)
+    return ids, other
+
+
+def reference_value(plain: Plain, rec_b, rec_a, spec, n_a: int):
+    """What the reference writes for ``spec`` (a PatchSpec)."""
+    if spec.source == "zero":
+        return None
+    if spec.source == "prompt":
+        rec, positions = rec_b, [spec.from_position]
+    else:
+        rec, positions = rec_a, list(range(1, n_a))
+    if spec.component == "resid":
+        rows = rec["stack"][spec.layer + 1][positions]
+    elif spec.component == "head":
+        rows = rec["z"][spec.layer][positions, spec.head]
+    else:
+        rows = rec[spec.component][spec.layer][positions]
+    return rows.mean(0) if spec.source == "mean" else rows[0]
+
+
+def reference_intervention(plain, rec_b, rec_a, spec, n_a):
+    iv = {"kind": spec.component, "layer": spec.layer, "pos": spec.position,
+          "value": reference_value(plain, rec_b, rec_a, spec, n_a)}
+    if spec.component == "head":
+        iv["head"] = spec.head
+    return iv
+
+
+def assert_final_rows_match(patched, probs: torch.Tensor, first: int = 0, tol: float = TOL) -> float:
+    """A lens grid's final row at every position from ``first`` on against the
+    reference's softmax there (top-k by id, the target, the tracked tokens). Returns the
+    worst gap."""
+    worst = 0.0
+    for col, pos in enumerate(patched.column_positions):
+        if pos < first:
+            continue
+        cell = patched.grid[-1][col]
+        ref = probs[pos]
+        gaps = [abs(float(ref[t.id]) - t.prob) for t in cell.top]
+        gaps.append(abs(float(ref[patched.targets[col].id]) - cell.target_prob))
+        gaps += [abs(float(ref[t.id]) - t.prob) for t in cell.tracked]
+        # and nothing the reference ranks above the engine's k-th token is missing
+        kth = cell.top[-1].prob
+        outside = [i for i in torch.topk(ref, len(cell.top)).indices.tolist() if i not in {t.id for t in cell.top}]
+        gaps += [max(0.0, float(ref[i]) - kth) for i in outside]
+        worst = max(worst, max(gaps))
+    assert worst < tol, f"final rows differ from the independent patch by {worst:.2e}"
+    return worst
+
+
+def row_residual(rec, label: str) -> torch.Tensor:
+    if label == "embed":
+        return rec["stack"][0]
+    block, _, mid = label[1:].partition(".")
+    return rec["mid"][int(block)] if mid else rec["stack"][int(block) + 1]
+
+
+def reference_row_probs(plain: Plain, residual: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return torch.softmax(plain.hf.lm_head(plain.norm(residual)).double(), dim=-1)
+
+
+def check_cone(result, plain: Plain, rec_clean, rec_patched, tol: float = TOL) -> None:
+    """The cone against the reference's residual stacks, and every engine cell against
+    the reference's readout (inside) or the clean cell (outside)."""
+    layers = result.patched.layers
+    n = len(result.patched.tokens)
+    for row, label in enumerate(layers):
+        clean_res = row_residual(rec_clean, label)
+        patched_res = row_residual(rec_patched, label)
+        moved = (patched_res - clean_res).abs().amax(dim=-1)  # [pos]
+        scale = clean_res.abs().amax(dim=-1).clamp_min(1.0)
+        for pos in range(n):
+            inside = in_cone(result.cone, row, pos)
+            if not inside:
+                assert float(moved[pos]) <= 1e-6 * float(scale[pos]), (
+                    f"{label}@{pos} is outside the cone but the reference's residual moved by {float(moved[pos]):.2e}"
+                )
+            elif row == result.cone[pos]:
+                assert float(moved[pos]) > 0.0, f"{label}@{pos} opens the cone but did not move in the reference"
+        probs = reference_row_probs(plain, patched_res)
+        for pos in range(n):
+            cell, clean_cell = result.patched.grid[row][pos], result.clean.grid[row][pos]
+            if in_cone(result.cone, row, pos):
+                gaps = [abs(float(probs[pos, t.id]) - t.prob) for t in cell.top]
+                gaps.append(abs(float(probs[pos, result.patched.targets[pos].id]) - cell.target_prob))
+                assert max(gaps) < tol, f"{label}@{pos}: {max(gaps):.2e} from the reference"
+            else:
+                assert [t.id for t in cell.top] == [t.id for t in clean_cell.top]
+                assert [t.prob for t in cell.top] == pytest.approx([t.prob for t in clean_cell.top], abs=1e-6)
+                assert cell.target_prob == pytest.approx(clean_cell.target_prob, abs=1e-6)
+                assert result.kl[row][pos] == 0.0
+                assert result.target_after[row][pos] == result.target_before[row][pos]
+
+
+# ---------------------------------------------------------------- the cone (pure)
+
+
+def test_attention_counts_and_cone_rules():
+    layers = ["embed", "L0", "L1", "L2"]
+    assert attention_counts(layers) == [0, 1, 2, 3]
+    # The residual after L1 at position 2: row L1 at 2, rows from L2 at 3.., nothing before 2.
+    assert patch_cone(layers, 5, component="resid", layer=1, position=2) == [None, None, 2, 3, 3]
+    # The embedding: every block reads it.
+    assert patch_cone(layers, 3, component="resid", layer=-1, position=0) == [0, 1, 1]
+    # The last block's output moves nothing at later positions.
+    assert patch_cone(layers, 3, component="mlp", layer=2, position=1) == [None, 3, None]
+    mid = ["embed", "L0.attn", "L0", "L1.attn", "L1"]
+    # An attention patch lands in the mid row; later positions change from the next attention on.
+    assert patch_cone(mid, 3, component="attn", layer=0, position=1) == [None, 1, 3]
+    assert patch_cone(mid, 3, component="mlp", layer=0, position=1) == [None, 2, 3]
+    # The extended lens decodes rows over all positions: later positions from the landing row.
+    assert patch_cone(layers, 3, component="resid", layer=0, position=0, extended=True) == [1, 1, 1]
+    assert steer_cone(layers, 4, layer=1, position=1) == [None, 2, 2, 2]
+
+
+def test_spec_labels():
+    from lenstui.core.patch_result import PatchSpec
+
+    assert PatchSpec("resid", 3, 5, from_position=5).label == "B@5 L3 -> A@5"
+    assert PatchSpec("resid", -1, 0, from_position=2).label == "B@2 embed -> A@0"
+    assert PatchSpec("mlp", 3, 5, source="zero").label == "zero L3.mlp -> A@5"
+    assert PatchSpec("head", 24, 19, source="mean", head=4).label == "mean L24H4 -> A@19"
+
+
+def test_sites_parse_and_mistakes_are_sentences(tiny_llama):
+    n = tiny_llama.n_layers
+    assert patching.parse_site("L2", "resid", n) == ("resid", 2, None)
+    assert patching.parse_site("embed", "resid", n) == ("resid", -1, None)
+    assert patching.parse_site(None, "L1H3", n) == ("head", 1, 3)
+    assert patching.parse_site("-1", "H2", n) == ("head", n - 1, 2)
+    for layer, component, words in (
+        ("L9", "resid", "out of range"),
+        ("embed", "attn", "embedding has no attn"),
+        ("L0", "L1H3", "names block 1"),
+        (None, "mlp", "which layer"),
+        ("L0", "bogus", "Unknown component"),
+    ):
+        with pytest.raises(InputError, match=words):
+            patching.parse_site(layer, component, n)
+    ids, other = prompts(tiny_llama)
+    with pytest.raises(InputError, match="--from PROMPT_B, or --ablate"):
+        patching.patch(tiny_llama, ids, layer="L0")
+    with pytest.raises(InputError, match="not both"):
+        patching.patch(tiny_llama, ids, source_prompt=other, ablate="zero", layer="L0")
+    with pytest.raises(InputError, match="Head 9 is out of range"):
+        patching.patch(tiny_llama, ids, source_prompt=other, layer="L0", component="L0H9")
+    with pytest.raises(InputError, match="outside prompt B"):
+        patching.patch(tiny_llama, ids, source_prompt=other[:4], layer="L0", position=8)
+
+
+# ---------------------------------------------------------------- patches vs the reference (tiny)
+
+
+CASES = [
+    # (component, layer, P, Q or None, source)
+    ("resid", "embed", 5, 5, "prompt"),
+    ("resid", "L0", -1, -1, "prompt"),
+    ("resid", "L1", 5, 9, "prompt"),  # P != Q
+    ("resid", "L2", 9, 9, "prompt"),  # the last block
+    ("attn", "L1", 5, 5, "prompt"),
+    ("mlp", "L0", 9, 9, "prompt"),
+    ("head", "L1", 5, 5, "prompt"),
+    ("attn", "L2", -1, None, "zero"),
+    ("mlp", "L1", 5, None, "mean"),
+    ("head", "L0", 9, None, "zero"),
+    ("head", "L2", -1, None, "mean"),
+    ("resid", "L1", 7, None, "mean"),
+]
+
+
+@pytest.mark.parametrize("arch", ["tiny_llama", "tiny_gpt2"])
+@pytest.mark.parametrize("component,layer,position,from_position,source", CASES)
+def test_patch_matches_independent_forward_hooks(tiny_pairs, arch, component, layer, position, from_position, source):
+    model, plain = tiny_pairs[arch]
+    ids, other = prompts(model)
+    kwargs = dict(layer=layer, position=position, component=component, top_k=8, track=[ids[3]])
+    if component == "head":
+        kwargs["head"] = 2
+    if source == "prompt":
+        result = patching.patch(model, ids, source_prompt=other, from_position=from_position, **kwargs)
+    else:
+        result = patching.patch(model, ids, ablate=source, **kwargs)
+    assert result.cost.path == "resume"
+    _, rec_a = plain.run(ids)
+    _, rec_b = plain.run(other)
+    iv = reference_intervention(plain, rec_b, rec_a, result.spec, len(ids))
+    logits, rec_patched = plain.run(ids, [iv])
+    assert_final_rows_match(result.patched, torch.softmax(logits, dim=-1), result.spec.position)
+    check_cone(result, plain, rec_a, rec_patched)
+
+
+@pytest.mark.parametrize("arch", ["tiny_llama", "tiny_gpt2"])
+def test_cone_with_mid_rows(tiny_pairs, arch):
+    model, plain = tiny_pairs[arch]
+    ids, other = prompts(model)
+    _, rec_a = plain.run(ids)
+    _, rec_b = plain.run(other)
+    for component in ("attn", "mlp", "resid"):
+        result = patching.patch(model, ids, source_prompt=other, layer="L1", position=6, component=component, incl_mid=True)
+        assert "L1.attn" in result.patched.layers
+        logits, rec_patched = plain.run(ids, [reference_intervention(plain, rec_b, rec_a, result.spec, len(ids))])
+        assert_final_rows_match(result.patched, torch.softmax(logits, dim=-1), result.spec.position)
+        check_cone(result, plain, rec_a, rec_patched)
+
+
+def test_extended_lens_cone_holds_in_the_engine(tiny_llama):
+    ids, other = prompts(tiny_llama)
+    result = patching.patch(tiny_llama, ids, source_prompt=other, layer="L0", position=5, lens="extended")
+    for row in range(len(result.patched.layers)):
+        for pos in range(len(ids)):
+            if not result.in_cone(row, pos):
+                a, b = result.patched.grid[row][pos], result.clean.grid[row][pos]
+                assert [t.prob for t in a.top] == pytest.approx([t.prob for t in b.top], abs=1e-6)
+    # The extended decoder reads row L0 at later positions over position 5 too.
+    assert result.cone[6] == result.cone[5] == 1
+
+
+def test_the_three_paths_agree(tiny_llama, monkeypatch):
+    ids, other = prompts(tiny_llama)
+    options = dict(source_prompt=other, layer="L1", position=5, component="attn", top_k=5)
+    resumed = patching.patch(tiny_llama, ids, **options)
+    monkeypatch.setattr(patching, "RESUMABLE", ())
+    prefix = patching.patch(tiny_llama, ids, **options)
+    saved = {key: tiny_llama.memo.pop(key) for key in ("lens_state", "lens_state:b") if key in tiny_llama.memo}
+    try:
+        for slot in ("a", "b"):
+            lens_state(tiny_llama, slot)._kv_works = False  # as for a model whose cache the bridge cannot fill
+        full = patching.patch(tiny_llama, ids, **options)
+    finally:
+        tiny_llama.memo.update(saved)
+    assert (resumed.cost.path, prefix.cost.path, full.cost.path) == ("resume", "prefix", "full")
+    assert (resumed.cost.positions, resumed.cost.blocks) == (len(ids) - 5, tiny_llama.n_layers - 1)
+    assert (full.cost.positions, full.cost.blocks) == (len(ids), tiny_llama.n_layers)
+    for other_result in (prefix, full):
+        for row_a, row_b in zip(resumed.patched.grid, other_result.patched.grid):
+            for a, b in zip(row_a, row_b):
+                assert [t.id for t in a.top] == [t.id for t in b.top]
+                assert [t.prob for t in a.top] == pytest.approx([t.prob for t in b.top], abs=1e-6)
+        flat = [v for row in resumed.kl for v in row]
+        assert flat == pytest.approx([v for row in other_result.kl for v in row], abs=1e-6)
+
+
+def test_a_patch_reuses_the_clean_state_and_leaves_it_alone(tiny_llama):
+    ids, other = prompts(tiny_llama)
+    state = lens_state(tiny_llama, "a")
+    state.prepare(ids, top_k=5)
+    before = state.forward_count
+    stack = state.residual(2).clone()
+    result = patching.patch(tiny_llama, ids, source_prompt=other, layer="L1", position=-1, top_k=5)
+    assert state.forward_count == before  # slot "a" ran nothing: it already held A
+    assert torch.equal(state.residual(2), stack)
+    again = patching.patch(tiny_llama, ids, source_prompt=other, layer="L1", position=-1, top_k=5)
+    assert again.clean.grid[-1][-1] == result.clean.grid[-1][-1]
+    assert result.cost.positions == 1  # only the last position ran
+
+
+def test_fork_and_extend(tiny_llama):
+    ids, _ = prompts(tiny_llama)
+    state = lens_state(tiny_llama, "a")
+    state.prepare(ids, top_k=3)
+    clean = state.result()
+    fork = state.fork(4)
+    assert fork.ids == ids[:4]
+    fork.prepare(ids, top_k=3)
+    assert fork.forward_count == 1  # positions 4.. only
+    same = fork.result()
+    for row_a, row_b in zip(same.grid, clean.grid):
+        assert [c.top[0].prob for c in row_a] == pytest.approx([c.top[0].prob for c in row_b], abs=1e-6)
+    assert state.kv_cache.get_seq_length() == len(ids)  # the fork's cache grew on its own
+    with pytest.raises(ValueError):
+        LensState(tiny_llama).extend(ids, torch.zeros(4, 1, 32), None, None)
+
+
+# ---------------------------------------------------------------- sweeps
+
+
+@pytest.mark.parametrize("arch", ["tiny_llama", "tiny_gpt2"])
+def test_layer_sweep_matches_the_reference(tiny_pairs, arch):
+    model, plain = tiny_pairs[arch]
+    ids, other = prompts(model)
+    target = ids[4]
+    result = patching.sweep(model, ids, source_prompt=other, mode="layers", position=5, target=target)
+    assert [p.layer for p in result.points] == list(range(-1, model.n_layers))
+    _, rec_a = plain.run(ids)
+    _, rec_b = plain.run(other)
+    clean_probs = plain.probs(ids)
+    assert result.clean_target_prob == pytest.approx(float(clean_probs[-1, target]), abs=TOL)
+    for point in result.points:
+        iv = {"kind": "resid", "layer": point.layer, "pos": 5, "value": rec_b["stack"][point.layer + 1][5]}
+        probs = plain.probs(ids, [iv])[-1]
+        assert point.target_prob == pytest.approx(float(probs[target]), abs=TOL)
+        assert point.top.id == int(probs.argmax())
+        # the source answer (clean B's top-1 at its end) is tracked first
+        assert point.tracked[0].id == result.source_answer.id
+        assert point.tracked[0].prob == pytest.approx(float(probs[result.source_answer.id]), abs=TOL)
+        kl = float((probs * (probs.log() - clean_probs[-1].log())).sum())
+        assert point.kl == pytest.approx(kl, abs=1e-5)
+
+
+def test_position_sweep_and_head_sweep_match_single_patches(tiny_llama):
+    ids, other = prompts(tiny_llama)
+    swept = patching.sweep(tiny_llama, ids, source_prompt=other, mode="positions", layer="L1", component="attn")
+    assert [p.position for p in swept.points] == list(range(len(ids)))
+    for point in swept.points[::3]:
+        single = patching.patch(tiny_llama, ids, source_prompt=other, layer="L1", position=point.position,
+                                component="attn", target=swept.target.id)
+        assert point.target_prob == pytest.approx(single.patched.grid[-1][-1].target_prob, abs=1e-6)
+    heads = patching.sweep(tiny_llama, ids, ablate="zero", mode="layers", component="H1")
+    assert [p.layer for p in heads.points] == list(range(tiny_llama.n_layers))
+    with pytest.raises(InputError, match="A has"):
+        patching.sweep(tiny_llama, ids, source_prompt=other[:-1], mode="positions", layer="L0")
+    with pytest.raises(InputError, match="say which"):
+        patching.sweep(tiny_llama, ids, source_prompt=other, mode="positions")
+
+
+# ---------------------------------------------------------------- steering
+
+
+def reference_steer(plain: Plain, ids, toward: int, layer: int, alpha: float, position: int, away=None):
+    _, rec = plain.run(ids)
+    scale = float(rec["stack"][layer + 1].norm(dim=-1).median())
+    direction = plain.effective_row(toward)
+    if away is not None:
+        direction = direction - plain.effective_row(away)
+    vector = alpha * scale * direction / direction.norm()
+    return {"kind": "steer", "layer": layer, "from": position, "vector": vector}, scale
+
+
+@pytest.mark.parametrize("arch", ["tiny_llama", "tiny_gpt2"])
+def test_steer_matches_adding_the_vector_by_hand(tiny_pairs, arch):
+    model, plain = tiny_pairs[arch]
+    ids, _ = prompts(model)
+    toward, away = ids[2], ids[6]
+    for layer, position, alpha, against in ((1, 0, 6.0, None), (0, 5, -3.0, away), (-1, 3, 8.0, None)):
+        result = patching.steer(model, ids, toward=toward, away=against, layer="embed" if layer < 0 else layer,
+                                alpha=alpha, position=position, steps=4, top_k=6)
+        iv, scale = reference_steer(plain, ids, toward, layer, alpha, position, against)
+        assert result.spec.scale == pytest.approx(scale, rel=1e-5)
+        expected = plain.greedy(ids, 4, [iv])
+        assert [t.id for t in result.generated] == expected
+        assert [t.id for t in result.clean_generated] == plain.greedy(ids, 4)
+        full = ids + expected
+        probs = plain.probs(full, [iv])
+        assert_final_rows_match(result.steered, probs)
+        assert result.cone == steer_cone(result.steered.layers, len(full), layer=layer, position=position)
+
+
+def test_a_kept_steer_grows_one_position_per_step(tiny_llama):
+    ids, _ = prompts(tiny_llama)
+    first = patching.steer(tiny_llama, ids, toward=ids[2], layer="L1", alpha=5.0, top_k=3)
+    kept = tiny_llama.memo["lens_state:steer"][1]
+    count = kept.forward_count
+    grown = ids + [first.steered.next_token.id]
+    second = patching.steer(tiny_llama, grown, toward=ids[2], layer="L1", alpha=5.0, top_k=3, scale=first.spec.scale)
+    assert tiny_llama.memo["lens_state:steer"][1] is kept and kept.forward_count == count + 1
+    assert len(second.steered.tokens) == len(ids) + 1
+    assert second.cost is None  # nothing was resumed: the kept run grew
+    # The clean run is untouched by the steer: its own grid differs in the cone.
+    assert lens_state(tiny_llama, "a").intervention is None
+
+
+@pytest.mark.parametrize("layer", ["L0", -1])  # -1: after the last block, where no block reruns
+def test_steered_steps_leave_the_clean_cache_alone(tiny_llama, layer):
+    ids, _ = prompts(tiny_llama)
+    state = lens_state(tiny_llama, "a")
+    state.prepare(ids, top_k=3)
+    keys = [layer_cache.keys.clone() for layer_cache in state.kv_cache.layers]
+    result = patching.steer(tiny_llama, ids, toward=ids[2], layer=layer, alpha=4.0, steps=3, top_k=3)
+    assert len(result.steered.tokens) == len(ids) + 3
+    assert state.ids == ids and state.kv_cache.get_seq_length() == len(ids)
+    assert all(torch.equal(a, b.keys) for a, b in zip(keys, state.kv_cache.layers))
+
+
+def test_steer_mistakes(tiny_llama):
+    ids, _ = prompts(tiny_llama)
+    with pytest.raises(InputError, match="same token"):
+        patching.steer(tiny_llama, ids, toward=ids[2], away=ids[2], layer="L0", alpha=1.0)
+    with pytest.raises(InputError, match="Steps must be"):
+        patching.steer(tiny_llama, ids, toward=ids[2], layer="L0", alpha=1.0, steps=-1)
+    with pytest.raises(InputError, match="outside the prompt"):
+        patching.steer(tiny_llama, ids, toward=ids[2], layer="L0", alpha=1.0, position=99)
+
+
+# ---------------------------------------------------------------- the embedded model
+
+
+@pytest.fixture(scope="module")
+def smol_reference():
+    """SmolLM2's dequantized weights (the loader's cache) in a plain transformers model."""
+    from transformers import AutoModelForCausalLM
+
+    from lenstui.engine.model.load import embedded_gguf_path, gguf_digest
+    from lenstui.store.paths import cache_root
+
+    folder = cache_root() / "gguf" / gguf_digest(embedded_gguf_path())[:32]
+    if not (folder / "model.safetensors").is_file():
+        pytest.skip("the dequantized SmolLM2 is not cached yet (load the embedded model once)")
+    return Plain(AutoModelForCausalLM.from_pretrained(folder, attn_implementation="eager", dtype=torch.float32))
+
+
+@pytest.mark.integration
+def test_plasma_layer_sweep_on_the_embedded_model(embedded, smol_reference):
+    ids_a = list(embedded.tokenizer(PLASMA_A)["input_ids"])
+    ids_b = list(embedded.tokenizer(PLASMA_B)["input_ids"])
+    plasma, blood = ids_a[5], ids_b[5]
+    result = patching.sweep(embedded, ids_a, source_prompt=ids_b, mode="layers", target=plasma)
+    assert result.source_answer.id == blood and result.cost.path == "resume"
+    _, rec_b = smol_reference.run(ids_b)
+    worst = 0.0
+    for point in result.points:
+        iv = {"kind": "resid", "layer": point.layer, "pos": 19, "value": rec_b["stack"][point.layer + 1][19]}
+        probs = smol_reference.probs(ids_a, [iv])[-1]
+        worst = max(worst, abs(point.target_prob - float(probs[plasma])), abs(point.tracked[0].prob - float(probs[blood])))
+    assert worst < TOL
+    by_layer = {p.layer: p for p in result.points}
+    # The research's numbers: nothing up to L13, the flip at L23.
+    assert result.clean_target_prob == pytest.approx(0.4244, abs=5e-4)
+    assert all(abs(by_layer[layer].target_prob - result.clean_target_prob) < 0.02 for layer in range(-1, 14))
+    assert by_layer[22].top.id == plasma and by_layer[23].top.id == blood
+    assert by_layer[23].target_prob == pytest.approx(0.0136, abs=5e-4)
+    assert by_layer[29].tracked[0].prob == pytest.approx(result.source_answer_prob, abs=1e-5)
+
+
+SMOL_CASES = [
+    ("resid", "L15", 19, "prompt"),
+    ("resid", "L5", 5, "prompt"),
+    ("attn", "L23", 19, "prompt"),
+    ("mlp", "L0", 5, "prompt"),
+    ("head", "L24", 19, "prompt"),
+    ("attn", "L24", 19, "zero"),
+    ("head", "L23", 19, "mean"),
+    ("mlp", "L29", 19, "mean"),
+]
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("component,layer,position,source", SMOL_CASES)
+def test_patches_on_the_embedded_model_match_the_reference(embedded, smol_reference, component, layer, position, source):
+    ids_a = list(embedded.tokenizer(PLASMA_A)["input_ids"])
+    ids_b = list(embedded.tokenizer(PLASMA_B)["input_ids"])
+    kwargs = dict(layer=layer, position=position, component=component, top_k=10, target=ids_a[5], track=[ids_b[5]])
+    if component == "head":
+        kwargs["head"] = 4
+    if source == "prompt":
+        result = patching.patch(embedded, ids_a, source_prompt=ids_b, **kwargs)
+    else:
+        result = patching.patch(embedded, ids_a, ablate=source, **kwargs)
+    _, rec_a = smol_reference.run(ids_a)
+    _, rec_b = smol_reference.run(ids_b)
+    iv = reference_intervention(smol_reference, rec_b, rec_a, result.spec, len(ids_a))
+    logits, rec_patched = smol_reference.run(ids_a, [iv])
+    assert_final_rows_match(result.patched, torch.softmax(logits, dim=-1), result.spec.position)
+    if (component, source) == ("resid", "prompt"):
+        check_cone(result, smol_reference, rec_a, rec_patched)
+
+
+@pytest.mark.integration
+def test_steering_the_embedded_model_matches_adding_it_by_hand(embedded, smol_reference):
+    prompt = "My favourite place to spend a summer day is"
+    ids = list(embedded.tokenizer(prompt)["input_ids"])
+    sea = patching.resolve_token(embedded, " sea")
+    result = patching.steer(embedded, ids, toward=sea, layer="L15", alpha=4.0, steps=6, top_k=5)
+    iv, scale = reference_steer(smol_reference, ids, sea, 15, 4.0, 0)
+    assert result.spec.scale == pytest.approx(scale, rel=1e-5)
+    expected = smol_reference.greedy(ids, 6, [iv])
+    assert [t.id for t in result.generated] == expected
+    assert result.generated != result.clean_generated  # the steer does something
+    probs = smol_reference.probs(ids + expected, [iv])
+    assert_final_rows_match(result.steered, probs)
+
+
+# ---------------------------------------------------------------- the worker's handlers
+
+
+def test_causal_requests_through_the_worker(tiny_llama):
+    import queue
+
+    from lenstui.core.patch_result import PatchResult, SteerResult, SweepResult
+    from lenstui.jobs.handlers import HANDLERS
+    from lenstui.jobs.protocol import Done, Failed, LoadModel, Progress, RunPatch, RunSteer, RunSweep
+    from lenstui.jobs.scheduler import ModelWorker
+
+    results: queue.Queue = queue.Queue()
+    worker = ModelWorker(results.put, loader=lambda spec, **kw: tiny_llama, handlers=HANDLERS).start()
+    try:
+        ids, other = prompts(tiny_llama)
+
+        def answer(request):
+            seq = worker.submit(request)
+            while True:
+                result = results.get(timeout=120)
+                if result.seq == seq and not isinstance(result, Progress):
+                    return result
+
+        worker.submit(LoadModel())
+        patched = answer(RunPatch(tuple(ids), tuple(other), layer="L1", position=5, top_k=3))
+        assert isinstance(patched, Done) and isinstance(patched.value, PatchResult)
+        direct = patching.patch(tiny_llama, ids, source_prompt=other, layer="L1", position=5, top_k=3)
+        assert patched.value.patched.grid[-1][-1] == direct.patched.grid[-1][-1]
+        swept = answer(RunSweep(tuple(ids), tuple(other), mode="layers", position=5))
+        assert isinstance(swept.value, SweepResult) and len(swept.value.points) == tiny_llama.n_layers + 1
+        steered = answer(RunSteer(tuple(ids), ids[2], layer="L1", alpha=2.0, steps=2, top_k=3))
+        assert isinstance(steered.value, SteerResult) and len(steered.value.generated) == 2
+        assert steered.value.clean_generated == []  # the app steps itself
+        failed = answer(RunPatch(tuple(ids), tuple(other), layer="L7"))
+        assert isinstance(failed, Failed) and "out of range" in failed.message
+    finally:
+        worker.stop()
