@@ -311,6 +311,7 @@ def fresh_reference(model, prompt, session):
             target=session.target,
             track=tuple(session.pins),
             slot=REFERENCE_SLOT,
+            lens_path=session.lens_paths.get(session.lens_kind),
         )
     finally:
         model.memo.pop(key, None)
@@ -339,9 +340,19 @@ def check_grid_against_a_fresh_run(app, model) -> str:
         assert session.last_failed or app.shown_request != session.last_request, "a prompt that cannot run ran"
         return "cannot run"
     shown = app.grid.result
+    causal_run = app.causal.shown
+    if causal_run is not None:
+        # A patched or steered run is on the grid (the causal lens: tests/test_patching.py
+        # holds its numbers to independent hooks); the clean run under it must still be
+        # the prompt's lens, which is what is checked here.
+        causal_grid = getattr(causal_run, "patched", None) or getattr(causal_run, "steered", None)
+        assert shown is causal_grid, "the grid shows neither the clean run nor the causal one"
+        assert shown.token_ids == app.shown_result.token_ids, "the causal run is of another prompt"
+        shown = app.shown_result
     if steps:
         # The generated tokens are the model's greedy continuation of this text: each is
-        # the final row's top-1 (or within a near tie of it) at the position before it.
+        # the final row's top-1 (or within a near tie of it) at the position before it
+        # (under a steer: of the steered model, so not checked against the clean one).
         assert shown is not None and len(shown.tokens) == len(ids) + steps
         assert shown.token_ids[: len(ids)] == ids, "the steps do not extend the prompt on screen"
         prompt = list(shown.token_ids)
@@ -357,7 +368,8 @@ def check_grid_against_a_fresh_run(app, model) -> str:
     assert shown.token_ids == want.token_ids, (shown.token_ids, want.token_ids)
     assert shown.layers == want.layers and shown.lens == want.lens
     assert [t.id for t in shown.tracked] == [t.id for t in want.tracked]
-    for position in range(len(ids), len(want.tokens)):
+    steered = any(step.steered for step in session.steps)
+    for position in range(len(ids), 0 if steered else len(want.tokens)):
         final = want.grid[-1][position - 1]
         token = want.token_ids[position]
         assert token == final.top[0].id or any(

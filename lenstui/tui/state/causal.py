@@ -319,7 +319,7 @@ def step_under_steer(host: CausalHost) -> bool:
         state.queued_steps += 1
         return True
     token = shown.steered.next_token
-    host.session.step(tuple(result.token_ids) + (token.id,), token.text, token.piece)
+    host.session.step(tuple(result.token_ids) + (token.id,), token.text, token.piece, steered=True)
     host.rerun_lens()
     return True
 

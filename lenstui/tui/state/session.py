@@ -29,6 +29,7 @@ class Step:
     ids: tuple[int, ...]
     text: str  # the token decoded (U+FFFD alone for a partial UTF-8 token)
     piece: str  # the token's vocabulary piece
+    steered: bool = False  # the steered model's next token (tui/state/causal.py), not the clean one's
 
     @property
     def label(self) -> str:
@@ -166,8 +167,8 @@ class LensSession:
             self.prompt_ids = None
             self.prompt_text = text
 
-    def step(self, ids: tuple[int, ...], text: str, piece: str) -> None:
-        self.steps.append(Step(ids, text, piece))
+    def step(self, ids: tuple[int, ...], text: str, piece: str, *, steered: bool = False) -> None:
+        self.steps.append(Step(ids, text, piece, steered))
 
     def queue_step(self) -> None:
         self.queued_steps += 1
