@@ -9,15 +9,17 @@ the debounced lens run sees no change. States:
   loading  the worker importing torch/transformers and loading the model
   lens     a 256-token logit lens running (Enter on a long prompt)
   scan     a vocabulary speakability scan running (palette: speak: scan the whole vocabulary)
+  fit      a tuned lens being fitted (palette: lens: fit a tuned lens for this model)
 
 Prints median and p99 per state (goal: p99 <= 50 ms). Asserts nothing: the machine's
 load decides the absolute numbers.
-Run: ``HF_HUB_OFFLINE=1 .venv/bin/python bench/bench_input.py``
+Run: ``HF_HUB_OFFLINE=1 .venv/bin/python bench/bench_input.py [--in-process]``
 """
 
 from __future__ import annotations
 
 import statistics
+import sys
 import tempfile
 import time
 
@@ -64,10 +66,24 @@ def describe(label: str, values: list[float]) -> None:
     )
 
 
+def palette(term: TerminalApp, query: str, command: str) -> None:
+    term.write(b"\x10")  # ctrl+p: the command palette
+    term.wait_for_text("Search for commands", 20)
+    term.write(query)
+    term.wait_for_text(command, 20)
+    term.write("\r")
+
+
 def main() -> int:
-    print("lenstui keystroke -> echo latency in a pty (figures only; no assertions)")
+    # --in-process: the model on a thread of the UI's process (LENSTUI_IN_PROCESS=1), as
+    # before it had a process of its own: the same run's comparison.
+    in_process = "--in-process" in sys.argv[1:]
+    where = "on a thread of the UI's process" if in_process else "in its own process"
+    print(f"lenstui keystroke -> echo latency in a pty, the model {where} (figures only; no assertions)")
     home = tempfile.mkdtemp(prefix="lenstui-bench-input-")
-    env = {"LENSTUI_CONFIG_DIR": home + "/config", "LENSTUI_DATA_DIR": home + "/data"}
+    env = {"LENSTUI_CONFIG_DIR": home + "/config", "LENSTUI_DATA_DIR": home + "/data", "LENSTUI_LENS_DIR": home + "/lenses"}
+    if in_process:
+        env["LENSTUI_IN_PROCESS"] = "1"
     results: dict[str, list[float]] = {}
     with TerminalApp(env=env, cols=120, rows=40) as term:
         term.wait_for_text("palette", 120)  # the first frame
@@ -88,16 +104,19 @@ def main() -> int:
         lens_seconds = time.perf_counter() - started
         term.wait_until(lambda _: done(), 300, "the 256-token lens")
 
-        term.write(b"\x10")  # ctrl+p: the command palette
-        term.wait_for_text("Search for commands", 20)
-        term.write("scan the whole vocabulary")
-        term.wait_for_text("speak: scan the whole vocabulary", 20)
-        term.write("\r")
+        palette(term, "scan the whole vocabulary", "speak: scan the whole vocabulary")
         term.wait_until(lambda lines: any("scan" in l.lower() and "%" in l for l in lines), 60, "scan progress")
         started = time.perf_counter()
         results["scan"] = sample(term, lambda: time.perf_counter() - started > 15, 200)
+        palette(term, "stop the check or scan", "speak: stop the check or scan")  # it resumes later
+        time.sleep(1.0)
 
-    for state in ("idle", "loading", "lens", "scan"):
+        palette(term, "fit a tuned lens for this model", "lens: fit a tuned lens for this model")
+        term.wait_until(lambda lines: any("lens fit" in l for l in lines), 60, "the fit's progress")
+        started = time.perf_counter()
+        results["fit"] = sample(term, lambda: time.perf_counter() - started > 15, 200)
+
+    for state in ("idle", "loading", "lens", "scan", "fit"):
         describe(state, results[state])
     print(f"  (the lens run was sampled for {lens_seconds:.1f} s; goal p99 <= {GOAL_MS:.0f} ms)")
     return 0

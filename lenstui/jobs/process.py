@@ -245,6 +245,10 @@ class ProcessWorker:
                 # Asked for while the old one was being retired: the new one answers them.
                 for seq, request in sorted(self._owed.items()):
                     self._send(self._conn, ("submit", seq, request))
+        # The app hears of the restart before the failures it caused, so a failure can
+        # be read in its light (and a test never sees one without the other).
+        if self._on_restart is not None:
+            self._on_restart(message)
         for seq, request in sorted(owed.items()):
             if isinstance(request, LoadModel) and reload is not None:
                 continue  # loaded again below, under a new number
@@ -254,8 +258,6 @@ class ProcessWorker:
                 pass
         if reload is not None:
             self.submit(reload)
-        if self._on_restart is not None:
-            self._on_restart(message)
 
 
 def _end(process: subprocess.Popen, timeout: float) -> None:

@@ -22,6 +22,7 @@ is noticed, restarted and given the model again, with the prompt and session kep
 from __future__ import annotations
 
 import asyncio
+import os
 from dataclasses import replace
 from pathlib import Path
 from typing import Callable, Iterable, Optional
@@ -36,7 +37,6 @@ from textual.widgets import Footer, Input
 
 from lenstui.core.lens_result import LensResult
 from lenstui.core.scan_result import ScanMarks
-from lenstui.jobs.handlers import HANDLERS
 from lenstui.jobs.protocol import (
     CheckSpeakable,
     Done,
@@ -52,6 +52,7 @@ from lenstui.jobs.protocol import (
     RunLens,
     ScanVocabulary,
 )
+from lenstui.jobs.process import ProcessWorker
 from lenstui.jobs.scheduler import ModelWorker
 from lenstui.store.config import load_config
 from lenstui.core.errors import quoted
@@ -128,6 +129,7 @@ class LenstuiApp(Guarded, App):
         show_timings: bool = True,
         allow_download: Optional[bool] = None,
         strict_crashes: bool = False,
+        in_process: Optional[bool] = None,
     ) -> None:
         super().__init__()
         # Unexpected exceptions become notices (strict: also re-raised when a test ends).
@@ -138,10 +140,17 @@ class LenstuiApp(Guarded, App):
         downloads = bool(allow_download or self.config.allow_download)
         self.model_request = LoadModel(model, device, dtype, allow_download=downloads)
         self.loader = loader  # tests pass one that returns an already loaded model
+        # The model runs in a child process (jobs/process.py: this process never imports
+        # torch and keeps its latency whatever the model does), except for a loader given
+        # here (a model built in this process) or when asked (LENSTUI_IN_PROCESS=1, tests
+        # that register their own handlers): then on a thread of this process.
+        if in_process is None:
+            in_process = loader is not None or os.environ.get("LENSTUI_IN_PROCESS", "") not in ("", "0")
+        self.in_process = in_process
         self.show_timings = show_timings
         self.model_info: Optional[ModelInfo] = None
         self.loaded_request: Optional[LoadModel] = None  # the load that gave model_info
-        self.worker: Optional[ModelWorker] = None
+        self.worker: Optional[ModelWorker | ProcessWorker] = None
         self._extra_handlers: dict[type, Handler] = {}  # register_handler's, kept for a restart
         self._worker_restarts = 0
         self._reloading = False  # a restarted worker is loading the model again
@@ -294,19 +303,41 @@ class LenstuiApp(Guarded, App):
         if self._exception is None:
             self._exception = error
 
-    def _new_worker(self) -> ModelWorker:
+    def _new_worker(self) -> ModelWorker | ProcessWorker:
+        if not self.in_process:
+            return ProcessWorker(self._post_from_worker, on_restart=self._process_restarted).start()
+        from lenstui.jobs.handlers import HANDLERS  # the engine's handlers, torch only on use
+
         worker = ModelWorker(self._post_from_worker, loader=self.loader, handlers=HANDLERS)
         for kind, handler in self._extra_handlers.items():
             worker.register(kind, handler)
         return worker.start()
+
+    def _process_restarted(self, message: str) -> None:
+        """The model's process ended (killed, out of memory, a crash in torch) and
+        ProcessWorker started another and asked it for the model again (on its reader
+        thread): the app forgets what was in flight and runs the lens again once the
+        model is back, as after a thread worker's restart."""
+        try:
+            self.call_from_thread(self._after_process_restart, message)
+        except RuntimeError:
+            pass  # the app is not running (any more)
+
+    def _after_process_restart(self, message: str) -> None:
+        gave_up = isinstance(self.worker, ProcessWorker) and self.worker.gave_up is not None
+        self.notify(message, title="Worker", severity="error", timeout=30 if gave_up else 12, markup=False)
+        if gave_up:
+            self.status.set_error("the model worker keeps failing")
+            return
+        self._forget_in_flight("restarting the worker")
 
     def _watch_worker(self) -> None:
         """The worker thread died (a bug in the scheduler itself: handlers' errors are
         results): say so, start a new one and give it the model again. The prompt, the
         session and what is on screen stay; the lens runs again once the model is back."""
         worker = self.worker
-        if worker is None or worker.alive or worker.stopping:
-            return
+        if not isinstance(worker, ModelWorker) or worker.alive or worker.stopping:
+            return  # (a ProcessWorker restarts its own child and says so: _process_restarted)
         self._worker_restarts += 1
         where = f" Details in {worker.death}." if worker.death is not None else ""
         if self._worker_restarts > WORKER_RESTARTS:
@@ -328,15 +359,21 @@ class LenstuiApp(Guarded, App):
             markup=False,
         )
         self.worker = self._new_worker()
-        self._reply_to.clear()  # their answers died with the old thread
+        self.submit(self.loaded_request or self.model_request)
+        self._forget_in_flight("restarting the worker")
+
+    def _forget_in_flight(self, why: str) -> None:
+        """A new worker is loading the model again (submitted already): nothing asked of
+        the old one has an answer coming. The prompt, the session and what is on screen
+        stay; the lens runs again once the model is back, and open views ask again."""
+        self._reply_to.clear()  # their answers died with the old worker
         self._reloading = True
         self.model_settled.clear()
         self.status.set_running(False)
-        self.status.set_loading("restarting the worker", 0.0)
-        self.session.last_request = None  # nothing that was asked has an answer coming
+        self.status.set_loading(why, 0.0)
+        self.session.last_request = None
         self.session.queued_steps = 0
         self.speak_pane.forget_running()
-        self.submit(self.loaded_request or self.model_request)
         for screen in self.screen_stack:  # a view waiting for an answer asks again
             resubmit = getattr(screen, "resubmit", None)
             if callable(resubmit):
