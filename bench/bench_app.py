@@ -48,7 +48,7 @@ def launch_in_pty(timeout: float = 180.0) -> dict[str, float]:
                 term.wait_for_text(needle, timeout=max(1.0, timeout - (time.perf_counter() - term.started)))
             except TimeoutError:
                 break
-            seen[name] = time.perf_counter() - term.started
+            seen[name] = term.arrived - term.started  # when the terminal got it
     return seen
 
 

@@ -12,6 +12,7 @@ process that does.
 
 from __future__ import annotations
 
+import collections
 import fcntl
 import json
 import os
@@ -78,6 +79,14 @@ class TerminalApp:
         self._changed = threading.Condition(self._lock)
         self.output_bytes = 0
         self.started = time.perf_counter()
+        # pyte parses a few hundred kB/s; a terminal, many MB/s. So one thread drains the
+        # pty as fast as the app writes (the app never waits on our parsing, as it would
+        # not on a real terminal's) and another feeds pyte; ``arrived`` is when the bytes
+        # that made the screen what it is now came in (what a benchmark times).
+        self._chunks: collections.deque = collections.deque()
+        self._chunk_ready = threading.Event()
+        self._drained = False
+        self.arrived = self.started
         master, slave = os.openpty()
         self._set_size(slave, cols, rows)
         child_env = dict(os.environ)
@@ -108,6 +117,8 @@ class TerminalApp:
         self.master = master
         self._reader = threading.Thread(target=self._read, name="pty-reader", daemon=True)
         self._reader.start()
+        self._parser = threading.Thread(target=self._parse, name="pty-parser", daemon=True)
+        self._parser.start()
 
     # ------------------------------------------------------------ output side
 
@@ -118,13 +129,27 @@ class TerminalApp:
             except OSError:
                 chunk = b""
             if not chunk:
+                self._drained = True
+                self._chunk_ready.set()
+                return
+            self._chunks.append((time.perf_counter(), chunk))
+            self._chunk_ready.set()
+
+    def _parse(self) -> None:
+        while True:
+            self._chunk_ready.wait()
+            self._chunk_ready.clear()
+            while self._chunks:
+                arrived, chunk = self._chunks.popleft()
+                with self._changed:
+                    self.stream.feed(chunk)
+                    self.output_bytes += len(chunk)
+                    self.arrived = arrived
+                    self._changed.notify_all()
+            if self._drained and not self._chunks:
                 with self._changed:
                     self._changed.notify_all()
                 return
-            with self._changed:
-                self.stream.feed(chunk)
-                self.output_bytes += len(chunk)
-                self._changed.notify_all()
 
     def lines(self) -> list[str]:
         with self._lock:
@@ -143,7 +168,8 @@ class TerminalApp:
                 if value:
                     return value
                 left = deadline - time.monotonic()
-                if left <= 0 or (self.proc.poll() is not None and not value):
+                finished = self.proc.poll() is not None and self._drained and not self._chunks
+                if left <= 0 or finished:
                     screen = "\n".join(self.screen.display)
                     raise TimeoutError(f"waited {timeout:.0f} s for {what or predicate}; screen:\n{screen}")
                 self._changed.wait(min(left, 0.2))

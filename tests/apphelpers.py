@@ -81,6 +81,8 @@ class LensGate:
     """A lens handler that can hold a run after its first partial (the columns in view),
     so a test sees the grid while it streams, deterministically:
     ``app.register_handler(RunLens, gate.handler)``, ``gate.hold()``, keys, ``gate.release()``.
+    A run with nothing to stream (every column in the first chunk, or a step: its one new
+    column) posts no partial: it is held before its answer, still in flight.
     """
 
     def __init__(self) -> None:
@@ -98,19 +100,29 @@ class LensGate:
         gate = self
 
         class HeldContext:
+            streamed = False
+
             def __getattr__(self, name):
                 return getattr(ctx, name)
 
             def partial(self, value) -> None:
                 ctx.partial(value)
-                if gate._open.is_set():
-                    return
-                gate.holding.set()
-                # Until released, or until this run is superseded or the worker stops
-                # (then the newer run is the one held).
-                for _ in range(SETTLE_TIMEOUT * 20):
-                    if gate._open.wait(0.05) or ctx.should_stop():
-                        break
-                gate.holding.clear()
+                self.streamed = True
+                gate._wait(ctx)
 
-        return run_lens_handler(model, request, HeldContext())
+        held = HeldContext()
+        value = run_lens_handler(model, request, held)
+        if not held.streamed:
+            gate._wait(ctx)
+        return value
+
+    def _wait(self, ctx) -> None:
+        if self._open.is_set():
+            return
+        self.holding.set()
+        # Until released, or until this run is superseded or the worker stops (then the
+        # newer run is the one held).
+        for _ in range(SETTLE_TIMEOUT * 20):
+            if self._open.wait(0.05) or ctx.should_stop():
+                break
+        self.holding.clear()

@@ -2,8 +2,9 @@
 net that turns any other unexpected exception into a notice and a crash-log entry.
 
 The streamed grid is made deterministic with ``apphelpers.LensGate``: the lens run stops
-after its first partial (the columns in view) until the test lets it go on, so the keys
-below land while the grid still holds ``PENDING`` columns, every time.
+after its first partial (the columns in view), or before its answer when it has nothing to
+stream, until the test lets it go on, so the keys below land while the grid still holds
+``PENDING`` columns (or the run is still in flight), every time.
 """
 
 from __future__ import annotations
@@ -86,24 +87,27 @@ async def test_the_title_of_a_streamed_top_k_view_on_a_pending_position(make_tin
 
 
 async def test_attribution_takes_the_cell_from_the_result_on_screen(make_tiny_app):
-    """Issue 18's second crash: after a step, the grid shows the longer (streamed) prompt
-    while the last complete result is the shorter one; ``a`` read
-    ``shown_result.tokens[cell.position]`` (IndexError). The cell and its prompt now come
-    from the same result: the one on screen."""
+    """Issue 18's second crash: the grid shows a longer prompt, streaming in, while the last
+    complete result is the shorter one; ``a`` read ``shown_result.tokens[cell.position]``
+    (IndexError). The cell and its prompt now come from the same result: the one on screen.
+    (The issue met it after a step; a step no longer streams, its one new column comes
+    whole, so here a longer prompt edited at its start, every column new, streams.)"""
     app = make_tiny_app(PROMPT)
     async with app.run_test(size=(120, 40)) as pilot:
         gate = _held(app)
         await settle(app, pilot)
         n = len(app.shown_result.tokens)
-        await pilot.press("escape")
         gate.hold()
-        await pilot.press("ctrl+n")
-        await until(pilot, lambda: gate.holding.is_set() and len(app.grid.result.tokens) == n + 1, "the step's grid")
-        assert app.grid.cursor_pos == n  # the cursor follows the prompt's end
+        await pilot.press("home", "B", "i", "g", "space", "enter")
+        streaming_longer = lambda: gate.holding.is_set() and app.grid.streaming and len(app.grid.result.tokens) > n  # noqa: E731
+        await until(pilot, streaming_longer, "the longer prompt's streamed grid")
+        m = len(app.grid.result.tokens)
+        await pilot.press("escape")
+        assert app.grid.cursor_pos == m - 1  # the cursor follows the prompt's end
         await pilot.press("a")
         await until(pilot, lambda: isinstance(app.screen, AttributionScreen), "the attribution screen")
         request = app.screen.request
-        assert request.position == n
+        assert request.position == m - 1
         assert request.prompt_ids == tuple(app.grid.result.token_ids)  # the prompt on screen
         gate.release()
         await settle(app, pilot)
@@ -468,7 +472,7 @@ async def test_a_lens_run_in_flight_never_paints_over_the_scene_shown(tmp_path, 
         await until(pilot, lambda: app.scene_settled.is_set() and len(app.renders) == 2, "both scenes")
         await settle(app, pilot)
         gate.hold()
-        await pilot.press("u")  # the lens again, without the target: held after its first partial
+        await pilot.press("u")  # the lens again, without the target: held in flight
         await until(pilot, lambda: gate.holding.is_set(), "the held run")
         await pilot.press("pagedown")
         await until(pilot, lambda: app.scene_index == 1 and app.scene_settled.is_set(), "scene 2")

@@ -176,3 +176,37 @@ def test_a_worker_that_cannot_start_says_so_and_stops_trying(tmp_path):
         assert isinstance(failed, Failed) and failed.seq == later > seq and failed.message == worker.gave_up
     finally:
         worker.stop()
+
+
+def test_an_early_started_worker_keeps_what_comes_before_it_is_attached(tmp_path):
+    # cli/app_cmd starts the model's process before Textual is imported; the app attaches
+    # to it later. Nothing the child says meanwhile may be lost, or come out of order.
+    worker = ProcessWorker(None).start()
+    try:
+        missing = str(tmp_path / "no-such-model")
+        first = worker.submit(LoadModel(missing))
+        deadline = time.monotonic() + TIMEOUT
+        while worker.busy_kinds() and time.monotonic() < deadline:
+            time.sleep(0.05)  # answered, and held: there is no receiver yet
+        assert worker.busy_kinds() == set()
+        results: "queue.Queue" = queue.Queue()
+        worker.attach(results.put)
+        second = worker.submit(LoadModel(missing + "-too"))
+        answers = [results.get(timeout=TIMEOUT)]
+        while not (isinstance(answers[-1], Failed) and answers[-1].seq == second):
+            answers.append(results.get(timeout=TIMEOUT))
+        finals = [r for r in answers if isinstance(r, (Done, Failed, Stopped))]
+        assert [r.seq for r in finals] == [first, second]
+        assert all(isinstance(r, Failed) and "no-such-model" in r.message for r in finals)
+    finally:
+        worker.stop()
+
+
+def test_the_models_process_runs_below_the_uis_priority(worker):
+    # So a key's echo gets a core at once while the model's threads fill every core.
+    worker.start()
+    child = worker.child_pids[-1]
+    deadline = time.monotonic() + 30
+    while os.getpriority(os.PRIO_PROCESS, child) == os.getpriority(os.PRIO_PROCESS, 0) and time.monotonic() < deadline:
+        time.sleep(0.05)  # it lowers its own priority as it starts
+    assert os.getpriority(os.PRIO_PROCESS, child) == min(19, os.getpriority(os.PRIO_PROCESS, 0) + 10)

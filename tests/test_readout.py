@@ -130,6 +130,23 @@ def _check_against_tl(model, vectors, n_pos, *, top_k, block, apply_ln=True, tie
     return stats
 
 
+@pytest.mark.parametrize("positions", [1, 3, 8, 11])
+def test_kl_of_a_few_positions_either_way_it_is_summed(tiny_llama, positions):
+    # Under _MIXED_REFERENCES references (a generation step reads one position) KL's cross
+    # term comes from the block's logit differences, from there on from one product with
+    # the weight block: both are held to TransformerLens' full-vocabulary readout here.
+    from lenstui.engine.lens.readout import _MIXED_REFERENCES
+
+    text = "one two three four five six seven eight nine ten eleven twelve"
+    vectors, n_pos = _residuals(tiny_llama, text)
+    assert n_pos >= positions
+    rows = vectors.view(-1, n_pos, vectors.shape[-1])[:, n_pos - positions :]  # the last few positions
+    picked = rows.reshape(-1, vectors.shape[-1])
+    stats = _check_against_tl(tiny_llama, picked, positions, top_k=3, block=97)
+    assert torch.all(stats.kl[-positions:] == 0)  # the final row against itself
+    assert (positions < _MIXED_REFERENCES) == (positions in (1, 3))  # both paths are taken
+
+
 @pytest.mark.parametrize("fixture", ["tiny_gpt2", "tiny_llama"])
 @pytest.mark.parametrize("block", [97, 4096])  # 97 does not divide the vocabulary
 def test_matches_transformer_lens_on_tiny_models(fixture, block, request):

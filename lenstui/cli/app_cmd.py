@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 
 from lenstui.cli.common import add_model_options
 
@@ -23,17 +24,30 @@ def configure(parser: argparse.ArgumentParser, command: str = "") -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    # Imported here so `lenstui lens ...` never pays for Textual.
-    from lenstui.tui.app import LenstuiApp
+    # The model's process first: it imports torch and transformers while this one imports
+    # Textual and draws the first frame.
+    worker = None
+    if os.environ.get("LENSTUI_IN_PROCESS", "") in ("", "0"):
+        from lenstui.jobs.process import ProcessWorker
 
-    app = LenstuiApp(
-        args.prompt,
-        model=args.model,
-        device=args.device,
-        dtype=args.dtype,
-        theme=args.theme,
-        chat=args.chat,
-        allow_download=args.allow_download,
-    )
-    app.run()
+        worker = ProcessWorker(None).start()
+    app = None
+    try:
+        # Imported here so `lenstui lens ...` never pays for Textual.
+        from lenstui.tui.app import LenstuiApp
+
+        app = LenstuiApp(
+            args.prompt,
+            model=args.model,
+            device=args.device,
+            dtype=args.dtype,
+            theme=args.theme,
+            chat=args.chat,
+            allow_download=args.allow_download,
+            worker=worker,
+        )
+        app.run()
+    finally:
+        if worker is not None and (app is None or app.worker is not worker):
+            worker.stop()  # the app ended (or failed) before it took the worker over
     return int(app.return_code or 0)

@@ -129,8 +129,10 @@ class LensResult:
     def depth(self) -> list[Depth]:
         """Prediction depth per grid column, rows indexing ``layers``."""
         # A streamed grid has PENDING columns: their depth is unknown yet.
-        first = next((cell for row in self.grid for cell in row if cell is not PENDING), None)
-        k = self.top_k or (len(first.top) if first is not None else 1)
+        k = self.top_k
+        if not k:  # (only then a cell is read: a streamed grid builds its cells when read)
+            first = next((cell for row in self.grid for cell in row if cell is not PENDING), None)
+            k = len(first.top) if first is not None else 1
         from_arrays = getattr(self.grid, "depth", None)  # a PackedGrid reads its arrays
         if callable(from_arrays):
             return from_arrays(k)

@@ -107,10 +107,21 @@ def pack_lens_result(result: LensResult) -> tuple:
         if any(cell is PENDING for cell in cells):
             raise ValueError("a streamed grid with PENDING columns is not packed")
         shape = (rows, columns)
+        # One pass over every top token (a step's grid has ~20,000 of them: this runs on
+        # every result the model's process sends).
+        top_ids, top_probs, top_logits = [], [], []
+        texts = {}
+        for cell in cells:
+            for t in cell.top:
+                top_ids.append(t.id)
+                top_probs.append(t.prob)
+                top_logits.append(t.logit)
+                if t.id not in texts:
+                    texts[t.id] = (t.text, t.piece)
         arrays = {
-            "top_ids": np.array([[t.id for t in c.top] for c in cells], dtype=np.int64).reshape(*shape, k),
-            "top_probs": np.array([[t.prob for t in c.top] for c in cells], dtype=np.float64).reshape(*shape, k),
-            "top_logits": np.array([[t.logit for t in c.top] for c in cells], dtype=np.float64).reshape(*shape, k),
+            "top_ids": np.array(top_ids, dtype=np.int64).reshape(*shape, k),
+            "top_probs": np.array(top_probs, dtype=np.float64).reshape(*shape, k),
+            "top_logits": np.array(top_logits, dtype=np.float64).reshape(*shape, k),
             "entropy": np.array([c.entropy for c in cells], dtype=np.float64).reshape(shape),
             "kl": np.array([c.kl_to_final for c in cells], dtype=np.float64).reshape(shape),
             "target_rank": np.array([c.target_rank for c in cells], dtype=np.int64).reshape(shape),
@@ -120,10 +131,6 @@ def pack_lens_result(result: LensResult) -> tuple:
             "tracked_probs": np.array([[t.prob for t in c.tracked] for c in cells], dtype=np.float64).reshape(*shape, n_tracked),
             "tracked_ranks": np.array([[t.rank for t in c.tracked] for c in cells], dtype=np.int64).reshape(*shape, n_tracked),
         }
-        texts = {}
-        for cell in cells:
-            for t in cell.top:
-                texts.setdefault(t.id, (t.text, t.piece))
         for ref in result.tracked:
             texts[ref.id] = (ref.text, ref.piece)
     rest = {f.name: getattr(result, f.name) for f in fields(result) if f.name != "grid"}

@@ -83,7 +83,8 @@ def run_lens_handler(model, request: RunLens, ctx):
         rest = [p for p in range(n) if p not in head]
         # Nearest to what is in view first, so a small scroll finds its cells ready.
         rest.sort(key=lambda p: min(abs(p - f) for f in first))
-        ctx.partial(plan.result(state.cells(sorted(head), ctx.should_stop)))
+        if rest:  # (with nothing left to stream, the whole grid follows at once as the Done)
+            ctx.partial(plan.result(state.cells(sorted(head), ctx.should_stop)))
         for start in range(0, len(rest), STREAM_POSITIONS):
             chunk = rest[start : start + STREAM_POSITIONS]
             ctx.partial(plan.result(state.cells(chunk, ctx.should_stop)))

@@ -15,6 +15,9 @@ latency: it only reads results off a socket, on a thread of its own.
   ``Failed`` with a sentence saying so, a new child starts, and the last model asked for
   is loaded again; ``on_restart(message)`` tells the app.
 - ``stop`` asks the child to stop, then terminates it, then kills it.
+- **Early start.** ``ProcessWorker(None).start()`` before the UI is built (``cli/app_cmd``
+  does, before it imports Textual): the child imports torch and transformers while the UI
+  starts, and what it sends waits until ``attach(post, on_restart)``.
 
 Torch is never imported here: results cross as ``jobs.transport`` encodes them.
 """
@@ -46,13 +49,17 @@ _TERMINAL = (Done, Failed, Stopped)
 class ProcessWorker:
     def __init__(
         self,
-        post: Callable[[Result], None],
+        post: Optional[Callable[[Result], None]],
         *,
         on_restart: Optional[Callable[[str], None]] = None,
         kill_grace: float = KILL_GRACE,
         python: str = sys.executable,
     ):
-        self._post = post
+        self._post_to = post
+        self._waiting: list = []  # what came before ``attach`` (post None): results, restarts
+        # Held while anything is handed to the receiver, so results keep their order when
+        # ``attach`` delivers the waiting ones while new ones come in.
+        self._delivering = threading.Lock()
         self._on_restart = on_restart
         self.kill_grace = kill_grace
         self._python = python
@@ -71,6 +78,40 @@ class ProcessWorker:
         self.child_pids: list[int] = []
 
     # -------------------------------------------------- lifecycle
+
+    def attach(self, post: Callable[[Result], None], on_restart: Optional[Callable[[str], None]] = None) -> "ProcessWorker":
+        """Give an early-started worker its receiver; what arrived before is delivered now,
+        in order."""
+        self._delivering.acquire()  # nothing new is handed over before the waiting ones
+        with self._lock:
+            self._post_to, self._on_restart = post, on_restart
+            waiting, self._waiting = self._waiting, []
+
+        def deliver() -> None:
+            # On a thread of its own: ``on_restart`` may wait for the UI's thread, which
+            # is the one calling ``attach``. (A Lock may be released by another thread.)
+            try:
+                for kind, item in waiting:
+                    try:
+                        if kind == "result":
+                            post(item)
+                        elif on_restart is not None:
+                            on_restart(item)
+                    except Exception:
+                        pass  # the app is gone
+            finally:
+                self._delivering.release()
+
+        threading.Thread(target=deliver, name="lenstui-attach", daemon=True).start()
+        return self
+
+    def _post(self, result: Result) -> None:
+        with self._lock:
+            if self._post_to is None:
+                self._waiting.append(("result", result))
+                return
+        with self._delivering:
+            self._post_to(result)
 
     def start(self) -> "ProcessWorker":
         with self._lock:
@@ -247,8 +288,14 @@ class ProcessWorker:
                     self._send(self._conn, ("submit", seq, request))
         # The app hears of the restart before the failures it caused, so a failure can
         # be read in its light (and a test never sees one without the other).
-        if self._on_restart is not None:
-            self._on_restart(message)
+        with self._lock:
+            on_restart = self._on_restart
+            if self._post_to is None:
+                self._waiting.append(("restart", message))
+                on_restart = None
+        if on_restart is not None:
+            with self._delivering:
+                on_restart(message)
         for seq, request in sorted(owed.items()):
             if isinstance(request, LoadModel) and reload is not None:
                 continue  # loaded again below, under a new number

@@ -130,6 +130,7 @@ class LenstuiApp(Guarded, App):
         allow_download: Optional[bool] = None,
         strict_crashes: bool = False,
         in_process: Optional[bool] = None,
+        worker: Optional[ProcessWorker] = None,
     ) -> None:
         super().__init__()
         # Unexpected exceptions become notices (strict: also re-raised when a test ends).
@@ -147,6 +148,8 @@ class LenstuiApp(Guarded, App):
         if in_process is None:
             in_process = loader is not None or os.environ.get("LENSTUI_IN_PROCESS", "") not in ("", "0")
         self.in_process = in_process
+        # A model process started before the UI was built (cli/app_cmd): the first worker.
+        self._early_worker = None if in_process else worker
         self.show_timings = show_timings
         self.model_info: Optional[ModelInfo] = None
         self.loaded_request: Optional[LoadModel] = None  # the load that gave model_info
@@ -304,6 +307,9 @@ class LenstuiApp(Guarded, App):
             self._exception = error
 
     def _new_worker(self) -> ModelWorker | ProcessWorker:
+        early, self._early_worker = self._early_worker, None
+        if early is not None:
+            return early.attach(self._post_from_worker, on_restart=self._process_restarted)
         if not self.in_process:
             return ProcessWorker(self._post_from_worker, on_restart=self._process_restarted).start()
         from lenstui.jobs.handlers import HANDLERS  # the engine's handlers, torch only on use

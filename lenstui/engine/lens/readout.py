@@ -49,6 +49,11 @@ from lenstui.engine.speak.geometry import float32_gamma
 # floor; a more loaded run 1024: 1.18x, 2048: 1.05x, 4096: 1.68x. The sweep is noisy there:
 # bench/bench_instant.py prints it; re-check on a quiet machine.
 DEFAULT_BLOCK = 4096
+# From this many reference vectors on, KL's cross term is read as one product with the
+# weight block ((x_row - x_ref) . (p_ref W)); below it, as differences of the block's
+# logits: for a few references (a generation step has one) that product is a pass over
+# the whole weight block for a handful of rows, several times the [n, block] differences.
+_MIXED_REFERENCES = 8
 # Candidates kept beyond top-k when the matmul ran in half precision, re-ranked in float32.
 _HALF_PRECISION_MARGIN = 8
 
@@ -373,7 +378,7 @@ def read_out(
             else:
                 ref_logits = unembed.logits(ref_x, start, stop)
                 ref_probs = torch.softmax(ref_logits, dim=1)
-            if unembed.transform is None:
+            if unembed.transform is None and n_ref >= _MIXED_REFERENCES:
                 # The logits are linear in x (the bias cancels in the difference), so
                 # E_ref[l_row - l_ref] over this block is (x_row - x_ref) . (p_ref @ W_block):
                 # an [n, d] product instead of another pass over [n, block].

@@ -136,6 +136,7 @@ class PromptPane(Guarded, Vertical):
         self.history = history if history is not None else PromptHistory()
         self._timer: Optional[Timer] = None
         self._quiet_value: Optional[str] = None
+        self._info: Optional[str] = None  # the info line's text, as last shown
 
     def compose(self) -> ComposeResult:
         with Horizontal(id="prompt-row"):
@@ -169,7 +170,10 @@ class PromptPane(Guarded, Vertical):
         return self._timer is not None
 
     def show_info(self, text: str) -> None:
-        self.query_one("#prompt-info", Static).update(text)
+        if text != self._info:  # every step and run asks; most change nothing
+            self._info = text
+            # One line high by CSS: a new text never moves anything, so no screen-wide layout.
+            self.query_one("#prompt-info", Static).update(text, layout=False)
 
     def _cancel_timer(self) -> None:
         if self._timer is not None:

@@ -73,6 +73,7 @@ class SpeakPane(Guarded, Vertical):
         self.token_text = ""
         self.verdict: Optional[str] = None  # the last shown verdict (tests and the app read it)
         self.aim: Optional[dict] = None  # the last shown result's aim measure (the aim view reads it)
+        self._shown: dict[str, Content] = {}  # what each line of the pane says now (``_show``)
 
     def compose(self) -> ComposeResult:
         yield Static("speakability", id="speak-title", markup=False)
@@ -148,13 +149,20 @@ class SpeakPane(Guarded, Vertical):
         self.set_class(running, "-running")
 
     def _title(self, token_id: int, text: str) -> None:
-        self.query_one("#speak-title", Static).update(Content.assemble("speakability of ", _token(token_id, text)))
+        self._show("#speak-title", Content.assemble("speakability of ", _token(token_id, text)))
 
     def _body(self, content: Content) -> None:
-        self.query_one("#speak-body", Static).update(content)
+        self._show("#speak-body", content)
 
     def _hint(self, text: str) -> None:
-        self.query_one("#speak-hint", Static).update(Content(text))
+        self._show("#speak-hint", Content(text))
+
+    def _show(self, selector: str, content: Content) -> None:
+        """Update one line of the pane, unless it already says that: each change lays the
+        whole screen out again, and a generation step re-selects a token every time."""
+        if content != self._shown.get(selector):
+            self._shown[selector] = content
+            self.query_one(selector, Static).update(content)
 
 
 def render_result(result, *, show_timings: bool = True) -> Content:
@@ -243,7 +251,7 @@ class WiredSpeak(SpeakPane):
         self.token_id, self.token_text, self.verdict = None, "", None
         self._set_running(False)
         self.remove_class("-error")
-        self.query_one("#speak-title", Static).update("speakability")
+        self._show("#speak-title", Content("speakability"))
         self._body(Content("Select a token to check whether the model can say it."))
         self._hint("")
         self.query_one("#speak-scan", Static).update("")

@@ -25,7 +25,7 @@ clamped to the shown result whenever it changes shape (``show_result``, ``clear`
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from typing import Optional
 
@@ -41,6 +41,7 @@ from textual.scroll_view import ScrollView
 from textual.strip import Strip
 
 from lenstui.core.lens_result import PENDING, LensResult
+from lenstui.core.stream_grid import StreamGrid
 from lenstui.core.textfmt import fit, visible
 from lenstui.tui.safety import Guarded, catch
 
@@ -310,8 +311,8 @@ view their ranks follow the top-k columns. **T**: their trajectories.
     def _depth_rows(self) -> list:
         if self.result is None:
             return []
-        if self._stream_run is not None:  # columns still arriving: no caching
-            return self.result.depth
+        # Once per result and, while columns stream in, once per arrival (show_partial
+        # forgets it): a paint reads it on every line, and it walks the whole grid.
         if self._depth_of is not self.result:  # computed once per result, not per line
             self._depth_of, self._depth = self.result, self.result.depth
         return self._depth
@@ -412,7 +413,7 @@ view their ranks follow the top-k columns. **T**: their trajectories.
 
     def _update_geometry(self) -> None:
         self._set_virtual_size()
-        self.border_title = self._title()
+        self._show_title()
         self.refresh()
         # Scrollbars appear or go once the new virtual size is laid out, which changes
         # the viewport without a Resize event: fit again and follow the cursor then.
@@ -431,6 +432,14 @@ view their ranks follow the top-k columns. **T**: their trajectories.
     def _settle_geometry(self) -> None:
         self._set_virtual_size()
         self._follow_cursor()
+
+    def _show_title(self) -> None:
+        # Textual repaints the whole widget on every border_title set, even to the same
+        # text: while a run streams in that is a full grid paint per chunk.
+        title = self._title()
+        if title != getattr(self, "_shown_title", None):
+            self._shown_title = title
+            self.border_title = title
 
     def _title(self) -> str:
         heading = self.causal_heading
@@ -685,7 +694,7 @@ view their ranks follow the top-k columns. **T**: their trajectories.
         if k is not None:
             self.cursor_k = max(0, min(self._top_k - 1, k))
         if self.view == "topk" and self.cursor_pos != old_pos:
-            self.border_title = self._title()
+            self._show_title()
         self._follow_cursor()
         self.refresh()
         self._announce()
@@ -787,21 +796,31 @@ view their ranks follow the top-k columns. **T**: their trajectories.
             or self.result.layers != partial.layers
         )
         if fresh:
-            result = partial.placeholders()
+            # Cells are read from the chunks only when drawn (core/stream_grid.py).
+            result = replace(partial.placeholders(), grid=StreamGrid(len(partial.layers), len(partial.tokens)))
         else:
             result = self.result
-        for i, pos in enumerate(partial.column_positions):
-            for row, cells in enumerate(partial.grid):
-                result.grid[row][pos] = cells[i]
+        columns = partial.column_positions
+        if isinstance(result.grid, StreamGrid):  # cells are read from the partial when drawn
+            result.grid.fill(partial.grid, columns, _top_count(partial))
+        else:
+            for i, pos in enumerate(columns):
+                for row, cells in enumerate(partial.grid):
+                    result.grid[row][pos] = cells[i]
+        for i, pos in enumerate(columns):
             result.targets[pos] = partial.targets[i]
         if fresh:
             self.show_result(result)  # cursor, rows and geometry, as for a complete result
             self._stream_run = run
             self._missing = set(range(len(result.tokens)))
         self._missing.difference_update(partial.column_positions)
+        self._depth_of = None  # new columns: their depth is known now
         if not fresh:
-            self.border_title = self._title()
-            self.refresh()
+            self._show_title()
+            # Chunks after the first are mostly off screen (they come nearest first): a
+            # paint only for those in view keeps the UI free for keys while they stream.
+            if not set(columns).isdisjoint(self.positions_in_view()):
+                self.refresh()
             if self.cursor_pos in partial.column_positions:
                 self._announce()  # the cell under the cursor just arrived
         self._ask_for_visible()
