@@ -1,8 +1,13 @@
 """A whole-vocabulary speakability scan of the embedded model, from scratch: time,
 verdict counts, and how each verdict was reached (which candidate direction, twin, LP);
-then the same scan without the aim's theta lower bounds, and the ratio (the goal:
-the bounds add at most 50% to a whole scan), and the theta quantiles.
+then the same scan without the aim's theta lower bounds, and the ratio, and the theta
+quantiles. The goals (for the whole vocabulary, on 2 CPU cores): the bounds add at most
+30% (ratio <= 1.30) and the scan with them takes at most 180 s.
 Neither reads nor writes the scan cache (pass --save to cache the result).
+A --limit scan covers a prefix of the ids, which is not a fair sample: the first few
+thousand ids hold the special tokens (LP work, the same in both scans) and far more tokens
+said by their own direction (each needs one more product for its theta bound) than the
+rest of the vocabulary.
 Run: .venv/bin/python bench/bench_scan.py [--save] [--no-compare] [--limit N]
 """
 
@@ -18,6 +23,10 @@ import torch
 from lenstui.core.scan_result import METHODS
 from lenstui.engine.model.load import load_model
 from lenstui.engine.speak.scan import scan_vocabulary
+
+# The goals for a whole-vocabulary scan (see the docstring).
+GOAL_RATIO = 1.30
+GOAL_SECONDS = 180.0
 
 
 def timed_scan(model, *, aim_bounds: bool, save: bool, limit):
@@ -48,6 +57,8 @@ def main() -> None:
     counts = result.counts()
     methods = Counter(METHODS[m] for m in result.method[: result.n_scanned].tolist())
     print(f"full scan with theta bounds: {wall:.1f} s for {result.n_scanned} tokens ({result.n_scanned / wall:.0f} tokens/s)")
+    if args.limit is None:
+        print(f"  goal: <= {GOAL_SECONDS:.0f} s ({'met' if wall <= GOAL_SECONDS else 'not met'})")
     print(
         f"  speakable {counts['speakable']}, unspeakable {counts['unspeakable']}, "
         f"undetermined {counts['undetermined']}, hard to speak {counts['hard_to_speak']} "
@@ -65,7 +76,9 @@ def main() -> None:
     if not args.no_compare:
         _, plain = timed_scan(model, aim_bounds=False, save=False, limit=args.limit)
         print(f"same scan without theta bounds: {plain:.1f} s")
-        print(f"theta bounds add {100 * (wall / plain - 1):.0f}% (ratio {wall / plain:.2f}; goal <= 1.50)")
+        scope = "" if args.limit is None else f"; a prefix of {result.n_scanned} ids, not a fair sample"
+        ratio = wall / plain
+        print(f"theta bounds add {100 * (ratio - 1):.0f}% (ratio {ratio:.2f}; goal <= {GOAL_RATIO:.2f}{scope})")
 
 
 if __name__ == "__main__":

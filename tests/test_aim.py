@@ -162,6 +162,56 @@ def test_batched_bounds_equal_the_single_pass_on_the_same_axes():
     assert batched == pytest.approx(np.array(single), abs=1e-9)
 
 
+def test_batched_bounds_read_the_products_rows_by_index_and_leave_them_alone(monkeypatch):
+    """The scan hands over its products with the tokens' rows among others (never copied
+    out): the bounds read them by index, a block at a time, write nothing into them, and
+    equal the single-token float64 pass."""
+    from lenstui.engine.speak import aim as aim_module
+
+    monkeypatch.setattr(aim_module, "_BATCH_BLOCK", 6)  # blocks that do not divide the 40 tokens
+    monkeypatch.setattr(aim_module, "_SEGMENT", 64)  # the segment search, on a 600-token vocabulary
+    rng = np.random.default_rng(11)
+    rows = rng.standard_normal((600, 24)).astype(np.float32) + 1.5
+    readout = readout_from_arrays(rows, kind="RMS")
+    ids = torch.arange(100, 140)
+    axes32 = candidate_directions(readout, ids, "whitened").to(torch.float32)
+    rows32, _ = readout.screen_table()
+    logits_rows = torch.as_tensor(rng.permutation(70)[:40])
+    gram_rows = torch.as_tensor(rng.permutation(55)[:40])
+    logits = torch.full((70, 600), math.nan)  # rows not handed over poison any misread
+    logits[logits_rows] = axes32 @ rows32.T
+    gram = torch.full((55, 600), math.nan)
+    gram[gram_rows] = rows32[ids] @ rows32.T
+    untouched = [torch.nan_to_num(x, nan=7.0) for x in (logits, gram)]
+    scattered = cap_lower_bounds(
+        readout, ids, axes32, logits32=logits, logits_rows=logits_rows, gram32=gram, gram_rows=gram_rows
+    )
+    assert torch.equal(torch.nan_to_num(logits, nan=7.0), untouched[0])
+    assert torch.equal(torch.nan_to_num(gram, nan=7.0), untouched[1])
+    assert np.array_equal(scattered, cap_lower_bounds(readout, ids, axes32))
+    single = [
+        math.degrees(max(0.0, cap_lower_bound(readout, int(t), axes32[i].to(torch.float64))["robust"]))
+        for i, t in enumerate(ids)
+    ]
+    assert (scattered > 0).sum() > 10
+    assert scattered == pytest.approx(np.array(single), abs=1e-9)
+
+
+def test_the_k_smallest_by_segments_are_topks(monkeypatch):
+    from lenstui.engine.speak import aim as aim_module
+
+    monkeypatch.setattr(aim_module, "_SEGMENT", 16)  # 300 columns: 18 whole segments and a partial one
+    x = torch.as_tensor(np.random.default_rng(2).standard_normal((5, 300)), dtype=torch.float32)
+    x[0, :50] = math.inf  # as t itself and the candidates already taken are
+    x[1, 290:] -= 10.0  # the smallest all in the partial segment
+    x[2, 32:44] -= 10.0  # the smallest all in one whole segment
+    x[3, ::40] -= 10.0  # one in each of several segments
+    for k in (1, 3, 8, 20):  # 20: more than the whole segments, plain topk
+        found = aim_module._smallest_columns(x, k)
+        expected = torch.topk(x, k, dim=1, largest=False).indices
+        assert torch.equal(found.sort(dim=1).values, expected.sort(dim=1).values), k
+
+
 # ---------------------------------------------------------------- the embedded model
 
 

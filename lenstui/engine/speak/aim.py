@@ -64,6 +64,7 @@ from lenstui.core.errors import InputError
 from lenstui.engine.speak.check import CANDIDATE_FAMILIES, as_readout, candidate_directions
 from lenstui.engine.speak.geometry import U32, U64, Readout
 from lenstui.engine.speak.lp import check_certificate, polish_certificate
+from lenstui.engine.speak.scratch import Scratch
 
 # Geometric lower and upper bounds closer than this are reported as exact.
 EXACT_TOLERANCE_DEG = 1e-6
@@ -554,12 +555,20 @@ def aim(model, token_id: int, *, should_stop: Optional[StopCheck] = None) -> Aim
 
 # -- batched lower bounds (the vocabulary scan) -----------------------------------------
 
-# Float32 competitors per token recomputed exactly in float64 (the rest are screened).
-BATCH_TOP_K = 16
+# Float32 competitors per token recomputed exactly in float64 (the rest are screened). Any
+# number gives the same bounds (whatever binds is recomputed, as a candidate or as open);
+# the normalised-slack ranking is good enough that 8 leave only a few open per token.
+BATCH_TOP_K = 8
 # Competitors the screen leaves open are recomputed in float64 this many at a time.
 _BATCH_OPEN_CHUNK = 4096
 # Relative allowance for float32 rounding of the elementwise |a_j| bound (a few ulps).
 _FLOAT32_SLACK = 16 * U32
+# Tokens whose bounds are worked out together: a handful of [block, n_vocab] float32 work
+# matrices (6 MB each for SmolLM2) that stay in the cache through a dozen passes, where
+# whole-chunk ones would stream through memory on every pass.
+_BATCH_BLOCK = 32
+# Columns per segment in the search for each row's k smallest normalised slacks.
+_SEGMENT = 1024
 
 
 def _squared_row_norms(readout: Readout) -> torch.Tensor:
@@ -575,7 +584,10 @@ def cap_lower_bounds(
     directions: torch.Tensor,
     *,
     logits32: Optional[torch.Tensor] = None,
+    logits_rows: Optional[torch.Tensor] = None,
     gram32: Optional[torch.Tensor] = None,
+    gram_rows: Optional[torch.Tensor] = None,
+    scratch: Optional[Scratch] = None,
 ) -> np.ndarray:
     """Certified lower bounds (degrees) of the cap measure for a block of tokens, each around
     its own axis ``directions[i]`` (e.g. its witness direction), for a direction-only readout.
@@ -590,28 +602,36 @@ def cap_lower_bounds(
       offset), within ``gamma_{d+3} |v_t| |v_j|`` of ``v_t . v_j``, which bounds
       ``|a_j|^2 = |v_t|^2 + |v_j|^2 - 2 v_t . v_j`` from above.
 
+    Token i's rows are ``logits32[logits_rows[i]]`` and ``gram32[gram_rows[i]]`` (row i when
+    no rows are given), so a caller hands over the products it has without copying rows out;
+    both are only read. A product not given is made here, in ``scratch`` (its rows argument
+    is then ignored).
+
     The float32 top-k competitors are recomputed exactly in float64, giving theta_k; every
     other j is then shown harmless at theta_k from the bounds alone (j cannot bind when
     ``cos theta (a_j . u) - sin theta |a_j| > tol / r``); those the screen cannot clear are
-    recomputed in float64 too (a whole row when there are many). A smaller theta only
-    relaxes the screen, so the minimum is certified. Both tensors passed in are overwritten.
-    0 means no certified cap around that axis."""
+    recomputed in float64 too. A smaller theta only relaxes the screen, so the minimum is
+    certified. The tokens are worked through ``_BATCH_BLOCK`` at a time, so that the
+    block's work matrices stay in the cache. 0 means no certified cap around that axis."""
     if not readout.direction_only:
         raise InputError("Batched cap bounds need a direction-only readout (all offsets equal).")
     device = readout.V.device
     ids = torch.as_tensor(token_ids, dtype=torch.long, device=device).reshape(-1)
     b, n = len(ids), readout.n_vocab
+    scratch = scratch if scratch is not None else Scratch()
     # The axes are exactly the float32 vectors ``axes32`` (any length: the scan's witnesses
     # have the witness radius); a float32 input on an RMSNorm readout is used as it is.
     axes32 = readout.project(directions.to(device, torch.float64)).to(torch.float32)
     U64 = axes32.to(torch.float64)
     unorm = U64.norm(dim=1).clamp_min(1e-300)
     rows32, _ = readout.screen_table()
+    everyone = torch.arange(b, device=device)
     if logits32 is None:
-        logits32 = axes32 @ rows32.T
+        logits32, logits_rows = torch.mm(axes32, rows32.T, out=scratch.take("cap.logits", (b, n), device)), None
     if gram32 is None:
-        gram32 = rows32[ids] @ rows32.T
-    arange = torch.arange(b, device=device)
+        gram32, gram_rows = torch.mm(rows32[ids], rows32.T, out=scratch.take("cap.gram", (b, n), device)), None
+    logits_rows = everyone if logits_rows is None else torch.as_tensor(logits_rows, device=device)
+    gram_rows = everyone if gram_rows is None else torch.as_tensor(gram_rows, device=device)
     err = readout.screen_error_bound(unorm)  # [b]: |L_j - v_j . u| <= err
     r = readout.witness_radius
     tau = readout.speak_tolerance(r) / r
@@ -625,38 +645,78 @@ def cap_lower_bounds(
     norms = squares.sqrt()
     gamma = (readout.d + 3) * U32 / (1 - (readout.d + 3) * U32) * 1.01
     max_square = float(squares.max())
-    N = gram32.mul_(-2.0)
-    N.add_(squares.to(torch.float32)[None, :])
-    N.add_((squares[ids] + _FLOAT32_SLACK * (squares[ids] + 3 * max_square)).to(torch.float32)[:, None])
-    N.addr_((2 * gamma * norms[ids]).to(torch.float32), norms.to(torch.float32))
-    N.clamp_(min=0.0).sqrt_()
-    # D_j = own - L_j ~ a_j . u (within err, plus float32 rounding of own - L_j).
-    D = logits32.neg_().add_(own.to(torch.float32)[:, None])
-    D[arange, ids] = torch.inf
-    # The k smallest approximate normalised slacks D_j / N_j are recomputed exactly.
-    k = min(BATCH_TOP_K, n - 1)
-    cand = torch.topk(D / N, k, dim=1, largest=False).indices
-    theta = _exact_margins(V, v_t, U64, unorm, ids, tau, arange, cand).clamp_min(0.0)
-    D[arange[:, None], cand] = torch.inf
-
-    # Screen: j cannot bind at theta when cos(theta) (D_j - err) - |u| sin(theta) N_j > |u| tau,
-    # i.e. D_j - |u| tan(theta) N_j > err + |u| tau / cos(theta).
-    slope = unorm * torch.tan(theta)
-    floor = err + unorm * tau / torch.cos(theta)
-    D.addcmul_((-slope).to(torch.float32)[:, None], N)
+    column_squares32 = squares.to(torch.float32)
+    column_norms32 = norms.to(torch.float32)
+    row_squares32 = (squares[ids] + _FLOAT32_SLACK * (squares[ids] + 3 * max_square)).to(torch.float32)
+    row_error32 = (2 * gamma * norms[ids]).to(torch.float32)
+    own32 = own.to(torch.float32)
     # float32 rounding of D and of the screen: a few ulps of the magnitudes involved
     # (|L_j| <= max|v| |u| + err, N_j <= 2 max|v| + allowance).
     max_norm = float(norms.max())
-    magnitude = own.abs() + max_norm * unorm + err + slope * 2.1 * max_norm
-    slack = 8 * U32 * (magnitude + floor)
-    open_ = D <= (floor + slack).to(torch.float32)[:, None]
-    open_ &= (theta > 0)[:, None]
-    rows, cols = torch.nonzero(open_, as_tuple=True)
-    for start in range(0, len(rows), _BATCH_OPEN_CHUNK):
-        r_chunk, c_chunk = rows[start : start + _BATCH_OPEN_CHUNK], cols[start : start + _BATCH_OPEN_CHUNK]
-        margins = _exact_margins(V, v_t, U64, unorm, ids, tau, r_chunk, c_chunk[:, None])
-        theta.scatter_reduce_(0, r_chunk, margins.clamp_min(0.0), reduce="amin")
+    k = min(BATCH_TOP_K, n - 1)
+    theta = torch.empty(b, dtype=torch.float64, device=device)
+    for start in range(0, b, _BATCH_BLOCK):
+        block = slice(start, min(start + _BATCH_BLOCK, b))
+        rows = everyone[block]
+        m = len(rows)
+        local = torch.arange(m, device=device)
+        N = torch.index_select(gram32, 0, gram_rows[block], out=scratch.take("cap.norms", (m, n), device))
+        torch.add(column_squares32[None, :], N, alpha=-2.0, out=N)  # -2 G_j is exact: one rounding, as in two steps
+        N.add_(row_squares32[block, None])
+        N.addr_(row_error32[block], column_norms32)
+        N.clamp_(min=0.0).sqrt_()
+        # D_j = own - L_j ~ a_j . u (within err, plus float32 rounding of own - L_j).
+        D = torch.index_select(logits32, 0, logits_rows[block], out=scratch.take("cap.slacks", (m, n), device))
+        torch.sub(own32[block, None], D, out=D)
+        D[local, ids[block]] = torch.inf
+        # The k smallest approximate normalised slacks D_j / N_j are recomputed exactly.
+        ratios = torch.div(D, N, out=scratch.take("cap.ratios", (m, n), device))
+        cand = _smallest_columns(ratios, k)
+        block_theta = _exact_margins(V, v_t, U64, unorm, ids, tau, rows, cand).clamp_min(0.0)
+        D[local[:, None], cand] = torch.inf
+
+        # Screen: j cannot bind at theta when cos(theta) (D_j - err) - |u| sin(theta) N_j > |u| tau,
+        # i.e. D_j - |u| tan(theta) N_j > err + |u| tau / cos(theta).
+        slope = unorm[block] * torch.tan(block_theta)
+        floor = err[block] + unorm[block] * tau / torch.cos(block_theta)
+        D.addcmul_((-slope).to(torch.float32)[:, None], N)
+        magnitude = own[block].abs() + max_norm * unorm[block] + err[block] + slope * 2.1 * max_norm
+        slack = 8 * U32 * (magnitude + floor)
+        threshold = (floor + slack).to(torch.float32)
+        # Only rows whose smallest D_j is under the threshold have open j (most have none, and a
+        # row minimum is far cheaper than a mask); a row without a cap has nothing to recompute.
+        busy = torch.nonzero(~(D.amin(dim=1) > threshold) & (block_theta > 0)).flatten()
+        open_rows, open_cols = torch.nonzero(D[busy] <= threshold[busy, None], as_tuple=True)
+        open_rows = busy[open_rows]
+        for first in range(0, len(open_rows), _BATCH_OPEN_CHUNK):
+            r_chunk = open_rows[first : first + _BATCH_OPEN_CHUNK]
+            c_chunk = open_cols[first : first + _BATCH_OPEN_CHUNK]
+            margins = _exact_margins(V, v_t, U64, unorm, ids, tau, rows[r_chunk], c_chunk[:, None])
+            block_theta.scatter_reduce_(0, r_chunk, margins.clamp_min(0.0), reduce="amin")
+        theta[block] = block_theta
     return np.degrees(theta.cpu().numpy())
+
+
+def _smallest_columns(x: torch.Tensor, k: int) -> torch.Tensor:
+    """Column ids of the k smallest entries of each row of ``x`` [m, n] (ties broken either
+    way), as ``topk(largest=False)`` finds them, faster. A row's k smallest lie in the k of
+    its ``_SEGMENT``-column segments with the smallest minima: every entry of another segment
+    is at or above its minimum, itself at or above those k minima. So one minimum pass over
+    the row (cheap) picks the segments and topk searches only those."""
+    m, n = x.shape
+    whole = n // _SEGMENT
+    if whole <= k:
+        return torch.topk(x, k, dim=1, largest=False).indices
+    segments = x[:, : whole * _SEGMENT].unflatten(1, (whole, _SEGMENT))  # a view
+    best = torch.topk(segments.amin(dim=2), k, dim=1, largest=False).indices  # [m, k]
+    rows = torch.arange(m, device=x.device)[:, None]
+    pool = segments[rows, best].flatten(1)  # [m, k * _SEGMENT]
+    columns = (best[:, :, None] * _SEGMENT + torch.arange(_SEGMENT, device=x.device)).flatten(1)
+    if whole * _SEGMENT < n:  # the last, partial segment is always searched
+        pool = torch.cat([pool, x[:, whole * _SEGMENT :]], dim=1)
+        tail = torch.arange(whole * _SEGMENT, n, device=x.device).expand(m, -1)
+        columns = torch.cat([columns, tail], dim=1)
+    return columns.gather(1, torch.topk(pool, k, dim=1, largest=False).indices)
 
 
 def _exact_margins(V, v_t, U64, unorm, ids, tau, rows: torch.Tensor, cand: torch.Tensor) -> torch.Tensor:

@@ -12,9 +12,10 @@ Phases (each resumable; partial results are saved to the cache as they come):
 5. (direction-only readouts) a certified lower bound of the aim measure theta for every
    speakable token, around its witness direction (``aim.cap_lower_bounds``). Phases 1-2
    hand it the float32 product they already made (the witness times every row, without
-   offsets) and, for the own-direction witnesses, the same product as the Gram block; the
-   last phase fills in whatever is missing (LP witnesses, a cache from before theta).
-   Readouts with offsets (GPT-2) have no batched bound: the column stays empty.
+   offsets) and phase 1's own-direction product as the Gram block (rows picked by index,
+   never copied out); the last phase fills in whatever is missing (LP witnesses, a cache
+   from before theta). Readouts with offsets (GPT-2) have no batched bound: the column
+   stays empty.
 
 Float32 screening is made exact, not approximate: a float32 logit differs from the exact
 one by at most ``gamma_{d+3} (max|v| |z| + max|c|)`` (``Readout.screen_error_bound``), so
@@ -22,6 +23,10 @@ the true runner-up is provably among the float32 top-k whenever the k-th is more
 twice that bound below the first; those k and t are then recomputed in float64 from
 the exact tables (otherwise the whole row is). Every reported gap is a float64 gap over
 the whole vocabulary.
+
+The chunk-by-vocabulary products live in one ``Scratch`` for the whole scan (by role:
+"own product", "family product", "logits"), since a fresh one costs its page faults again
+every chunk.
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ from lenstui.engine.speak.check import CANDIDATE_FAMILIES, as_readout, candidate
 from lenstui.engine.speak.geometry import Readout
 from lenstui.engine.speak.lp import check_certificate, solve_speak_lp
 from lenstui.engine.speak.scan_cache import ScanSaver, read_scan, scan_dir, scan_key
+from lenstui.engine.speak.scratch import Scratch
 
 # Tokens per batched matrix product (each holds chunk x d_vocab float32 logits).
 CHUNK = 512
@@ -88,24 +94,32 @@ def _screen_gaps(
     token_ids: torch.Tensor,
     error_bound: torch.Tensor,
     exact: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-    keep_product: bool = False,
+    scratch: Scratch,
+    product_role: Optional[str] = None,
 ) -> tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
     """(exact float64 gap of t over its runner-up, runner-up id, the float32 product
-    ``Z32 @ rows32.T`` without offsets when ``keep_product`` else None) for each row of Z32.
+    ``Z32 @ rows32.T`` without offsets, kept in ``scratch`` under ``product_role``, or None
+    when no role is given) for each row of Z32.
 
     ``exact(rows, candidate_ids [b', k])`` gives the exact logits [b', k] of the chunk's
     rows ``rows`` (positions in Z32) for those candidates."""
     b, n = Z32.shape[0], rows32.shape[0]
-    arange = torch.arange(b, device=Z32.device)
-    if keep_product:  # the theta bounds reuse the product itself, so add the offsets apart
-        product = Z32 @ rows32.T
-        logits = product + c32
-    else:
-        product, logits = None, torch.addmm(c32, Z32, rows32.T)  # [b, n] float32
+    device = Z32.device
+    arange = torch.arange(b, device=device)
+    product, own_entries = None, None
+    if product_role is None:
+        logits = torch.addmm(c32, Z32, rows32.T, out=scratch.take("logits", (b, n), device))  # [b, n] float32
+    else:  # the theta bounds reuse the product itself, so add the offsets apart
+        product = torch.mm(Z32, rows32.T, out=scratch.take(product_role, (b, n), device))
+        if c32.any():
+            logits = torch.add(product, c32, out=scratch.take("logits", (b, n), device))
+        else:  # adding zeros changes nothing: screen the product itself, t's entries put back after
+            logits, own_entries = product, product[arange, token_ids]
     logits[arange, token_ids] = -torch.inf
     k = min(TOP_K, n - 1)
     vals, ids = torch.topk(logits, k, dim=1)
-    del logits
+    if own_entries is not None:
+        product[arange, token_ids] = own_entries
     exact_top = exact(arange, ids)  # [b, k]
     own = exact(arange, token_ids[:, None])[:, 0]
     # The exact runner-up is inside the top-k when the k-th float32 value cannot reach
@@ -180,27 +194,40 @@ class _Phase:
         self.own_is_witness = readout.direction_only and readout.kind == "RMS"
         # The aim's batched lower bounds exist for direction-only readouts only.
         self.theta = readout.direction_only
+        self.scratch = Scratch()
 
-    def record_theta(self, ids: torch.Tensor, axes32: torch.Tensor, product=None, gram=None) -> None:
+    def record_theta(self, ids, axes32, product=None, product_rows=None, gram=None, gram_rows=None) -> None:
         """Certified theta lower bounds around ``axes32`` for ``ids``; ``product`` (the
-        float32 ``axes32 @ rows32.T``) and ``gram`` (``rows32[ids] @ rows32.T``) are reused
-        when given, and overwritten. A token that already has a bound keeps the larger
-        (each is a certified lower bound of the same theta*)."""
+        float32 ``axes32 @ rows32.T``, token i in row ``product_rows[i]``) and ``gram``
+        (``rows32[ids] @ rows32.T``, token i in row ``gram_rows[i]``) are reused when given
+        (only read). A token that already has a bound keeps the larger (each is a certified
+        lower bound of the same theta*)."""
         from lenstui.engine.speak.aim import cap_lower_bounds
 
         if not len(ids):
             return
-        bounds = cap_lower_bounds(self.readout, ids, axes32, logits32=product, gram32=gram)
+        bounds = cap_lower_bounds(
+            self.readout,
+            ids,
+            axes32,
+            logits32=product,
+            logits_rows=product_rows,
+            gram32=gram,
+            gram_rows=gram_rows,
+            scratch=self.scratch,
+        )
         idx = ids.cpu().numpy()
         self.result.theta_lower[idx] = np.fmax(self.result.theta_lower[idx], bounds)
 
-    def record_own_theta(self, ids: torch.Tensor, axes32: torch.Tensor, product=None, gram=None) -> None:
+    def record_own_theta(self, ids, axes32, product=None, product_rows=None, gram=None, gram_rows=None) -> None:
         """Own-direction witnesses: the own row is often a poor axis for the cap (the rows
-        share a strong common direction), so the whitened direction is tried too (a small
-        product: few tokens are said by their own direction) and the larger bound kept."""
-        self.record_theta(ids, axes32, product, gram)
+        share a strong common direction), so the whitened direction is tried too and the
+        larger bound kept. Its product is made here; the Gram block depends on the tokens
+        only, so it serves both axes."""
+        self.record_theta(ids, axes32, product, product_rows, gram, gram_rows)
         if len(ids):
-            self.record_theta(ids, candidate_directions(self.readout, ids, Method.WHITENED).to(torch.float32))
+            whitened = candidate_directions(self.readout, ids, Method.WHITENED).to(torch.float32)
+            self.record_theta(ids, whitened, gram=gram, gram_rows=gram_rows)
 
     def check(self) -> None:
         if self.should_stop is not None and self.should_stop():
@@ -242,7 +269,15 @@ def _own_direction_phase(phase: _Phase) -> None:
             return readout.own_logits64_at(ids[rows], cand)
 
         gap, runner, product = _screen_gaps(
-            readout, lit_rows32, c32, Z32, ids, err, exact_own, keep_product=own_is_witness and phase.theta
+            readout,
+            lit_rows32,
+            c32,
+            Z32,
+            ids,
+            err,
+            exact_own,
+            phase.scratch,
+            product_role="own product" if own_is_witness and phase.theta else None,
         )
         hard = gap <= 0
         idx = ids.cpu().numpy()
@@ -261,11 +296,10 @@ def _own_direction_phase(phase: _Phase) -> None:
             result.tried[idx] |= _TRIED["own"]
             if product is not None:
                 rows = torch.as_tensor(np.nonzero(ok & open_)[0], device=device)
-                hit_product = product[rows]
                 # Own direction: the witness is the row itself, so the product is the Gram block
                 # too (when the lit rows are the screening rows).
-                gram = hit_product.clone() if lit_rows32 is rows32 else None
-                phase.record_own_theta(ids[rows], Z32[rows], hit_product, gram)
+                gram = product if lit_rows32 is rows32 else None
+                phase.record_own_theta(ids[rows], Z32[rows], product, rows, gram, rows)
                 if lit_rows32 is rows32:
                     # The tokens still open try the first candidate family now, while this
                     # product (their Gram block) is at hand for their theta bounds.
@@ -273,11 +307,7 @@ def _own_direction_phase(phase: _Phase) -> None:
                     still = (result.verdicts[idx] == PENDING) & ((result.tried[idx] & _TRIED[family]) == 0)
                     rows = torch.as_tensor(np.nonzero(still)[0], device=device)
                     if len(rows):
-                        # The bounds overwrite the Gram block: hand over the product itself
-                        # when every row is wanted (it is not needed after this).
-                        gram = product if len(rows) == len(ids) else product[rows]
-                        _family_chunk(phase, family, ids[rows], gram=gram)
-            del product
+                        _family_chunk(phase, family, ids[rows], gram=product, gram_rows=rows)
         report(0.0, 0.45, k + len(idx), len(todo), "own direction")
         save()
     save(force=True)
@@ -320,10 +350,16 @@ def _candidate_phase(phase: _Phase) -> None:
     save(force=True)
 
 
-def _family_chunk(phase: _Phase, family: Method, ids: torch.Tensor, gram: Optional[torch.Tensor] = None) -> None:
+def _family_chunk(
+    phase: _Phase,
+    family: Method,
+    ids: torch.Tensor,
+    gram: Optional[torch.Tensor] = None,
+    gram_rows: Optional[torch.Tensor] = None,
+) -> None:
     """One candidate family for a chunk of open tokens; with the theta bounds, those it
-    settles get theirs, reusing this pass's product and ``gram`` (``rows32[ids] @ rows32.T``,
-    float32) when given."""
+    settles get theirs, reusing this pass's product and ``gram`` (float32 ``rows32[ids] @
+    rows32.T``, token i in row ``gram_rows[i]``, or row i) when given."""
     readout, result, device = phase.readout, phase.result, phase.device
     rows32, c32 = readout.screen_table()
     Z32 = candidate_directions(readout, ids, family).to(torch.float32)
@@ -337,17 +373,14 @@ def _family_chunk(phase: _Phase, family: Method, ids: torch.Tensor, gram: Option
     # The theta bounds may reuse the product when it is exactly theirs: Z32 is already in
     # the reachable subspace to the last bit.
     reuse = phase.theta and torch.equal(readout.project(Z64).to(torch.float32), Z32)
-    gap, _, product = _screen_gaps(readout, rows32, c32, Z32, ids, err, exact_family, keep_product=reuse)
+    role = "family product" if reuse else None
+    gap, _, product = _screen_gaps(readout, rows32, c32, Z32, ids, err, exact_family, phase.scratch, product_role=role)
     tol = readout.speak_tolerance(float(z_norms.max()))
     ok = (gap > tol).cpu().numpy()
     if phase.theta:
         rows = torch.as_tensor(np.nonzero(ok)[0], device=device)
-
-        def taken(table):  # the bounds overwrite it: no copy when every row is wanted
-            return None if table is None else table if len(rows) == len(ids) else table[rows]
-
-        phase.record_theta(ids[rows], Z32[rows], taken(product), taken(gram))
-    del product
+        settled_gram_rows = rows if gram_rows is None else gram_rows[rows]
+        phase.record_theta(ids[rows], Z32[rows], product, rows, gram, settled_gram_rows)
     idx = ids.cpu().numpy()
     hit = idx[ok]
     result.verdicts[hit] = SPEAKABLE
