@@ -108,6 +108,12 @@ def settle_row(ranks: Sequence[int], below: int) -> Optional[int]:
     return row
 
 
+def column_depth(column: Sequence["LensCell"], top_k: int) -> Depth:
+    """Prediction depth of one grid column (its cells, rows in order, none PENDING)."""
+    ranks = [cell.final_top1_rank for cell in column]
+    return Depth(top1=settle_row(ranks, 1), topk=settle_row(ranks, top_k))
+
+
 @dataclass
 class LensResult:
     model: str
@@ -142,8 +148,7 @@ class LensResult:
             if any(cell is PENDING for cell in column):
                 out.append(Depth(top1=None, topk=None))
                 continue
-            ranks = [cell.final_top1_rank for cell in column]
-            out.append(Depth(top1=settle_row(ranks, 1), topk=settle_row(ranks, k)))
+            out.append(column_depth(column, k))
         return out
 
     @property

@@ -13,14 +13,13 @@ from __future__ import annotations
 
 from typing import Any, Iterator, Sequence
 
-from lenstui.core.lens_result import PENDING, Depth, settle_row
+from lenstui.core.lens_result import PENDING, Depth, column_depth
 
 _UNKNOWN = Depth(top1=None, topk=None)
 
 
 class StreamGrid:
     def __init__(self, n_rows: int, n_columns: int):
-        self.n_columns = n_columns
         self._rows = [StreamRow(n_columns) for _ in range(n_rows)]
         self._depth: list[Depth] = [_UNKNOWN] * n_columns
 
@@ -63,11 +62,7 @@ class StreamGrid:
         from_arrays = getattr(grid, "depth", None)  # a PackedGrid reads its arrays
         if callable(from_arrays):
             return from_arrays(top_k)
-        out = []
-        for column in range(n_columns):
-            ranks = [row[column].final_top1_rank for row in grid]
-            out.append(Depth(top1=settle_row(ranks, 1), topk=settle_row(ranks, top_k)))
-        return out
+        return [column_depth([row[column] for row in grid], top_k) for column in range(n_columns)]
 
 
 class StreamRow:
@@ -97,7 +92,3 @@ class StreamRow:
 
     def __iter__(self) -> Iterator[Any]:
         return (self[c] for c in range(len(self._cells)))
-
-    def is_pending(self, column: int) -> bool:
-        """Whether the column has not arrived (reads no cell)."""
-        return self._cells[column] is PENDING
