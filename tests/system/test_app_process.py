@@ -14,13 +14,12 @@ import sys
 import textwrap
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 TIMEOUT = 400
 
 SCRIPT_HEAD = """
 import asyncio, json, os, signal, sys
-sys.path.insert(0, {tests!r})
-from apphelpers import RecordingApp, settle, until
+from testkit.apphelpers import RecordingApp, settle, until
 
 async def main():
     app = RecordingApp("The Eiffel Tower is located in the city of")
@@ -31,7 +30,7 @@ async def main():
 
 
 def _run(body: str, tmp_path) -> dict:
-    script = SCRIPT_HEAD.format(tests=str(ROOT / "tests")) + textwrap.indent(textwrap.dedent(body), " " * 8)
+    script = SCRIPT_HEAD + textwrap.indent(textwrap.dedent(body), " " * 8)
     script += "\nasyncio.run(main())\n"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "XDG_STATE_HOME": str(tmp_path / "state")}
     env.pop("LENSTUI_IN_PROCESS", None)

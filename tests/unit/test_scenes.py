@@ -19,7 +19,7 @@ from lenstui.store import atomic
 from lenstui.talks import format as scenes
 from lenstui.talks.format import Cursor, Scene, append_scene, load_talk, parse_scene, scene_to_toml, token_spec
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SEEDS = ROOT / "talks" / "seeds.toml"
 
 

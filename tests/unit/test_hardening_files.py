@@ -27,7 +27,7 @@ import pytest
 from lenstui.core.errors import InputError, LenstuiError, quoted
 from lenstui.store.atomic import write_text_atomic
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 DEEP = "x = " + "[" * 100_000 + "]" * 100_000 + "\n"  # tomllib: RecursionError
 MEGA = "é" * 1_000_000
 

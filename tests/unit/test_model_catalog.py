@@ -16,7 +16,7 @@ from lenstui.store import model_catalog
 from lenstui.store.config import load_config
 from lenstui.store.model_catalog import discover_models, hf_cache_entries
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 REV = "0123456789abcdef0123456789abcdef01234567"
 
 

@@ -60,7 +60,7 @@ import sys
 import textwrap
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def run_fresh(code: str, tmp_path) -> subprocess.CompletedProcess:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from apphelpers import EIFFEL, grid_lines, settle, until
+from testkit.apphelpers import EIFFEL, grid_lines, settle, until
 
 from lenstui.tui.screens.compare import CompareScreen
 from lenstui.tui.screens.pin_prompt import PinPrompt

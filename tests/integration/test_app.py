@@ -1,7 +1,7 @@
 """The explorer driven by Textual's Pilot on the real embedded model.
 
 The apps come from conftest's ``make_app`` (the embedded model through the app's
-loader, notices kept); tests await the worker's answers with ``apphelpers.settle``.
+loader, notices kept); tests await the worker's answers with ``testkit.apphelpers.settle``.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import asyncio
 import json
 
 import pytest
-from apphelpers import EIFFEL, SETTLE_TIMEOUT, RecordingApp, grid_lines, row, settle
+from testkit.apphelpers import EIFFEL, SETTLE_TIMEOUT, RecordingApp, grid_lines, row, settle
 
 from lenstui.tui.widgets.grid import LensGrid
 

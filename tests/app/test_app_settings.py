@@ -19,7 +19,7 @@ def test_the_shipped_themes_load_and_include_dark_light_and_contrast():
 
 
 def test_the_top_level_themes_folder_is_the_shipped_one():
-    top_level = Path(__file__).resolve().parent.parent / "themes"
+    top_level = Path(__file__).resolve().parents[2] / "themes"
     assert top_level.resolve() == shipped_theme_dir().resolve()
 
 

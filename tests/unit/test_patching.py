@@ -1,5 +1,5 @@
 """The causal lens (``lenstui.engine.patching``) against an independent patcher: plain
-PyTorch forward hooks on a plain Hugging Face model (``tests/patch_reference.py``), on
+PyTorch forward hooks on a plain Hugging Face model (``testkit/patch_reference.py``), on
 the tiny models and on the embedded SmolLM2 (its dequantized weights loaded again with
 transformers, eager attention).
 
@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from patch_reference import Plain
+from testkit.patch_reference import Plain
 
 from lenstui.core.errors import InputError
 from lenstui.core.patch_result import attention_counts, in_cone, patch_cone, steer_cone

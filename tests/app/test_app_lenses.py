@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from apphelpers import EIFFEL, RecordingApp, settle, until
+from testkit.apphelpers import EIFFEL, RecordingApp, settle, until
 
 from lenstui.engine.lens import learned
 from lenstui.jobs.protocol import FitLens

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from apphelpers import RecordingApp
+from testkit.apphelpers import RecordingApp
 
 from lenstui.engine.lens.run import run_lens
 from lenstui.engine.model.load import load_model

@@ -2,8 +2,8 @@
 
 The real embedded model on a fixed prompt; the app hides timings and the cache state
 (``show_timings=False``) so the screen is the same on every run. Regenerate after a
-deliberate UI change with ``pytest tests/test_snapshots.py --snapshot-update`` and
-look at the SVGs in tests/__snapshots__/ before committing them.
+deliberate UI change with ``pytest tests/integration/test_snapshots.py --snapshot-update`` and
+look at the SVGs in tests/integration/__snapshots__/ before committing them.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ the grid's cursor drives them, their keys reach the worker, their answers come b
 from __future__ import annotations
 
 import pytest
-from apphelpers import EIFFEL, grid_lines, settle, until
+from testkit.apphelpers import EIFFEL, grid_lines, settle, until
 
 from lenstui.jobs.protocol import ScanVocabulary
 from lenstui.tui.panes.inspector import WiredInspector

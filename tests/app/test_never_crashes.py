@@ -1,7 +1,7 @@
 """The explorer never crashes: the two crashes of issue 18 at their root, and the safety
 net that turns any other unexpected exception into a notice and a crash-log entry.
 
-The streamed grid is made deterministic with ``apphelpers.LensGate``: the lens run stops
+The streamed grid is made deterministic with ``testkit.apphelpers.LensGate``: the lens run stops
 after its first partial (the columns in view), or before its answer when it has nothing to
 stream, until the test lets it go on, so the keys below land while the grid still holds
 ``PENDING`` columns (or the run is still in flight), every time.
@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import pytest
-from apphelpers import LensGate, grid_lines, settle, until
+from testkit.apphelpers import LensGate, grid_lines, settle, until
 
 from lenstui.core.lens_result import PENDING
 from lenstui.jobs.protocol import Request, RunLens
@@ -460,7 +460,7 @@ async def test_a_lens_run_in_flight_never_paints_over_the_scene_shown(tmp_path, 
     """Found by the walk in present mode: `u` (a lens run of scene 1 without its target),
     then PgDn before that run answered: the run's answer replaced scene 2's grid, so the
     grid showed scene 1's prompt under scene 2's prompt line and steps."""
-    from apphelpers import RecordingPresenter
+    from testkit.apphelpers import RecordingPresenter
 
     from lenstui.talks.format import load_talk
 
@@ -492,7 +492,7 @@ async def test_a_scene_shown_while_a_typed_prompt_waits_for_its_debounce_settles
     forever (lens_settled never set again: tests and the benchmark hang on it)."""
     import asyncio
 
-    from apphelpers import RecordingPresenter
+    from testkit.apphelpers import RecordingPresenter
 
     from lenstui.talks.format import load_talk
 

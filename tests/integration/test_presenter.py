@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from apphelpers import RecordingPresenter
+from testkit.apphelpers import RecordingPresenter
 from textual.widgets import Footer
 
 from lenstui.engine.lens.run import run_lens

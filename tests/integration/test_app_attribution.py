@@ -9,7 +9,7 @@ import threading
 from typing import ClassVar
 
 import pytest
-from apphelpers import settle, until
+from testkit.apphelpers import settle, until
 from textual.widgets import OptionList, Static
 
 from lenstui.core.errors import InputError

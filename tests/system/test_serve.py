@@ -32,7 +32,7 @@ import pytest
 from lenstui.cli import build_parser, main, serve_cmd
 from testkit.serve_standin import tab_pids
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = "/usr/bin/chromium"
 CHROME_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--no-first-run"]
 EIFFEL = "The Eiffel Tower is located in the city of"

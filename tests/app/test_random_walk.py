@@ -1,4 +1,4 @@
-"""The random walk of the whole explorer (``tests/walk.py``): Hypothesis picks sequences of
+"""The random walk of the whole explorer (``testkit/walk.py``): Hypothesis picks sequences of
 keys, typed text, palette commands, model switches, resizes and pauses; after every step
 nothing was caught by the safety net, the cursor is inside the shown result and the prompt
 line is what was typed, and once idle the grid is a fresh ``run_lens`` of that prompt.
@@ -13,7 +13,7 @@ Two profiles of the same machine:
 
 Both are derandomized (the same examples every run, so ``make test`` is stable). For a
 longer exploration with fresh examples: ``LENSTUI_WALK_EXAMPLES=300 LENSTUI_WALK_RANDOM=1
-pytest tests/test_random_walk.py -k tiny``; failures found are kept below as plain tests
+pytest tests/app/test_random_walk.py -k tiny``; failures found are kept below as plain tests
 replaying the steps Hypothesis printed.
 """
 
@@ -23,10 +23,10 @@ import os
 import time
 
 import pytest
-from apphelpers import RecordingApp, RecordingPresenter
+from testkit.apphelpers import RecordingApp, RecordingPresenter
 from hypothesis import HealthCheck, Phase, settings
 from hypothesis.stateful import run_state_machine_as_test
-from walk import ExplorerWalk, PresenterWalk
+from testkit.walk import ExplorerWalk, PresenterWalk
 
 from lenstui.core.errors import InputError
 from lenstui.jobs import handlers
@@ -231,7 +231,7 @@ def test_random_walk_in_present_mode(walk_setup, tmp_path, tiny_llama):
 def test_present_mode_settles_after_scene_jumps_over_a_stream(walk_setup, tmp_path, tiny_llama):
     """The steps of a long walk (LENSTUI_WALK_EXAMPLES=200) that never settled: typing in
     the prompt, then scene keys before the debounce ran out (the deterministic form of it is
-    tests/test_never_crashes.py's test_a_scene_shown_while_a_typed_prompt_waits_for_its_debounce_settles)."""
+    tests/app/test_never_crashes.py's test_a_scene_shown_while_a_typed_prompt_waits_for_its_debounce_settles)."""
     state = _presenter_walk(tmp_path, tiny_llama)()
     steps = [
         ("start", dict(size=(120, 40))),

@@ -7,7 +7,7 @@ generates under the steer, Esc clears it. Every number shown is the engine's."""
 from __future__ import annotations
 
 import pytest
-from apphelpers import settle, until
+from testkit.apphelpers import settle, until
 from textual.widgets import DataTable
 
 from lenstui.core.patch_result import PatchResult, SteerResult

@@ -1,5 +1,5 @@
 """A random walk through the whole explorer: a Hypothesis state machine driving the real
-``LenstuiApp`` with the Pilot (``tests/test_random_walk.py`` runs it).
+``LenstuiApp`` with the Pilot (``tests/app/test_random_walk.py`` runs it).
 
 Each example is one app, started in its own thread with its own asyncio loop (``Driver``)
 and kept running between the steps, as a user's app runs between their keys: timers
@@ -342,7 +342,7 @@ def check_grid_against_a_fresh_run(app, model) -> str:
     shown = app.grid.result
     causal_run = app.causal.shown
     if causal_run is not None:
-        # A patched or steered run is on the grid (the causal lens: tests/test_patching.py
+        # A patched or steered run is on the grid (the causal lens: tests/unit/test_patching.py
         # holds its numbers to independent hooks); the clean run under it must still be
         # the prompt's lens, which is what is checked here.
         causal_grid = getattr(causal_run, "patched", None) or getattr(causal_run, "steered", None)

@@ -240,7 +240,7 @@ def test_two_processes_hashing_at_once_both_keep_their_digest(tmp_path, monkeypa
         "import sys; from pathlib import Path; from lenstui.engine.model.load import gguf_digest; "
         "[gguf_digest(Path(p)) for p in sys.argv[1:]]"
     )
-    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent))
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2]))
     procs = [
         subprocess.Popen([sys.executable, "-c", code, *map(str, files[k::2])], env=env) for k in range(2)
     ]
