@@ -13,12 +13,27 @@ import asyncio
 import threading
 
 from lenstui.jobs.handlers import run_lens_handler
+from lenstui.jobs.protocol import RunLens
 from lenstui.tui.app import LenstuiApp
 from lenstui.tui.presenter import PresenterApp
 from lenstui.tui.widgets.grid import LensGrid
+from lenstui.tui.widgets.status import StatusBar
 
 EIFFEL = "The Eiffel Tower is located in the city of"
 SETTLE_TIMEOUT = 300
+
+# About 150 tokens: long enough that the stream has several chunks after the first.
+LONG_PROMPT = (
+    "The history of the lighthouse begins with fires lit on hilltops to guide ships home. "
+    "Later, towers were built of stone, and keepers climbed their stairs every evening to "
+    "trim the wicks and polish the lenses. The most famous of the ancient lights stood at "
+    "Alexandria, where a great tower rose above the harbour for more than a thousand years. "
+    "In the nineteenth century, the Fresnel lens changed everything: a ring of glass prisms "
+    "could bend the light of a single lamp into a beam that sailors saw from twenty miles "
+    "away. Today most lighthouses run without keepers, their lamps switched by clocks and "
+    "sensors, but people still visit them to climb the stairs and look out over the sea, "
+    "wondering what the keepers saw on the long nights of winter when storms came in."
+)
 
 
 class KeepsNotices:
@@ -126,3 +141,23 @@ class LensGate:
             if self._open.wait(0.05) or ctx.should_stop():
                 break
         self.holding.clear()
+
+
+def palette_command(app, title: str):
+    """The callback of the command palette's entry ``title`` on the current screen."""
+    for command in app.get_system_commands(app.screen):
+        if command.title == title:
+            return command.callback
+    raise AssertionError(f"no palette entry {title!r}")
+
+
+def status_text(app) -> str:
+    """The status bar's text as the user reads it."""
+    return app.query_one(StatusBar).render().plain
+
+
+def gate_lens_runs(app) -> "LensGate":
+    """A ``LensGate`` that every lens run of ``app`` now goes through."""
+    gate = LensGate()
+    app.register_handler(RunLens, gate.handler)
+    return gate

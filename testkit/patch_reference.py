@@ -12,11 +12,19 @@ interventions, each a dict:
     {"kind": "steer", "layer": L, "from": P, "vector": v}   # added to layer L's output at positions >= P
 
 ``value`` None is a zero ablation.
+
+Below ``Plain``: the reference values and checks the causal-lens tests share
+(tests/unit/test_patching.py on the tiny models, tests/integration/test_patching_embedded.py).
 """
 
 from __future__ import annotations
 
+import pytest
 import torch
+
+from lenstui.core.patch_result import in_cone
+
+TOL = 1e-5  # how close a patched run's probabilities must be to the reference's
 
 
 class Plain:
@@ -148,3 +156,105 @@ def _apply(iv, x):
         x[:, iv["from"] :] += iv["vector"].to(x.dtype)
     else:
         x[:, iv["pos"]] = 0 if iv.get("value") is None else iv["value"]
+
+
+def reference_value(plain: Plain, rec_b, rec_a, spec, n_a: int):
+    """What the reference writes for ``spec`` (a PatchSpec)."""
+    if spec.source == "zero":
+        return None
+    if spec.source == "prompt":
+        rec, positions = rec_b, [spec.from_position]
+    else:
+        rec, positions = rec_a, list(range(1, n_a))
+    if spec.component == "resid":
+        rows = rec["stack"][spec.layer + 1][positions]
+    elif spec.component == "head":
+        rows = rec["z"][spec.layer][positions, spec.head]
+    else:
+        rows = rec[spec.component][spec.layer][positions]
+    return rows.mean(0) if spec.source == "mean" else rows[0]
+
+
+def reference_intervention(plain, rec_b, rec_a, spec, n_a):
+    iv = {"kind": spec.component, "layer": spec.layer, "pos": spec.position,
+          "value": reference_value(plain, rec_b, rec_a, spec, n_a)}
+    if spec.component == "head":
+        iv["head"] = spec.head
+    return iv
+
+
+def assert_final_rows_match(patched, probs: torch.Tensor, first: int = 0, tol: float = TOL) -> float:
+    """A lens grid's final row at every position from ``first`` on against the
+    reference's softmax there (top-k by id, the target, the tracked tokens). Returns the
+    worst gap."""
+    worst = 0.0
+    for col, pos in enumerate(patched.column_positions):
+        if pos < first:
+            continue
+        cell = patched.grid[-1][col]
+        ref = probs[pos]
+        gaps = [abs(float(ref[t.id]) - t.prob) for t in cell.top]
+        gaps.append(abs(float(ref[patched.targets[col].id]) - cell.target_prob))
+        gaps += [abs(float(ref[t.id]) - t.prob) for t in cell.tracked]
+        # and nothing the reference ranks above the engine's k-th token is missing
+        kth = cell.top[-1].prob
+        outside = [i for i in torch.topk(ref, len(cell.top)).indices.tolist() if i not in {t.id for t in cell.top}]
+        gaps += [max(0.0, float(ref[i]) - kth) for i in outside]
+        worst = max(worst, max(gaps))
+    assert worst < tol, f"final rows differ from the independent patch by {worst:.2e}"
+    return worst
+
+
+def row_residual(rec, label: str) -> torch.Tensor:
+    if label == "embed":
+        return rec["stack"][0]
+    block, _, mid = label[1:].partition(".")
+    return rec["mid"][int(block)] if mid else rec["stack"][int(block) + 1]
+
+
+def reference_row_probs(plain: Plain, residual: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return torch.softmax(plain.hf.lm_head(plain.norm(residual)).double(), dim=-1)
+
+
+def check_cone(result, plain: Plain, rec_clean, rec_patched, tol: float = TOL) -> None:
+    """The cone against the reference's residual stacks, and every engine cell against
+    the reference's readout (inside) or the clean cell (outside)."""
+    layers = result.patched.layers
+    n = len(result.patched.tokens)
+    for row, label in enumerate(layers):
+        clean_res = row_residual(rec_clean, label)
+        patched_res = row_residual(rec_patched, label)
+        moved = (patched_res - clean_res).abs().amax(dim=-1)  # [pos]
+        scale = clean_res.abs().amax(dim=-1).clamp_min(1.0)
+        for pos in range(n):
+            inside = in_cone(result.cone, row, pos)
+            if not inside:
+                assert float(moved[pos]) <= 1e-6 * float(scale[pos]), (
+                    f"{label}@{pos} is outside the cone but the reference's residual moved by {float(moved[pos]):.2e}"
+                )
+            elif row == result.cone[pos]:
+                assert float(moved[pos]) > 0.0, f"{label}@{pos} opens the cone but did not move in the reference"
+        probs = reference_row_probs(plain, patched_res)
+        for pos in range(n):
+            cell, clean_cell = result.patched.grid[row][pos], result.clean.grid[row][pos]
+            if in_cone(result.cone, row, pos):
+                gaps = [abs(float(probs[pos, t.id]) - t.prob) for t in cell.top]
+                gaps.append(abs(float(probs[pos, result.patched.targets[pos].id]) - cell.target_prob))
+                assert max(gaps) < tol, f"{label}@{pos}: {max(gaps):.2e} from the reference"
+            else:
+                assert [t.id for t in cell.top] == [t.id for t in clean_cell.top]
+                assert [t.prob for t in cell.top] == pytest.approx([t.prob for t in clean_cell.top], abs=1e-6)
+                assert cell.target_prob == pytest.approx(clean_cell.target_prob, abs=1e-6)
+                assert result.kl[row][pos] == 0.0
+                assert result.target_after[row][pos] == result.target_before[row][pos]
+
+
+def reference_steer(plain: Plain, ids, toward: int, layer: int, alpha: float, position: int, away=None):
+    _, rec = plain.run(ids)
+    scale = float(rec["stack"][layer + 1].norm(dim=-1).median())
+    direction = plain.effective_row(toward)
+    if away is not None:
+        direction = direction - plain.effective_row(away)
+    vector = alpha * scale * direction / direction.norm()
+    return {"kind": "steer", "layer": layer, "from": position, "vector": vector}, scale

@@ -30,20 +30,24 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import math
+import os
 import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Optional
 
+from hypothesis import HealthCheck, Phase, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from lenstui.core.errors import InputError
 from lenstui.core.lens_result import PENDING
+from lenstui.jobs import handlers
 from lenstui.tui.commands import ModelChosen
 from lenstui.tui.panes.prompt import PRESETS
 from lenstui.tui.screens.attribution import AttributionScreen
 from lenstui.tui.screens.trajectory import TrajectoryScreen
+from testkit.apphelpers import RecordingApp
 
 CHECK_EVERY = 3  # steps between idle checks at least (the teardown checks too)
 STEP_TIMEOUT = 120  # seconds one step may take before the walk calls the app stuck
@@ -666,7 +670,6 @@ class ExplorerWalk(RuleBasedStateMachine):
         seconds["invariants"] = seconds.get("invariants", 0.0) + time.perf_counter() - started
 
 
-
 def key_event(key: str):
     """The Key event a terminal sends for ``key`` (a Pilot name or a character). Pilot's own
     conversion drops the character of an emoji (no input would type it)."""
@@ -766,3 +769,80 @@ class PresenterWalk(ExplorerWalk):
     @rule(keys=st.lists(st.sampled_from(SCENE_KEYS), min_size=1, max_size=4), pause=PAUSES)
     def scene_keys(self, keys, pause: float) -> None:
         self._press(tuple(keys), pause)
+
+
+# ---------------------------------------------------------------- running a walk (tests/app/test_random_walk.py,
+# tests/integration/test_random_walk_embedded.py)
+
+PACE_SECONDS = 0.03  # after each partial: the tiny model's lens streams for a while
+UNOPENABLE = "no/such-model"
+
+
+def walk_settings(examples: int, steps: int) -> settings:
+    random = bool(os.environ.get("LENSTUI_WALK_RANDOM"))
+    return settings(
+        max_examples=int(os.environ.get("LENSTUI_WALK_EXAMPLES", examples)),
+        stateful_step_count=int(os.environ.get("LENSTUI_WALK_STEPS", steps)),
+        deadline=None,
+        derandomize=not random,
+        database=None,
+        print_blob=True,
+        # Shrinking restarts the app for every attempt (minutes): on for a long run, off in
+        # the suite, where the failing steps are printed as they were.
+        phases=(Phase.explicit, Phase.reuse, Phase.generate) + ((Phase.shrink,) if random else ()),
+        suppress_health_check=list(HealthCheck),
+    )
+
+
+def paced_lens(model, request, ctx):
+    class Paced:
+        def __getattr__(self, name):
+            return getattr(ctx, name)
+
+        def partial(self, value) -> None:
+            ctx.partial(value)
+            time.sleep(PACE_SECONDS)
+
+    return handlers.run_lens_handler(model, request, Paced())
+
+
+def walk_machine(models: dict, first, *, examples: int, steps: int, **options):
+    """(machine class, Hypothesis settings) for these models for these models: ``first`` at start, every spec switchable."""
+    by_spec = {None: first, **{name: model for name, model in models.items()}}
+
+    def loader(spec, **kwargs):
+        if spec not in by_spec:
+            raise InputError(f"No model called {spec!r} here.")
+        return by_spec[spec]
+
+    def make_app(prompt: str):
+        return RecordingApp(prompt, loader=loader, show_timings=False)
+
+    attributes = dict(
+        make_app=staticmethod(make_app),
+        models={model.name: model for model in (first, *models.values())},
+        specs=("", *models, UNOPENABLE) if models else ("",),
+        stats={},
+        **options,
+    )
+    machine = type("Walk", (ExplorerWalk,), attributes)
+    return machine, walk_settings(examples, steps)
+
+
+def report_walk(name: str, machine, started: float) -> None:
+    stats = machine.stats
+    seconds = time.perf_counter() - started
+    print(
+        f"\n{name}: {stats.get('examples', 0)} examples, {stats.get('steps', 0)} steps "
+        f"({stats.get('keys', 0)} keys, {len(stats.get('commands', ()))} distinct palette commands), "
+        f"idle checks {stats.get('idle checks', {})}, {seconds:.0f} s"
+    )
+    print(
+        f"  keys while the lens streams: {stats.get('keys while the lens streams', 0)}; "
+        f"typing bursts: {stats.get('typing bursts', 0)}; scenes shown: {stats.get('scenes shown', 0)}; "
+        f"keys by screen: {stats.get('keys by screen', {})}"
+    )
+    spent = sorted(stats.get("seconds", {}).items(), key=lambda item: -item[1])
+    print("  seconds per kind of step: " + ", ".join(f"{name} {s:.1f}" for name, s in spent))
+
+

@@ -13,20 +13,14 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import pytest
-from testkit.apphelpers import LensGate, grid_lines, settle, until
 
 from lenstui.core.lens_result import PENDING
 from lenstui.jobs.protocol import Request, RunLens
 from lenstui.tui.screens.attribution import AttributionScreen
+from testkit.apphelpers import gate_lens_runs, grid_lines, settle, until
 
 # The tiny tokenizer was trained on these words: about 20 tokens.
 PROMPT = "The Eiffel Tower is located in the city of Paris. Sometimes, when people say plasma"
-
-
-def _held(app):
-    gate = LensGate()
-    app.register_handler(RunLens, gate.handler)
-    return gate
 
 
 # ---------------------------------------------------------------- 1: the top-k header
@@ -38,7 +32,7 @@ async def test_the_top_k_header_of_a_streamed_grid_whose_first_column_is_pending
     header used to read ``grid[0][0].top`` (AttributeError)."""
     app = make_tiny_app(PROMPT)
     async with app.run_test(size=(120, 40)) as pilot:
-        gate = _held(app)
+        gate = gate_lens_runs(app)
         await settle(app, pilot)
         n = len(app.shown_result.tokens)
         await pilot.press("f4")
@@ -65,7 +59,7 @@ async def test_the_title_of_a_streamed_top_k_view_on_a_pending_position(make_tin
     """The top-k view's title names the position's target: a placeholder has none yet."""
     app = make_tiny_app(PROMPT)
     async with app.run_test(size=(120, 40)) as pilot:
-        gate = _held(app)
+        gate = gate_lens_runs(app)
         await settle(app, pilot)
         await pilot.press("escape", "v")
         gate.hold()
@@ -94,7 +88,7 @@ async def test_attribution_takes_the_cell_from_the_result_on_screen(make_tiny_ap
     whole, so here a longer prompt edited at its start, every column new, streams.)"""
     app = make_tiny_app(PROMPT)
     async with app.run_test(size=(120, 40)) as pilot:
-        gate = _held(app)
+        gate = gate_lens_runs(app)
         await settle(app, pilot)
         n = len(app.shown_result.tokens)
         gate.hold()
@@ -121,7 +115,7 @@ async def test_steps_undos_and_view_switches_keep_every_key_on_a_real_cell(make_
     mixed while the grid streams; each key reads the cell on screen."""
     app = make_tiny_app(PROMPT)
     async with app.run_test(size=(120, 40)) as pilot:
-        gate = _held(app)
+        gate = gate_lens_runs(app)
         await settle(app, pilot)
         await pilot.press("escape")
         for keys in (("ctrl+n",), ("ctrl+n",), ("ctrl+b",), ("f4",), ("ctrl+b",), ("f4", "end")):
@@ -136,30 +130,6 @@ async def test_steps_undos_and_view_switches_keep_every_key_on_a_real_cell(make_
             await settle(app, pilot)
         await pilot.press("i", "end", "backspace", "backspace", "enter")
         await settle(app, pilot)
-        assert not app.crashes
-
-
-@pytest.mark.integration
-async def test_the_issue_sequence_on_the_embedded_model(make_app):
-    """The first crash as the issue found it, on the embedded model (a long prompt,
-    F4, Home, X, Enter), held at the gate so the frame with the placeholder is drawn."""
-    from test_lens_stream import LONG_PROMPT
-
-    app = make_app(LONG_PROMPT)
-    async with app.run_test(size=(120, 40)) as pilot:
-        gate = _held(app)
-        await settle(app, pilot)
-        await pilot.press("f4")
-        gate.hold()
-        await pilot.press("home", "X", "enter")
-        await until(pilot, lambda: gate.holding.is_set() and app.grid.streaming, "the streamed grid")
-        assert "#1" in grid_lines(app)[0]
-        await pilot.press("escape", "a")
-        await until(pilot, lambda: isinstance(app.screen, AttributionScreen), "the attribution screen")
-        assert app.screen.request.prompt_ids == tuple(app.grid.result.token_ids)
-        gate.release()
-        await settle(app, pilot)
-        assert app.grid.result.tokens[0].text.startswith("X")
         assert not app.crashes
 
 
@@ -460,15 +430,14 @@ async def test_a_lens_run_in_flight_never_paints_over_the_scene_shown(tmp_path, 
     """Found by the walk in present mode: `u` (a lens run of scene 1 without its target),
     then PgDn before that run answered: the run's answer replaced scene 2's grid, so the
     grid showed scene 1's prompt under scene 2's prompt line and steps."""
-    from testkit.apphelpers import RecordingPresenter
-
     from lenstui.talks.format import load_talk
+    from testkit.apphelpers import RecordingPresenter
 
     path = tmp_path / "talk.toml"
     path.write_text(TINY_TALK, encoding="utf-8")
     app = RecordingPresenter(load_talk(path), loader=lambda spec, **kw: tiny_llama)
     async with app.run_test(size=(120, 40)) as pilot:
-        gate = _held(app)
+        gate = gate_lens_runs(app)
         await until(pilot, lambda: app.scene_settled.is_set() and len(app.renders) == 2, "both scenes")
         await settle(app, pilot)
         gate.hold()
@@ -492,9 +461,8 @@ async def test_a_scene_shown_while_a_typed_prompt_waits_for_its_debounce_settles
     forever (lens_settled never set again: tests and the benchmark hang on it)."""
     import asyncio
 
-    from testkit.apphelpers import RecordingPresenter
-
     from lenstui.talks.format import load_talk
+    from testkit.apphelpers import RecordingPresenter
 
     path = tmp_path / "talk.toml"
     path.write_text(TINY_TALK, encoding="utf-8")

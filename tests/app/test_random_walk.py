@@ -8,7 +8,7 @@ Two profiles of the same machine:
 - ``test_random_walk_on_tiny_models``: the tiny random Llama and GPT-2 (switching between
   them, and to a model that cannot be opened), the lens paced so keys land while it
   streams (a few ms between partials of 4 positions): hundreds of steps in about a minute;
-- ``test_random_walk_on_the_embedded_model`` (integration): SmolLM2-135M with its chat
+- ``test_random_walk_on_the_embedded_model`` (tests/integration/test_random_walk_embedded.py): SmolLM2-135M with its chat
   template, a bounded number of shorter examples.
 
 Both are derandomized (the same examples every run, so ``make test`` is stable). For a
@@ -19,19 +19,13 @@ replaying the steps Hypothesis printed.
 
 from __future__ import annotations
 
-import os
 import time
 
-import pytest
-from testkit.apphelpers import RecordingApp, RecordingPresenter
-from hypothesis import HealthCheck, Phase, settings
 from hypothesis.stateful import run_state_machine_as_test
-from testkit.walk import ExplorerWalk, PresenterWalk
 
-from lenstui.core.errors import InputError
-from lenstui.jobs import handlers
-from lenstui.jobs.protocol import RunLens
 from lenstui.talks.format import load_talk
+from testkit.apphelpers import RecordingPresenter
+from testkit.walk import PresenterWalk, report_walk, walk_machine, walk_settings
 
 # A talk for the tiny models: scenes that show, and scenes that cannot (a token the
 # vocabulary lacks, steps past the context, a view that does not exist).
@@ -79,74 +73,6 @@ prompt = "hello bytes"
 view = "sideways"
 '''
 
-PACE_SECONDS = 0.03  # after each partial: the tiny model's lens streams for a while
-UNOPENABLE = "no/such-model"
-
-
-def _walk_settings(examples: int, steps: int) -> settings:
-    random = bool(os.environ.get("LENSTUI_WALK_RANDOM"))
-    return settings(
-        max_examples=int(os.environ.get("LENSTUI_WALK_EXAMPLES", examples)),
-        stateful_step_count=int(os.environ.get("LENSTUI_WALK_STEPS", steps)),
-        deadline=None,
-        derandomize=not random,
-        database=None,
-        print_blob=True,
-        # Shrinking restarts the app for every attempt (minutes): on for a long run, off in
-        # the suite, where the failing steps are printed as they were.
-        phases=(Phase.explicit, Phase.reuse, Phase.generate) + ((Phase.shrink,) if random else ()),
-        suppress_health_check=list(HealthCheck),
-    )
-
-
-def _paced_lens(model, request, ctx):
-    class Paced:
-        def __getattr__(self, name):
-            return getattr(ctx, name)
-
-        def partial(self, value) -> None:
-            ctx.partial(value)
-            time.sleep(PACE_SECONDS)
-
-    return handlers.run_lens_handler(model, request, Paced())
-
-
-@pytest.fixture
-def walk_setup(tmp_path, monkeypatch):
-    """Exports into the test's folder; more, smaller and paced lens chunks."""
-    config = tmp_path / "config"
-    config.mkdir(exist_ok=True)
-    # A quick typist's debounce: the idle checks wait for it.
-    (config / "config.toml").write_text(
-        f'export_dir = "{tmp_path / "exports"}"\ndebounce_ms = 80\n', encoding="utf-8"
-    )
-    monkeypatch.setenv("LENSTUI_CONFIG_DIR", str(config))
-    monkeypatch.setattr(handlers, "STREAM_POSITIONS", 4)
-    monkeypatch.setitem(handlers.HANDLERS, RunLens, _paced_lens)
-
-
-def _walk(models: dict, first, *, examples: int, steps: int, **options):
-    """A machine class for these models: ``first`` at start, every spec switchable."""
-    by_spec = {None: first, **{name: model for name, model in models.items()}}
-
-    def loader(spec, **kwargs):
-        if spec not in by_spec:
-            raise InputError(f"No model called {spec!r} here.")
-        return by_spec[spec]
-
-    def make_app(prompt: str):
-        return RecordingApp(prompt, loader=loader, show_timings=False)
-
-    attributes = dict(
-        make_app=staticmethod(make_app),
-        models={model.name: model for model in (first, *models.values())},
-        specs=("", *models, UNOPENABLE) if models else ("",),
-        stats={},
-        **options,
-    )
-    machine = type("Walk", (ExplorerWalk,), attributes)
-    return machine, _walk_settings(examples, steps)
-
 
 class WalkPresenter(RecordingPresenter):
     """Counts the scenes it puts on screen (the walk takes each one's prompt line)."""
@@ -160,44 +86,12 @@ class WalkPresenter(RecordingPresenter):
         self.scenes_applied += 1
 
 
-def _report(name: str, machine, started: float) -> None:
-    stats = machine.stats
-    seconds = time.perf_counter() - started
-    print(
-        f"\n{name}: {stats.get('examples', 0)} examples, {stats.get('steps', 0)} steps "
-        f"({stats.get('keys', 0)} keys, {len(stats.get('commands', ()))} distinct palette commands), "
-        f"idle checks {stats.get('idle checks', {})}, {seconds:.0f} s"
-    )
-    print(
-        f"  keys while the lens streams: {stats.get('keys while the lens streams', 0)}; "
-        f"typing bursts: {stats.get('typing bursts', 0)}; scenes shown: {stats.get('scenes shown', 0)}; "
-        f"keys by screen: {stats.get('keys by screen', {})}"
-    )
-    spent = sorted(stats.get("seconds", {}).items(), key=lambda item: -item[1])
-    print("  seconds per kind of step: " + ", ".join(f"{name} {s:.1f}" for name, s in spent))
-
-
 def test_random_walk_on_tiny_models(walk_setup, tiny_llama, tiny_gpt2):
-    machine, walk_settings = _walk({"tiny-gpt2": tiny_gpt2}, tiny_llama, examples=16, steps=30)
+    machine, walk_settings = walk_machine({"tiny-gpt2": tiny_gpt2}, tiny_llama, examples=16, steps=30)
     started = time.perf_counter()
     run_state_machine_as_test(machine, settings=walk_settings, _min_steps=10)
-    _report("random walk, tiny models", machine, started)
+    report_walk("random walk, tiny models", machine, started)
     assert machine.stats["steps"] >= walk_settings.max_examples
-
-
-@pytest.mark.integration
-def test_random_walk_on_the_embedded_model(walk_setup, embedded, tiny_gpt2):
-    machine, walk_settings = _walk(
-        {"tiny-gpt2": tiny_gpt2},
-        embedded,
-        examples=3,
-        steps=20,
-        idle_timeout=300.0,
-        skip_commands=("speak: scan the whole vocabulary",),  # minutes on 49,152 tokens
-    )
-    started = time.perf_counter()
-    run_state_machine_as_test(machine, settings=walk_settings, _min_steps=12)
-    _report("random walk, embedded model", machine, started)
 
 
 def _presenter_walk(tmp_path, model):
@@ -221,8 +115,8 @@ def test_random_walk_in_present_mode(walk_setup, tmp_path, tiny_llama):
     prompt, steps, cursor, target, pins, lens, view and theme."""
     machine = _presenter_walk(tmp_path, tiny_llama)
     started = time.perf_counter()
-    run_state_machine_as_test(machine, settings=_walk_settings(6, 25), _min_steps=10)
-    _report("random walk, present mode", machine, started)
+    run_state_machine_as_test(machine, settings=walk_settings(6, 25), _min_steps=10)
+    report_walk("random walk, present mode", machine, started)
 
 
 # ---------------------------------------------------------------- examples a long walk found

@@ -9,12 +9,9 @@ from __future__ import annotations
 import asyncio
 import json
 
-import pytest
-from testkit.apphelpers import EIFFEL, SETTLE_TIMEOUT, RecordingApp, grid_lines, row, settle
 
 from lenstui.tui.widgets.grid import LensGrid
-
-pytestmark = pytest.mark.integration
+from testkit.apphelpers import EIFFEL, SETTLE_TIMEOUT, RecordingApp, grid_lines, row, settle
 
 
 async def test_the_grid_shows_paris_at_the_last_layer(make_app):
@@ -146,21 +143,6 @@ async def test_themes_switch_and_restyle_the_grid(make_app):
         await pilot.pause()
         assert app.theme == "lenstui-contrast"
         assert paris_background() != before
-
-
-async def test_a_failing_model_leaves_the_app_usable():
-    app = RecordingApp("", model="/no/such.gguf")  # the real loader: fails fast
-    async with app.run_test(size=(80, 24)) as pilot:
-        await asyncio.wait_for(app.model_settled.wait(), SETTLE_TIMEOUT)
-        assert any(sev == "error" and "No GGUF file" in msg for sev, msg in app.notices)
-        assert "not loaded: No GGUF file" in str(app.status.render())
-        await pilot.press(*"hello", "enter")
-        await settle(app, pilot)
-        assert any("No model is loaded" in msg for _, msg in app.notices)
-        await pilot.press("f3", "escape", "v", "f1")  # still responsive
-        await pilot.pause()
-        assert app.screen.query("HelpPanel")
-        assert app.worker.alive
 
 
 async def test_an_empty_prompt_is_a_notice_not_a_crash(make_app):

@@ -9,17 +9,14 @@ import threading
 from typing import ClassVar
 
 import pytest
-from testkit.apphelpers import settle, until
 from textual.widgets import OptionList, Static
 
-from lenstui.core.errors import InputError
 from lenstui.engine.attribution import attribute
 from lenstui.jobs.protocol import AttributeCell, CheckSpeakable, Request
 from lenstui.tui.panes.prompt import PRESETS
-from lenstui.tui.screens.attribution import AttributionScreen, attribution_request, lens_row_index
+from lenstui.tui.screens.attribution import AttributionScreen, attribution_request
 from lenstui.tui.widgets.attribution import AttentionRowView, AttributionView, ChartView
-
-pytestmark = pytest.mark.integration
+from testkit.apphelpers import settle, until
 
 PLASMA = next(p for p in PRESETS if p.name == "plasma")
 SAY = 19  # the second " say": the position that predicts the repeated " plasma"
@@ -45,10 +42,6 @@ async def screen_result(app, pilot):
     await until(pilot, lambda: screen.result is not None and screen.result.position == screen.request.position, "the attribution")
     await pilot.pause()
     return screen.result
-
-
-def test_row_labels_map_to_engine_rows():
-    assert [lens_row_index(label) for label in ("embed", "L0", "L29", "L3.attn")] == [0, 1, 30, None]
 
 
 async def test_a_opens_the_attribution_the_engine_computes(make_app, embedded):
@@ -220,24 +213,6 @@ async def test_an_engine_error_reaches_the_user_as_a_notice(make_app):
         assert message.startswith(f"Position {len(ids)} is outside the prompt")
         shown = app.screen.query_one("#attribution-message", Static)
         assert shown.has_class("-error") and "outside the prompt" in str(shown.render())
-
-
-def test_bad_cells_raise_input_error_without_a_model():
-    from lenstui.core.lens_result import LensResult
-    from lenstui.core.tokens import TokenRef
-    from lenstui.tui.widgets.grid import GridCell
-
-    tokens = [TokenRef(1, "a", "a"), TokenRef(2, " b", "Ġb")]
-    result = LensResult("m", "extended", tokens, ["embed", "L0"], [[], []], tokens)
-    cell = GridCell("L0", 1, 1, 0, 7, " c", "Ġc", 0.5)
-    with pytest.raises(InputError, match="extended lens"):
-        attribution_request(result, cell)
-    result = dataclasses.replace(result, lens="logit")
-    request, label = attribution_request(result, cell)
-    assert request == AttributeCell((1, 2), 1, 1, 7, None, 8)
-    assert label == "␣c at ␣b@1 · L0"
-    with pytest.raises(InputError, match="both ␣c"):
-        attribution_request(result, cell, contrast=(7, " c"))
 
 
 def plasma_attribution_before_snapshot():

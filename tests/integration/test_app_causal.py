@@ -7,7 +7,6 @@ generates under the steer, Esc clears it. Every number shown is the engine's."""
 from __future__ import annotations
 
 import pytest
-from testkit.apphelpers import settle, until
 from textual.widgets import DataTable
 
 from lenstui.core.patch_result import PatchResult, SteerResult
@@ -18,8 +17,7 @@ from lenstui.tui.commands import explorer_commands
 from lenstui.tui.screens.compare import CompareScreen
 from lenstui.tui.screens.sweep import SweepPlot, SweepScreen, sweep_series, sweep_summary
 from lenstui.tui.state import causal
-
-pytestmark = pytest.mark.integration
+from testkit.apphelpers import settle, until
 
 PLASMA_A = "Sometimes, when people say plasma, they mean a state of matter. Other times, when people say"
 PLASMA_B = PLASMA_A.replace("say plasma,", "say blood,")

@@ -3,14 +3,10 @@ the grid's cursor drives them, their keys reach the worker, their answers come b
 
 from __future__ import annotations
 
-import pytest
-from testkit.apphelpers import EIFFEL, grid_lines, settle, until
-
 from lenstui.jobs.protocol import ScanVocabulary
 from lenstui.tui.panes.inspector import WiredInspector
 from lenstui.tui.panes.speak import WiredSpeak
-
-pytestmark = pytest.mark.integration
+from testkit.apphelpers import EIFFEL, grid_lines, settle, until
 
 
 async def test_cursor_fills_the_inspector_with_bytes_and_the_joined_prompt(make_app):

@@ -7,13 +7,11 @@ from __future__ import annotations
 import json
 
 import pytest
-from testkit.apphelpers import EIFFEL, grid_lines, settle, until
 
 from lenstui.tui.screens.compare import CompareScreen
 from lenstui.tui.screens.pin_prompt import PinPrompt
 from lenstui.tui.screens.trajectory import TrajectoryPlot, TrajectoryScreen, trajectory_series
-
-pytestmark = pytest.mark.integration
+from testkit.apphelpers import EIFFEL, grid_lines, settle, until
 
 
 async def pin_typed(app, pilot, text: str) -> None:

@@ -42,7 +42,6 @@ def plasma(embedded):
     return attribute(embedded, PLASMA, position=19, token=" plasma", heads=8)
 
 
-@pytest.mark.integration
 def test_rows_pair_attention_and_mlp_per_block(plasma):
     rows = block_rows(plasma)
     assert [r.label for r in rows] == ["embed"] + [f"L{b}" for b in range(30)]
@@ -54,7 +53,6 @@ def test_rows_pair_attention_and_mlp_per_block(plasma):
     assert by_size[0].label == max(rows, key=lambda r: r.size).label
 
 
-@pytest.mark.integration
 def test_chart_lines_fit_and_sign(plasma):
     for width in (76, 116):
         lines = [line.plain for line in chart_lines(plasma, width)]
@@ -68,7 +66,6 @@ def test_chart_lines_fit_and_sign(plasma):
     assert "│" + "█" * 12 in line
 
 
-@pytest.mark.integration
 def test_attention_lines_cover_the_prompt_up_to_the_position(plasma):
     head = plasma.heads[0]
     lines = attention_lines(plasma, head, width=60)
@@ -80,7 +77,6 @@ def test_attention_lines_cover_the_prompt_up_to_the_position(plasma):
     assert lines[0].plain.startswith(f"{head.name} from ␣say@19")
 
 
-@pytest.mark.integration
 async def test_view_shows_toggles_and_opens_a_head(plasma):
     app = AttributionApp()
     async with app.run_test(size=(80, 24)) as pilot:
@@ -117,7 +113,6 @@ async def test_view_shows_toggles_and_opens_a_head(plasma):
             assert region.height > 0 and region.bottom <= 24 and region.right <= 80
 
 
-@pytest.mark.integration
 async def test_view_message_and_error(plasma):
     app = AttributionApp()
     async with app.run_test(size=(80, 24)) as pilot:
@@ -151,7 +146,6 @@ def open_second_head_sorted():
     return run_before
 
 
-@pytest.mark.integration
 @pytest.mark.parametrize("size", [(80, 24), (120, 40)])
 def test_snapshot_plasma(snap_compare, plasma, size):
     assert snap_compare(ShownApp(plasma), terminal_size=size, run_before=open_second_head_sorted())

@@ -7,14 +7,12 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from testkit.apphelpers import RecordingApp
 
 from lenstui.engine.lens.run import run_lens
 from lenstui.engine.model.load import load_model
 from lenstui.tui.app import LenstuiApp
 from lenstui.tui.commands import ModelChosen
-
-pytestmark = pytest.mark.integration
+from testkit.apphelpers import RecordingApp
 
 EIFFEL = "The Eiffel Tower is located in the city of"
 TIMEOUT = 120

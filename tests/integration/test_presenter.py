@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from testkit.apphelpers import RecordingPresenter
 from textual.widgets import Footer
 
 from lenstui.engine.lens.run import run_lens
@@ -16,8 +15,7 @@ from lenstui.jobs.protocol import RunLens
 from lenstui.talks.format import load_talk
 from lenstui.tui.presenter import PresenterApp, SceneBanner, SceneMessage
 from lenstui.tui.screens.attribution import AttributionScreen
-
-pytestmark = pytest.mark.integration
+from testkit.apphelpers import RecordingPresenter
 
 TIMEOUT = 120
 EIFFEL = "The Eiffel Tower is located in the city of"

@@ -8,8 +8,6 @@ import pytest
 from lenstui.talks.format import parse_talk
 from lenstui.tui.presenter import PresenterApp
 
-pytestmark = pytest.mark.integration
-
 TALK = '''title = "snapshot talk"
 theme = "lenstui-contrast"
 

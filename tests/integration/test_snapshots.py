@@ -12,8 +12,6 @@ import pytest
 
 from lenstui.tui.app import LenstuiApp
 
-pytestmark = pytest.mark.integration
-
 EIFFEL = "The Eiffel Tower is located in the city of"
 
 

@@ -14,6 +14,10 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.integration  # the embedded model, loaded in the child
+
 ROOT = Path(__file__).resolve().parents[2]
 TIMEOUT = 400
 

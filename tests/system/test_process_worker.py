@@ -88,7 +88,7 @@ def test_packing_keeps_every_field_and_streams_pending_grids_whole(tiny_llama):
 
 
 def test_the_ui_side_never_imports_torch(tmp_path, tiny_dir):
-    from test_contracts import run_fresh
+    from testkit.cli import run_fresh
 
     done = run_fresh(
         f"""
@@ -113,6 +113,7 @@ def test_the_ui_side_never_imports_torch(tmp_path, tiny_dir):
     assert done.stdout.split() == ["True", "False", "False"]
 
 
+@pytest.mark.integration
 def test_a_worker_killed_mid_run_is_a_failure_then_a_restart_with_the_model_reloaded(worker, embedded):
     worker.start()
     worker.submit(LoadModel())
@@ -130,6 +131,7 @@ def test_a_worker_killed_mid_run_is_a_failure_then_a_restart_with_the_model_relo
     assert isinstance(done, Done) and worker.restarts == 1 and len(worker.child_pids) == 2
 
 
+@pytest.mark.integration
 def test_a_cancelled_job_that_does_not_yield_costs_its_process(worker, embedded):
     worker.kill_grace = 0.3
     worker.start()
@@ -143,6 +145,7 @@ def test_a_cancelled_job_that_does_not_yield_costs_its_process(worker, embedded)
     assert worker.restarts == 1
 
 
+@pytest.mark.integration
 def test_a_request_cancelled_mid_stream_ends_stopped(worker, embedded):
     worker.start()
     worker.submit(LoadModel())

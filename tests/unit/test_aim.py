@@ -1,11 +1,10 @@
 """The aim measure: constructed readouts with closed-form answers, the share formula against
-numerical integration, the embedded model's caps re-checked through its real final norm and
-W_U at the cap's edge, the batched bounds against the single-token pass, and the ball
-measure on a tiny GPT-2 whose LayerNorm bias gives every token an offset."""
+numerical integration, the batched bounds against the single-token pass, and the ball
+measure on a tiny GPT-2 whose LayerNorm bias gives every token an offset. The embedded
+model's caps: tests/integration/test_aim_embedded.py."""
 
 from __future__ import annotations
 
-import json
 import math
 
 import numpy as np
@@ -15,6 +14,7 @@ import torch
 from lenstui.engine.speak.aim import aim, cap_lower_bound, cap_lower_bounds, log10_cap_share
 from lenstui.engine.speak.check import candidate_directions, check_speakable
 from lenstui.engine.speak.geometry import readout_from_arrays
+from testkit.checks import real_logits
 
 # ---------------------------------------------------------------- helpers
 
@@ -212,102 +212,6 @@ def test_the_k_smallest_by_segments_are_topks(monkeypatch):
         assert torch.equal(found.sort(dim=1).values, expected.sort(dim=1).values), k
 
 
-# ---------------------------------------------------------------- the embedded model
-
-
-def _real_logits(bridge, x: torch.Tensor) -> torch.Tensor:
-    """Through the model's own final norm and W_U (and b_U when it has one), float32."""
-    with torch.no_grad():
-        logits = bridge.ln_final(x.to(torch.float32)[None, None, :])[0, 0] @ bridge.W_U
-        b_U = getattr(bridge, "b_U", None)
-        return logits + b_U if isinstance(b_U, torch.Tensor) else logits
-
-
-def _rotate(axis: np.ndarray, away: np.ndarray, angle: float) -> np.ndarray:
-    """The unit vector at ``angle`` from ``axis``, in the plane of ``axis`` and ``away``."""
-    w = away - (away @ axis) * axis
-    w /= np.linalg.norm(w)
-    return math.cos(angle) * axis + math.sin(angle) * w
-
-
-@pytest.mark.parametrize("token", [15107, 657, 100])
-def test_embedded_caps_hold_at_their_edge_through_the_real_modules(embedded, token):
-    bridge = embedded.bridge
-    result = aim(embedded, token)
-    assert result.verdict == "speakable" and result.method == "cap" and result.exact
-    assert 0 < result.theta_deg <= result.theta_upper_deg
-    d = embedded.d_model
-    W = (bridge.W_U.detach().to(torch.float64) * bridge.ln_final.weight.detach().to(torch.float64)[:, None]).T.numpy()
-    hats = W[token] - W
-    lengths = np.linalg.norm(hats, axis=1)
-    lengths[token] = np.inf
-    hats = hats / lengths[:, None]
-    axis = np.array(result.axis)
-    theta_l = math.radians(result.theta_deg)
-    # Lower bound: at 0.99 theta_L, towards each of the tightest competitors (the worst way
-    # to leave the axis) and a few random ways, t stays the argmax of the real model.
-    sines = hats @ axis
-    sines[token] = np.inf
-    tightest = np.argsort(sines)[:6]
-    rng = np.random.default_rng(token)
-    aways = [-hats[j] for j in tightest] + [rng.standard_normal(d) for _ in range(4)]
-    for away in aways:
-        z = _rotate(axis, away, 0.99 * theta_l)
-        logits = _real_logits(bridge, torch.as_tensor(z * math.sqrt(d)))
-        assert int(torch.argmax(logits)) == token
-    # Upper bound: around ANY axis, the weights force a competitor j with â_j . axis <=
-    # sin theta_U; turning just past asin(â_j . axis) (<= theta_U) away from it makes j beat t.
-    ids = [e["id"] for e in result.upper]
-    weights = np.array([e["weight"] for e in result.upper])
-    sin_upper = float(np.linalg.norm(weights @ hats[ids]))
-    assert math.degrees(math.asin(sin_upper)) == pytest.approx(result.theta_upper_deg, abs=1e-7)
-    own = W[token] / np.linalg.norm(W[token])
-    for probe in (axis, own, rng.standard_normal(d)):
-        probe = probe / np.linalg.norm(probe)
-        j = ids[int(np.argmin(hats[ids] @ probe))]
-        angle = math.asin(max(-1.0, float(hats[j] @ probe)))
-        assert angle <= math.asin(sin_upper) + 1e-12
-        z = _rotate(probe, -hats[j], angle + math.radians(0.05))
-        if float(hats[j] @ probe) <= 0:
-            z = probe  # t already loses to j along this axis
-        logits = _real_logits(bridge, torch.as_tensor(z * math.sqrt(d)))
-        assert int(torch.argmax(logits)) != token
-        assert logits[j] > logits[token]
-
-
-def test_embedded_twin_is_unspeakable_with_no_cap(embedded):
-    result = aim(embedded, 5)  # <file_sep>: its row is an exact copy of another token's
-    assert result.verdict == "unspeakable" == check_speakable(embedded, 5).verdict
-    assert result.theta_deg == result.theta_upper_deg == 0.0
-
-
-def test_embedded_batched_bounds_are_certified_and_below_the_exact_cap(embedded):
-    from lenstui.engine.speak.check import as_readout, candidate_directions
-
-    readout = as_readout(embedded)
-    ids = torch.tensor([15107, 657, 100, 1069, 30000, 4, 12345, 40000])
-    axes = candidate_directions(readout, ids, "whitened")
-    batched = cap_lower_bounds(readout, ids, axes)
-    axes32 = axes.to(torch.float32).to(torch.float64)  # the axes the batched pass uses
-    for i, t in enumerate(ids.tolist()):
-        single = math.degrees(max(0.0, cap_lower_bound(readout, t, axes32[i])["robust"]))
-        assert batched[i] == pytest.approx(single, abs=1e-9)
-        assert batched[i] <= aim(readout, t).theta_upper_deg
-
-
-def test_cli_aim_json_and_bad_input(embedded, capsys):
-    from lenstui.cli import main
-
-    assert main(["aim", "--id", "657", "--json"]) == 0
-    payload = json.loads(capsys.readouterr().out)
-    for key in ("theta_deg", "theta_upper_deg", "offset_deg", "log10_share_lower", "axis", "upper", "method"):
-        assert key in payload
-    assert len(payload["axis"]) == embedded.d_model and payload["method"] == "cap"
-    assert main(["aim", "--id", "99999999"]) == 2
-    assert "out of range" in capsys.readouterr().err
-    assert main(["aim"]) == 2
-
-
 # ---------------------------------------------------------------- offsets: the ball measure
 
 
@@ -387,7 +291,7 @@ def test_ball_measure_with_offsets_through_the_real_modules(biased_gpt2):
         for away in aways:
             away = away - away.mean()
             z = centre + 0.99 * rho_l * away / np.linalg.norm(away)
-            logits = _real_logits(bridge, _ln_residual(z, eps))
+            logits = real_logits(bridge, _ln_residual(z, eps))
             assert int(torch.argmax(logits)) == token
         # Beyond the upper bound: a ball of radius 1.01 rho_U around ANY centre either leaves
         # the reachable ball or holds a point where a weighted competitor beats t (the dual:
@@ -404,7 +308,7 @@ def test_ball_measure_with_offsets_through_the_real_modules(biased_gpt2):
             j = ids[int(np.argmin(probe_slack))]
             assert probe_slack.min() < radius
             z = probe - hats[j] * (0.5 * (probe_slack.min() + radius))
-            logits = _real_logits(bridge, _ln_residual(z, eps))
+            logits = real_logits(bridge, _ln_residual(z, eps))
             assert logits[j] > logits[token]
         assert inside >= 1
     assert checked >= 3

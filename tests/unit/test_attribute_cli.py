@@ -1,24 +1,18 @@
-"""`lenstui attribute`: in-process through lenstui.cli.main, plus one real subprocess."""
+"""`lenstui attribute`: in-process through lenstui.cli.main (the embedded model in a real
+subprocess: tests/integration/test_attribute_cli_embedded.py)."""
 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 
 import pytest
 import torch
-from test_token_cli import lenstui_command
 
 from lenstui.cli import main
 from lenstui.engine.attribution import attribute
 from lenstui.engine.model.load import load_model
 
 PROMPT = "Sometimes, when people say plasma, they mean a state of matter."
-PLASMA = (
-    "Sometimes, when people say plasma, they mean a state of matter. "
-    "Other times, when people say plasma"
-)
 
 
 @pytest.fixture(scope="module")
@@ -115,28 +109,6 @@ def test_bad_input_is_one_sentence_and_status_2(capsys, tiny_dir, argv, message)
     assert status == 2
     assert out == ""
     assert message in err and err.count("\n") == 1 and err.startswith("lenstui: ")
-
-
-@pytest.mark.integration
-def test_embedded_subprocess_json_and_bad_position():
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
-    ok = subprocess.run(
-        [*lenstui_command(), "attribute", PLASMA, "--position", "19", "--token", " plasma", "--heads", "4", "--json"],
-        capture_output=True, text=True, env=env, timeout=300,
-    )
-    assert ok.returncode == 0, ok.stderr
-    payload = json.loads(ok.stdout)
-    assert payload["prompt_tokens"][19] == " say" and payload["token"] == " plasma"
-    assert payload["layer"] == 30 and payload["row"] == "L29"
-    assert len(payload["components"]) == 61 and len(payload["heads"]) == 4
-    assert sum(c["contribution"] for c in payload["components"]) == pytest.approx(payload["total"], abs=1e-3)
-
-    bad = subprocess.run(
-        [*lenstui_command(), "attribute", PLASMA, "--position", "21"],
-        capture_output=True, text=True, env=env, timeout=300,
-    )
-    assert bad.returncode == 2
-    assert bad.stderr.strip() == "lenstui: Position 21 is outside the prompt, which has positions 0..20."
 
 
 def test_signed_bar_width_direction_and_scale():

@@ -49,24 +49,6 @@ def umask():
     os.umask(old)
 
 
-@pytest.fixture
-def tmpfs(tmp_path):
-    mounted: list[Path] = []
-
-    def mount(options: str) -> Path:
-        where = tmp_path / f"tmpfs-{len(mounted)}"
-        where.mkdir()
-        result = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(where)], capture_output=True)
-        if result.returncode != 0:
-            pytest.skip(f"cannot mount a tmpfs here ({result.stderr.decode().strip() or result.returncode})")
-        mounted.append(where)
-        return where
-
-    yield mount
-    for where in mounted:
-        subprocess.run(["umount", "-l", str(where)], capture_output=True)
-
-
 @pytest.fixture(scope="module")
 def fresh_llama():
     """A tiny Llama of this module's own (its tokenizer's chat template gets changed)."""
@@ -489,8 +471,8 @@ def _damage_offsets(path: Path) -> None:
     ],
 )
 def test_a_damaged_scan_cache_is_set_aside_with_a_notice_and_rebuilt(tiny_llama, tmp_path, monkeypatch, damage, why):
-    from lenstui.engine.speak.scan import load_cached_scan, scan_vocabulary
     from lenstui.engine.speak.check import as_readout
+    from lenstui.engine.speak.scan import load_cached_scan, scan_vocabulary
     from lenstui.engine.speak.scan_cache import scan_dir
 
     monkeypatch.setenv("LENSTUI_DATA_DIR", str(tmp_path / "data"))

@@ -1,22 +1,15 @@
-"""The lens engine on tiny local models (fast) and on the real embedded model."""
+"""The lens engine on tiny local models (the embedded model: tests/integration/test_lens_embedded.py)."""
 
 from __future__ import annotations
-
-import math
 
 import pytest
 import torch
 
 from lenstui.core.errors import Cancelled, InputError
 from lenstui.engine.lens.run import run_lens
+from testkit.checks import model_log_probs
 
 PROMPT = "hello world, the city of Paris"
-
-
-def _model_log_probs(model, ids):
-    with torch.no_grad():
-        logits = model.bridge(torch.tensor([ids]))
-    return torch.log_softmax(logits[0].float(), dim=-1)
 
 
 @pytest.mark.parametrize("fixture", ["tiny_gpt2", "tiny_llama"])
@@ -24,7 +17,7 @@ def test_final_row_reproduces_the_models_own_distribution(fixture, request):
     model = request.getfixturevalue(fixture)
     result = run_lens(model, PROMPT, top_k=5)
     ids = result.token_ids
-    log_probs = _model_log_probs(model, ids)
+    log_probs = model_log_probs(model, ids)
     final = result.grid[-1]
     for pos, cell in enumerate(final):
         expected = torch.topk(log_probs[pos], 5)
@@ -71,7 +64,7 @@ def test_intermediate_row_matches_an_independent_readout(tiny_gpt2):
     for pos, cell in enumerate(result.grid[1]):
         assert cell.top[0].id == int(lp[pos].argmax())
         assert cell.top[0].prob == pytest.approx(lp[pos].max().exp().item(), rel=1e-4)
-        kl = (result_final := _model_log_probs(tiny_gpt2, ids))[pos].exp() @ (result_final[pos] - lp[pos])
+        kl = (result_final := model_log_probs(tiny_gpt2, ids))[pos].exp() @ (result_final[pos] - lp[pos])
         assert cell.kl_to_final == pytest.approx(kl.item(), rel=1e-3, abs=1e-5)
 
 
@@ -125,7 +118,7 @@ def test_custom_target_is_ranked_everywhere(tiny_llama):
     result = run_lens(tiny_llama, PROMPT, target=" Paris")
     assert not result.target_is_default
     assert {t.id for t in result.targets} == set(target_id)
-    lp = _model_log_probs(tiny_llama, result.token_ids)
+    lp = model_log_probs(tiny_llama, result.token_ids)
     for pos, cell in enumerate(result.grid[-1]):
         assert cell.target_rank == int((lp[pos] > lp[pos, target_id[0]]).sum())
         assert cell.target_prob == pytest.approx(lp[pos, target_id[0]].exp().item(), rel=1e-4)
@@ -135,7 +128,7 @@ def test_token_id_prompts_work_and_next_token_is_greedy(tiny_llama):
     ids = tiny_llama.tokenizer(PROMPT)["input_ids"]
     result = run_lens(tiny_llama, ids)
     assert result.token_ids == ids
-    assert result.next_token.id == int(_model_log_probs(tiny_llama, ids)[-1].argmax())
+    assert result.next_token.id == int(model_log_probs(tiny_llama, ids)[-1].argmax())
 
 
 @pytest.mark.parametrize(
@@ -176,30 +169,3 @@ def test_json_shape(tiny_gpt2):
     assert set(cell) >= {"top", "entropy", "kl_to_final"}
     assert set(cell["top"][0]) >= {"id", "text", "prob"}
     assert all(isinstance(t["prob"], float) for t in cell["top"])
-
-
-@pytest.mark.integration
-def test_embedded_eiffel_tower_says_paris(embedded):
-    result = run_lens(embedded, "The Eiffel Tower is located in the city of", top_k=5)
-    assert len(result.layers) == 31
-    assert result.grid[-1][-1].top[0].text == " Paris"
-    assert result.next_token.text == " Paris"
-    # The embedding row is far from the answer; the final row is the answer.
-    assert result.grid[0][-1].kl_to_final > result.grid[-1][-1].kl_to_final == pytest.approx(0, abs=1e-5)
-
-
-@pytest.mark.integration
-def test_embedded_final_row_is_the_models_output(embedded):
-    prompt = "Sometimes, when people say plasma, they mean a state of matter. Other times, when people say plasma"
-    result = run_lens(embedded, prompt, top_k=3)
-    lp = _model_log_probs(embedded, result.token_ids)
-    for pos, cell in enumerate(result.grid[-1]):
-        assert cell.top[0].id == int(lp[pos].argmax())
-        assert cell.top[0].prob == pytest.approx(lp[pos].max().exp().item(), rel=1e-3)
-        assert math.isclose(cell.entropy, -(lp[pos].exp() * lp[pos]).sum().item(), rel_tol=1e-3, abs_tol=1e-4)
-
-
-@pytest.mark.integration
-def test_embedded_prompt_longer_than_context_is_refused(embedded):
-    with pytest.raises(InputError, match=f"reads at most {embedded.n_ctx}"):
-        run_lens(embedded, list(range(100, 100 + embedded.n_ctx + 1)))

@@ -6,28 +6,9 @@ import pytest
 
 from lenstui.core.errors import InputError
 from lenstui.engine.lens.state import LensState
+from testkit.checks import assert_same_lens, scratch_lens
 
 PROMPT = "hello world, the city of Paris is"
-
-
-def _scratch(model, ids, **settings):
-    """A from-scratch run: a fresh state that has seen nothing before."""
-    state = LensState(model)
-    state.prepare(ids, **settings)
-    return state.result()
-
-
-def _assert_same(got, want):
-    assert got.layers == want.layers and got.token_ids == want.token_ids
-    assert [t.id for t in got.targets] == [t.id for t in want.targets]
-    for row_got, row_want in zip(got.grid, want.grid, strict=True):
-        for a, b in zip(row_got, row_want, strict=True):
-            assert [t.id for t in a.top] == [t.id for t in b.top]
-            assert [t.prob for t in a.top] == pytest.approx([t.prob for t in b.top], abs=1e-5)
-            assert a.entropy == pytest.approx(b.entropy, abs=5e-5, rel=1e-5)
-            assert a.kl_to_final == pytest.approx(b.kl_to_final, abs=5e-5, rel=1e-5)
-            assert a.target_rank == b.target_rank
-            assert a.target_prob == pytest.approx(b.target_prob, abs=1e-5)
 
 
 @pytest.fixture(params=["tiny_gpt2", "tiny_llama"])
@@ -46,7 +27,7 @@ def test_generation_step_runs_one_position(model):
     state.result()
     plan = state.prepare(ids)
     assert plan.forward_positions == 1 and plan.reused_positions == len(ids) - 1
-    _assert_same(state.result(), _scratch(model, ids))
+    assert_same_lens(state.result(), scratch_lens(model, ids))
 
 
 def test_typed_suffix_runs_the_typed_positions(model):
@@ -56,7 +37,7 @@ def test_typed_suffix_runs_the_typed_positions(model):
     state.result()
     plan = state.prepare(ids)
     assert plan.forward_positions == len(ids) - 4
-    _assert_same(state.result(), _scratch(model, ids))
+    assert_same_lens(state.result(), scratch_lens(model, ids))
 
 
 def test_middle_edit_recomputes_from_the_first_changed_token(model):
@@ -68,7 +49,7 @@ def test_middle_edit_recomputes_from_the_first_changed_token(model):
     state.result()
     plan = state.prepare(edited)
     assert plan.forward_positions == len(ids) - 3 and plan.reused_positions == 3
-    _assert_same(state.result(), _scratch(model, edited))
+    assert_same_lens(state.result(), scratch_lens(model, edited))
 
 
 def test_undo_of_a_step_is_free(model):
@@ -79,10 +60,10 @@ def test_undo_of_a_step_is_free(model):
     forwards = state.forward_count
     plan = state.prepare(ids[:-1])
     assert plan.forward_positions == 0 and state.forward_count == forwards
-    _assert_same(state.result(), _scratch(model, ids[:-1]))
+    assert_same_lens(state.result(), scratch_lens(model, ids[:-1]))
     # ... and the step again runs one position on the cropped cache.
     assert state.prepare(ids).forward_positions == 1
-    _assert_same(state.result(), _scratch(model, ids))
+    assert_same_lens(state.result(), scratch_lens(model, ids))
 
 
 @pytest.mark.parametrize(
@@ -104,7 +85,7 @@ def test_changed_settings_reuse_the_forward(model, settings):
     state.prepare(ids, **settings)
     got = state.result()
     assert state.forward_count == forwards  # readout only (the extended lens reruns its blocks)
-    _assert_same(got, _scratch(model, ids, **settings))
+    assert_same_lens(got, scratch_lens(model, ids, **settings))
 
 
 @pytest.mark.parametrize("settings", [{"incl_mid": True}, {"lens": "extended", "extended_blocks": 1}])
@@ -114,11 +95,11 @@ def test_mid_rows_and_extended_lens_stay_correct_across_steps(model, settings):
     state.prepare(ids[:-2], **settings)
     state.result()
     assert state.prepare(ids, **settings).forward_positions == 2
-    _assert_same(state.result(), _scratch(model, ids, **settings))
+    assert_same_lens(state.result(), scratch_lens(model, ids, **settings))
     edited = list(ids)
     edited[2] = ids[4]
     state.prepare(edited, **settings)
-    _assert_same(state.result(), _scratch(model, edited, **settings))
+    assert_same_lens(state.result(), scratch_lens(model, edited, **settings))
 
 
 def test_turning_mid_rows_on_late_adds_them(model):
@@ -127,7 +108,7 @@ def test_turning_mid_rows_on_late_adds_them(model):
     state.prepare(ids)
     state.result()
     state.prepare(ids[:-1], incl_mid=True)
-    _assert_same(state.result(), _scratch(model, ids[:-1], incl_mid=True))
+    assert_same_lens(state.result(), scratch_lens(model, ids[:-1], incl_mid=True))
 
 
 def test_chosen_positions_first_then_the_rest(model):
@@ -136,20 +117,10 @@ def test_chosen_positions_first_then_the_rest(model):
     state.prepare(ids, top_k=4)
     visible = state.cells([len(ids) - 1, 2])
     assert visible.positions == [len(ids) - 1, 2]
-    full = _scratch(model, ids, top_k=4)
+    full = scratch_lens(model, ids, top_k=4)
     for row, cells in enumerate(visible.cells):
         assert [c.top[0].id for c in cells] == [full.grid[row][-1].top[0].id, full.grid[row][2].top[0].id]
     assert [t.id for t in visible.targets] == [full.targets[-1].id, full.targets[2].id]
-    _assert_same(state.result(), full)
+    assert_same_lens(state.result(), full)
     with pytest.raises(InputError, match="outside the prompt"):
         state.cells([len(ids)])
-
-
-@pytest.mark.integration
-def test_embedded_generation_step_and_edit_match_scratch(embedded):
-    ids = embedded.tokenizer("The Eiffel Tower is located in the city of Paris, which")["input_ids"]
-    state = LensState(embedded)
-    state.prepare(ids[:-1], top_k=5)
-    state.cells([len(ids) - 2])
-    assert state.prepare(ids, top_k=5).forward_positions == 1
-    _assert_same(state.result(), _scratch(embedded, ids, top_k=5))

@@ -11,56 +11,27 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import DynamicCache
 
-from lenstui.engine.lens.forward import _bridge_forward, _plain_forward
 from lenstui.engine.lens.run import run_lens
 from lenstui.engine.model.load import wrap_model
+from testkit.checks import assert_anatomy_is_the_bridges, assert_plain_forward_captures_the_bridges_hook_points
 from testkit.models import tiny_gpt2, tiny_llama, tiny_tokenizer
 
 PROMPT = "The Eiffel Tower is located in the city of Paris, hello world"
 
 
-@pytest.fixture(params=["tiny_gpt2", "tiny_llama", "embedded"])
+@pytest.fixture(params=["tiny_gpt2", "tiny_llama"])
 def model(request):
-    if request.param == "embedded":
-        return request.getfixturevalue("embedded")
+    """Fresh tiny models (the embedded model's turn: tests/integration/test_native_model_embedded.py)."""
     return {"tiny_gpt2": tiny_gpt2, "tiny_llama": tiny_llama}[request.param]()
 
 
 def test_the_anatomy_is_the_bridges_model(model):
-    bridge = model.bridge
-    assert model.anatomy is not None
-    assert torch.equal(model.W_U, bridge.W_U)
-    assert model.W_U.data_ptr() == bridge.W_U.data_ptr()  # one copy of the weights
-    assert torch.equal(model.W_E, bridge.W_E)
-    bias = getattr(bridge, "b_U", None)
-    if model.b_U is None:
-        assert bias is None or not bool(bias.any())
-    else:
-        assert torch.equal(model.b_U, bias)
-    assert model.n_ctx == bridge.cfg.n_ctx
-    assert model.d_model == bridge.cfg.d_model and model.n_layers == bridge.cfg.n_layers
-    assert model.d_vocab == bridge.cfg.d_vocab
-    assert model.normalization_type == bridge.cfg.normalization_type
-    x = torch.randn(1, 5, model.d_model) * 3
-    assert torch.allclose(model.ln_final(x), bridge.ln_final(x), atol=1e-6, rtol=1e-6)
+    assert_anatomy_is_the_bridges(model)
 
 
 def test_the_plain_forward_captures_the_bridges_hook_points(model):
-    ids = model.tokenizer(PROMPT)["input_ids"]
-    head, tail = ids[:-3], ids[-3:]
-    plain_cache, bridge_cache = DynamicCache(), DynamicCache()
-    for chunk in (head, tail):  # a full forward, then an incremental one over the cache
-        tokens = torch.tensor([chunk])
-        plain = _plain_forward(model, tokens, plain_cache, capture_mid=True)
-        bridge = _bridge_forward(model, tokens, bridge_cache, capture_mid=True)
-        scale = bridge.pre.abs().max().item()
-        assert plain.pre.shape == bridge.pre.shape == (model.n_layers + 1, len(chunk), model.d_model)
-        assert (plain.pre - bridge.pre).abs().max().item() <= 1e-6 * max(1.0, scale)
-        assert (plain.mid - bridge.mid).abs().max().item() <= 1e-6 * max(1.0, scale)
-        assert torch.allclose(plain.logits, bridge.logits, atol=1e-4, rtol=1e-5)
-    assert plain_cache.get_seq_length() == len(ids)
+    assert_plain_forward_captures_the_bridges_hook_points(model, PROMPT)
 
 
 def test_the_lens_never_boots_the_bridge_and_agrees_with_it():
@@ -96,7 +67,7 @@ def test_a_model_the_anatomy_does_not_know_is_read_through_the_bridge():
 
 
 def test_a_lens_run_imports_no_transformer_lens(tmp_path):
-    from test_contracts import run_fresh
+    from testkit.cli import run_fresh
 
     done = run_fresh(
         """

@@ -4,7 +4,6 @@ Hugging Face weights (never through TransformerLens or lenstui's own code)."""
 from __future__ import annotations
 
 import json
-import math
 
 import numpy as np
 import pytest
@@ -13,10 +12,7 @@ import torch
 from lenstui.core.errors import InputError
 from lenstui.engine.inspect.geometry import effective_unembedding, final_norm_affine
 from lenstui.engine.inspect.neighbors import inspect_token
-
-
-def _np(t: torch.Tensor) -> np.ndarray:
-    return t.detach().to(torch.float64).cpu().numpy()
+from testkit.neighbors_reference import assert_matches_reference, float64_numpy, reference_geometry, reference_report
 
 
 def perturbed_gpt2():
@@ -65,36 +61,6 @@ def gpt2_ln():
     return perturbed_gpt2()
 
 
-def reference_geometry(W_rows, gain, beta, bias, layer_norm: bool):
-    """(readout directions, offset c) in float64, straight from the definitions."""
-    W = W_rows * gain
-    c = bias + W_rows @ beta
-    if layer_norm:
-        W = W - W.mean(axis=1, keepdims=True)
-    return W, c
-
-
-def reference_report(W, c, token_id: int, n: int):
-    norms = np.linalg.norm(W, axis=1)
-    unit = W / np.maximum(norms, 1e-300)[:, None]
-    cos = unit @ unit[token_id]
-    order = [j for j in np.argsort(-cos, kind="stable") if j != token_id][:n]
-    logits = W @ (math.sqrt(W.shape[1]) * unit[token_id]) + c
-    others = np.delete(logits, token_id)
-    return cos, order, int(np.argmax(logits)), float(logits[token_id] - others.max())
-
-
-def assert_matches_reference(report, cos, order, best, margin):
-    reported = [n.cosine for n in report.neighbors]
-    assert reported == sorted(reported, reverse=True)
-    assert report.id not in [n.id for n in report.neighbors]
-    np.testing.assert_allclose(reported, cos[order], rtol=0, atol=2e-5)
-    for n in report.neighbors:  # ids may only differ where cosines tie
-        assert abs(cos[n.id] - n.cosine) < 2e-5
-    assert report.best_match.id == best and report.own_best_match == (best == report.id)
-    assert report.self_margin == pytest.approx(margin, rel=1e-4, abs=1e-4)
-
-
 # ----------------------------------------------------------------- readout geometry
 
 
@@ -108,33 +74,33 @@ def test_effective_unembedding_reproduces_gpt2_logits(gpt2_ln):
 
     x = torch.randn(6, gpt2_ln.d_model, generator=torch.Generator().manual_seed(0)) * 3
     with torch.no_grad():
-        expected = _np(hf.lm_head(hf.transformer.ln_f(x)))
-    xs = _np(x)
+        expected = float64_numpy(hf.lm_head(hf.transformer.ln_f(x)))
+    xs = float64_numpy(x)
     centred = xs - xs.mean(axis=1, keepdims=True)
     normalized = centred / np.sqrt((centred**2).mean(axis=1, keepdims=True) + hf.config.layer_norm_epsilon)
-    np.testing.assert_allclose(normalized @ _np(W_eff).T + _np(c), expected, atol=2e-5)
+    np.testing.assert_allclose(normalized @ float64_numpy(W_eff).T + float64_numpy(c), expected, atol=2e-5)
 
 
 def test_effective_unembedding_rmsnorm_tied(tiny_llama):
     hf = tiny_llama.bridge.original_model
     W_eff, c = effective_unembedding(tiny_llama)
-    expected = _np(hf.lm_head.weight) * _np(hf.model.norm.weight)
-    np.testing.assert_allclose(_np(W_eff), expected, atol=1e-6)
+    expected = float64_numpy(hf.lm_head.weight) * float64_numpy(hf.model.norm.weight)
+    np.testing.assert_allclose(float64_numpy(W_eff), expected, atol=1e-6)
     assert not bool(c.any())
 
 
 def test_gemma_offset_gain_and_the_probe_fallback():
     gemma = tiny_gemma()
     hf = gemma.bridge.original_model
-    expected = _np(hf.lm_head.weight) * (1.0 + _np(hf.model.norm.weight))
-    np.testing.assert_allclose(_np(effective_unembedding(gemma)[0]), expected, atol=1e-6)
+    expected = float64_numpy(hf.lm_head.weight) * (1.0 + float64_numpy(hf.model.norm.weight))
+    np.testing.assert_allclose(float64_numpy(effective_unembedding(gemma)[0]), expected, atol=1e-6)
     assert final_norm_affine(gemma).source == "weights"
 
     # A config that forgets the (1 + weight) convention: the probe notices and measures.
     forgetful = tiny_gemma()
     forgetful.bridge.cfg.rmsnorm_uses_offset = False
     assert final_norm_affine(forgetful).source == "probe"
-    np.testing.assert_allclose(_np(effective_unembedding(forgetful)[0]), expected, atol=1e-4)
+    np.testing.assert_allclose(float64_numpy(effective_unembedding(forgetful)[0]), expected, atol=1e-4)
 
 
 # ----------------------------------------------------------------- neighbours
@@ -144,12 +110,12 @@ def test_layernorm_neighbours_against_float64(gpt2_ln):
     hf = gpt2_ln.bridge.original_model
     ln_f = hf.transformer.ln_f
     W, c = reference_geometry(
-        _np(hf.lm_head.weight), _np(ln_f.weight), _np(ln_f.bias), np.zeros(gpt2_ln.d_vocab), layer_norm=True
+        float64_numpy(hf.lm_head.weight), float64_numpy(ln_f.weight), float64_numpy(ln_f.bias), np.zeros(gpt2_ln.d_vocab), layer_norm=True
     )
     for token_id in (0, 5, 77, 200, gpt2_ln.d_vocab - 1):
         report = inspect_token(gpt2_ln, token_id, n_neighbors=8)
         assert_matches_reference(report, *reference_report(W, c, token_id, 8))
-        assert report.unembed_norm == pytest.approx(np.linalg.norm(_np(hf.lm_head.weight)[token_id]), rel=1e-5)
+        assert report.unembed_norm == pytest.approx(np.linalg.norm(float64_numpy(hf.lm_head.weight)[token_id]), rel=1e-5)
         assert report.effective_norm == pytest.approx(np.linalg.norm(W[token_id]), rel=1e-5)
         assert report.readout_offset == pytest.approx(c[token_id], abs=1e-5)
         assert report.unembed_bias is None  # GPT-2's lm_head has no bias
@@ -157,7 +123,7 @@ def test_layernorm_neighbours_against_float64(gpt2_ln):
 
 def test_untied_model_also_gets_embedding_neighbours(gpt2_ln):
     hf = gpt2_ln.bridge.original_model
-    E = _np(hf.transformer.wte.weight)
+    E = float64_numpy(hf.transformer.wte.weight)
     unit = E / np.linalg.norm(E, axis=1, keepdims=True)
     report = inspect_token(gpt2_ln, 42, n_neighbors=5)
     assert not report.tied_embedding and report.embedding_neighbors is not None
@@ -195,30 +161,3 @@ def test_bad_requests_raise_input_errors(tiny_llama):
 
 
 # ----------------------------------------------------------------- the embedded model
-
-
-@pytest.mark.integration
-def test_embedded_fish_head_report(embedded):
-    hf = embedded.bridge.original_model
-    W, c = reference_geometry(
-        _np(hf.lm_head.weight), _np(hf.model.norm.weight), np.zeros(embedded.d_model), np.zeros(embedded.d_vocab), layer_norm=False
-    )
-    report = inspect_token(embedded, "ĠðŁ", n_neighbors=10)
-    assert report.id == 15107 and report.piece == "ĠðŁ" and report.bytes_hex == "20 f0 9f"
-    assert not report.complete_utf8
-    assert report.utf8_description == "space, then the first 2 of 4 bytes of a 4-byte character"
-    assert report.tied_embedding and report.norm_kind == "RMS"
-    assert_matches_reference(report, *reference_report(W, c, 15107, 10))
-    # Its nearest readout neighbours are other emoji-prefix pieces.
-    assert {"ĠðŁĺ", "ðŁ"} <= {n.piece for n in report.neighbors[:3]}
-
-
-@pytest.mark.integration
-def test_embedded_own_best_match_against_float64(embedded):
-    hf = embedded.bridge.original_model
-    W, c = reference_geometry(
-        _np(hf.lm_head.weight), _np(hf.model.norm.weight), np.zeros(embedded.d_model), np.zeros(embedded.d_vocab), layer_norm=False
-    )
-    for token_id in (234, 250, 1000, 30000):
-        report = inspect_token(embedded, token_id, n_neighbors=3)
-        assert_matches_reference(report, *reference_report(W, c, token_id, 3))

@@ -1,7 +1,6 @@
 """The causal lens (``lenstui.engine.patching``) against an independent patcher: plain
 PyTorch forward hooks on a plain Hugging Face model (``testkit/patch_reference.py``), on
-the tiny models and on the embedded SmolLM2 (its dequantized weights loaded again with
-transformers, eager attention).
+the tiny models (the embedded SmolLM2: tests/integration/test_patching_embedded.py).
 
 What is held to what:
 - every patched run's final rows (each position from the patched one on: its top-k,
@@ -21,17 +20,21 @@ from __future__ import annotations
 
 import pytest
 import torch
-from testkit.patch_reference import Plain
 
 from lenstui.core.errors import InputError
-from lenstui.core.patch_result import attention_counts, in_cone, patch_cone, steer_cone
+from lenstui.core.patch_result import attention_counts, patch_cone, steer_cone
 from lenstui.engine import patching
 from lenstui.engine.lens.state import LensState, lens_state
+from testkit.patch_reference import (
+    TOL,
+    Plain,
+    assert_final_rows_match,
+    check_cone,
+    reference_intervention,
+    reference_steer,
+)
 
-TOL = 1e-5
 TEXT = "Sometimes, when people say plasma, they mean a state of matter."
-PLASMA_A = "Sometimes, when people say plasma, they mean a state of matter. Other times, when people say"
-PLASMA_B = PLASMA_A.replace("say plasma,", "say blood,")
 
 
 @pytest.fixture(scope="module")
@@ -51,98 +54,6 @@ def prompts(model):
     other[5] = (other[5] + 7) % len(model.tokenizer)
     other[9] = (other[9] + 3) % len(model.tokenizer)
     return ids, other
-
-
-def reference_value(plain: Plain, rec_b, rec_a, spec, n_a: int):
-    """What the reference writes for ``spec`` (a PatchSpec)."""
-    if spec.source == "zero":
-        return None
-    if spec.source == "prompt":
-        rec, positions = rec_b, [spec.from_position]
-    else:
-        rec, positions = rec_a, list(range(1, n_a))
-    if spec.component == "resid":
-        rows = rec["stack"][spec.layer + 1][positions]
-    elif spec.component == "head":
-        rows = rec["z"][spec.layer][positions, spec.head]
-    else:
-        rows = rec[spec.component][spec.layer][positions]
-    return rows.mean(0) if spec.source == "mean" else rows[0]
-
-
-def reference_intervention(plain, rec_b, rec_a, spec, n_a):
-    iv = {"kind": spec.component, "layer": spec.layer, "pos": spec.position,
-          "value": reference_value(plain, rec_b, rec_a, spec, n_a)}
-    if spec.component == "head":
-        iv["head"] = spec.head
-    return iv
-
-
-def assert_final_rows_match(patched, probs: torch.Tensor, first: int = 0, tol: float = TOL) -> float:
-    """A lens grid's final row at every position from ``first`` on against the
-    reference's softmax there (top-k by id, the target, the tracked tokens). Returns the
-    worst gap."""
-    worst = 0.0
-    for col, pos in enumerate(patched.column_positions):
-        if pos < first:
-            continue
-        cell = patched.grid[-1][col]
-        ref = probs[pos]
-        gaps = [abs(float(ref[t.id]) - t.prob) for t in cell.top]
-        gaps.append(abs(float(ref[patched.targets[col].id]) - cell.target_prob))
-        gaps += [abs(float(ref[t.id]) - t.prob) for t in cell.tracked]
-        # and nothing the reference ranks above the engine's k-th token is missing
-        kth = cell.top[-1].prob
-        outside = [i for i in torch.topk(ref, len(cell.top)).indices.tolist() if i not in {t.id for t in cell.top}]
-        gaps += [max(0.0, float(ref[i]) - kth) for i in outside]
-        worst = max(worst, max(gaps))
-    assert worst < tol, f"final rows differ from the independent patch by {worst:.2e}"
-    return worst
-
-
-def row_residual(rec, label: str) -> torch.Tensor:
-    if label == "embed":
-        return rec["stack"][0]
-    block, _, mid = label[1:].partition(".")
-    return rec["mid"][int(block)] if mid else rec["stack"][int(block) + 1]
-
-
-def reference_row_probs(plain: Plain, residual: torch.Tensor) -> torch.Tensor:
-    with torch.no_grad():
-        return torch.softmax(plain.hf.lm_head(plain.norm(residual)).double(), dim=-1)
-
-
-def check_cone(result, plain: Plain, rec_clean, rec_patched, tol: float = TOL) -> None:
-    """The cone against the reference's residual stacks, and every engine cell against
-    the reference's readout (inside) or the clean cell (outside)."""
-    layers = result.patched.layers
-    n = len(result.patched.tokens)
-    for row, label in enumerate(layers):
-        clean_res = row_residual(rec_clean, label)
-        patched_res = row_residual(rec_patched, label)
-        moved = (patched_res - clean_res).abs().amax(dim=-1)  # [pos]
-        scale = clean_res.abs().amax(dim=-1).clamp_min(1.0)
-        for pos in range(n):
-            inside = in_cone(result.cone, row, pos)
-            if not inside:
-                assert float(moved[pos]) <= 1e-6 * float(scale[pos]), (
-                    f"{label}@{pos} is outside the cone but the reference's residual moved by {float(moved[pos]):.2e}"
-                )
-            elif row == result.cone[pos]:
-                assert float(moved[pos]) > 0.0, f"{label}@{pos} opens the cone but did not move in the reference"
-        probs = reference_row_probs(plain, patched_res)
-        for pos in range(n):
-            cell, clean_cell = result.patched.grid[row][pos], result.clean.grid[row][pos]
-            if in_cone(result.cone, row, pos):
-                gaps = [abs(float(probs[pos, t.id]) - t.prob) for t in cell.top]
-                gaps.append(abs(float(probs[pos, result.patched.targets[pos].id]) - cell.target_prob))
-                assert max(gaps) < tol, f"{label}@{pos}: {max(gaps):.2e} from the reference"
-            else:
-                assert [t.id for t in cell.top] == [t.id for t in clean_cell.top]
-                assert [t.prob for t in cell.top] == pytest.approx([t.prob for t in clean_cell.top], abs=1e-6)
-                assert cell.target_prob == pytest.approx(clean_cell.target_prob, abs=1e-6)
-                assert result.kl[row][pos] == 0.0
-                assert result.target_after[row][pos] == result.target_before[row][pos]
 
 
 # ---------------------------------------------------------------- the cone (pure)
@@ -369,16 +280,6 @@ def test_position_sweep_and_head_sweep_match_single_patches(tiny_llama):
 # ---------------------------------------------------------------- steering
 
 
-def reference_steer(plain: Plain, ids, toward: int, layer: int, alpha: float, position: int, away=None):
-    _, rec = plain.run(ids)
-    scale = float(rec["stack"][layer + 1].norm(dim=-1).median())
-    direction = plain.effective_row(toward)
-    if away is not None:
-        direction = direction - plain.effective_row(away)
-    vector = alpha * scale * direction / direction.norm()
-    return {"kind": "steer", "layer": layer, "from": position, "vector": vector}, scale
-
-
 @pytest.mark.parametrize("arch", ["tiny_llama", "tiny_gpt2"])
 def test_steer_matches_adding_the_vector_by_hand(tiny_pairs, arch):
     model, plain = tiny_pairs[arch]
@@ -435,91 +336,6 @@ def test_steer_mistakes(tiny_llama):
 
 
 # ---------------------------------------------------------------- the embedded model
-
-
-@pytest.fixture(scope="module")
-def smol_reference():
-    """SmolLM2's dequantized weights (the loader's cache) in a plain transformers model."""
-    from transformers import AutoModelForCausalLM
-
-    from lenstui.engine.model.load import embedded_gguf_path, gguf_digest
-    from lenstui.store.paths import cache_root
-
-    folder = cache_root() / "gguf" / gguf_digest(embedded_gguf_path())[:32]
-    if not (folder / "model.safetensors").is_file():
-        pytest.skip("the dequantized SmolLM2 is not cached yet (load the embedded model once)")
-    return Plain(AutoModelForCausalLM.from_pretrained(folder, attn_implementation="eager", dtype=torch.float32))
-
-
-@pytest.mark.integration
-def test_plasma_layer_sweep_on_the_embedded_model(embedded, smol_reference):
-    ids_a = list(embedded.tokenizer(PLASMA_A)["input_ids"])
-    ids_b = list(embedded.tokenizer(PLASMA_B)["input_ids"])
-    plasma, blood = ids_a[5], ids_b[5]
-    result = patching.sweep(embedded, ids_a, source_prompt=ids_b, mode="layers", target=plasma)
-    assert result.source_answer.id == blood and result.cost.path == "resume"
-    _, rec_b = smol_reference.run(ids_b)
-    worst = 0.0
-    for point in result.points:
-        iv = {"kind": "resid", "layer": point.layer, "pos": 19, "value": rec_b["stack"][point.layer + 1][19]}
-        probs = smol_reference.probs(ids_a, [iv])[-1]
-        worst = max(worst, abs(point.target_prob - float(probs[plasma])), abs(point.tracked[0].prob - float(probs[blood])))
-    assert worst < TOL
-    by_layer = {p.layer: p for p in result.points}
-    # The research's numbers: nothing up to L13, the flip at L23.
-    assert result.clean_target_prob == pytest.approx(0.4244, abs=5e-4)
-    assert all(abs(by_layer[layer].target_prob - result.clean_target_prob) < 0.02 for layer in range(-1, 14))
-    assert by_layer[22].top.id == plasma and by_layer[23].top.id == blood
-    assert by_layer[23].target_prob == pytest.approx(0.0136, abs=5e-4)
-    assert by_layer[29].tracked[0].prob == pytest.approx(result.source_answer_prob, abs=1e-5)
-
-
-SMOL_CASES = [
-    ("resid", "L15", 19, "prompt"),
-    ("resid", "L5", 5, "prompt"),
-    ("attn", "L23", 19, "prompt"),
-    ("mlp", "L0", 5, "prompt"),
-    ("head", "L24", 19, "prompt"),
-    ("attn", "L24", 19, "zero"),
-    ("head", "L23", 19, "mean"),
-    ("mlp", "L29", 19, "mean"),
-]
-
-
-@pytest.mark.integration
-@pytest.mark.parametrize("component,layer,position,source", SMOL_CASES)
-def test_patches_on_the_embedded_model_match_the_reference(embedded, smol_reference, component, layer, position, source):
-    ids_a = list(embedded.tokenizer(PLASMA_A)["input_ids"])
-    ids_b = list(embedded.tokenizer(PLASMA_B)["input_ids"])
-    kwargs = dict(layer=layer, position=position, component=component, top_k=10, target=ids_a[5], track=[ids_b[5]])
-    if component == "head":
-        kwargs["head"] = 4
-    if source == "prompt":
-        result = patching.patch(embedded, ids_a, source_prompt=ids_b, **kwargs)
-    else:
-        result = patching.patch(embedded, ids_a, ablate=source, **kwargs)
-    _, rec_a = smol_reference.run(ids_a)
-    _, rec_b = smol_reference.run(ids_b)
-    iv = reference_intervention(smol_reference, rec_b, rec_a, result.spec, len(ids_a))
-    logits, rec_patched = smol_reference.run(ids_a, [iv])
-    assert_final_rows_match(result.patched, torch.softmax(logits, dim=-1), result.spec.position)
-    if (component, source) == ("resid", "prompt"):
-        check_cone(result, smol_reference, rec_a, rec_patched)
-
-
-@pytest.mark.integration
-def test_steering_the_embedded_model_matches_adding_it_by_hand(embedded, smol_reference):
-    prompt = "My favourite place to spend a summer day is"
-    ids = list(embedded.tokenizer(prompt)["input_ids"])
-    sea = patching.resolve_token(embedded, " sea")
-    result = patching.steer(embedded, ids, toward=sea, layer="L15", alpha=4.0, steps=6, top_k=5)
-    iv, scale = reference_steer(smol_reference, ids, sea, 15, 4.0, 0)
-    assert result.spec.scale == pytest.approx(scale, rel=1e-5)
-    expected = smol_reference.greedy(ids, 6, [iv])
-    assert [t.id for t in result.generated] == expected
-    assert result.generated != result.clean_generated  # the steer does something
-    probs = smol_reference.probs(ids + expected, [iv])
-    assert_final_rows_match(result.steered, probs)
 
 
 # ---------------------------------------------------------------- the worker's handlers

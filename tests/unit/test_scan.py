@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import csv
 import json
-import math
 
 import numpy as np
 import pytest
@@ -13,10 +12,11 @@ import torch
 
 from lenstui.core.errors import Cancelled
 from lenstui.engine.speak import scan as scan_module
-from lenstui.engine.speak.check import as_readout, check_speakable
+from lenstui.engine.speak.check import as_readout
 from lenstui.engine.speak.geometry import readout_from_arrays
 from lenstui.engine.speak.scan import load_cached_scan, scan_vocabulary
 from lenstui.engine.speak.scan_cache import scan_dir
+from testkit.speak_checks import assert_certificates_recheck, assert_scan_matches_single_checks
 
 
 @pytest.fixture
@@ -24,27 +24,6 @@ def cache_dir(tmp_path, monkeypatch):
     """Where scans are kept (the data dir: a scan is work a user asked for)."""
     monkeypatch.setenv("LENSTUI_DATA_DIR", str(tmp_path / "data"))
     return tmp_path / "data"
-
-
-def assert_scan_matches_single_checks(model, result, ids):
-    for t in ids:
-        single = check_speakable(model, t)
-        assert result.verdict(t) == single.verdict, t
-        assert result.is_hard_to_speak(t) == single.hard_to_speak, t
-        assert int(result.best_match[t]) == single.best_match.id, t
-
-
-def assert_certificates_recheck(model, result):
-    readout = as_readout(model)
-    V = readout.V.numpy()
-    c = readout.c.numpy()
-    for t in result.unspeakable_ids:
-        ids, weights = result.certificates[t]
-        weights = np.asarray(weights)
-        assert t not in ids and (weights >= 0).all() and abs(weights.sum() - 1) < 1e-12
-        residual = V[t] - weights @ V[ids]
-        bound = np.sqrt(V.shape[1]) * np.linalg.norm(residual) + c[t] - weights @ c[ids]
-        assert bound <= result.certificate_tolerance
 
 
 @pytest.mark.parametrize("which", ["tiny_llama", "tiny_gpt2"])
@@ -169,61 +148,6 @@ def test_writes_csv_and_json(tiny_llama, cache_dir, tmp_path):
     zero = payload["tokens"][0]
     assert zero["verdict"] == "unspeakable" and zero["certificate"]["combination"]
     assert payload["tokens"][5]["text"] == tiny_llama.decode(5)
-
-
-@pytest.mark.integration
-def test_embedded_prefix_of_the_vocabulary(embedded, tmp_path, monkeypatch):
-    monkeypatch.setenv("LENSTUI_CACHE_DIR", str(tmp_path / "cache"))  # model already loaded
-    result = scan_vocabulary(embedded, limit=700)
-    assert result.complete and result.n_scanned == 700
-    assert (result.verdicts[700:] == scan_module.PENDING).all()
-    # ids 5 and 7..16 are special tokens sharing one unembedding row: ties, never argmax
-    assert result.unspeakable_ids == {5, *range(7, 17)}
-    assert not result.undetermined_ids
-    assert 657 in result.hard_to_speak_ids and result.counts()["hard_to_speak"] > 100
-    assert_scan_matches_single_checks(embedded, result, [0, 4, 5, 100, 190, 657, 699])
-    assert_certificates_recheck(embedded, result)
-    assert not (tmp_path / "cache").exists()  # a --limit scan is never cached
-
-
-@pytest.mark.integration
-def test_embedded_scan_theta_bounds_equal_the_single_token_float64_bound(embedded, monkeypatch):
-    """Every theta bound of a scan equals the single-token float64 bound (``cap_lower_bound``,
-    no float32 screen) around the same witness axis: the larger of the own and the whitened
-    axes for a token said by its own direction. Several chunks, each with tokens said by their
-    own direction and tokens still open (their rows of the chunk's products handed over by
-    index), and blocks of the batched bounds that divide neither."""
-    from lenstui.core.scan_result import METHODS
-    from lenstui.core.verdicts import Method
-    from lenstui.engine.speak import aim as aim_module
-    from lenstui.engine.speak.aim import cap_lower_bound, difference_norms
-    from lenstui.engine.speak.check import candidate_directions
-
-    monkeypatch.setattr(scan_module, "CHUNK", 80)
-    monkeypatch.setattr(aim_module, "_BATCH_BLOCK", 7)
-    result = scan_vocabulary(embedded, limit=240, cache=False)
-    readout = as_readout(embedded)
-    seen = {}
-    for t in np.nonzero(result.verdicts[:240] == scan_module.SPEAKABLE)[0].tolist():
-        method = METHODS[result.method[t]]
-        index = torch.tensor([t])
-        seen[method] = seen.get(method, 0) + 1
-        if method == Method.OWN and seen[method] % 3:
-            continue  # one in three: two single passes each, and most of the 240 are these
-        if method == Method.OWN:
-            axes = [readout.full_rows32()[t], candidate_directions(readout, index, Method.WHITENED)[0]]
-        elif method == Method.LP:
-            axes = [torch.as_tensor(result.lp_witnesses[t])]
-        else:
-            axes = [candidate_directions(readout, index, method)[0]]
-        norms = difference_norms(readout, t)
-        # The batched pass's axes are exactly the float32 vectors.
-        singles = [cap_lower_bound(readout, t, a.to(torch.float32).to(torch.float64), norms)["robust"] for a in axes]
-        expected = math.degrees(max(0.0, *singles))
-        assert result.theta_lower[t] == pytest.approx(expected, abs=1e-9), (t, method)
-    # Phase 1's own-direction hits and open tokens, phase 2's later families, phase 5's LP.
-    assert seen.get(Method.OWN, 0) > 120 and seen.get(Method.WHITENED, 0) > 40, seen
-    assert seen.get(Method.PRECISION, 0) and seen.get(Method.LP, 0), seen
 
 
 def test_worker_handlers_run_checks_and_scans(tiny_llama, cache_dir):

@@ -1,5 +1,5 @@
 """The certified speakability check: constructed unembeddings with known answers, the tiny
-models, the embedded model's witnesses through its real final norm, and the pane."""
+models, and the pane (the embedded model's witnesses: tests/integration/test_speak_embedded.py)."""
 
 from __future__ import annotations
 
@@ -13,52 +13,7 @@ from lenstui.core.errors import Cancelled
 from lenstui.engine.speak.check import check_speakable
 from lenstui.engine.speak.geometry import readout_from_arrays
 from lenstui.engine.speak.lp import solve_speak_lp
-
-# ---------------------------------------------------------------- independent re-checks
-
-
-def forward(x, rows, bias, kind, gain=None, beta=None, eps=1e-5):
-    """The readout written out from its definition, in float64, independent of the engine."""
-    x = np.asarray(x, dtype=np.float64)
-    rows = np.asarray(rows, dtype=np.float64)
-    d = rows.shape[1]
-    gain = np.ones(d) if gain is None else np.asarray(gain, dtype=np.float64)
-    beta = np.zeros(d) if beta is None else np.asarray(beta, dtype=np.float64)
-    if kind == "LN":
-        x = x - x.mean()
-    normed = x / math.sqrt(float((x**2).mean()) + eps)
-    return rows @ (gain * normed + beta) + (0.0 if bias is None else np.asarray(bias, dtype=np.float64))
-
-
-def assert_witness(result, rows, bias=None, kind="RMS", gain=None, beta=None, eps=1e-5):
-    assert result.verdict == "speakable"
-    logits = forward(result.witness_resid, rows, bias, kind, gain, beta, eps)
-    others = np.delete(logits, result.id)
-    assert int(np.argmax(logits)) == result.id
-    assert logits[result.id] - others.max() == pytest.approx(result.margin, rel=1e-9, abs=1e-9)
-    assert result.margin > result.speak_tolerance > 0
-
-
-def assert_certificate(result, rows, bias=None, kind="RMS", gain=None):
-    """Convex weights, re-checked here: t's best lead over the ball is <= the bound <= tol."""
-    assert result.verdict == "unspeakable"
-    cert = result.to_json()["certificate"]
-    ids = [e["id"] for e in cert["combination"]]
-    weights = np.array([e["weight"] for e in cert["combination"]])
-    assert result.id not in ids
-    assert (weights >= 0).all() and weights.sum() == pytest.approx(1.0, abs=1e-12)
-    rows = np.asarray(rows, dtype=np.float64)
-    W = rows * (1.0 if gain is None else np.asarray(gain))
-    if kind == "LN":
-        W = W - W.mean(axis=1, keepdims=True)
-    c = np.zeros(len(rows)) if bias is None else np.asarray(bias, dtype=np.float64)
-    residual = W[result.id] - weights @ W[ids]
-    bound = math.sqrt(W.shape[1]) * np.linalg.norm(residual) + c[result.id] - weights @ c[ids]
-    assert np.linalg.norm(residual) == pytest.approx(cert["residual_norm"], abs=1e-12)
-    assert bound == pytest.approx(cert["max_lead_bound"], abs=1e-12)
-    assert bound <= result.certificate_tolerance
-    return dict(zip(ids, weights))
-
+from testkit.speak_checks import assert_certificate, assert_witness, model_readout_arrays, through_module
 
 # ---------------------------------------------------------------- constructed cases
 
@@ -225,26 +180,6 @@ def test_token_out_of_range_is_a_clear_error():
 # ---------------------------------------------------------------- tiny models
 
 
-def model_readout_arrays(model):
-    """W_U, b_U, final-norm gain/beta/eps read straight from the HF module (not the engine)."""
-    bridge = model.bridge
-    norm = bridge.ln_final.original_component
-    W_U = bridge.W_U.detach().double().numpy()
-    b_U = bridge.b_U.detach().double().numpy()
-    gain = norm.weight.detach().double().numpy()
-    beta = norm.bias.detach().double().numpy() if getattr(norm, "bias", None) is not None else np.zeros(len(gain))
-    eps = getattr(norm, "variance_epsilon", getattr(norm, "eps", None))
-    return W_U, b_U, gain, beta, eps
-
-
-def through_module(model, resid):
-    """Logits of a residual through the model's own final norm and unembedding (float32)."""
-    x = torch.tensor(resid, dtype=torch.float32)[None, None, :]
-    with torch.no_grad():
-        logits = model.ln_final(x)[0, 0] @ model.W_U
-        return (logits if model.b_U is None else logits + model.b_U).double().numpy()
-
-
 @pytest.mark.parametrize("which", ["tiny_llama", "tiny_gpt2"])
 def test_tiny_models_witnesses_through_their_own_modules(which, request):
     model = request.getfixturevalue(which)
@@ -296,32 +231,6 @@ def test_tiny_gpt2_with_a_final_norm_bias(tiny_gpt2):
 
 
 # ---------------------------------------------------------------- the embedded model
-
-
-@pytest.mark.integration
-@pytest.mark.parametrize("token_id", [3427, 20000, 657, 4, 190])
-def test_embedded_witnesses_through_the_real_final_norm(embedded, token_id):
-    result = check_speakable(embedded, token_id)
-    assert result.verdict == "speakable"
-    assert len(result.witness_resid) == embedded.d_model == 576
-    # float32, through the bridge's own RMSNorm module and W_U
-    logits32 = through_module(embedded, result.witness_resid)
-    assert int(np.argmax(logits32)) == token_id
-    # float64, from the HF module's parameters and the definition of RMSNorm
-    W_U, b_U, gain, beta, eps = model_readout_arrays(embedded)
-    assert_witness(result, W_U.T, b_U, "RMS", gain, beta, eps)
-    assert abs(logits32[token_id] - np.delete(logits32, token_id).max() - result.margin) < 1e-3
-
-
-@pytest.mark.integration
-def test_embedded_hard_to_speak_token_and_duplicate_rows(embedded):
-    it = check_speakable(embedded, 657)  # " It": its own direction says another token
-    assert it.hard_to_speak and it.best_match.id != 657 and it.verdict == "speakable"
-    dup = check_speakable(embedded, 5)  # "<file_sep>" shares its unembedding row with others
-    assert dup.verdict == "unspeakable" and dup.hard_to_speak
-    W = embedded.bridge.W_U.detach().T.double().numpy()
-    twin = dup.certificate.ids[0]
-    assert twin != 5 and np.array_equal(W[twin], W[5]) and dup.certificate.bound == 0.0
 
 
 # ---------------------------------------------------------------- the pane

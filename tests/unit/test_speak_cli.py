@@ -1,26 +1,15 @@
 """`lenstui speak` and `lenstui scan`: in process through lenstui.cli.main on a tiny model
-saved as a Hugging Face directory, plus the embedded model (integration)."""
+saved as a Hugging Face directory (the embedded model: tests/integration/test_speak_cli_embedded.py)."""
 
 from __future__ import annotations
 
 import csv
 import json
-import subprocess
-import sys
 
 import pytest
 
-from lenstui.cli import main
-
-CONTRACT = {
-    "id": int,
-    "text": str,
-    "verdict": str,
-    "hard_to_speak": bool,
-    "best_match": dict,
-    "binding": list,
-    "seconds": float,
-}
+from testkit.cli import run_cli
+from testkit.speak_checks import check_contract
 
 
 @pytest.fixture(scope="module")
@@ -49,30 +38,6 @@ def cache_dir(tmp_path, monkeypatch):
     """Where scans are kept (the data dir: a scan is work a user asked for)."""
     monkeypatch.setenv("LENSTUI_DATA_DIR", str(tmp_path / "data"))
     return tmp_path / "data"
-
-
-def run_cli(capsys, *argv):
-    status = main(list(argv))
-    out, err = capsys.readouterr()
-    return status, out, err
-
-
-def check_contract(payload, d_model):
-    for key, kind in CONTRACT.items():
-        assert isinstance(payload[key], kind), key
-    assert payload["verdict"] in ("speakable", "unspeakable", "undetermined")
-    assert set(payload["best_match"]) == {"id", "text"}
-    assert all(set(b) == {"id", "text"} for b in payload["binding"])
-    if payload["verdict"] == "speakable":
-        assert isinstance(payload["margin"], float) and payload["margin"] > payload["tolerances"]["speak"]
-        assert len(payload["witness_resid"]) == d_model and payload["certificate"] is None
-    else:
-        assert payload["witness_resid"] is None
-    if payload["verdict"] == "unspeakable":
-        cert = payload["certificate"]
-        assert {"id", "weight"} <= set(cert["combination"][0])
-        assert isinstance(cert["residual_norm"], float)
-        assert cert["max_lead_bound"] <= payload["tolerances"]["certificate"]
 
 
 def test_speak_json_unspeakable_zero_row(capsys, tiny_dir):
@@ -144,26 +109,3 @@ def test_scan_limit_json(capsys, tiny_dir, cache_dir, tmp_path):
     written = json.loads(target.read_text(encoding="utf-8"))
     assert len(written["tokens"]) == 50 and written["counts"]["pending"] == 0
     assert not cache_dir.exists()
-
-
-@pytest.mark.integration
-def test_embedded_speak_in_a_real_process():
-    run = subprocess.run(
-        [sys.executable, "-m", "lenstui.cli", "speak", "--id", "657", "--json"],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert run.returncode == 0, run.stderr
-    payload = json.loads(run.stdout)
-    check_contract(payload, 576)
-    assert payload["text"] == " It" and payload["verdict"] == "speakable" and payload["hard_to_speak"]
-    assert payload["best_match"]["id"] != 657
-
-
-@pytest.mark.integration
-def test_embedded_scan_limit_in_process(capsys, tmp_path):
-    status, out, err = run_cli(capsys, "scan", "--limit", "300", "--out", str(tmp_path / "slice.csv"))
-    assert status == 0, err
-    assert "300 tokens" in out
-    assert "unspeakable" in out and "5 <file_sep>" in out

@@ -1,12 +1,9 @@
-"""`lenstui token`: in-process through lenstui.cli.main, plus one real subprocess."""
+"""`lenstui token`: in-process through lenstui.cli.main (the embedded model, in process
+and in a real subprocess: tests/integration/test_token_cli_embedded.py)."""
 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
@@ -73,41 +70,3 @@ def test_bad_input_exits_2_with_a_message(capsys, tiny_dir, argv, message):
     assert status == 2
     assert out == ""
     assert err.startswith("lenstui: ") and message in err and "Traceback" not in err
-
-
-@pytest.mark.integration
-def test_embedded_fish_head_in_process(capsys):
-    status, out, err = run_cli(capsys, "--id", "15107", "--json")
-    assert status == 0, err
-    payload = json.loads(out)
-    assert payload["text"] == "ĠðŁ" and payload["bytes_hex"] == "20 f0 9f"
-    assert payload["complete_utf8"] is False
-    assert payload["utf8_description"] == "space, then the first 2 of 4 bytes of a 4-byte character"
-    assert len(payload["neighbors"]) == 10
-
-
-def lenstui_command() -> list[str]:
-    """The installed console script next to this interpreter, else the package's __main__."""
-    script = Path(sys.executable).with_name("lenstui")
-    return [str(script)] if script.is_file() else [sys.executable, "-m", "lenstui.cli"]
-
-
-@pytest.mark.integration
-def test_embedded_subprocess_text_and_multi_token_error():
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
-    ok = subprocess.run(
-        [*lenstui_command(), "token", "ĠðŁ", "--neighbors", "3"],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-    )
-    assert ok.returncode == 0, ok.stderr
-    assert "15107" in ok.stdout and "20 f0 9f" in ok.stdout
-    assert "space, then the first 2 of 4 bytes" in ok.stdout
-
-    bad = subprocess.run(
-        [*lenstui_command(), "token", " 🐠"], capture_output=True, text=True, env=env, timeout=300
-    )
-    assert bad.returncode == 2
-    assert "3 tokens" in bad.stderr and "'ĠðŁ' + 'Ĳ' + 'ł'" in bad.stderr
