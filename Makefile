@@ -12,7 +12,7 @@ PYTEST_ARGS ?=
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.lenstui-installed
 
-.PHONY: run test bench clean chromium
+.PHONY: run test test-fast bench clean chromium
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -36,8 +36,16 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 chromium:
 	@command -v chromium >/dev/null || ($(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium)
 
+# The whole suite, every tier: tests/unit, tests/app, tests/integration (the embedded model),
+# tests/system (a real terminal, the web server in Chromium, the model's own process).
 test: $(STAMP) chromium
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The quick subset to run after every change: the unit and app tiers (tiny models, the
+# Pilot; no embedded model, no browser), spread over the cores by pytest-xdist.
+XDIST ?= auto
+test-fast: $(STAMP)
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -n $(XDIST) tests/unit tests/app $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	for b in bench/bench_*.py; do HF_HUB_OFFLINE=1 $(BIN)/python $$b || exit 1; done

@@ -1,7 +1,7 @@
 """The parts of a plain transformers causal LM the lens reads, found without TransformerLens.
 
 For the architectures listed in ``NATIVE_ARCHITECTURES`` (their module trees checked
-against TransformerLens' bridge in tests/test_native_model.py), ``anatomy(model)`` names
+against TransformerLens' bridge in tests/unit/test_native_model.py), ``anatomy(model)`` names
 the decoder blocks, the final norm, each block's post-attention norm (its input is the
 mid-block residual), the unembedding and the embedding. The lens's forward then runs on
 the plain model with forward pre-hooks, which is what the bridge computes, minus the
