@@ -82,8 +82,10 @@ def action_table(actions) -> str:
         first, last = group[0], group[-1]
         keys = keys_cell(first.keys) if len(group) == 1 else f"{keys_cell(first.keys)} … {keys_cell(last.keys)}"
         ids = f"`{first.id}`" if len(group) == 1 else f"`{first.id}` … `{last.id}`"
-        rests = [when for when, rests in (("typing", not first.while_typing), ("screens", not first.over_screens)) if rests]
-        rows.append(f"| {keys} | {cell(first.description)} | {'✓' if first.show else ''} | {', '.join(rests)} | {ids} |")
+        resting = {"typing": not first.while_typing, "screens": not first.over_screens}
+        rests = ", ".join(when for when, rests_then in resting.items() if rests_then)
+        footer = "✓" if first.show else ""
+        rows.append(f"| {keys} | {cell(first.description)} | {footer} | {rests} | {ids} |")
     return "\n".join(rows)
 
 

@@ -59,7 +59,8 @@ def test_a_broken_link_fails_the_build(tmp_path):
     shutil.copytree(ROOT / "docs", copy / "docs")
     shutil.copy(ROOT / "mkdocs.yml", copy / "mkdocs.yml")
     page = copy / "docs" / "guide" / "lens.md"
-    page.write_text(page.read_text(encoding="utf-8") + "\nSee [nowhere](explorer.md#no-such-section).\n", encoding="utf-8")
+    broken = "\nSee [nowhere](explorer.md#no-such-section).\n"
+    page.write_text(page.read_text(encoding="utf-8") + broken, encoding="utf-8")
     result = build(copy / "mkdocs.yml", tmp_path / "site")
     assert result.returncode != 0
     assert "no-such-section" in result.stderr
