@@ -30,6 +30,7 @@ from pathlib import Path
 import pytest
 
 from lenstui.cli import build_parser, main, serve_cmd
+from testkit.procstat import spends_cpu
 from testkit.serve_standin import tab_pids
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -505,9 +506,11 @@ def test_chromium_on_a_foreign_site_or_a_rebound_name_gets_nothing(serve_lenstui
             assert page.goto(served.base + "/").status == 403
         finally:
             browser.close()
-    # What this test sent that the server must refuse: the rebound name's page, the foreign
-    # page's socket, the page without the token (Chromium may add requests of its own).
-    assert wait_until(lambda: served.refusals() >= 3, 10), served.output()
+    # What this test sent that reaches the server and must be refused: the rebound name's page
+    # and the page without the token. (The foreign page's socket is refused by the server, or
+    # never leaves Chromium, which may block a public page's request to loopback: "closed
+    # 1006" either way, and its refusal, when there is one, is logged before the page sees it.)
+    assert wait_until(lambda: served.refusals() >= 2, 10), served.output()
     assert served.tabs() == [] and "started pid" not in served.output()
 
 
@@ -689,26 +692,12 @@ def _web_app(tmp_path: Path, *argv: str, early: bytes = b"", driver: str = "lens
     return process, seen
 
 
-def _cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
-
-
 def _spins_without_drawing(process: subprocess.Popen, seen: bytearray, cpu_seconds: float) -> bool:
     """Whether ``process`` burns ``cpu_seconds`` more of CPU, alive, without drawing its prompt:
     Textual's livelock (its loop posting Resize events to itself). A healthy app draws its
     first frame in a fraction of that and then idles; an app whose quit was honoured ends.
     Counted in CPU time, not wall time, so a loaded machine only makes it slower."""
-    try:
-        start = _cpu_seconds(process.pid)
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and process.poll() is None and b"Eiffel" not in seen:
-            if _cpu_seconds(process.pid) - start >= cpu_seconds:
-                return process.poll() is None and b"Eiffel" not in seen
-            time.sleep(0.05)
-    except FileNotFoundError:  # it ended between two looks
-        pass
-    return False
+    return spends_cpu(process.pid, cpu_seconds, still=lambda: process.poll() is None and b"Eiffel" not in seen)
 
 
 STUCK_ATTEMPTS = 5
