@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from dataclasses import dataclass
+from typing import ClassVar
 
 from lenstui.jobs.handlers import run_lens_handler
-from lenstui.jobs.protocol import RunLens
+from lenstui.jobs.protocol import Request, RunLens
 from lenstui.tui.app import LenstuiApp
 from lenstui.tui.presenter import PresenterApp
 from lenstui.tui.widgets.grid import LensGrid
@@ -81,6 +83,26 @@ async def until(pilot, condition, what: str = "the condition") -> None:
         await asyncio.wait_for(poll(), SETTLE_TIMEOUT)
     except asyncio.TimeoutError:
         raise AssertionError(f"timed out waiting for {what}") from None
+
+
+@dataclass(frozen=True)
+class Drain(Request):
+    """Runs after every request queued before it (the largest priority number runs last)."""
+
+    priority: ClassVar[int] = 99
+    needs_model: ClassVar[bool] = False
+
+
+async def drain_worker(app, pilot) -> None:
+    """Every request the worker holds now has ended and its answer has reached the app: the
+    worker thread posts a job's answer before it takes the next one, so once ``Drain``'s
+    handler runs, the earlier answers are in the app's queue, and the Pilot's pause takes them.
+    (A long job lets short ones in between its chunks: not for use while one runs.)"""
+    passed = threading.Event()
+    app.register_handler(Drain, lambda model, request, ctx: passed.set())
+    app.submit(Drain())
+    await until(pilot, passed.is_set, "the worker past every earlier request")
+    await pilot.pause()
 
 
 def grid_lines(app: LenstuiApp) -> list[str]:

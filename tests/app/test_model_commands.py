@@ -4,10 +4,11 @@ listed models come from a models folder built here; choosing one posts ModelChos
 from __future__ import annotations
 
 from textual.app import App, ComposeResult
-from textual.command import CommandPalette
+from textual.command import CommandList, CommandPalette
 from textual.widgets import Static
 
 from lenstui.tui.commands import ModelChosen, ModelCommands, looks_like_spec, typed_spec
+from testkit.apphelpers import until
 
 
 class PickerApp(App):
@@ -37,12 +38,21 @@ def _models_dir(tmp_path, monkeypatch):
     return models
 
 
+def _searching(palette: CommandPalette) -> bool:
+    return any(
+        worker.node is palette and worker.group == CommandPalette._GATHER_COMMANDS_GROUP and not worker.is_finished
+        for worker in palette.app.workers
+    )
+
+
 async def _palette_choose(pilot, query: str) -> None:
     await pilot.press("ctrl+p")
     await pilot.pause()
-    assert isinstance(pilot.app.screen, CommandPalette)
+    palette = pilot.app.screen
+    assert isinstance(palette, CommandPalette)
     await pilot.press(*query)
-    await pilot.pause(0.5)
+    # The search for the whole query has ended and its hits are listed.
+    await until(pilot, lambda: palette.query_one(CommandList).option_count > 0 and not _searching(palette), "the hits")
     await pilot.press("down", "enter")
     await pilot.pause()
 

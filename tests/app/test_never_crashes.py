@@ -17,7 +17,7 @@ import pytest
 from lenstui.core.lens_result import PENDING
 from lenstui.jobs.protocol import Request, RunLens
 from lenstui.tui.screens.attribution import AttributionScreen
-from testkit.apphelpers import gate_lens_runs, grid_lines, settle, until
+from testkit.apphelpers import drain_worker, gate_lens_runs, grid_lines, settle, until
 
 # The tiny tokenizer was trained on these words: about 20 tokens.
 PROMPT = "The Eiffel Tower is located in the city of Paris. Sometimes, when people say plasma"
@@ -448,7 +448,7 @@ async def test_a_lens_run_in_flight_never_paints_over_the_scene_shown(tmp_path, 
         scene = list(app.grid.result.token_ids)
         gate.release()
         await settle(app, pilot)
-        await pilot.pause(0.2)
+        await drain_worker(app, pilot)  # the released run's answer has landed (and painted nothing)
         assert app.prompt_pane.text == "hello world, hello" and len(app.session.steps) == 2
         assert list(app.grid.result.token_ids) == scene == list(app.session.steps[-1].ids)
         assert not app.crashes

@@ -16,7 +16,7 @@ from lenstui.jobs.protocol import AttributeCell, CheckSpeakable, Request
 from lenstui.tui.panes.prompt import PRESETS
 from lenstui.tui.screens.attribution import AttributionScreen, attribution_request
 from lenstui.tui.widgets.attribution import AttentionRowView, AttributionView, ChartView
-from testkit.apphelpers import settle, until
+from testkit.apphelpers import drain_worker, settle, until
 
 PLASMA = next(p for p in PRESETS if p.name == "plasma")
 SAY = 19  # the second " say": the position that predicts the repeated " plasma"
@@ -168,7 +168,7 @@ async def test_a_newer_request_supersedes_the_running_one(make_app):
         release.set()
         result = await screen_result(app, pilot)
         assert (result.position, result.row_label) == (3, "L10")
-        await pilot.pause(0.5)  # room for a stale answer to arrive (it must not be shown)
+        await drain_worker(app, pilot)  # whatever else was on its way has landed (and must not be shown)
         assert [(r.position, r.row_label) for r in shown] == [(3, "L10")]
         assert view.result is result
         assert app.worker.latest_seq(AttributeCell) == screen.seq != first_seq  # the first is stale

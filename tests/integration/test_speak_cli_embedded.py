@@ -6,19 +6,8 @@ import json
 import subprocess
 import sys
 
-
 from testkit.cli import run_cli
 from testkit.speak_checks import check_contract
-
-CONTRACT = {
-    "id": int,
-    "text": str,
-    "verdict": str,
-    "hard_to_speak": bool,
-    "best_match": dict,
-    "binding": list,
-    "seconds": float,
-}
 
 
 def test_embedded_speak_in_a_real_process():

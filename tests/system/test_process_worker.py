@@ -17,6 +17,7 @@ from lenstui.engine.lens.run import run_lens
 from lenstui.jobs.process import ProcessWorker
 from lenstui.jobs.protocol import Done, Failed, LoadModel, Partial, RunLens, Stopped
 from lenstui.jobs.transport import dumps, loads
+from testkit.procstat import spends_cpu
 
 TIMEOUT = 180
 PROMPT = "hello world, hello tokens, hello bytes"
@@ -120,7 +121,7 @@ def test_a_worker_killed_mid_run_is_a_failure_then_a_restart_with_the_model_relo
     assert isinstance(final(worker, LoadModel)[0], Done)
     long_prompt = " ".join(["the"] * 1500)  # a forward long enough to kill it inside
     worker.submit(RunLens(long_prompt))
-    time.sleep(0.5)
+    assert spends_cpu(worker.child_pids[-1], 0.3), "the child never started the run"  # inside the forward now
     os.kill(worker.child_pids[-1], signal.SIGKILL)
     failed, _ = final(worker, RunLens)
     assert isinstance(failed, Failed) and "killed by SIGKILL" in failed.message
@@ -138,7 +139,7 @@ def test_a_cancelled_job_that_does_not_yield_costs_its_process(worker, embedded)
     worker.submit(LoadModel())
     assert isinstance(final(worker, LoadModel)[0], Done)
     worker.submit(RunLens(" ".join(["the"] * 1500)))  # one forward pass: no place to stop
-    time.sleep(0.5)
+    assert spends_cpu(worker.child_pids[-1], 0.3), "the child never started the run"  # inside the forward now
     assert worker.cancel(RunLens)
     ended, _ = final(worker, RunLens)
     assert isinstance(ended, Failed) and "did not stop within 0.3 s" in ended.message

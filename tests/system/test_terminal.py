@@ -113,12 +113,17 @@ def _clear_prompt(term: TerminalApp) -> None:
     term.wait_until(lambda _: term.prompt() == "", 10, "an empty prompt")
 
 
+def _idle(term: TerminalApp) -> bool:
+    """No lens run in flight: the status line no longer says one is running."""
+    return "running the lens" not in term.text()
+
+
 def _settled_on(term: TerminalApp, tokenizer, text: str) -> None:
-    """The prompt reads ``text`` and the grid shows its lens, and stays so (no stale
-    answer lands afterwards)."""
+    """The prompt reads ``text`` and the grid shows its lens, and stays so: checked again once
+    no run is in flight any more, when no stale answer is left to land."""
     term.wait_until(lambda _: term.prompt() == text, 30, f"the prompt {text!r}")
     _wait_for_grid(term, tokenizer, text)
-    time.sleep(1.0)
+    term.wait_until(lambda _: _idle(term), 60, "no lens run in flight")
     assert term.prompt() == text
     assert _grid_matches(term, tokenizer, text), term.text()
 
@@ -140,7 +145,7 @@ def _start_long_run(term: TerminalApp, tokenizer, tail: str) -> str:
 def test_typing_during_startup_arrives_whole(tmp_path, tokenizer):
     """Keys sent while the worker imports torch and loads the model."""
     with TerminalApp(env=_env(tmp_path)) as term:
-        time.sleep(1.0)
+        term.wait_until(lambda lines: any("❯" in line for line in lines[:2]), 60, "the first frame")
         term.type(FRANCE)  # one write, as tmux send-keys -l does
         term.press(*["backspace"] * 20, interval=0.01)
         term.type(GERMANY)
@@ -201,7 +206,7 @@ def test_unusual_characters_in_the_prompt(app, tokenizer):
     app.paste("bell\x07 tab\t escape\x1b[2J end")
     app.press("enter")
     app.wait_until(lambda _: "bell" in app.prompt(), 10, "the pasted text")
-    time.sleep(1.0)
+    app.wait_until(lambda _: _idle(app), 60, "no lens run in flight")  # its grid drawn, if any
     lines = app.lines()
     assert app.alive()
     assert "palette" in lines[-1], "\n".join(lines)  # the footer is still where it belongs
@@ -220,7 +225,7 @@ def test_ctrl_n_ten_times_then_ctrl_b_ten_times(app, tokenizer):
     n = len(tokenizer.encode(base).ids)
     app.press(*["ctrl+n"] * 10, interval=0.02)
     app.wait_until(lambda _: app.token_count() == n + 10 and "+10 generated" in app.text(), 90, "10 steps")
-    time.sleep(1.0)
+    app.wait_until(lambda _: _idle(app), 60, "no lens run in flight")  # no step left to land
     assert app.token_count() == n + 10 and "+10 generated" in app.text()
     # Greedy steps: each generated input token is the last layer's top-1 one position
     # earlier, so a lost, doubled or reordered step breaks this chain.
