@@ -7,8 +7,8 @@ extended lens's decoder and the Patchscope's target run too), the value of one a
 
 - ``tokens`` [b, m] after what the KV cache ``kv`` holds (positions ``kv_len..``);
 - ``start_block`` and ``hidden`` [b, m, d]: block ``start_block``'s input is ``hidden``
-  (``start_block`` = n_layers: the final norm's); the blocks below it are skipped where the
-  model allows it, else run and overwritten;
+  (``start_block`` = n_layers: the final norm's; 0: the embedding's output is replaced); the
+  blocks below it are skipped where the model allows it, else run and overwritten;
 - ``edits``: (site, function) pairs that rewrite an activation (a patch, a steer);
 - ``reads``: the sites whose values come back ([b, m, ...] each);
 - ``logits``: whether the model's own logits come back (else the run stops at the final
@@ -102,7 +102,7 @@ class Forward:
         if start_block and hidden is None:
             raise ValueError("a run from a block needs that block's input (hidden)")
         plan: dict[Site, list] = {}
-        if start_block:
+        if hidden is not None:  # (start_block 0: the embedding's output is replaced)
             plan.setdefault(Site("resid", start_block - 1), []).append(("start", hidden))
         for site, edit in edits:
             plan.setdefault(site, []).append(("edit", edit))

@@ -386,7 +386,8 @@ def _show_patch(host: CausalHost, value: PatchResult) -> None:
 def _show_steer(host: CausalHost, request: RunSteer, value: SteerResult) -> None:
     state = host.causal
     steer = state.steer
-    if steer is None or request.toward != steer.toward or request.alpha != steer.alpha or request.layer != steer.layer:
+    setting = request.setting
+    if steer is None or setting.toward != steer.toward or setting.alpha != steer.alpha or setting.layer != steer.layer:
         return  # cleared, or changed since: a newer RunSteer is on its way
     if steer.scale is None:
         steer.scale = value.spec.scale
