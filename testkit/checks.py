@@ -1,6 +1,7 @@
-"""References shared by a tiny-model test (tests/unit) and its twin on the embedded model
-(tests/integration): logits through the model's own modules, never lenstui's readout, and a
-lens run from a fresh state to hold the incremental one to."""
+"""References and checks shared by a tiny-model test (tests/unit) and its twin on the embedded
+model (tests/integration): logits through the model's own modules, never lenstui's readout; a
+lens run from a fresh state to hold the incremental one to; the native forward held to the
+TransformerLens bridge's hook points (parts, residual stack, every site, a run from a block)."""
 
 from __future__ import annotations
 
@@ -8,8 +9,9 @@ import pytest
 import torch
 from transformers import DynamicCache
 
-from lenstui.engine.lens.forward import _bridge_forward, _plain_forward
+from lenstui.core.lenses import LensOptions
 from lenstui.engine.lens.state import LensState
+from lenstui.engine.model.forward import SITE_KINDS, BridgeForward, NativeForward, Site, kv_prefix, stack_sites
 
 
 def real_logits(bridge, x: torch.Tensor) -> torch.Tensor:
@@ -30,7 +32,7 @@ def model_log_probs(model, ids):
 def scratch_lens(model, ids, **settings):
     """A from-scratch run: a fresh state that has seen nothing before."""
     state = LensState(model)
-    state.prepare(ids, **settings)
+    state.prepare(ids, LensOptions(**settings))
     return state.result()
 
 
@@ -53,6 +55,10 @@ def assert_cells_equal(a, b) -> None:
     assert [t.id for t in a.top] == [t.id for t in b.top]
     assert [t.prob for t in a.top] == pytest.approx([t.prob for t in b.top], abs=1e-5)
     assert a.target_rank == b.target_rank
+
+
+def _stacked(run, sites):
+    return torch.stack([run.values[site][0] for site in sites])
 
 
 def assert_anatomy_is_the_bridges(model):
@@ -81,13 +87,68 @@ def assert_plain_forward_captures_the_bridges_hook_points(model, prompt: str):
     ids = model.tokenizer(prompt)["input_ids"]
     head, tail = ids[:-3], ids[-3:]
     plain_cache, bridge_cache = DynamicCache(), DynamicCache()
+    resid, mid = stack_sites(model.n_layers, mid=True)
     for chunk in (head, tail):  # a full forward, then an incremental one over the cache
         tokens = torch.tensor([chunk])
-        plain = _plain_forward(model, tokens, plain_cache, capture_mid=True)
-        bridge = _bridge_forward(model, tokens, bridge_cache, capture_mid=True)
-        scale = bridge.pre.abs().max().item()
-        assert plain.pre.shape == bridge.pre.shape == (model.n_layers + 1, len(chunk), model.d_model)
-        assert (plain.pre - bridge.pre).abs().max().item() <= 1e-6 * max(1.0, scale)
-        assert (plain.mid - bridge.mid).abs().max().item() <= 1e-6 * max(1.0, scale)
+        plain = NativeForward(model).run(tokens, kv=plain_cache, reads=resid + mid, logits=True)
+        bridge = BridgeForward(model).run(tokens, kv=bridge_cache, reads=resid + mid, logits=True)
+        plain_pre, bridge_pre = _stacked(plain, resid), _stacked(bridge, resid)
+        scale = bridge_pre.abs().max().item()
+        assert plain_pre.shape == bridge_pre.shape == (model.n_layers + 1, len(chunk), model.d_model)
+        assert (plain_pre - bridge_pre).abs().max().item() <= 1e-6 * max(1.0, scale)
+        assert (_stacked(plain, mid) - _stacked(bridge, mid)).abs().max().item() <= 1e-6 * max(1.0, scale)
         assert torch.allclose(plain.logits, bridge.logits, atol=1e-4, rtol=1e-5)
     assert plain_cache.get_seq_length() == len(ids)
+
+
+def assert_every_site_reads_and_writes_as_the_bridge_does(model, prompt: str):
+    """Each intervention site of the native machinery (resid, mid, attn, mlp, the per-head
+    output) holds what the bridge's hook point holds, and an edit there changes the rest
+    of the forward exactly as the same edit on the bridge does."""
+    ids = model.tokenizer(prompt)["input_ids"][:9]
+    tokens = torch.tensor([ids])
+    layer = model.n_layers // 2
+    sites = [Site(kind, layer) for kind in SITE_KINDS]
+    final = Site("resid", model.n_layers - 1)
+    plain = NativeForward(model).run(tokens, reads=[*sites, final], logits=True)
+    bridge = BridgeForward(model).run(tokens, reads=sites, logits=True)
+    for site in sites:
+        a, b = plain.values[site], bridge.values[site]
+        assert a.shape == b.shape, site
+        assert (a - b).abs().max().item() <= 1e-5 * max(1.0, b.abs().max().item()), site
+    for site in sites:
+        if site.kind == "mid":
+            continue  # read only
+
+        def edit(x):
+            x = x.clone()
+            x[:, 4] = x[:, 4] * 0.5 + 0.25
+            return x
+
+        got = NativeForward(model).run(tokens, edits=[(site, edit)], reads=[final])
+        want = BridgeForward(model).run(tokens, edits=[(site, edit)], reads=[final])
+        assert not torch.allclose(got.values[final], plain.values[final]), site  # the edit did something
+        a, b = got.values[final], want.values[final]
+        assert (a - b).abs().max().item() <= 1e-5 * max(1.0, b.abs().max().item()), site
+
+
+def assert_a_run_from_a_block_skips_the_blocks_below_and_agrees(model, prompt: str):
+    """A run from a block (the blocks below skipped, their KV prefix kept) equals running them."""
+    ids = model.tokenizer(prompt)["input_ids"][:10]
+    resid, _ = stack_sites(model.n_layers)
+    cache = DynamicCache()
+    clean = NativeForward(model).run(torch.tensor([ids]), kv=cache, reads=resid)
+    forward = NativeForward(model)
+    forward.run(torch.tensor([ids[:2]]), reads=resid)  # learns the blocks' output form
+    start, block = 6, model.n_layers - 1
+    hidden = clean.values[resid[block]][:, start:]  # block `block`'s input
+    final = resid[-1]
+    first = forward.run(torch.tensor([ids[start:]]), kv=kv_prefix(cache, start), start_block=block, hidden=hidden,
+                        reads=[final])
+    assert forward.skipping_works is True  # checked once against running every block
+    again = forward.run(torch.tensor([ids[start:]]), kv=kv_prefix(cache, start), start_block=block, hidden=hidden,
+                        reads=[final])
+    assert first.skipped and again.skipped  # (the first one was also run whole, to check)
+    want = clean.values[final][:, start:]
+    for run in (first, again):
+        assert (run.values[final] - want).abs().max().item() <= 1e-5 * max(1.0, want.abs().max().item())

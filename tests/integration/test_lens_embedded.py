@@ -7,12 +7,13 @@ import math
 import pytest
 
 from lenstui.core.errors import InputError
+from lenstui.core.lenses import LensOptions
 from lenstui.engine.lens.run import run_lens
 from testkit.checks import model_log_probs
 
 
 def test_embedded_eiffel_tower_says_paris(embedded):
-    result = run_lens(embedded, "The Eiffel Tower is located in the city of", top_k=5)
+    result = run_lens(embedded, "The Eiffel Tower is located in the city of", LensOptions(top_k=5))
     assert len(result.layers) == 31
     assert result.grid[-1][-1].top[0].text == " Paris"
     assert result.next_token.text == " Paris"
@@ -22,7 +23,7 @@ def test_embedded_eiffel_tower_says_paris(embedded):
 
 def test_embedded_final_row_is_the_models_output(embedded):
     prompt = "Sometimes, when people say plasma, they mean a state of matter. Other times, when people say plasma"
-    result = run_lens(embedded, prompt, top_k=3)
+    result = run_lens(embedded, prompt, LensOptions(top_k=3))
     lp = model_log_probs(embedded, result.token_ids)
     for pos, cell in enumerate(result.grid[-1]):
         assert cell.top[0].id == int(lp[pos].argmax())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from lenstui.core.lenses import LensOptions
 from lenstui.engine.lens.state import LensState
 from testkit.checks import assert_same_lens, scratch_lens
 
@@ -9,7 +10,7 @@ from testkit.checks import assert_same_lens, scratch_lens
 def test_embedded_generation_step_and_edit_match_scratch(embedded):
     ids = embedded.tokenizer("The Eiffel Tower is located in the city of Paris, which")["input_ids"]
     state = LensState(embedded)
-    state.prepare(ids[:-1], top_k=5)
+    state.prepare(ids[:-1], LensOptions(top_k=5))
     state.cells([len(ids) - 2])
-    assert state.prepare(ids, top_k=5).forward_positions == 1
+    assert state.prepare(ids, LensOptions(top_k=5)).forward_positions == 1
     assert_same_lens(state.result(), scratch_lens(embedded, ids, top_k=5))

@@ -15,6 +15,7 @@ from lenstui.tui.app import LenstuiApp
 from lenstui.tui.widgets.grid import PENDING_MARK, LensGrid
 from testkit.apphelpers import LONG_PROMPT
 from testkit.checks import assert_cells_equal
+from lenstui.core.lenses import LensOptions
 
 SETTLE_TIMEOUT = 600
 
@@ -48,7 +49,7 @@ class StreamApp(LenstuiApp):
 @pytest.fixture
 def make_app(embedded):
     def make(prompt: str = "") -> StreamApp:
-        embedded.memo.pop("lens_state", None)  # each test starts from a cold lens state
+        embedded.caches.lens_states.pop("a", None)  # each test starts from a cold lens state
         return StreamApp(prompt, loader=lambda spec, **kw: embedded)
 
     return make
@@ -69,7 +70,7 @@ def grid_text(app) -> str:
 def assert_grid_is_a_fresh_run(app, model, text: str) -> None:
     """Every cell the grid holds equals a from-scratch lens run of ``text``."""
     reference = LensState(model)
-    reference.prepare(text, top_k=app.session.top_k)
+    reference.prepare(text, LensOptions(top_k=app.session.top_k))
     expected = reference.result()
     shown = app.grid.result
     assert [t.id for t in shown.tokens] == [t.id for t in expected.tokens]

@@ -7,7 +7,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lenstui.engine import patching
+from lenstui.core.lenses import LensOptions
+from lenstui.core.patch_result import PatchSite, SteerSetting
+from lenstui.engine import causal
+from lenstui.engine.model.vocab import resolve_token
 from testkit.patch_reference import (
     TOL,
     Plain,
@@ -18,7 +21,6 @@ from testkit.patch_reference import (
 )
 
 PLASMA_A = "Sometimes, when people say plasma, they mean a state of matter. Other times, when people say"
-
 PLASMA_B = PLASMA_A.replace("say plasma,", "say blood,")
 
 
@@ -40,7 +42,7 @@ def test_plasma_layer_sweep_on_the_embedded_model(embedded, smol_reference):
     ids_a = list(embedded.tokenizer(PLASMA_A)["input_ids"])
     ids_b = list(embedded.tokenizer(PLASMA_B)["input_ids"])
     plasma, blood = ids_a[5], ids_b[5]
-    result = patching.sweep(embedded, ids_a, source_prompt=ids_b, mode="layers", target=plasma)
+    result = causal.sweep(embedded, ids_a, source_prompt=ids_b, mode="layers", target=plasma)
     assert result.source_answer.id == blood and result.cost.path == "resume"
     _, rec_b = smol_reference.run(ids_b)
     worst = 0.0
@@ -74,13 +76,12 @@ SMOL_CASES = [
 def test_patches_on_the_embedded_model_match_the_reference(embedded, smol_reference, component, layer, position, source):
     ids_a = list(embedded.tokenizer(PLASMA_A)["input_ids"])
     ids_b = list(embedded.tokenizer(PLASMA_B)["input_ids"])
-    kwargs = dict(layer=layer, position=position, component=component, top_k=10, target=ids_a[5], track=[ids_b[5]])
-    if component == "head":
-        kwargs["head"] = 4
+    site = PatchSite(layer, position, component, 4 if component == "head" else None)
+    options = LensOptions(top_k=10, target=ids_a[5], track=(ids_b[5],))
     if source == "prompt":
-        result = patching.patch(embedded, ids_a, source_prompt=ids_b, **kwargs)
+        result = causal.patch(embedded, ids_a, site, source_prompt=ids_b, options=options)
     else:
-        result = patching.patch(embedded, ids_a, ablate=source, **kwargs)
+        result = causal.patch(embedded, ids_a, site, ablate=source, options=options)
     _, rec_a = smol_reference.run(ids_a)
     _, rec_b = smol_reference.run(ids_b)
     iv = reference_intervention(smol_reference, rec_b, rec_a, result.spec, len(ids_a))
@@ -93,8 +94,8 @@ def test_patches_on_the_embedded_model_match_the_reference(embedded, smol_refere
 def test_steering_the_embedded_model_matches_adding_it_by_hand(embedded, smol_reference):
     prompt = "My favourite place to spend a summer day is"
     ids = list(embedded.tokenizer(prompt)["input_ids"])
-    sea = patching.resolve_token(embedded, " sea")
-    result = patching.steer(embedded, ids, toward=sea, layer="L15", alpha=4.0, steps=6, top_k=5)
+    sea = resolve_token(embedded, " sea")
+    result = causal.steer(embedded, ids, SteerSetting(toward=sea, layer="L15", alpha=4.0), steps=6, options=LensOptions(top_k=5))
     iv, scale = reference_steer(smol_reference, ids, sea, 15, 4.0, 0)
     assert result.spec.scale == pytest.approx(scale, rel=1e-5)
     expected = smol_reference.greedy(ids, 6, [iv])

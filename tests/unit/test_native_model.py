@@ -12,9 +12,15 @@ from __future__ import annotations
 import pytest
 import torch
 
+from lenstui.core.lenses import LensOptions
 from lenstui.engine.lens.run import run_lens
 from lenstui.engine.model.load import wrap_model
-from testkit.checks import assert_anatomy_is_the_bridges, assert_plain_forward_captures_the_bridges_hook_points
+from testkit.checks import (
+    assert_a_run_from_a_block_skips_the_blocks_below_and_agrees,
+    assert_anatomy_is_the_bridges,
+    assert_every_site_reads_and_writes_as_the_bridge_does,
+    assert_plain_forward_captures_the_bridges_hook_points,
+)
 from testkit.models import tiny_gpt2, tiny_llama, tiny_tokenizer
 
 PROMPT = "The Eiffel Tower is located in the city of Paris, hello world"
@@ -34,12 +40,20 @@ def test_the_plain_forward_captures_the_bridges_hook_points(model):
     assert_plain_forward_captures_the_bridges_hook_points(model, PROMPT)
 
 
+def test_every_site_reads_and_writes_as_the_bridge_does(model):
+    assert_every_site_reads_and_writes_as_the_bridge_does(model, PROMPT)
+
+
+def test_a_run_from_a_block_skips_the_blocks_below_and_agrees_with_running_them(model):
+    assert_a_run_from_a_block_skips_the_blocks_below_and_agrees(model, PROMPT)
+
+
 def test_the_lens_never_boots_the_bridge_and_agrees_with_it():
     plain, reference = tiny_llama(), tiny_llama()
-    reference.memo["anatomy"] = None  # read through the bridge
+    reference.caches.anatomy, reference.caches.anatomy_known = None, True  # read through the bridge
     for options in ({}, {"incl_mid": True}, {"lens": "extended", "extended_blocks": 2}, {"lens": "raw"}):
-        got = run_lens(plain, PROMPT, **options)
-        want = run_lens(reference, PROMPT, **options)
+        got = run_lens(plain, PROMPT, LensOptions(**options))
+        want = run_lens(reference, PROMPT, LensOptions(**options))
         for got_row, want_row in zip(got.grid, want.grid):
             for a, b in zip(got_row, want_row):
                 assert [t.id for t in a.top] == [t.id for t in b.top]
@@ -73,10 +87,11 @@ def test_a_lens_run_imports_no_transformer_lens(tmp_path):
         """
         import sys
         from testkit.models import tiny_llama
+        from lenstui.core.lenses import LensOptions
         from lenstui.engine.lens.run import run_lens
         from lenstui.engine.model.generate import greedy_ids
         model = tiny_llama()
-        result = run_lens(model, "hello world, hello tokens", top_k=5)
+        result = run_lens(model, "hello world, hello tokens", LensOptions(top_k=5))
         greedy_ids(model, result.token_ids, 3)
         print(sorted(m for m in sys.modules if m.split(".")[0] == "transformer_lens"))
         """,

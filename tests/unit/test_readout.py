@@ -6,10 +6,8 @@ import pytest
 import torch
 
 from lenstui.core.errors import Cancelled
-from lenstui.engine.lens.readout import (
-    read_out,
-    unembedding,
-)
+from lenstui.engine.lens.readout import read_out, unembedding
+from lenstui.engine.model.caches import ModelCaches
 from testkit.readout_reference import check_against_transformer_lens, residual_stack, transformer_lens_readout
 
 PROMPT = "hello world, the city of Paris"
@@ -76,7 +74,7 @@ def test_several_targets_per_vector_and_ties():
             hf.lm_head.weight[twin] = hf.lm_head.weight[top]
         for twin in (13, 17, 19):  # ... and three identical to the bottom-1
             hf.lm_head.weight[twin] = hf.lm_head.weight[low]
-    model.memo.clear()
+    model.caches = ModelCaches()
     unembed = unembedding(model)
     targets = torch.tensor([[top, 7, low, 13, 3]]).repeat(vectors.shape[0], 1)
     stats = read_out(unembed, unembed.normalize(vectors), top_k=5, targets=targets, reference=n_pos, block=37)
