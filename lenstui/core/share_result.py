@@ -82,3 +82,33 @@ def share_words(share: Optional[dict]) -> str:
         return "share exactly 0 (certified unspeakable)"
     lo, hi = share.get("log10_lo"), share.get("log10_hi")
     return f"share 10^{value:.1f} (95%: 10^{lo:.1f} … 10^{hi:.1f})"
+
+
+@dataclass(frozen=True)
+class SharePoint:
+    """One token of a share-vs-theta sample: the exact cap angle and its share estimate."""
+
+    id: int
+    text: str
+    theta_deg: float  # the aim's certified lower bound (exact up to rounding for most tokens)
+    log10_cap: Optional[float]  # the cap's share: the certified lower bound
+    log10: float
+    log10_lo: float
+    log10_hi: float
+    hardest: bool = False  # one of the hardest speakable tokens by the scan's theta bound
+
+
+@dataclass(frozen=True)
+class ShareSample:
+    """Share estimates over a sample of the vocabulary (random speakable tokens plus the
+    hardest by theta), for the share-vs-theta plot and the docs."""
+
+    model: str
+    points: tuple[SharePoint, ...]
+    requested: int
+    samples: int  # per level
+    seconds: float = 0.0
+
+    @property
+    def complete(self) -> bool:
+        return len(self.points) >= self.requested

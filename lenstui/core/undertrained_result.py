@@ -117,3 +117,44 @@ class UndertrainedResult:
             "max_prob": verification.max_prob if verification else None,
             "verified": verification.verified if verification else None,
         }
+
+
+@dataclass(frozen=True)
+class UndertrainedMarks:
+    """What the app needs from an under-trained run (plain ids and numbers, no arrays, no
+    callables, so it crosses to the UI's process): the verified tokens with their max
+    probability and the prompt that gave it, the candidates, and a one-line summary."""
+
+    model: str
+    verified: frozenset[int]
+    candidates: frozenset[int]
+    max_prob: dict[int, float]  # verified or rejected candidates
+    prompt: dict[int, str]
+    checked: int
+    complete: bool
+    share: float
+    reference: tuple[int, ...]
+    reference_why: str
+
+    def summary(self) -> str:
+        state = "" if self.complete else f" (verification {self.checked:,}/{len(self.candidates):,})"
+        return (
+            f"under-trained: {len(self.verified):,} verified of {len(self.candidates):,} candidates "
+            f"(lowest {self.share:g}% of the Magikarp indicator){state}"
+        )
+
+
+def marks_for_undertrained(result: UndertrainedResult) -> UndertrainedMarks:
+    verifications = result.verifications
+    return UndertrainedMarks(
+        model=result.model,
+        verified=result.verified_ids,
+        candidates=frozenset(result.candidates),
+        max_prob={i: v.max_prob for i, v in verifications.items()},
+        prompt={i: v.prompt for i, v in verifications.items()},
+        checked=len(verifications),
+        complete=result.complete,
+        share=result.candidate_share,
+        reference=tuple(result.reference_ids),
+        reference_why=result.reference_why,
+    )

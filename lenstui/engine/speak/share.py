@@ -71,7 +71,9 @@ LEVEL_FRACTION = 0.125
 MAX_LEVELS = 5000
 # LIN-ESS moves each seed makes before its chain starts recording: they loosen the tie
 # between a level's population and the previous one's top (see ``_subset_simulation``).
-BURN_IN = 2
+BURN_IN = 3
+# The ball's chains move by bracket shrinkage (shorter moves): this many times the burn-in.
+BALL_BURN_FACTOR = 3
 # Every this many levels the chains' constraint values are recomputed from their states
 # (the in-place updates drift by float32 rounding).
 REFRESH_EVERY = 8
@@ -83,6 +85,7 @@ _TWO_PI = 2 * math.pi
 class _Cone:
     """The cap measure's constraints: normalised slacks ``â_j . x`` for a batch of x."""
 
+    burn_factor = 1  # LIN-ESS moves go anywhere on the slice
     def __init__(self, readout: Readout, t: int, norms: torch.Tensor):
         self.t = t
         rows32, _ = readout.screen_table()
@@ -184,6 +187,8 @@ class _Ball:
     """The ball measure's constraints: ``(a_j . z + b_j) / |a_j|`` at ``z = R y / |g|`` for
     Gaussian ``g = (y, s)`` in R^(d+2) (y in the reachable subspace)."""
 
+    # Bracket shrinkage ends on short moves when the domain is small: more of them per seed.
+    burn_factor = BALL_BURN_FACTOR
     def __init__(self, readout: Readout, t: int, norms: torch.Tensor):
         self.t, self.readout = t, readout
         rows32, _ = readout.screen_table()
@@ -410,9 +415,10 @@ def _subset_simulation(domain, samples: int, seed: int, should_stop, progress) -
         current = tuple(part[seeds].clone() for part in state)
         if (level + 1) % REFRESH_EVERY == 0:
             current = domain.refresh(current)
-        if BURN_IN:
-            burnt = domain.advance(current, gamma, BURN_IN + 1, gen)
-            current = tuple(part.view(n_chains, BURN_IN + 1, *part.shape[1:])[:, -1].clone() for part in burnt)
+        burn = BURN_IN * domain.burn_factor
+        if burn:
+            burnt = domain.advance(current, gamma, burn + 1, gen)
+            current = tuple(part.view(n_chains, burn + 1, *part.shape[1:])[:, -1].clone() for part in burnt)
         state = domain.advance(current, gamma, length, gen)  # chain-major: (c, k) at c * length + k
         f = domain.level(state)
         chains = (n_chains, length)

@@ -427,12 +427,15 @@ def find_undertrained(
     verify_candidates: bool = True,
     limit: Optional[int] = None,
     cache: bool = True,
+    cached_only: bool = False,
     should_stop: Optional[StopCheck] = None,
     progress: Optional[Progress] = None,
 ) -> UndertrainedResult:
     """Round-trip classes, the indicator, the candidates (lowest ``share`` percent among OK
     tokens, at most ``limit``) and, with ``verify_candidates``, their verification. Results
-    are cached per model weights and reference set; a run resumes where one stopped."""
+    are cached per model weights and reference set; a run resumes where one stopped.
+    ``cached_only``: None unless an earlier run kept verifications (then those, unverified
+    candidates left as they are)."""
     from lenstui.engine.speak.check import as_readout
     from lenstui.engine.speak.scan_cache import scan_key
 
@@ -440,6 +443,13 @@ def find_undertrained(
     if not 0 < share <= 100:
         raise InputError("--share must be a percentage above 0 and at most 100.")
     readout = as_readout(model)
+    key = scan_key(readout)
+    given = None if reference is None else sorted({int(i) for i in reference})
+    folder = _cache_file(key, given) if cache else None
+    if cached_only:
+        if folder is None or not folder.is_file():
+            return None
+        verify_candidates = False
     if progress is not None:
         progress("tokenizer round trip", 0.0)
     categories, texts = token_categories(model)
@@ -476,7 +486,6 @@ def find_undertrained(
     found = len(candidates)
     if limit is not None:
         candidates = candidates[: max(0, int(limit))]
-    key = scan_key(readout)
     result = UndertrainedResult(
         model=model.name,
         key=key,
@@ -495,7 +504,6 @@ def find_undertrained(
         embedding_norm=embedding_norm,
         decode=model.decode,
     )
-    folder = _cache_file(key, reference) if cache else None
     if folder is not None:
         result.verifications.update(_read_verifications(folder, candidates))
     if verify_candidates and candidates:
@@ -524,12 +532,14 @@ def find_undertrained(
 _CACHE_FORMAT = 1
 
 
-def _cache_file(key: str, reference: Sequence[int]) -> Path:
-    from lenstui.store.paths import data_dir
-
+def _cache_file(key: str, reference: Optional[Sequence[int]]) -> Path:
+    """Where a model's verifications are kept: per weights, and per reference set when one
+    was given (None: the default reference)."""
     import hashlib
 
-    tag = hashlib.sha256(",".join(str(int(i)) for i in reference).encode()).hexdigest()[:12]
+    from lenstui.store.paths import data_dir
+
+    tag = "default" if reference is None else hashlib.sha256(",".join(str(int(i)) for i in reference).encode()).hexdigest()[:12]
     return data_dir() / "undertrained" / f"{key}-{tag}.json"
 
 
