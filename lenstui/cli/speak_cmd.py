@@ -154,7 +154,11 @@ def run_scan(args: argparse.Namespace) -> int:
     for note in result.notes:  # e.g. a damaged cache was set aside and the scan started over
         print(f"lenstui: note: {note}", file=sys.stderr)
     if out is not None:
-        write_scan(result, out)
+        from lenstui.engine.speak.undertrained import find_undertrained
+
+        # A kept under-trained run (lenstui undertrained) adds its columns; none: none.
+        undertrained = find_undertrained(model, cached_only=True) if args.limit is None else None
+        write_scan(result, out, undertrained)
     counts = result.counts()
     folder = scan_dir(as_readout(model)) if args.limit is None else None
     if args.json:

@@ -102,6 +102,11 @@ class UndertrainedResult:
         """Every candidate has been verified."""
         return all(i in self.verifications for i in self.candidates)
 
+    def _candidate_set(self) -> frozenset[int]:
+        if getattr(self, "_candidates_cached", None) is None or len(self._candidates_cached) != len(self.candidates):
+            self._candidates_cached = frozenset(self.candidates)
+        return self._candidates_cached
+
     def category_counts(self) -> dict[str, int]:
         counts = np.bincount(self.categories, minlength=len(CATEGORIES))
         return {name: int(counts[k]) for k, name in enumerate(CATEGORIES)}
@@ -113,7 +118,7 @@ class UndertrainedResult:
         return {
             "category": self.category(i),
             "indicator": value if math.isfinite(value) else None,
-            "candidate": i in set(self.candidates),
+            "candidate": i in self._candidate_set(),
             "max_prob": verification.max_prob if verification else None,
             "verified": verification.verified if verification else None,
         }
