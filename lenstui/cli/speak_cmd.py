@@ -140,17 +140,11 @@ def run_scan(args: argparse.Namespace) -> int:
     model = load_from_args(args)
     bar = _StderrBar("scan", always=True)
     started = time.perf_counter()
-    try:
-        result = scan_vocabulary(model, progress=bar, resume=not args.no_resume, limit=args.limit)
-    except KeyboardInterrupt:
-        bar.clear()
-        print(
-            "lenstui: interrupted; the tokens done so far are saved, run the same command again to resume.",
-            file=sys.stderr,
-        )
+    result = run_resumable(
+        bar, "the tokens done so far", lambda: scan_vocabulary(model, progress=bar, resume=not args.no_resume, limit=args.limit)
+    )
+    if result is None:
         return 130
-    finally:
-        bar.clear()
     for note in result.notes:  # e.g. a damaged cache was set aside and the scan started over
         print(f"lenstui: note: {note}", file=sys.stderr)
     if out is not None:
@@ -222,6 +216,19 @@ def _has_batched_theta(result) -> bool:
     import numpy as np
 
     return bool(np.isfinite(result.theta_lower).any())
+
+
+def run_resumable(bar, what: str, work):
+    """``work()``, its bar cleared after; None after Ctrl-C, with a line saying that ``what``
+    is saved and the same command resumes."""
+    try:
+        return work()
+    except KeyboardInterrupt:
+        bar.clear()
+        print(f"lenstui: interrupted; {what} are saved, run the same command again to resume.", file=sys.stderr)
+        return None
+    finally:
+        bar.clear()
 
 
 class _StderrBar:

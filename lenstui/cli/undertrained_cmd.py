@@ -4,7 +4,6 @@ repetition prompts (Magikarp, Land & Bartolo 2024), set against the speakability
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 
 from lenstui.cli.common import add_model_options, load_from_args, print_json
@@ -48,7 +47,7 @@ def _reference(text):
 
 
 def run(args: argparse.Namespace) -> int:
-    from lenstui.cli.speak_cmd import _StderrBar
+    from lenstui.cli.speak_cmd import _StderrBar, run_resumable
     from lenstui.engine.speak.scan import load_cached_scan
     from lenstui.engine.speak.undertrained import DEFAULT_SHARE, find_undertrained
 
@@ -58,24 +57,20 @@ def run(args: argparse.Namespace) -> int:
     model = load_from_args(args)
     bar = _StderrBar("undertrained", always=True)
     started = time.perf_counter()
-    try:
-        result = find_undertrained(
+    result = run_resumable(
+        bar,
+        "the verifications done so far",
+        lambda: find_undertrained(
             model,
             share=args.share if args.share is not None else DEFAULT_SHARE,
             reference=reference,
             verify_candidates=not args.no_verify,
             limit=args.limit,
             progress=bar,
-        )
-    except KeyboardInterrupt:
-        bar.clear()
-        print(
-            "lenstui: interrupted; the verifications done so far are saved, run the same command again to resume.",
-            file=sys.stderr,
-        )
+        ),
+    )
+    if result is None:
         return 130
-    finally:
-        bar.clear()
     scan = load_cached_scan(model)
     if args.json:
         print_json(undertrained_json(result, scan))

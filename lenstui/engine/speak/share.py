@@ -87,19 +87,24 @@ Z95 = 1.959963984540054
 _TWO_PI = 2 * math.pi
 
 
+def _constraint_rows(domain, readout: Readout, t: int, norms: torch.Tensor) -> None:
+    """What both measures' constraints read: the float32 rows, t's row, and 1 / |a_j| (0 for
+    t itself, which is no constraint)."""
+    domain.t, domain.d = t, readout.d
+    domain.rows32, _ = readout.screen_table()
+    domain.v_t = domain.rows32[t].clone()
+    inv = torch.where(norms > 0, 1.0 / norms.clamp_min(1e-300), torch.zeros_like(norms))
+    inv[t] = 0.0
+    domain.inv = inv.to(torch.float32)
+
+
 class _Cone:
     """The cap measure's constraints: normalised slacks ``â_j . x`` for a batch of x."""
 
     burn_factor = 1  # LIN-ESS moves go anywhere on the slice
+
     def __init__(self, readout: Readout, t: int, norms: torch.Tensor):
-        self.t = t
-        rows32, _ = readout.screen_table()
-        self.rows32 = rows32
-        self.v_t = rows32[t].clone()
-        inv = torch.where(norms > 0, 1.0 / norms.clamp_min(1e-300), torch.zeros_like(norms))
-        inv[t] = 0.0
-        self.inv = inv.to(torch.float32)
-        self.d = readout.d
+        _constraint_rows(self, readout, t, norms)
 
     def values(self, x: torch.Tensor, out: Optional[torch.Tensor] = None) -> torch.Tensor:
         """[m, n] normalised slacks (into ``out`` when given); column t is +inf (no constraint)."""
@@ -194,17 +199,12 @@ class _Ball:
 
     # Bracket shrinkage ends on short moves when the domain is small: more of them per seed.
     burn_factor = BALL_BURN_FACTOR
+
     def __init__(self, readout: Readout, t: int, norms: torch.Tensor):
-        self.t, self.readout = t, readout
-        rows32, _ = readout.screen_table()
-        self.rows32 = rows32
-        self.v_t = rows32[t].clone()
-        inv = torch.where(norms > 0, 1.0 / norms.clamp_min(1e-300), torch.zeros_like(norms))
-        inv[t] = 0.0
-        self.inv = inv.to(torch.float32)
+        _constraint_rows(self, readout, t, norms)
+        self.readout = readout
         self.offsets = (readout.c[t] - readout.c).to(torch.float32)
         self.R = readout.radius
-        self.d = readout.d
 
     def _gauss(self, m: int, gen: torch.Generator) -> torch.Tensor:
         g = torch.randn(m, self.d + 2, generator=gen)

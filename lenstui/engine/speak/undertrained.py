@@ -450,14 +450,21 @@ def find_undertrained(
         if folder is None or not folder.is_file():
             return None
         verify_candidates = False
-    if progress is not None:
-        progress("tokenizer round trip", 0.0)
-    categories, texts = token_categories(model)
+    kept = _read_arrays(folder, int(model.d_vocab)) if (cached_only and folder is not None and given is None) else None
+    if kept is not None:
+        categories, indicator, embedding_norm, reference, why = kept
+        texts = []
+    else:
+        if progress is not None:
+            progress("tokenizer round trip", 0.0)
+        categories, texts = token_categories(model)
     check_stop(should_stop, "cancelled")
     rows = unembedding_rows(model)
     if rows.dtype in (torch.float16, torch.bfloat16):
         rows = rows.to(torch.float32)
-    if reference is None:
+    if kept is not None:
+        pass
+    elif reference is None:
         reference, why = default_reference(model, rows)
     else:
         reference = sorted({int(i) for i in reference})
@@ -472,12 +479,13 @@ def find_undertrained(
             "serve as known-unused references: give some with --reference ID,ID,..."
         )
     tied = is_tied(model)
-    if progress is not None:
-        progress("indicator", 0.05)
-    indicator = cosine_distance_without_first_pc(rows, reference)
-    embedding_norm = None
-    if not tied:
-        embedding_norm = model.W_E.detach().to(torch.float32).norm(dim=1).numpy().astype(np.float64)
+    if kept is None:
+        if progress is not None:
+            progress("indicator", 0.05)
+        indicator = cosine_distance_without_first_pc(rows, reference)
+        embedding_norm = None
+        if not tied:
+            embedding_norm = model.W_E.detach().to(torch.float32).norm(dim=1).numpy().astype(np.float64)
     ok = categories == CATEGORIES.index("OK")
     reachable = (categories == CATEGORIES.index("OK")) | (categories == CATEGORIES.index("OK_SPECIAL"))
     threshold = float(np.percentile(indicator[ok], share)) if ok.any() else -math.inf
@@ -506,6 +514,8 @@ def find_undertrained(
     )
     if folder is not None:
         result.verifications.update(_read_verifications(folder, candidates))
+        if kept is None and given is None:
+            _write_arrays(folder, result)
     if verify_candidates and candidates:
         texts_ph = choose_placeholder(model, categories, texts)
         result.placeholder = texts_ph
@@ -541,6 +551,37 @@ def _cache_file(key: str, reference: Optional[Sequence[int]]) -> Path:
 
     tag = "default" if reference is None else hashlib.sha256(",".join(str(int(i)) for i in reference).encode()).hexdigest()[:12]
     return data_dir() / "undertrained" / f"{key}-{tag}.json"
+
+
+def _read_arrays(path: Path, n: int):
+    """(categories, indicator, embedding norms, reference, why) kept beside the verifications,
+    so that the app reads a kept run at model load without the round trip; None if absent."""
+    try:
+        with np.load(path.with_suffix(".npz"), allow_pickle=False) as data:
+            categories, indicator = data["categories"].astype(np.int8), data["indicator"].astype(np.float64)
+            if categories.shape != (n,) or indicator.shape != (n,):
+                return None
+            norms = data["embedding_norm"] if "embedding_norm" in data.files else None
+            return categories, indicator, norms, [int(i) for i in data["reference"]], str(data["why"])
+    except Exception:
+        return None
+
+
+def _write_arrays(path: Path, result: UndertrainedResult) -> None:
+    from lenstui.store.atomic import atomic_file
+
+    arrays = {
+        "categories": result.categories, "indicator": result.indicator,
+        "reference": np.asarray(result.reference_ids, dtype=np.int64), "why": np.array(result.reference_why),
+    }
+    if result.embedding_norm is not None:
+        arrays["embedding_norm"] = result.embedding_norm
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_file(path.with_suffix(".npz")) as handle:
+            np.savez(handle, **arrays)
+    except OSError:
+        pass
 
 
 def _read_verifications(path: Path, candidates: Sequence[int]) -> dict[int, Verification]:

@@ -344,23 +344,27 @@ class WiredSpeak(SpeakPane):
                 self.notify(note, title="Vocabulary scan", severity="warning", timeout=10)
             self.show_scan(marks.scan)
             self.post_message(self.ScanMarked(marks))
+            self.call_after_refresh(self._refresh_inspector)  # its class line reads the marks
         elif isinstance(result, Stopped):
             self.show_scan_progress("stopped", None)
         elif isinstance(result, Failed):
             self.show_scan_progress(f"failed: {result.message}", None)
 
+    def _refresh_inspector(self) -> None:
+        refresh = getattr(explorer(self).inspector_pane, "refresh_speak_lines", None)
+        if refresh is not None:
+            refresh()
+
     def _on_undertrained_reply(self, result) -> None:
         if isinstance(result, Progress):
-            self.show_undertrained_progress(result.message, result.fraction)
+            if not result.request.cached_only:  # reading what is kept needs no progress line
+                self.show_undertrained_progress(result.message, result.fraction)
         elif isinstance(result, Done):
             marks: Optional[UndertrainedMarks] = result.value
             if marks is not None or not result.request.cached_only:
                 self.show_undertrained(marks)
                 explorer(self).grid.set_undertrained(marks.verified if marks else frozenset())
-                inspector = explorer(self).inspector_pane
-                refresh = getattr(inspector, "refresh_speak_lines", None)
-                if refresh is not None:
-                    refresh()
+                self._refresh_inspector()
         elif isinstance(result, Stopped):
             self.show_undertrained_progress("stopped", None)
         elif isinstance(result, Failed):
