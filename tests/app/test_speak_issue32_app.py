@@ -28,6 +28,11 @@ def make_long_app(long_tiny):
     return lambda prompt="": RecordingApp(prompt, loader=lambda spec, **kw: long_tiny)
 
 
+def speak_text(inspector) -> str:
+    """The inspector's class and aim rows as one string (the view wraps them to its width)."""
+    return " ".join(f"{label}: {value}" for label, value, _ in inspector.query_one("#inspector-speak").rows)
+
+
 async def _settle(app, pilot):
     await app.model_settled.wait()
     await app.lens_settled.wait()
@@ -67,13 +72,13 @@ async def test_undertrained_run_marks_tokens_and_the_inspector_classes_them(make
         if verified:
             inspector.inspect(verified[0])
             await _until(pilot, lambda: inspector.report is not None and inspector.report.id == verified[0])
-            text = str(inspector.query_one("#inspector-speak").render())
+            text = speak_text(inspector)
             prob = expected.verifications[verified[0]].max_prob
             assert f"under-trained (verified: max prob {prob:.1e}" in text
         if rejected:
             inspector.inspect(rejected[0])
             await _until(pilot, lambda: inspector.report is not None and inspector.report.id == rejected[0])
-            text = str(inspector.query_one("#inspector-speak").render())
+            text = speak_text(inspector)
             assert "fine" in text and "rejected" in text
 
 
@@ -87,20 +92,22 @@ async def test_inspector_share_on_S_and_the_share_view(make_tiny_app, tiny_llama
         inspector = app.inspector_pane
         inspector.inspect(42)
         await _until(pilot, lambda: inspector.report is not None and inspector.report.id == 42)
-        assert "press S for the share" in str(inspector.query_one("#inspector-speak").render())
+        assert "press S for the share" in speak_text(inspector)
         inspector.focus()
         await pilot.press("S")
         await _until(pilot, lambda: not isinstance(inspector._share_state().get(42, ""), str))
         reply = inspector._share_state()[42]
         direct = estimate_share(tiny_llama, 42, samples=128, seed=0)
         assert reply.share["log10"] == pytest.approx(direct.log10)  # same seed, same answer
-        assert share_words(reply.share) in str(inspector.query_one("#inspector-speak").render())
+        assert share_words(reply.share) in speak_text(inspector)
         # The share-vs-theta view: measured once through the worker, then drawn.
         from lenstui.tui.state.speakability import open_share_plot
 
         open_share_plot(app)
         await _until(pilot, lambda: isinstance(app.screen, ShareVsTheta), timeout=400)
+        await pilot.pause()
         screen = app.screen
+        await _until(pilot, lambda: "interval" in screen.drawn)
         points = screen.sample.points
         assert len(points) >= 30  # a few may be unspeakable (no point on a log scale)
         assert screen.drawn["interval"] == 2 * len(points)

@@ -132,7 +132,8 @@ def test_orthant_share_far_below_what_plain_counting_reaches():
     assert estimate.levels >= 9  # each level keeps about 1 in 8
     # The certified cap: theta* = asin(1 / sqrt(d)), far below the share.
     assert estimate.log10_certified_lower < exact - 10
-    assert aim(readout, 0).theta_deg == pytest.approx(math.degrees(math.asin(1 / math.sqrt(d))), abs=1e-3)
+    measured = aim(readout, 0)
+    assert measured.theta_deg <= math.degrees(math.asin(1 / math.sqrt(d))) <= measured.theta_upper_deg
 
 
 def test_certified_unspeakable_token_has_share_exactly_zero():

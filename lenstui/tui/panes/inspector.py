@@ -36,6 +36,20 @@ LABEL_WIDTH = 16
 _TONES = {"": "", "good": "$success", "warn": "$warning", "bad": "$error"}
 
 
+def labelled_lines(rows, width: int) -> list[Content]:
+    """``(label, value, tone)`` rows as lines no wider than ``width``: long values wrap under
+    their own column (a hanging indent past the labels)."""
+    width = max(width, 20)
+    label_width = min(LABEL_WIDTH, width // 3)
+    lines: list[Content] = []
+    for label, value, tone in rows:
+        style = _TONES.get(tone, tone)
+        wrapped = Content.styled(value, style).wrap(width - label_width) or [Content("")]
+        lines.append(Content.assemble((fit(label, label_width), "$text-muted"), wrapped[0]))
+        lines += [Content(" " * label_width) + more for more in wrapped[1:]]
+    return lines
+
+
 def report_lines(report: TokenReport, width: int = 80) -> list[Content]:
     """The report's facts and neighbours as styled lines no wider than ``width``.
 
@@ -43,12 +57,7 @@ def report_lines(report: TokenReport, width: int = 80) -> list[Content]:
     neighbour rows are cut at the width rather than wrapped, so columns stay columns.
     """
     width = max(width, 20)
-    label_width = min(LABEL_WIDTH, width // 3)
-    lines: list[Content] = []
-    for label, value, tone in report_rows(report):
-        wrapped = Content.styled(value, _TONES[tone]).wrap(width - label_width) or [Content("")]
-        lines.append(Content.assemble((fit(label, label_width), "$text-muted"), wrapped[0]))
-        lines += [Content(" " * label_width) + more for more in wrapped[1:]]
+    lines = labelled_lines(report_rows(report), width)
     lines += _neighbor_lines("nearest by readout direction", report.neighbors, width)
     if report.embedding_neighbors is not None:
         lines += _neighbor_lines("nearest by embedding W_E", report.embedding_neighbors, width)
@@ -164,6 +173,24 @@ class ReportView(LinesView):
         return [] if self.report is None else report_lines(self.report, width)
 
 
+class SpeakLinesView(LinesView):
+    """The token's speakability class and aim line (``speak_lines`` rows), wrapped."""
+
+    def __init__(self, *, id: Optional[str] = None, classes: Optional[str] = None) -> None:
+        super().__init__(id=id, classes=classes)
+        self.rows: list[tuple[str, str, str]] = []
+
+    def set_rows(self, rows) -> None:
+        self.rows = list(rows)
+        self.refresh(layout=True)
+
+    def lines_for(self, width: int) -> list[Content]:
+        return labelled_lines(self.rows, width)
+
+    def render(self) -> Content:
+        return Content("\n").join(self.lines_for(self.content_size.width or 80))
+
+
 class JoinedSequenceView(LinesView):
     """Blocks of characters with their tokens underneath; reflows with its width."""
 
@@ -260,7 +287,7 @@ class InspectorPane(Guarded, VerticalScroll):
 
     def compose(self) -> ComposeResult:
         yield Static(id="inspector-heading", classes="-hidden")
-        yield Static(id="inspector-speak", classes="-hidden")
+        yield SpeakLinesView(id="inspector-speak", classes="-hidden")
         yield Static("Select a prompt token or a grid cell to inspect it.", id="inspector-message")
         yield ReportView(id="inspector-body", classes="-hidden")
         yield Static("prompt, joined into characters", id="inspector-sequence-title", classes="-hidden")
@@ -301,11 +328,11 @@ class InspectorPane(Guarded, VerticalScroll):
         if self.report is not None:
             self.post_message(self.TargetRequested(self.report.id))
 
-    def show_speak_lines(self, lines: list[Content]) -> None:
+    def show_speak_lines(self, rows) -> None:
         """The token's speakability class and aim (hidden when there is nothing to say)."""
-        node = self.query_one("#inspector-speak", Static)
-        node.update(Content("\n").join(lines))
-        node.set_class(not lines or self.report is None, "-hidden")
+        node = self.query_one("#inspector-speak", SpeakLinesView)
+        node.set_rows(rows)
+        node.set_class(not rows or self.report is None, "-hidden")
 
     def action_estimate_share(self) -> None:
         """Overridden where a worker is at hand (``WiredInspector``)."""
@@ -449,16 +476,16 @@ def _theta_bound(marks, token_id: int) -> Optional[float]:
     return value if value == value else None
 
 
-def speak_lines(token_id: int, marks, undertrained, share, share_key: str = "S") -> list[Content]:
-    """The inspector's class line and aim line for one token."""
-    lines: list[Content] = []
-    label = lambda text: (fit(text, LABEL_WIDTH), "$text-muted")  # noqa: E731
+def speak_lines(token_id: int, marks, undertrained, share, share_key: str = "S") -> list[tuple[str, str, str]]:
+    """The inspector's class row and aim row for one token: ``(label, value, tone)``."""
+    rows: list[tuple[str, str, str]] = []
     words, tone = speakability_class(token_id, marks, undertrained)
     if words:
-        lines.append(Content.assemble(label("class"), (words, _TONES[tone])))
+        rows.append(("class", words, tone))
+    measured = share is not None and not isinstance(share, str)
     if isinstance(share, str):
         aim = share
-    elif share is not None:
+    elif measured:
         aim = _aim_words(share.aim, share.share)
     else:
         bound = _theta_bound(marks, token_id) if marks is not None else None
@@ -466,8 +493,8 @@ def speak_lines(token_id: int, marks, undertrained, share, share_key: str = "S")
         aim = f"{start}press {share_key} for the share of directions that say it"
         if marks is not None and token_id in marks.unspeakable:
             aim = "share of directions exactly 0 (log10 = -inf): certified unspeakable"
-    lines.append(Content.assemble(label("aim"), (aim, "$accent" if share is not None and not isinstance(share, str) else "")))
-    return lines
+    rows.append(("aim", aim, "$accent" if measured else ""))
+    return rows
 
 
 def _aim_words(aim: dict, share: dict) -> str:
