@@ -74,6 +74,24 @@ def one_token(args: argparse.Namespace, message: str):
     return args.id if args.id is not None else args.token
 
 
+def lens_options(args: argparse.Namespace):
+    """The lens options a subcommand's --top-k, --lens, --extended-blocks, --mid, --target
+    (or --target-id), --track and --lens-path give (those it has; the rest default)."""
+    from lenstui.core.lenses import LensOptions
+    from lenstui.core.tokens import token_spec
+
+    target = getattr(args, "target_id", None)
+    return LensOptions(
+        top_k=getattr(args, "top_k", 10),
+        lens=getattr(args, "lens", "logit"),
+        extended_blocks=getattr(args, "extended_blocks", 1),
+        incl_mid=getattr(args, "mid", False),
+        target=target if target is not None else getattr(args, "target", None),
+        track=tuple(token_spec(t) for t in getattr(args, "track", [])),
+        lens_path=getattr(args, "lens_path", None),
+    )
+
+
 def print_json(payload: Any) -> None:
     json.dump(payload, sys.stdout, ensure_ascii=False)
     sys.stdout.write("\n")

@@ -5,12 +5,11 @@ from __future__ import annotations
 import argparse
 from typing import Optional
 
-from lenstui.cli.common import add_model_options, load_from_args, print_json
+from lenstui.cli.common import add_model_options, lens_options, load_from_args, print_json
 from lenstui.core.errors import InputError, quoted
 from lenstui.core.lens_result import LensResult
 from lenstui.core.lenses import LENS_KINDS
 from lenstui.core.textfmt import fit, visible
-from lenstui.core.tokens import token_spec
 from lenstui.engine.lens.run import run_lens
 
 
@@ -75,23 +74,11 @@ def _compare_positions(spec: str) -> tuple[int, int]:
 
 
 def run(args: argparse.Namespace) -> int:
-    track = [token_spec(t) for t in args.track]
+    options = lens_options(args)
     if args.vs is not None:
-        return run_compare(args, track)
+        return run_compare(args, options)
     model = load_from_args(args)
-    target = args.target_id if args.target_id is not None else args.target
-    result = run_lens(
-        model,
-        args.prompt,
-        top_k=args.top_k,
-        lens=args.lens,
-        extended_blocks=args.extended_blocks,
-        incl_mid=args.mid,
-        target=target,
-        positions=args.positions,
-        track=track,
-        lens_path=args.lens_path,
-    )
+    result = run_lens(model, args.prompt, options, positions=args.positions)
     if args.json:
         print_json(result.to_json())
     else:
@@ -99,28 +86,14 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_compare(args: argparse.Namespace, track) -> int:
+def run_compare(args: argparse.Namespace, options) -> int:
     from lenstui.engine.lens.compare import compare_rows
 
     if args.positions is not None:
         raise InputError("--vs compares whole prompts: use --compare-positions PA,PB instead of --positions.")
     pos_a, pos_b = _compare_positions(args.compare_positions)
     model = load_from_args(args)
-    target = args.target_id if args.target_id is not None else args.target
-    comparison = compare_rows(
-        model,
-        args.prompt,
-        pos_a,
-        args.vs,
-        pos_b,
-        top_k=args.top_k,
-        lens=args.lens,
-        extended_blocks=args.extended_blocks,
-        incl_mid=args.mid,
-        target=target,
-        track=track,
-        lens_path=args.lens_path,
-    )
+    comparison = compare_rows(model, args.prompt, pos_a, args.vs, pos_b, options)
     if args.json:
         print_json(comparison.to_json())
     else:

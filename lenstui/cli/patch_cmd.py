@@ -7,13 +7,12 @@ from __future__ import annotations
 import argparse
 from typing import Optional
 
-from lenstui.cli.common import add_model_options, load_from_args, print_json
+from lenstui.cli.common import add_model_options, lens_options, load_from_args, print_json
 from lenstui.cli.lens_cmd import table_column
 from lenstui.core.errors import InputError
 from lenstui.core.lenses import LENS_KINDS
-from lenstui.core.patch_result import ABLATIONS, SWEEPS, PatchResult, SweepResult
+from lenstui.core.patch_result import ABLATIONS, SWEEPS, PatchResult, PatchSite, SweepResult
 from lenstui.core.textfmt import fit, visible
-from lenstui.core.tokens import token_spec
 
 SHOWN_COLUMNS = 8
 
@@ -106,53 +105,30 @@ def run(args: argparse.Namespace) -> int:
         raise InputError("Say where the patch comes from: --from PROMPT_B, or --ablate zero|mean (one of them).")
     if args.sweep != "layers" and args.layer is None and not _names_block(args.component):
         raise InputError("Say which layer to patch: --layer L3 (or a head like --component L3H4).")
-    track = [token_spec(t) for t in args.track]
-    target = args.target_id if args.target_id is not None else args.target
+    options = lens_options(args)
+    site = PatchSite(
+        layer=args.layer, position=args.position, component=args.component, head=args.head,
+        from_position=args.from_position,
+    )
     model = load_from_args(args)
     prompt = _encoded(model, args.prompt, args.chat)
     source = _encoded(model, args.source, args.chat)
     if args.sweep is not None:
-        from lenstui.engine.patching import sweep
+        from lenstui.engine.causal import sweep
 
         result = sweep(
-            model,
-            prompt,
-            source_prompt=source,
-            mode=args.sweep,
-            layer=args.layer,
-            position=args.position,
-            from_position=args.from_position,
-            component=args.component,
-            head=args.head,
-            ablate=args.ablate,
-            target=target,
-            track=track,
+            model, prompt, site, mode=args.sweep, source_prompt=source, ablate=args.ablate,
+            target=options.target, track=options.track,
         )
         if args.json:
             print_json(result.to_json())
         else:
             print(format_sweep(result))
         return 0
+    from lenstui.engine.causal import patch
     from lenstui.engine.lens.run import parse_positions
-    from lenstui.engine.patching import patch
 
-    result = patch(
-        model,
-        prompt,
-        source_prompt=source,
-        layer=args.layer,
-        position=args.position,
-        from_position=args.from_position,
-        component=args.component,
-        head=args.head,
-        ablate=args.ablate,
-        top_k=args.top_k,
-        lens=args.lens,
-        extended_blocks=args.extended_blocks,
-        incl_mid=args.mid,
-        target=target,
-        track=track,
-    )
+    result = patch(model, prompt, site, source_prompt=source, ablate=args.ablate, options=options)
     if args.positions is not None:
         result = result.select(parse_positions(args.positions, len(result.patched.tokens)))
     if args.json:

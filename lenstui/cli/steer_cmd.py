@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import argparse
 
-from lenstui.cli.common import add_model_options, load_from_args, print_json
+from lenstui.cli.common import add_model_options, lens_options, load_from_args, print_json
 from lenstui.cli.lens_cmd import format_table
 from lenstui.core.lenses import LENS_KINDS
-from lenstui.core.patch_result import SteerResult
+from lenstui.core.patch_result import SteerResult, SteerSetting
 from lenstui.core.textfmt import visible
 from lenstui.core.tokens import token_spec
 
@@ -46,32 +46,23 @@ def configure(parser: argparse.ArgumentParser, command: str = "") -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from lenstui.engine.patching import steer
+    from lenstui.engine.causal import steer
 
-    track = [token_spec(t) for t in args.track]
-    target = args.target_id if args.target_id is not None else args.target
+    options = lens_options(args)
+    setting = SteerSetting(
+        toward=token_spec(args.token),
+        away=None if args.away is None else token_spec(args.away),
+        layer=args.layer,
+        alpha=args.alpha,
+        position=args.position,
+    )
     model = load_from_args(args)
     prompt = args.prompt
     if args.chat:
         from lenstui.engine.model.chat import chat_prompt_ids
 
         prompt = chat_prompt_ids(model, prompt)
-    result = steer(
-        model,
-        prompt,
-        toward=token_spec(args.token),
-        away=None if args.away is None else token_spec(args.away),
-        layer=args.layer,
-        alpha=args.alpha,
-        position=args.position,
-        steps=args.steps,
-        top_k=args.top_k,
-        lens=args.lens,
-        extended_blocks=args.extended_blocks,
-        incl_mid=args.mid,
-        target=target,
-        track=track,
-    )
+    result = steer(model, prompt, setting, steps=args.steps, options=options)
     if args.json:
         print_json(result.to_json())
     else:

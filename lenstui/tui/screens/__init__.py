@@ -1,2 +1,2 @@
 """Screens pushed over the explorer: attribution, compare, trajectory, aim distribution,
-and the pin prompt."""
+the patch sweep, the lens evaluation plot, and the pin and path prompts."""

@@ -1,2 +1,2 @@
 """The explorer's state, apart from how it is drawn: the lens session, the pins, the
-model switch."""
+learned lenses, the causal lens (patches, sweeps, steering), the model switch."""
