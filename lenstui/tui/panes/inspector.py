@@ -477,8 +477,11 @@ def _theta_bound(marks, token_id: int) -> Optional[float]:
 
 
 def speak_lines(token_id: int, marks, undertrained, share, share_key: str = "S") -> list[tuple[str, str, str]]:
-    """The inspector's class row and aim row for one token: ``(label, value, tone)``."""
+    """The inspector's class row and aim row for one token: ``(label, value, tone)``; none
+    until there is something to say (a vocabulary scan, an under-trained run, a share)."""
     rows: list[tuple[str, str, str]] = []
+    if marks is None and undertrained is None and share is None:
+        return rows
     words, tone = speakability_class(token_id, marks, undertrained)
     if words:
         rows.append(("class", words, tone))

@@ -62,6 +62,7 @@ class SpeakPane(Guarded, Vertical):
         & > #speak-body { color: $text; }
         & > #speak-scan { color: $text-muted; margin-top: 1; }
         & > #speak-undertrained { color: $text-muted; }
+        & > #speak-undertrained.-empty { display: none; }
         &.-running > #speak-progress { display: block; }
         &.-error > #speak-body { color: $error; }
     }
@@ -93,7 +94,7 @@ class SpeakPane(Guarded, Vertical):
         yield Static("", id="speak-hint", markup=False)
         yield Static("Select a token to check whether the model can say it.", id="speak-body", markup=False)
         yield Static("", id="speak-scan", markup=False)
-        yield Static("", id="speak-undertrained", markup=False)
+        yield Static("", id="speak-undertrained", markup=False, classes="-empty")
 
     # -- what the app calls -------------------------------------------------
 
@@ -158,15 +159,16 @@ class SpeakPane(Guarded, Vertical):
 
     def show_undertrained_progress(self, message: str, fraction: Optional[float]) -> None:
         percent = f"{fraction * 100:.0f}% " if fraction is not None else ""
-        self.query_one("#speak-undertrained", Static).update(
-            Content(f"under-trained tokens {percent}{message} (press {self.cancel_key} to stop; it resumes later)")
-        )
+        line = self.query_one("#speak-undertrained", Static)
+        line.update(Content(f"under-trained tokens {percent}{message} (press {self.cancel_key} to stop; it resumes later)"))
+        line.remove_class("-empty")
 
     def show_undertrained(self, marks: Optional[UndertrainedMarks]) -> None:
         """Keep and summarize an under-trained run's marks (None: the model changed)."""
         self.undertrained = marks
-        line = Content("") if marks is None else Content.assemble(("‡ ", "$warning"), marks.summary())
-        self.query_one("#speak-undertrained", Static).update(line)
+        node = self.query_one("#speak-undertrained", Static)
+        node.update(Content("") if marks is None else Content.assemble(("‡ ", "$warning"), marks.summary()))
+        node.set_class(marks is None, "-empty")  # no line at all until there is something to say
 
     # -- internals ----------------------------------------------------------
 
