@@ -30,7 +30,7 @@ def run(args: argparse.Namespace) -> int:
     token_id = resolve_token(model, args.id if args.id is not None else args.token)
     result = aim(model, token_id)
     if args.json:
-        print_json(result.to_json())
+        print_json(result.to_json(), model)
         return 0
     from lenstui.cli.speak_cmd import token_label
 

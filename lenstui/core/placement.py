@@ -195,6 +195,23 @@ def describe_placement(placement: Mapping[str, Any]) -> str:
     return " · ".join(out)
 
 
+def short_placement(placement: Mapping[str, Any]) -> str:
+    """The status line's version: per device its blocks only ("cuda:0 L0-39 · cuda:1
+    L40-79", "cpu · disk L0-2"); a model on one device is that device's name."""
+    if not placement:
+        return ""
+    labels = {name: device_label(device) for name, device in placement.items()}
+    if len(set(labels.values())) == 1:
+        return next(iter(labels.values()))
+    layers: dict[str, list[int]] = {}
+    for name, device in labels.items():
+        match = _LAYER.search(name)
+        layers.setdefault(device, [])
+        if match:
+            layers[device].append(int(match.group(1)))
+    return " · ".join(f"{device} {_ranges(found)}" if found else device for device, found in layers.items())
+
+
 def _ranges(indices: list[int]) -> str:
     """[0, 1, 2, 5, 6] -> "L0-2,5-6"."""
     indices = sorted(set(indices))

@@ -379,7 +379,8 @@ def plan_for_config(
     if problem is None and on_disk and not placement.offload_dir:
         problem = (
             f"{format_bytes(on_disk)} of {name}'s weights fit on no device: pass --offload-dir PATH to read them "
-            "from disk at every forward (slow), give the devices more room with --max-memory, or --quantize 4bit."
+            "from disk at every forward (slow), or give the devices more room with --max-memory"
+            + (", or --quantize 4bit." if accelerator and not placement.quantize else ".")
         )
     if problem is None and bits and placement.quantize and strategy is not None and accelerator and (
         on_disk or any(d.name == "cpu" and d.bytes for d in devices)

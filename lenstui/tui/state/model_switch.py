@@ -17,6 +17,7 @@ from typing import Optional
 from lenstui.jobs.protocol import Failed, ModelInfo
 from lenstui.tui.host import ExplorerHost
 from lenstui.tui.state import causal
+from lenstui.tui.widgets.status import where_loaded
 
 
 class ModelSwitch:
@@ -40,7 +41,7 @@ class ModelSwitch:
         old: Optional[ModelInfo] = app.model_info
         if label is None or old is None:
             return False
-        app.status.set_model(old.name, old.device, old.dtype, old.n_layers, old.load_seconds, old.from_cache)
+        app.status.set_model(old.name, where_loaded(old), old.dtype, old.n_layers, old.load_seconds, old.from_cache)
         app.notify(f"Could not open {label}; still using {old.name}.", title="Model", severity="warning", timeout=10)
         if app.shown_request != app.session.last_request:  # the load stopped a lens run: redo it
             app.session.failed()
