@@ -35,7 +35,7 @@ from lenstui.core.attribution_result import AttributionResult, Component, HeadAt
 from lenstui.core.callbacks import StopCheck, check_stop
 from lenstui.core.errors import InputError
 from lenstui.core.tokens import TokenSpec
-from lenstui.engine.model.dispatch import out_projections, weights_loaded
+from lenstui.engine.model.dispatch import fill_head_results
 from lenstui.engine.model.load import LoadedModel
 from lenstui.engine.model.vocab import encode_prompt, resolve_token, token_ref
 
@@ -146,8 +146,8 @@ def attribute(
 
         # [components, batch=1, pos=1, d_model]; its sum is the residual at the row.
         stack, tl_labels = cache.decompose_resid(layer=row, return_labels=True)
-        with weights_loaded(out_projections(model, row)):  # (offloaded blocks' W_O, read here)
-            head_stack = cache.stack_head_results(layer=row)  # [row * heads, 1, 1, d_model]
+        fill_head_results(model, cache)  # (offloaded blocks: each W_O loaded for its own block's heads)
+        head_stack = cache.stack_head_results(layer=row)  # [row * heads, 1, 1, d_model]
         residual = stack.sum(dim=0)[0, 0]
         check_cancel()
 

@@ -77,9 +77,38 @@ def _clone(hook: Any) -> Any:
     return copy.copy(hook)
 
 
+def fill_head_results(model: Any, cache: Any) -> None:
+    """Each block's per-head attention results (``blocks.L.attn.hook_result``: its heads'
+    ``z`` through their slice of ``W_O``) in ``cache``, one block at a time with that block's
+    ``W_O`` loaded, on a model whose blocks are offloaded; nothing on any other model.
+
+    TransformerLens' ``ActivationCache.stack_head_results`` computes them itself, reading
+    every block's ``W_O`` at once, which an offloaded block does not have outside its
+    forward (and loading all of them at once would hold every block's output projection
+    in memory together); it keeps the results found in the cache. The product is its own
+    (``_ensure_head_results``: ``einsum("...hd,hdm->...hm", z, W_O)``); the tests hold the
+    offloaded attribution to the in-memory one, computed by TransformerLens."""
+    projections = out_projections(model, model.n_layers)
+    if not projections:
+        return
+    import torch
+
+    bridge = model.bridge
+    for layer, module in enumerate(projections):
+        with weights_loaded([module]):
+            z = cache[("z", layer, "attn")]
+            weights = bridge.blocks[layer].attn.W_O
+            if z.dtype != weights.dtype:
+                dtype = torch.promote_types(z.dtype, weights.dtype)
+                z, weights = z.to(dtype), weights.to(dtype)
+            result = torch.einsum("...hd,hdm->...hm", z, weights.to(z.device))
+        scale = getattr(bridge.blocks[layer].attn, "_result_contribution_scale", 1.0)
+        cache.cache_dict[f"blocks.{layer}.attn.hook_result"] = result if scale == 1.0 else result * scale
+
+
 def out_projections(model: Any, below: int) -> list[Any]:
     """The attention output projections of blocks ``0..below-1`` in the bridge's twin (what
-    TransformerLens' ``W_O`` reads); empty unless the model is dispatched."""
+    TransformerLens' ``W_O`` reads) that are offloaded; empty when none is."""
     if not getattr(model.hf, "hf_device_map", None) or not model.has_bridge:
         return []
     from lenstui.engine.model.anatomy import NATIVE_ARCHITECTURES
@@ -88,10 +117,13 @@ def out_projections(model: Any, below: int) -> list[Any]:
     layout = NATIVE_ARCHITECTURES.get(type(model.hf).__name__)
     if layout is None or layout.out_proj is None:
         return []
+    from accelerate.utils import has_offloaded_params
+
     wrapped = [twin.get_submodule(f"{layout.blocks}.{index}.{layout.out_proj}") for index in range(below)]
     # The bridge wraps each module it reads (a LinearBridge around the nn.Linear): the
     # hook and the weights are the wrapped module's.
-    return [getattr(module, "original_component", None) or module for module in wrapped]
+    modules = [getattr(module, "original_component", None) or module for module in wrapped]
+    return modules if any(has_offloaded_params(module) for module in modules) else []
 
 
 class weights_loaded:
