@@ -21,13 +21,14 @@ def configure(parser: argparse.ArgumentParser, command: str = "plan") -> None:
 
 def run(args: argparse.Namespace) -> int:
     from lenstui.core.errors import InputError
-    from lenstui.engine.model.plan import DEFAULT_PLAN_TOKENS, plan_load
+    from lenstui.engine.model.load import plan_model
+    from lenstui.engine.model.plan import DEFAULT_PLAN_TOKENS
 
     tokens = DEFAULT_PLAN_TOKENS if args.tokens is None else args.tokens
     if tokens < 1:
         raise InputError("--tokens must be 1 or more.")
     device, dtype, placement = load_settings(args)
-    plan = plan_load(
+    plan = plan_model(
         args.model, device=device, dtype=dtype, placement=placement, prompt_tokens=tokens,
         allow_download=downloads_allowed(args),
     )

@@ -25,7 +25,8 @@ from lenstui.core.placement import (
     short_placement,
 )
 from lenstui.engine.model.load import load_model
-from lenstui.engine.model.plan import plan_for_config, plan_load
+from lenstui.engine.model.load import plan_model as plan_load
+from lenstui.engine.model.plan import READOUT_BLOCK, plan_for_config
 from testkit.saved_models import saved_llama
 
 PROMPT = "The Eiffel Tower is located in the city of"
@@ -305,3 +306,9 @@ def test_a_checkpoint_quantized_with_a_missing_package_names_it(tmp_path):
     message = str(err.value)
     assert message.startswith("m arrives quantized with awq, which ")
     assert "\n" not in message
+
+
+def test_the_plans_readout_block_is_the_readouts():
+    from lenstui.engine.lens.readout import DEFAULT_BLOCK
+
+    assert READOUT_BLOCK == DEFAULT_BLOCK

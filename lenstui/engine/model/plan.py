@@ -29,7 +29,6 @@ from typing import Any, Optional, Union
 
 import torch
 
-from lenstui.core.errors import ModelLoadError
 from lenstui.core.placement import (
     DeviceBudget,
     MemoryPlan,
@@ -40,6 +39,7 @@ from lenstui.core.placement import (
     parse_device_map,
     parse_max_memory,
 )
+from lenstui.engine.model.devices import DTYPES, parse_dtype, resolve_device
 
 # The prompt length a plan gives the lens's working memory for (``lenstui plan --tokens``).
 DEFAULT_PLAN_TOKENS = 512
@@ -48,6 +48,9 @@ _FINAL_NORMS = ("model.norm", "transformer.ln_f", "model.final_layernorm", "gpt_
                 "model.decoder.final_layer_norm", "transformer.norm_f", "backbone.norm_f")
 
 DeviceKey = Union[int, str]
+# The readout's vocabulary block (engine.lens.readout.DEFAULT_BLOCK, which imports more of
+# the engine than a plan may: tests/unit/test_placement.py holds the two equal).
+READOUT_BLOCK = 4096
 
 
 # ---------------------------------------------------------------- dtypes
@@ -73,8 +76,6 @@ def choose_dtype(config: Any, requested: Optional[str], accelerator: bool) -> st
     """The dtype a load uses: the one asked for, else on an accelerator the model's own
     (its config's; float32 when it names none), else float32 (this CPU computes bfloat16
     at a few hundred MFLOP/s)."""
-    from lenstui.engine.model.load import DTYPES
-
     if requested not in (None, "", "auto"):
         return requested
     if not accelerator:
@@ -252,8 +253,6 @@ def working_bytes(config: Any, tokens: int, act_bytes: int) -> tuple[int, int]:
     positions: the KV cache and one block's largest activations (eager attention's scores,
     the MLP's hidden units); the residual stack, the model's own logits and the readout's
     vocabulary blocks (``read_out``: 512 vectors x 4096 tokens, float32)."""
-    from lenstui.engine.lens.readout import DEFAULT_BLOCK
-
     text = config.get_text_config() if hasattr(config, "get_text_config") else config
     d = int(getattr(text, "hidden_size", 0) or getattr(text, "n_embd", 0) or 0)
     layers = int(getattr(text, "num_hidden_layers", 0) or getattr(text, "n_layer", 0) or 0)
@@ -267,28 +266,11 @@ def working_bytes(config: Any, tokens: int, act_bytes: int) -> tuple[int, int]:
     block = (heads * p * p * 2 + p * inner * 3 + p * d * 6) * act_bytes
     stack = (layers + 1) * p * d * act_bytes
     logits = p * vocab * 4
-    readout = min(p * (layers + 1), 512) * min(vocab, DEFAULT_BLOCK) * 4 * 4
+    readout = min(p * (layers + 1), 512) * min(vocab, READOUT_BLOCK) * 4 * 4
     return kv + block, stack + logits + readout
 
 
 # ---------------------------------------------------------------- the plan
-
-
-def plan_load(
-    spec: Optional[str],
-    *,
-    device: Optional[str] = None,
-    dtype: Optional[str] = None,
-    placement: Optional[PlacementOptions] = None,
-    prompt_tokens: int = DEFAULT_PLAN_TOKENS,
-    allow_download: bool = False,
-) -> MemoryPlan:
-    """The plan for loading ``spec`` (see ``load_model``) with these options."""
-    from lenstui.engine.model.load import model_config
-
-    config, name = model_config(spec, allow_download=allow_download)
-    return plan_for_config(config, name=name, device=device, dtype=dtype, placement=placement,
-                           prompt_tokens=prompt_tokens)
 
 
 def plan_for_config(
@@ -303,8 +285,6 @@ def plan_for_config(
 ) -> MemoryPlan:
     """The plan for a model ``config`` describes. ``free``: the devices' free bytes
     (default: measured now, ``free_memory``)."""
-    from lenstui.engine.model.load import parse_dtype, resolve_device
-
     placement = placement or PlacementOptions()
     placement.check()
     free = free_memory(placement.offload_dir) if free is None else dict(free)
