@@ -496,7 +496,7 @@ def quantization_config(quantize: str, dtype: torch.dtype) -> Any:
 def _quiet_bitsandbytes() -> None:
     """bitsandbytes logs its kernel look-ups (and a cast per 8-bit matmul on a CPU) on the
     terminal the app owns."""
-    for name in ("bitsandbytes", "bitsandbytes.cextension", "bitsandbytes.backends"):
+    for name in ("bitsandbytes", "kernels"):  # (bitsandbytes looks its CPU kernels up through `kernels`)
         logging.getLogger(name).setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", module="bitsandbytes")
     warnings.filterwarnings("ignore", message="MatMul8bitLt")
