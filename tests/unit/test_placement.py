@@ -312,3 +312,15 @@ def test_the_plans_readout_block_is_the_readouts():
     from lenstui.engine.lens.readout import DEFAULT_BLOCK
 
     assert READOUT_BLOCK == DEFAULT_BLOCK
+
+
+def test_an_untied_models_three_anchors_all_stay_when_the_budget_holds_only_them(tmp_path):
+    from transformers import AutoConfig
+
+    folder = saved_llama(tmp_path / "m", hidden=64, layers=3, tied=False)
+    config = AutoConfig.from_pretrained(folder)
+    anchors = 2 * config.vocab_size * 64 * 4 + 64 * 4  # embedding, unembedding, final norm (float32)
+    plan = plan_for_config(config, name="m", placement=PlacementOptions(max_memory=f"cpu={anchors + 1024}B",
+                                                                         offload_dir=str(tmp_path / "off")))
+    assert [plan.placement[m] for m in ("model.embed_tokens", "model.norm", "lm_head")] == ["cpu"] * 3
+    assert {plan.placement[f"model.layers.{i}"] for i in range(3)} == {"disk"}

@@ -456,11 +456,13 @@ def _device_map(model: Any, strategy, budgets, free, sizer) -> dict[str, DeviceK
             from transformers.integrations.accelerate import compute_module_sizes
 
             sizes, _ = compute_module_sizes(model, sizer)
+            # Room for all three on the main device (fixing one alone can push another off).
+            anchors = _anchor_names(model)
             room = dict(limits)
-            room[main] = max(0, int(room[main]) - sum(_module_size(sizes, n) for n in stray))
+            room[main] = max(0, int(room[main]) - sum(_module_size(sizes, n) for n in anchors))
             device_map = infer_auto_device_map(model, max_memory=room, no_split_module_classes=no_split,
                                                hf_quantizer=sizer)
-            for anchor in stray:
+            for anchor in anchors:
                 _assign(device_map, model, anchor, main)
     for block in _block_names(model):  # one entry per block: where each block goes, said
         if block not in device_map:
