@@ -451,7 +451,7 @@ class LenstuiApp(Guarded, App):
             causal.on_reply(self, result)
 
     def on_model_chosen(self, message: ModelChosen) -> None:
-        self.model_switch.begin(message.spec, message.label)
+        self.model_switch.begin(message.spec, message.label, message.placement)
 
     def _on_load_reply(self, result: Result) -> None:
         if isinstance(result, Failed) and self.model_switch.failed(result):

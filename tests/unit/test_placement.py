@@ -324,3 +324,24 @@ def test_an_untied_models_three_anchors_all_stay_when_the_budget_holds_only_them
                                                                          offload_dir=str(tmp_path / "off")))
     assert [plan.placement[m] for m in ("model.embed_tokens", "model.norm", "lm_head")] == ["cpu"] * 3
     assert {plan.placement[f"model.layers.{i}"] for i in range(3)} == {"disk"}
+
+
+def test_the_picker_takes_placement_flags_after_a_typed_spec():
+    from lenstui.tui.commands import split_placement, typed_spec
+
+    spec, flags = split_placement(typed_spec(
+        "model: open meta-llama/Llama-3.3-70B-Instruct --device-map auto --max-memory=0=70GiB,1=70GiB --quantize 4bit"
+    ))
+    assert spec == "meta-llama/Llama-3.3-70B-Instruct"
+    assert flags == {"device_map": "auto", "max_memory": "0=70GiB,1=70GiB", "quantize": "4bit"}
+    assert split_placement("~/models/m.gguf") == ("~/models/m.gguf", {})
+
+
+def test_the_status_line_says_where_the_model_is(offloaded):
+    from lenstui.jobs.handlers import model_info
+    from lenstui.tui.widgets.status import where_loaded
+
+    info = model_info(offloaded)
+    assert info.placement_summary == "cpu embed norm unembed · disk L0-3"
+    assert where_loaded(info) == "cpu · disk L0-3"
+    assert dict(info.placement)["lm_head"] == "cpu"

@@ -25,13 +25,20 @@ class ModelSwitch:
         self.app = host
         self.pending: Optional[str] = None  # the label of the model being opened
 
-    def begin(self, spec: str, label: str) -> None:
+    def begin(self, spec: str, label: str, flags: Optional[dict] = None) -> None:
+        """Load ``spec``; ``flags``: device, dtype and placement typed in the picker for
+        this load (``commands.split_placement``), over the start's."""
         app = self.app
         self.pending = label or spec or "the embedded model"
         app.model_settled.clear()
         app.status.set_loading(f"opening {self.pending}", 0.0)
-        # The start's device, dtype and download policy, for another spec.
-        app.submit(replace(app.model_request, spec=spec or None))
+        # The start's device, dtype, placement and download policy, for another spec.
+        request = replace(app.model_request, spec=spec or None)
+        if flags:
+            placement = replace(request.placement, **{k: v for k, v in flags.items() if k not in ("device", "dtype")})
+            request = replace(request, device=flags.get("device", request.device),
+                              dtype=flags.get("dtype", request.dtype), placement=placement)
+        app.submit(request)
 
     def failed(self, result: Failed) -> bool:
         """True when this was a switch and the old model is still loaded (the app then
