@@ -24,22 +24,16 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import tempfile
 import time
 from pathlib import Path
 
 import torch
+from gpu_check import lens_timings, timed  # bench/ is on the path of a script run from it
 
 
 def median_seconds(fn, repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - started)
-    return statistics.median(times)
+    return timed(fn, "cpu", repeats)
 
 
 def read_bandwidth(folder: Path) -> tuple[int, float]:
@@ -54,26 +48,8 @@ def read_bandwidth(folder: Path) -> tuple[int, float]:
 
 
 def grid_and_step(model, ids: list[int], repeats: int) -> tuple[float, float]:
-    from lenstui.core.lenses import LensOptions
-    from lenstui.engine.lens.state import LensState
-
-    options = LensOptions(top_k=10)
-
-    def grid():
-        state = LensState(model)
-        state.prepare(ids, options)
-        state.result()
-
-    base = LensState(model)
-    base.prepare(ids[:-1], options)
-    base.result()
-
-    def step():
-        base.prepare(ids[:-1], options)
-        base.prepare(ids, options)
-        base.result()
-
-    return median_seconds(grid, repeats), median_seconds(step, repeats)
+    got = lens_timings(model, ids, "cpu", repeats)
+    return got["grid_s"], got["step_s"]
 
 
 def offloaded(tokens: int, repeats: int) -> None:

@@ -50,3 +50,15 @@ def saved_llama(
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+def assert_same_grid(a, b, tolerance: float = 1e-5) -> None:
+    """Two lens results of the same prompt read alike: the same rows, tokens and top-k ids
+    in every cell, and probabilities within ``tolerance`` (the model placed two ways)."""
+    assert a.layers == b.layers and [t.id for t in a.tokens] == [t.id for t in b.tokens]
+    worst = 0.0
+    for row_a, row_b in zip(a.grid, b.grid):
+        for x, y in zip(row_a, row_b):
+            assert [t.id for t in x.top] == [t.id for t in y.top]
+            worst = max(worst, abs(x.target_prob - y.target_prob), *(abs(s.prob - t.prob) for s, t in zip(x.top, y.top)))
+    assert worst <= tolerance, worst

@@ -73,6 +73,7 @@ def on_disk(tmp_path_factory):
 async def test_a_generation_step_in_the_app_on_a_model_read_from_disk(on_disk):
     from lenstui.core.lenses import LensOptions
     from lenstui.engine.lens.run import run_lens
+    from testkit.saved_models import assert_same_grid
 
     whole, offloaded = on_disk
     app = RecordingApp(PROMPT, loader=lambda spec, **kw: offloaded)
@@ -84,8 +85,4 @@ async def test_a_generation_step_in_the_app_on_a_model_read_from_disk(on_disk):
         shown = app.shown_result
     ids = [t.id for t in shown.tokens]
     assert len(ids) == len(run_lens(whole, PROMPT, LensOptions()).tokens) + 1
-    reference = run_lens(whole, ids, LensOptions(top_k=shown.top_k))
-    for row_a, row_b in zip(shown.grid, reference.grid):
-        for a, b in zip(row_a, row_b):
-            assert [t.id for t in a.top] == [t.id for t in b.top]
-            assert max(abs(s.prob - t.prob) for s, t in zip(a.top, b.top)) <= 1e-5
+    assert_same_grid(shown, run_lens(whole, ids, LensOptions(top_k=shown.top_k)))

@@ -13,7 +13,7 @@ import pytest
 from lenstui.core.lenses import LensOptions
 from lenstui.core.placement import PlacementOptions
 from lenstui.engine.model.load import load_model, plan_model
-from testkit.saved_models import saved_llama
+from testkit.saved_models import assert_same_grid, saved_llama
 
 PROMPT = "Is there a seahorse emoji? Yes: 🐠 🐴 🌊"
 SHAPE = dict(hidden=512, layers=8, intermediate=1536, heads=8, kv_heads=2, vocab=32000, tied=False,
@@ -37,13 +37,7 @@ def test_the_offloaded_few_hundred_mb_llama_reads_as_the_in_memory_one(folder, t
     assert disk and all(name.startswith(("model.layers.", "model.rotary_emb")) for name in disk)  # (rotary: no weights)
     whole = load_model(str(folder), device="cpu")
     options = LensOptions(top_k=10)
-    a, b = run_lens(whole, PROMPT, options), run_lens(offloaded, PROMPT, options)
-    worst = 0.0
-    for row_a, row_b in zip(a.grid, b.grid):
-        for x, y in zip(row_a, row_b):
-            assert [t.id for t in x.top] == [t.id for t in y.top]
-            worst = max(worst, abs(x.target_prob - y.target_prob), *(abs(s.prob - t.prob) for s, t in zip(x.top, y.top)))
-    assert worst <= 1e-5
+    assert_same_grid(run_lens(offloaded, PROMPT, options), run_lens(whole, PROMPT, options))
 
 
 RSS_CHILD = r"""

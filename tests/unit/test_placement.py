@@ -27,7 +27,7 @@ from lenstui.core.placement import (
 from lenstui.engine.model.load import load_model
 from lenstui.engine.model.load import plan_model as plan_load
 from lenstui.engine.model.plan import READOUT_BLOCK, plan_for_config
-from testkit.saved_models import saved_llama
+from testkit.saved_models import assert_same_grid, saved_llama
 
 PROMPT = "The Eiffel Tower is located in the city of"
 
@@ -171,23 +171,13 @@ def test_a_map_that_offloads_the_unembedding_is_refused(llama_dir, tmp_path):
 # ---------------------------------------------------------------- features on the offloaded model
 
 
-def _same_grid(a, b):
-    assert a.layers == b.layers and [t.id for t in a.tokens] == [t.id for t in b.tokens]
-    worst = 0.0
-    for row_a, row_b in zip(a.grid, b.grid):
-        for x, y in zip(row_a, row_b):
-            assert [t.id for t in x.top] == [t.id for t in y.top]
-            worst = max(worst, abs(x.target_prob - y.target_prob), *(abs(s.prob - t.prob) for s, t in zip(x.top, y.top)))
-    assert worst <= 1e-5
-
-
 def test_the_offloaded_lens_is_the_in_memory_lens(whole, offloaded):
     from lenstui.engine.lens.run import run_lens
 
     options = LensOptions(top_k=5, incl_mid=True)
-    _same_grid(run_lens(offloaded, PROMPT, options), run_lens(whole, PROMPT, options))
+    assert_same_grid(run_lens(offloaded, PROMPT, options), run_lens(whole, PROMPT, options))
     extended = LensOptions(top_k=5, lens="extended", extended_blocks=1)
-    _same_grid(run_lens(offloaded, PROMPT, extended), run_lens(whole, PROMPT, extended))
+    assert_same_grid(run_lens(offloaded, PROMPT, extended), run_lens(whole, PROMPT, extended))
 
 
 def test_a_generation_step_on_the_offloaded_model(whole, offloaded):
@@ -204,7 +194,7 @@ def test_a_generation_step_on_the_offloaded_model(whole, offloaded):
         state.result()
         state.prepare(longer, LensOptions(top_k=5))
     assert state_b.forward_count == 2  # the step ran the new positions only, over the KV cache
-    _same_grid(state_b.result(), state_a.result())
+    assert_same_grid(state_b.result(), state_a.result())
 
 
 def test_patching_and_steering_the_offloaded_model(whole, offloaded):
@@ -215,10 +205,10 @@ def test_patching_and_steering_the_offloaded_model(whole, offloaded):
     site = PatchSite(layer=1, position=-1)
     a = patch(whole, PROMPT, site, source_prompt="Sometimes, when people say plasma")
     b = patch(offloaded, PROMPT, site, source_prompt="Sometimes, when people say plasma")
-    _same_grid(b.patched, a.patched)
+    assert_same_grid(b.patched, a.patched)
     assert max(abs(x - y) for ra, rb in zip(a.kl, b.kl) for x, y in zip(ra, rb)) <= 1e-5
     setting = SteerSetting(layer=1, toward=" Paris", alpha=4.0)
-    _same_grid(steer(offloaded, PROMPT, setting, steps=1).steered, steer(whole, PROMPT, setting, steps=1).steered)
+    assert_same_grid(steer(offloaded, PROMPT, setting, steps=1).steered, steer(whole, PROMPT, setting, steps=1).steered)
 
 
 def test_attribution_runs_through_the_bridge_on_the_offloaded_model(whole, offloaded):
