@@ -335,3 +335,13 @@ def test_the_status_line_says_where_the_model_is(offloaded):
     assert info.placement_summary == "cpu embed norm unembed · disk L0-3"
     assert where_loaded(info) == "cpu · disk L0-3"
     assert dict(info.placement)["lm_head"] == "cpu"
+
+
+
+@pytest.mark.skipif(not _bnb_available(), reason="bitsandbytes has no backend here")
+def test_quantized_blocks_are_not_offloaded(llama_dir, tmp_path):
+    with pytest.raises(ModelLoadError) as err:
+        load_model(str(llama_dir), placement=PlacementOptions(quantize="8bit", max_memory="cpu=150KB",
+                                                              offload_dir=str(tmp_path)))
+    assert str(err.value).startswith("--quantize keeps every quantized block on its device (bitsandbytes does not "
+                                     "offload them to disk)")

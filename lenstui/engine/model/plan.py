@@ -362,12 +362,13 @@ def plan_for_config(
             "from disk at every forward (slow), or give the devices more room with --max-memory"
             + (", or --quantize 4bit." if accelerator and not placement.quantize else ".")
         )
-    if problem is None and bits and placement.quantize and strategy is not None and accelerator and (
-        on_disk or any(d.name == "cpu" and d.bytes for d in devices)
+    if problem is None and bits and placement.quantize and strategy is not None and (
+        on_disk or (accelerator and any(d.name == "cpu" and d.bytes for d in devices))
     ):
         problem = (
-            "--quantize keeps every quantized block on a GPU (bitsandbytes does not offload them to the CPU or "
-            "disk): raise the GPUs' --max-memory, or drop --quantize and offload in the model's own dtype."
+            "--quantize keeps every quantized block on its device (bitsandbytes does not offload them to "
+            f"{'the CPU or ' if accelerator else ''}disk): give the devices more room with --max-memory, or drop "
+            "--quantize and offload in the model's own dtype."
         )
     if problem is None and over:
         problem = _too_big_sentence(name, total, dtype_name, placement, over, accelerator, prompt_tokens,
@@ -543,7 +544,7 @@ class _quiet:
     def __enter__(self):
         import warnings
 
-        self._loggers = [logging.getLogger(n) for n in ("accelerate", "transformers", "bitsandbytes")]
+        self._loggers = [logging.getLogger(n) for n in ("accelerate", "transformers", "bitsandbytes", "kernels")]
         self._levels = [logger.level for logger in self._loggers]
         for logger in self._loggers:
             logger.setLevel(logging.ERROR)
