@@ -81,8 +81,13 @@ def random_model(shape: dict, device: str, dtype: torch.dtype, seed: int = 0):
     config = LlamaConfig(**shape, max_position_embeddings=4096, rope_theta=500000.0, bos_token_id=0,
                          eos_token_id=0, initializer_range=0.02)
     torch.manual_seed(seed)
-    with torch.device(device):
-        hf = LlamaForCausalLM(config).to(dtype).eval()
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)  # built in its dtype: an 8B in float32 first would take 32 GB
+    try:
+        with torch.device(device):
+            hf = LlamaForCausalLM(config).eval()
+    finally:
+        torch.set_default_dtype(default)
     tokenizer = named_by_id(tiny_tokenizer())
     name = {torch.bfloat16: "bfloat16", torch.float32: "float32"}[dtype]
     return wrap_model(hf, tokenizer, name="random-llama", device=device, dtype=name), config, tokenizer
