@@ -88,6 +88,11 @@ def random_model(shape: dict, device: str, dtype: torch.dtype, seed: int = 0):
             hf = LlamaForCausalLM(config).eval()
     finally:
         torch.set_default_dtype(default)
+    for module in hf.modules():  # rotary frequencies in float32, as from_pretrained leaves them
+        for name in ("inv_freq", "original_inv_freq"):
+            value = getattr(module, name, None)
+            if isinstance(value, torch.Tensor) and value.dtype != torch.float32:
+                setattr(module, name, value.float())
     tokenizer = named_by_id(tiny_tokenizer())
     name = {torch.bfloat16: "bfloat16", torch.float32: "float32"}[dtype]
     return wrap_model(hf, tokenizer, name="random-llama", device=device, dtype=name), config, tokenizer

@@ -569,7 +569,11 @@ def wrap_model(
     else:
         device = resolve_device(device)
         torch_dtype = parse_dtype(dtype)
-        hf_model = hf_model.to(device=device, dtype=torch_dtype).eval()
+        hf_model = hf_model.to(device=device).eval()
+        # Cast only a model whose weights are in another dtype: a cast of the whole model
+        # also casts its float32 buffers (rotary frequencies), which from_pretrained keeps.
+        if any(p.dtype != torch_dtype for p in hf_model.parameters() if p.is_floating_point()):
+            hf_model = hf_model.to(dtype=torch_dtype)
         placement = {"": device}
     if getattr(hf_model.config, "_attn_implementation", "eager") != "eager":
         hf_model.set_attn_implementation("eager")
