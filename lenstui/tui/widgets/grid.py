@@ -25,6 +25,7 @@ clamped to the shown result whenever it changes shape (``show_result``, ``clear`
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, replace
 from functools import lru_cache
 from typing import Optional
@@ -84,6 +85,10 @@ class GridCell:
     text: str
     piece: str
     prob: float
+
+
+# How long after a digit the next one continues the block number (LensGrid.on_key).
+JUMP_SECONDS = 1.5
 
 
 class LensGrid(Guarded, ScrollView, can_focus=True):
@@ -193,6 +198,7 @@ view their ranks follow the top-k columns. **T**: their trajectories.
         self.cursor_row = 0  # index into _rows
         self.cursor_pos = 0  # prompt position
         self.cursor_k = 0  # rank, in the top-k view
+        self._jump, self._jump_at = "", 0.0  # a block number being typed (on_key)
         self._heat_styles: Optional[list[tuple[Style, Style]]] = None
         # From a vocabulary scan (plain id sets): marked in the cells' last column.
         self._unspeakable: frozenset[int] = frozenset()
@@ -739,6 +745,21 @@ view their ranks follow the top-k columns. **T**: their trajectories.
 
     def action_last_layer(self) -> None:
         self._set_cursor(row=len(self._rows) - 1)
+
+    def on_key(self, event: events.Key) -> None:
+        """Typing a block's number jumps to its row: "5" goes to L5, and "2" typed within
+        JUMP_SECONDS after it to L52 (an 80-block model is two keys from any row)."""
+        digit = event.character
+        if self.result is None or digit is None or not digit.isdigit():
+            return
+        now = time.monotonic()
+        typed = (self._jump if now - self._jump_at < JUMP_SECONDS else "") + digit
+        if f"L{int(typed)}" not in self.result.layers:
+            typed = digit  # past the last block: this digit starts a new number
+        self._jump, self._jump_at = typed, now
+        self.place_cursor(layer=f"L{int(typed)}")
+        event.stop()
+        event.prevent_default()
 
     def action_position(self, delta: int) -> None:
         self._set_cursor(pos=self.cursor_pos + delta)
