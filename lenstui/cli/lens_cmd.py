@@ -5,12 +5,10 @@ from __future__ import annotations
 import argparse
 from typing import Optional
 
-from lenstui.cli.common import add_model_options, load_from_args, print_json
+from lenstui.cli.common import add_lens_options, add_model_options, lens_options, load_from_args, print_result
 from lenstui.core.errors import InputError, quoted
 from lenstui.core.lens_result import LensResult
-from lenstui.core.lenses import LENS_KINDS
 from lenstui.core.textfmt import fit, visible
-from lenstui.core.tokens import token_spec
 from lenstui.engine.lens.run import run_lens
 
 
@@ -18,18 +16,15 @@ def configure(parser: argparse.ArgumentParser, command: str) -> None:
     parser.description = "Decode every layer x position of a prompt through the model's own readout."
     parser.add_argument("prompt", help="the prompt text")
     add_model_options(parser)
-    parser.add_argument("--top-k", type=int, default=5, help="tokens per cell (default 5)")
-    parser.add_argument("--lens", choices=LENS_KINDS, default="logit", help="lens variant (default logit)")
-    parser.add_argument(
-        "--extended-blocks", type=int, default=1, metavar="N", help="decoder blocks for --lens extended"
+    add_lens_options(
+        parser,
+        target_help="target token text (default: the model's top-1)",
+        track_help="follow a token through every cell (text, vocabulary piece like ĠðŁ, or #ID); repeat, up to 8",
     )
     parser.add_argument(
         "--lens-path", metavar="PATH", default=None,
         help="--lens tuned/jacobian: a tuned-lens directory or J-lens file (default: the one fitted for the model)",
     )
-    parser.add_argument("--mid", action="store_true", help="also read the mid-block residual")
-    parser.add_argument("--target", default=None, help="target token text (default: the model's top-1)")
-    parser.add_argument("--target-id", type=int, default=None, help="target token id")
     parser.add_argument(
         "--positions",
         default=None,
@@ -42,13 +37,6 @@ def configure(parser: argparse.ArgumentParser, command: str) -> None:
         default=None,
         help="the column shown as the layer x top-k table: a prompt position among those computed "
         "(default: the last computed)",
-    )
-    parser.add_argument(
-        "--track",
-        action="append",
-        default=[],
-        metavar="TOKEN",
-        help="follow a token through every cell (text, vocabulary piece like ĠðŁ, or #ID); repeat, up to 8",
     )
     parser.add_argument(
         "--vs",
@@ -75,57 +63,23 @@ def _compare_positions(spec: str) -> tuple[int, int]:
 
 
 def run(args: argparse.Namespace) -> int:
-    track = [token_spec(t) for t in args.track]
+    options = lens_options(args)
     if args.vs is not None:
-        return run_compare(args, track)
+        return run_compare(args, options)
     model = load_from_args(args)
-    target = args.target_id if args.target_id is not None else args.target
-    result = run_lens(
-        model,
-        args.prompt,
-        top_k=args.top_k,
-        lens=args.lens,
-        extended_blocks=args.extended_blocks,
-        incl_mid=args.mid,
-        target=target,
-        positions=args.positions,
-        track=track,
-        lens_path=args.lens_path,
-    )
-    if args.json:
-        print_json(result.to_json())
-    else:
-        print(format_table(result, args.position))
-    return 0
+    result = run_lens(model, args.prompt, **options, positions=args.positions, lens_path=args.lens_path)
+    return print_result(result, args.json, lambda r: format_table(r, args.position))
 
 
-def run_compare(args: argparse.Namespace, track) -> int:
+def run_compare(args: argparse.Namespace, options: dict) -> int:
     from lenstui.engine.lens.compare import compare_rows
 
     if args.positions is not None:
         raise InputError("--vs compares whole prompts: use --compare-positions PA,PB instead of --positions.")
     pos_a, pos_b = _compare_positions(args.compare_positions)
     model = load_from_args(args)
-    target = args.target_id if args.target_id is not None else args.target
-    comparison = compare_rows(
-        model,
-        args.prompt,
-        pos_a,
-        args.vs,
-        pos_b,
-        top_k=args.top_k,
-        lens=args.lens,
-        extended_blocks=args.extended_blocks,
-        incl_mid=args.mid,
-        target=target,
-        track=track,
-        lens_path=args.lens_path,
-    )
-    if args.json:
-        print_json(comparison.to_json())
-    else:
-        print(format_compare(comparison))
-    return 0
+    comparison = compare_rows(model, args.prompt, pos_a, args.vs, pos_b, **options, lens_path=args.lens_path)
+    return print_result(comparison, args.json, format_compare)
 
 
 def format_compare(comparison) -> str:
