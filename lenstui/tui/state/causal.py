@@ -314,10 +314,14 @@ def step_under_steer(host: CausalHost) -> bool:
         return False
     shown = state.shown
     result = host.shown_result
+    session = host.session
     if (
         not isinstance(shown, SteerResult)
         or result is None
         or shown.steered.token_ids != result.token_ids
+        # The clean run of a step just taken is on its way: the steered answer on show is
+        # for the prompt before it (stepping from it would append the same token again).
+        or (session.last_request != host.shown_request and not session.last_failed)
     ):
         state.queued_steps += 1
         return True
