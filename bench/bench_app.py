@@ -197,7 +197,7 @@ async def streamed_figures(model) -> dict[str, object]:
     app_class = stream_app_class()
 
     def fresh(prompt: str, **kwargs):
-        model.memo.pop("lens_state", None)  # every scenario starts cold
+        model.caches.lens_states.pop("a", None)  # every scenario starts cold
         app = app_class(prompt, loader=lambda spec, **kw: model, **kwargs)
         app.worker_stop_timeout = 120
         app.expect()

@@ -14,6 +14,7 @@ import time
 
 import torch
 
+from lenstui.core.lenses import LensOptions
 from lenstui.engine.attribution import attribute, attribution_hook_names
 from lenstui.engine.lens.run import run_lens
 from lenstui.engine.model.load import load_model
@@ -54,7 +55,7 @@ def main() -> None:
 
     repeats = 5
     fwd = median_seconds(forward, repeats)
-    lens = median_seconds(lambda: run_lens(model, ids, top_k=10), 3)
+    lens = median_seconds(lambda: run_lens(model, ids, LensOptions(top_k=10)), 3)
     fresh = median_seconds(lambda: attribute(model, ids, position=position, layer=-1), repeats)
     cache = full_cache()
     reused = median_seconds(lambda: attribute(model, ids, position=position, layer=-1, cache=cache), repeats)

@@ -25,6 +25,8 @@ import time
 
 import torch
 
+from lenstui.core.lenses import LensOptions
+
 TEXT = (
     "Sometimes, when people say plasma, they mean a state of matter. Other times, when "
     "people say plasma, they mean the liquid part of blood. The Eiffel Tower is located "
@@ -66,7 +68,7 @@ def full_grid(model, rate: float) -> None:
 
         def ours():
             state = LensState(model)  # from scratch: forward + the whole readout
-            state.prepare(ids, top_k=10)
+            state.prepare(ids, LensOptions(top_k=10))
             state.result()
 
         def tl():
@@ -103,13 +105,13 @@ def generation_step(model) -> None:
     ids = chat_prompt_ids(model, "Is there a seahorse emoji? Answer in one short sentence, please.")
     ids = (ids * 2)[:45] if len(ids) < 45 else ids[:45]
     state = LensState(model)
-    state.prepare(ids[:-1], top_k=10)
+    state.prepare(ids[:-1], LensOptions(top_k=10))
     state.result()
     start = time.perf_counter()
-    state.prepare(ids, top_k=10)
+    state.prepare(ids, LensOptions(top_k=10))
     state.result()
     step = time.perf_counter() - start
-    scratch = best_of(lambda: (s := LensState(model), s.prepare(ids, top_k=10), s.result()), 1)
+    scratch = best_of(lambda: (s := LensState(model), s.prepare(ids, LensOptions(top_k=10)), s.result()), 1)
     print(
         f"generation step, 45-token chat prompt: {step * 1000:7.1f} ms (from scratch {scratch * 1000:7.1f} ms,"
         f" {scratch / step:4.1f}x)"
@@ -122,10 +124,10 @@ def typed_character(model) -> None:
     ids = prompt_ids(model, 256)
     text = model.tokenizer.decode(ids)
     state = LensState(model)
-    state.prepare(text, top_k=10)
+    state.prepare(text, LensOptions(top_k=10))
     state.result()
     start = time.perf_counter()
-    plan = state.prepare(text + "x", top_k=10)
+    plan = state.prepare(text + "x", LensOptions(top_k=10))
     n = plan.n_positions
     state.cells(range(n - VISIBLE_COLUMNS, n))
     typed = time.perf_counter() - start
@@ -148,7 +150,7 @@ def long_prompt(model) -> None:
     fwd = best_of(forward, 1)
     state = LensState(model)
     start = time.perf_counter()
-    state.prepare(ids, top_k=10)
+    state.prepare(ids, LensOptions(top_k=10))
     state.cells(range(len(ids) - VISIBLE_COLUMNS, len(ids)))
     first = time.perf_counter() - start
     print(
@@ -159,6 +161,7 @@ def long_prompt(model) -> None:
 
 RSS_CHILD = r"""
 import json, resource, sys, torch
+from lenstui.core.lenses import LensOptions
 from lenstui.engine.model.load import load_model
 from lenstui.engine.lens.run import run_lens
 n = int(sys.argv[1])
@@ -174,7 +177,7 @@ try:  # reset the high-water mark so the peak below is the lens' own (Linux >= 4
     open("/proc/self/clear_refs", "w").write("5")
 except OSError:
     pass
-run_lens(model, ids, top_k=10)
+run_lens(model, ids, LensOptions(top_k=10))
 peak = status_kb("VmHWM")
 print(json.dumps({"loaded_mb": loaded / 1024, "peak_mb": peak / 1024,
                   "process_peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
@@ -199,6 +202,7 @@ def peak_rss() -> None:
 SCALE_CHILD = r"""
 import json, resource, time, torch
 from testkit.models import llama_1b_shape
+from lenstui.core.lenses import LensOptions
 from lenstui.engine.lens.state import LensState
 model = llama_1b_shape()
 ids = [int(i) for i in torch.randint(1, model.d_vocab, (128,))]
@@ -206,7 +210,7 @@ x = torch.randn(512, 2048); w = torch.randn(2048, 128256)
 x @ w; t = time.perf_counter(); x @ w; rate = 2 * 512 * 2048 * 128256 / (time.perf_counter() - t)
 del w
 state = LensState(model)
-t = time.perf_counter(); state.prepare(ids, top_k=10); state.result(); lens = time.perf_counter() - t
+t = time.perf_counter(); state.prepare(ids, LensOptions(top_k=10)); state.result(); lens = time.perf_counter() - t
 floor = 2 * 17 * 128 * 2048 * 128256 / rate
 print(json.dumps({"lens": lens, "floor": floor, "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 """

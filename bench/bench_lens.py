@@ -10,6 +10,7 @@ import time
 
 import torch
 
+from lenstui.core.lenses import LensOptions
 from lenstui.engine.lens.run import run_lens
 from lenstui.engine.model.load import load_model
 
@@ -47,7 +48,7 @@ def main() -> None:
                 model.bridge(tokens)
 
         fwd = median_seconds(forward, repeats)
-        lens = median_seconds(lambda: run_lens(model, ids, top_k=10), repeats)
+        lens = median_seconds(lambda: run_lens(model, ids, LensOptions(top_k=10)), repeats)
         print(f"{n:4d} tokens: forward {fwd * 1000:8.1f} ms   lens {lens * 1000:8.1f} ms   lens/forward {lens / fwd:5.1f}x")
 
 

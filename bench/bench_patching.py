@@ -19,9 +19,14 @@ import time
 
 import torch
 
-from lenstui.engine import patching
+from lenstui.core.lenses import LensOptions
+from lenstui.core.patch_result import PatchSite, SteerSetting
+from lenstui.engine import causal
+from lenstui.engine.causal.interventions import PatchEdit, run_intervened
 from lenstui.engine.lens.state import lens_state
+from lenstui.engine.model.forward import Site
 from lenstui.engine.model.load import load_model
+from lenstui.engine.model.vocab import resolve_token
 
 A = "Sometimes, when people say plasma, they mean a state of matter. Other times, when people say"
 B = A.replace("say plasma,", "say blood,")
@@ -34,33 +39,34 @@ def main() -> None:
     ids_a = list(model.tokenizer(A)["input_ids"])
     ids_b = list(model.tokenizer(B)["input_ids"])
     n = len(ids_a)
-    patching.patch(model, ids_a, source_prompt=ids_b, layer="L0", top_k=10)  # both slots warm, clean cells read
+    causal.patch(model, ids_a, PatchSite(layer="L0"), source_prompt=ids_b, options=LensOptions(top_k=10))  # both slots warm, clean cells read
     state_a, state_b = lens_state(model, "a"), lens_state(model, "b")
     tokens = torch.tensor([ids_a])
 
+    last = Site("resid", model.n_layers - 1)
     variants = {}
     for layer, position in ((0, n - 1), (15, n - 1), (28, n - 1), (15, 5)):
         value = state_b.residual(layer + 1)[position]
-        hook = patching.PatchHook("resid", layer, position, value)
+        edit = PatchEdit("resid", layer, position, value)
 
-        def full(hook=hook):
+        def full(edit=edit):
             with torch.no_grad():
-                model.bridge.run_with_hooks(tokens, return_type="logits", fwd_hooks=hook.hooks(0, n))
+                model.bridge.run_with_hooks(
+                    tokens, return_type="logits", fwd_hooks=[(f"blocks.{layer}.hook_resid_post", fn) for _, fn in edit.edits(0, n)]
+                )
 
-        def resumed(hook=hook, position=position):
-            return patching._run_from_block(model, state_a, position, hook, [f"blocks.{model.n_layers - 1}.hook_resid_post"])
+        def resumed(edit=edit, position=position):
+            return run_intervened(model, state_a, position, edit, [last])
 
         def whole(layer=layer, position=position):
-            patching.patch(model, ids_a, source_prompt=ids_b, layer=layer, position=position, top_k=10)
+            causal.patch(model, ids_a, PatchSite(layer=layer, position=position), source_prompt=ids_b, options=LensOptions(top_k=10))
 
         variants[f"full forward, patch L{layer}@{position}"] = full
         variants[f"resumed forward, patch L{layer}@{position}"] = resumed
         variants[f"whole patch (grid + effects), L{layer}@{position}"] = whole
-    variants["layer sweep, 31 points"] = lambda: patching.sweep(model, ids_a, source_prompt=ids_b)
-    sea = patching.resolve_token(model, " sea")
-    variants["steer + 1 generated step, L15"] = lambda: patching.steer(
-        model, ids_a, toward=sea, layer="L15", alpha=0.5, steps=1, clean_steps=False, top_k=10
-    )
+    variants["layer sweep, 31 points"] = lambda: causal.sweep(model, ids_a, source_prompt=ids_b)
+    sea = resolve_token(model, " sea")
+    variants["steer + 1 generated step, L15"] = lambda: causal.steer(model, ids_a, SteerSetting(toward=sea, layer="L15", alpha=0.5), steps=1, clean_steps=False, options=LensOptions(top_k=10))
     times = {name: [] for name in variants}
     for fn in variants.values():
         fn()  # warm-up
@@ -72,7 +78,7 @@ def main() -> None:
     width = max(len(name) for name in times)
     for name, values in times.items():
         print(f"{name:<{width}}  median {statistics.median(values):7.1f} ms  (min {min(values):6.1f})")
-    path = patching._run_from_block(model, state_a, n - 1, patching.PatchHook("resid", 15, n - 1, None), []).cost
+    path = run_intervened(model, state_a, n - 1, PatchEdit("resid", 15, n - 1, None), [last]).cost
     print(f"path on this model: {path.path} ({path.positions} position(s) x {path.blocks} block(s) for L15@{n - 1})")
 
 

@@ -26,6 +26,7 @@ import tempfile
 import time
 
 import torch
+from lenstui.core.lenses import LensOptions
 
 PAUSE = 0.3  # seconds between steps, in all three measurements
 PROMPT = "Is there a seahorse emoji? Answer in one short sentence, and then explain why."  # chat: ~45 tokens
@@ -57,14 +58,14 @@ def floor_and_engine(steps: int, pause: float) -> tuple[float, float, int]:
             floors.append(time.perf_counter() - start)
             token = int(out.logits[0, -1].argmax())
     state = LensState(model)
-    state.prepare(ids, top_k=10)  # the app's top-k
+    state.prepare(ids, LensOptions(top_k=10))  # the app's top-k
     result = state.result()
     engine = []
     for _ in range(steps + 2):
         ids = list(result.token_ids) + [result.next_token.id]
         time.sleep(pause)
         start = time.perf_counter()
-        state.prepare(ids, top_k=10)
+        state.prepare(ids, LensOptions(top_k=10))
         result = state.result()
         engine.append(time.perf_counter() - start)
     return statistics.median(floors[2:]), statistics.median(engine[2:]), len(ids)

@@ -11,7 +11,10 @@ from apphelpers import settle, until
 from textual.widgets import DataTable
 
 from lenstui.core.patch_result import PatchResult, SteerResult
-from lenstui.engine import patching
+from lenstui.core.lenses import LensOptions
+from lenstui.core.patch_result import PatchSite, SteerSetting
+from lenstui.engine import causal as engine_causal
+from lenstui.engine.model.vocab import resolve_token
 from lenstui.engine.lens.state import lens_state
 from lenstui.jobs.protocol import RunLens
 from lenstui.tui.commands import explorer_commands
@@ -59,7 +62,7 @@ async def test_mark_patch_shows_the_cone_and_esc_restores_from_the_cache(make_ap
         assert "patched: B@19 L23 -> A@19" in str(app.status.render())
         # The engine's own answer, and the cone in the grid: row L23 at the last position on.
         ids_a, ids_b = app.shown_result.token_ids, screen.comparison.b.token_ids
-        expected = patching.patch(embedded, ids_a, source_prompt=ids_b, layer="L23", position=SAY, top_k=app.session.top_k)
+        expected = engine_causal.patch(embedded, ids_a, PatchSite(layer="L23", position=SAY), source_prompt=ids_b, options=LensOptions(top_k=app.session.top_k))
         assert shown.patched.grid[-1][-1].top[0].text == " blood"
         assert [t.prob for t in shown.patched.grid[-1][-1].top] == pytest.approx(
             [t.prob for t in expected.patched.grid[-1][-1].top], abs=1e-6
@@ -134,7 +137,7 @@ async def test_sweep_from_the_compare_view_plots_the_target_per_layer(make_app, 
         assert [p.label for p in result.points][:2] == ["embed", "L0"] and len(result.points) == 31
         series = sweep_series(result)
         assert series[0].label == "P(␣plasma)" and series[1].label == "P(␣blood)"
-        expected = patching.sweep(embedded, app.shown_result.token_ids, source_prompt=screen.comparison.b.token_ids)
+        expected = engine_causal.sweep(embedded, app.shown_result.token_ids, source_prompt=screen.comparison.b.token_ids)
         assert series[0].probs == pytest.approx([p.target_prob for p in expected.points], abs=1e-6)
         summary = sweep_summary(result)
         assert "top-1 becomes ␣blood at L23" in summary
@@ -154,7 +157,7 @@ async def test_steer_from_the_palette_alpha_keys_steps_and_clear(make_app, embed
         await settle(app, pilot)
         await pilot.press("escape")
         clean = app.shown_result
-        sea = patching.resolve_token(embedded, " sea")
+        sea = resolve_token(embedded, " sea")
         # The selected token: " sea" pinned in the top-k view would do; here the cell is set directly.
         app.grid.place_cursor("L15", len(clean.tokens) - 1)
         cell = app.grid.current_cell  # the palette's command steers toward this cell's token
@@ -174,7 +177,7 @@ async def test_steer_from_the_palette_alpha_keys_steps_and_clear(make_app, embed
         await pilot.press("plus", "plus", "minus")
         await until(pilot, lambda: app.causal.shown.spec.alpha == 0.2, "alpha 0.2")
         steered = app.causal.shown
-        expected = patching.steer(embedded, clean.token_ids, toward=sea, layer="L24", alpha=0.2, steps=2, top_k=app.session.top_k)
+        expected = engine_causal.steer(embedded, clean.token_ids, SteerSetting(toward=sea, layer="L24", alpha=0.2), steps=2, options=LensOptions(top_k=app.session.top_k))
         assert steered.steered.grid[-1][-1].top[0].id == expected.generated[0].id
 
         # Ctrl+N twice: both tokens from the steered run.
@@ -222,8 +225,6 @@ async def test_two_steps_under_a_steer_in_one_frame_wait_for_each_other(make_app
         assert [len(step.ids) for step in app.session.steps] == [len(clean.tokens) + 1, len(clean.tokens) + 2]
         assert all(step.steered for step in app.session.steps)
         # Each step is the steered run's next token on the prompt before it.
-        expected = patching.steer(
-            embedded, clean.token_ids, toward=app.causal.steer.toward, layer="L24", alpha=causal.DEFAULT_ALPHA,
-            steps=2, top_k=app.session.top_k,
-        )
+        setting = SteerSetting(toward=app.causal.steer.toward, layer="L24", alpha=causal.DEFAULT_ALPHA)
+        expected = engine_causal.steer(embedded, clean.token_ids, setting, steps=2, options=LensOptions(top_k=app.session.top_k))
         assert [step.ids[-1] for step in app.session.steps] == [t.id for t in expected.generated]

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 
+from lenstui.core.lenses import LensOptions
 from lenstui.core.errors import Cancelled, InputError
 from lenstui.engine.attribution import attribute, attribution_hook_names
 from lenstui.engine.lens.run import run_lens
@@ -231,7 +232,7 @@ def test_parts_add_up_to_the_rows_logit_on_tiny_models(tiny, row):
 def test_contrast_token_on_tiny_models(tiny):
     model, reference = tiny
     ids = model.tokenizer(PROMPT)["input_ids"]
-    top = run_lens(model, ids, top_k=2).grid[2][5].top
+    top = run_lens(model, ids, LensOptions(top_k=2)).grid[2][5].top
     result, expected = _check_sum_and_parts(
         model, reference, ids, 2, position=5, token=top[0].id, contrast=top[1].id
     )
@@ -243,7 +244,7 @@ def test_contrast_token_on_tiny_models(tiny):
 def test_default_token_is_the_lens_cells_top_1(tiny):
     model, _ = tiny
     ids = model.tokenizer(PROMPT)["input_ids"]
-    lens = run_lens(model, ids, top_k=1)
+    lens = run_lens(model, ids, LensOptions(top_k=1))
     for row in range(model.n_layers + 1):
         result = attribute(model, ids, position=4, layer=row)
         assert result.token.id == lens.grid[row][4].top[0].id

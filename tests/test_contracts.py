@@ -45,10 +45,10 @@ def test_each_request_names_its_title_and_a_new_kind_defaults_to_its_class_name(
 
 def test_the_lens_kinds_are_named_once_for_the_app_and_the_engine():
     from lenstui.core.lenses import LENS_DESCRIPTIONS, LENS_KINDS
-    from lenstui.engine.lens import state
+    from lenstui.engine.lens import kinds
     from lenstui.talks import format as talk_format
 
-    assert state.LENS_KINDS is LENS_KINDS  # one copy
+    assert kinds.LENS_KINDS is LENS_KINDS  # one copy
     assert talk_format.LENSES is LENS_KINDS
     assert set(LENS_DESCRIPTIONS) == set(LENS_KINDS)
 

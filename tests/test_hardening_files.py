@@ -24,6 +24,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
+from lenstui.core.lenses import LensOptions
 from lenstui.core.errors import InputError, LenstuiError, quoted
 from lenstui.store.atomic import write_text_atomic
 
@@ -283,7 +284,7 @@ def test_short_repr_cuts_long_fields():
     from lenstui.jobs.protocol import RunLens
     from lenstui.store.crash_log import short_repr
 
-    text = short_repr(RunLens(MEGA, track=tuple(range(1000))))
+    text = short_repr(RunLens(MEGA, options=LensOptions(track=tuple(range(1000)))))
     assert text.startswith("RunLens(prompt='ééé") and len(text) <= 300
 
 
@@ -670,15 +671,19 @@ def test_present_check_with_a_broken_chat_template_names_the_scene(broken_templa
 def test_switching_away_from_the_extended_lens_frees_its_stack(tiny_llama):
     from lenstui.engine.lens.state import LensState
 
+    import gc
+    import weakref
+
     state = LensState(tiny_llama)
-    state.prepare("hello world", lens="extended", extended_blocks=1)
+    state.prepare("hello world", LensOptions(lens="extended", extended_blocks=1))
     state.result()
-    assert state._extended is not None
-    state.prepare("hello world", lens="logit")
-    assert state._extended is None
+    decoded = weakref.ref(state.lens.decoded(state))  # the extended lens's decoded stack
+    state.prepare("hello world", LensOptions(lens="logit"))
+    gc.collect()
+    assert decoded() is None  # nothing holds it any more
     state.result()
-    state.prepare("hello world", lens="extended", extended_blocks=1)  # back: decoded again
-    assert state.result().lens == "extended" and state._extended is not None
+    state.prepare("hello world", LensOptions(lens="extended", extended_blocks=1))  # back: decoded again
+    assert state.result().lens == "extended" and state.lens._decoded is not None
 
 
 def test_the_presenter_keeps_a_bounded_number_of_computed_scenes():

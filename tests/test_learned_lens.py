@@ -12,10 +12,12 @@ import numpy as np
 import pytest
 import torch
 
+from lenstui.core.lenses import LensOptions
 from lenstui.core.errors import InputError
 from lenstui.engine.lens import learned
 from lenstui.engine.lens.evaluate import evaluate_lenses
-from lenstui.engine.lens.fit import NormalEquations, fit_jacobian, fit_tuned, sample_sequences, _forward, _rows_names
+from lenstui.engine.lens.fit import NormalEquations, fit_jacobian, fit_tuned
+from lenstui.engine.lens.sampling import rows_forward, sample_sequences
 from lenstui.engine.lens.readout import unembedding
 from lenstui.engine.lens.run import run_lens
 from testkit.models import CORPUS, tiny_llama
@@ -87,10 +89,9 @@ def test_sampled_rows_are_the_rows_of_a_full_forward(tiny_llama):
     sequences = sample_sequences(tiny_llama, 40, seed=3, sink=sink, new_tokens=12)
     first_batch = [rows for rows, _ in batches[:13]]
     stitched = torch.cat(first_batch, dim=2)  # [R, B, positions, d]
-    names = _rows_names(tiny_llama.n_layers)
     for b in range(2):
         ids = sequences[b]
-        _, full = _forward(tiny_llama, torch.tensor([ids]), None, names)
+        _, full = rows_forward(tiny_llama, torch.tensor([ids]), None)
         n = min(len(ids), stitched.shape[2])
         torch.testing.assert_close(stitched[:, b, :n], full[:, 0, :n], rtol=1e-4, atol=1e-4)
 
@@ -101,19 +102,19 @@ def test_chat_sampling_feeds_the_template_between_question_and_answer(monkeypatc
         "{% for m in messages %}<|endoftext|>user: {{ m['content'] }}<|endoftext|>{% endfor %}"
         "{% if add_generation_prompt %}bot: {% endif %}"
     )
-    from lenstui.engine.lens import fit
+    from lenstui.engine.lens import sampling
 
-    starts = fit._starts(model)
+    starts = sampling._starts(model)
     assert starts.chat_prefix and starts.chat_suffix and starts.chat_openers
-    monkeypatch.setattr(fit, "MAX_QUESTION", 6)
-    sequences = fit.sample_sequences(model, 200, seed=0, new_tokens=30)
+    monkeypatch.setattr(sampling, "MAX_QUESTION", 6)
+    sequences = sampling.sample_sequences(model, 200, seed=0, new_tokens=30)
     prefix, suffix = starts.chat_prefix, starts.chat_suffix
     chats = [s for s in sequences if s[: len(prefix)] == prefix]
     assert chats, "a chat batch was sampled"
     for seq in chats:
         body = seq[len(prefix) :]
         where = next((i for i in range(len(body)) if body[i : i + len(suffix)] == suffix), None)
-        assert where is not None and where <= fit.MAX_QUESTION, "the question ends and the answer's header is fed"
+        assert where is not None and where <= sampling.MAX_QUESTION, "the question ends and the answer's header is fed"
 
 
 # ---------------------------------------------------------------- the file format
@@ -160,7 +161,7 @@ def _package_style_logits(model, folder, row: int, h: torch.Tensor) -> torch.Ten
 
 def _rows(model, prompt: str) -> torch.Tensor:
     ids = model.tokenizer(prompt)["input_ids"]
-    _, rows = _forward(model, torch.tensor([ids]), None, _rows_names(model.n_layers))
+    _, rows = rows_forward(model, torch.tensor([ids]), None)
     return rows[:, 0]  # [R, T, d]
 
 
@@ -168,7 +169,7 @@ def test_lenstui_reads_its_lens_as_the_packages_loader_does(peaked, peaked_lens)
     folder = learned.Path(peaked_lens.path)
     prompt = CORPUS[1]
     rows = _rows(peaked, prompt)
-    result = run_lens(peaked, prompt, lens="tuned", lens_path=str(folder), top_k=5)
+    result = run_lens(peaked, prompt, LensOptions(lens="tuned", lens_path=str(folder), top_k=5))
     assert result.lens == "tuned" and result.lens_file.path == str(folder.resolve())
     for row in range(peaked.n_layers):  # every translated row (the last is read as is)
         for pos in (1, 5, len(result.tokens) - 1):
@@ -196,7 +197,7 @@ def test_the_tuned_lens_package_loads_lenstui_files_and_agrees(peaked, peaked_le
     lens = TunedLens.from_unembed_and_pretrained(unembed, peaked_lens.path)
     assert len(lens) == peaked.n_layers
     rows = _rows(peaked, CORPUS[0])
-    result = run_lens(peaked, CORPUS[0], lens="tuned", lens_path=peaked_lens.path, top_k=3)
+    result = run_lens(peaked, CORPUS[0], LensOptions(lens="tuned", lens_path=peaked_lens.path, top_k=3))
     with torch.no_grad():
         for row in range(peaked.n_layers):
             theirs = lens(rows[row, 1:], idx=row)  # [T-1, vocab]
@@ -237,7 +238,7 @@ def test_a_published_style_gpt2_lens_loads_and_reads_as_the_package_would(tiny_g
     translators = _write_package_style_lens(folder, tiny_gpt2)
     prompt = CORPUS[0]
     rows = _rows(tiny_gpt2, prompt)
-    result = run_lens(tiny_gpt2, prompt, lens="tuned", lens_path=str(folder), top_k=4)
+    result = run_lens(tiny_gpt2, prompt, LensOptions(lens="tuned", lens_path=str(folder), top_k=4))
     assert result.lens_file.origin == "tuned-lens file for gpt2"
     with torch.no_grad():
         for row in range(tiny_gpt2.n_layers):
@@ -247,24 +248,24 @@ def test_a_published_style_gpt2_lens_loads_and_reads_as_the_package_would(tiny_g
             top = torch.topk(reference, 4)
             assert [t.id for t in result.grid[row][3].top] == top.indices.tolist()
     # the last row is the model's own output, as under the logit lens
-    logit = run_lens(tiny_gpt2, prompt, lens="logit", top_k=4)
+    logit = run_lens(tiny_gpt2, prompt, LensOptions(lens="logit", top_k=4))
     assert [t.id for t in result.grid[-1][3].top] == [t.id for t in logit.grid[-1][3].top]
 
 
 def test_a_lens_for_another_model_is_refused_with_a_sentence(tiny_gpt2, tmp_path):
     _write_package_style_lens(tmp_path / "hash", tiny_gpt2, unembed="0" * 64)
     with pytest.raises(InputError, match="fitted on another unembedding.*made for gpt2"):
-        run_lens(tiny_gpt2, "hello", lens="tuned", lens_path=str(tmp_path / "hash"))
+        run_lens(tiny_gpt2, "hello", LensOptions(lens="tuned", lens_path=str(tmp_path / "hash")))
     _write_package_style_lens(tmp_path / "missing", tiny_gpt2, drop="2.weight")
     with pytest.raises(InputError, match=r"params.pt .* lacks 2.weight"):
-        run_lens(tiny_gpt2, "hello", lens="tuned", lens_path=str(tmp_path / "missing"))
+        run_lens(tiny_gpt2, "hello", LensOptions(lens="tuned", lens_path=str(tmp_path / "missing")))
     _write_package_style_lens(tmp_path / "wide", tiny_gpt2, d_model=64)
     with pytest.raises(InputError, match="d_model 64.*another model"):
-        run_lens(tiny_gpt2, "hello", lens="tuned", lens_path=str(tmp_path / "wide"))
+        run_lens(tiny_gpt2, "hello", LensOptions(lens="tuned", lens_path=str(tmp_path / "wide")))
     with pytest.raises(InputError, match="No tuned lens for tiny-gpt2 yet"):
-        run_lens(tiny_gpt2, "hello", lens="tuned")
+        run_lens(tiny_gpt2, "hello", LensOptions(lens="tuned"))
     with pytest.raises(InputError, match="block outputs only"):
-        run_lens(tiny_gpt2, "hello", lens="tuned", lens_path=str(tmp_path / "gpt2-none"), incl_mid=True)
+        run_lens(tiny_gpt2, "hello", LensOptions(lens="tuned", lens_path=str(tmp_path / "gpt2-none"), incl_mid=True))
 
 
 # ---------------------------------------------------------------- what it is for
@@ -285,8 +286,8 @@ def test_the_tuned_lens_reads_text_the_fit_never_saw_better(peaked, peaked_lens)
 
 
 def test_position_0_reads_as_the_logit_lens(peaked, peaked_lens):
-    tuned = run_lens(peaked, CORPUS[2], lens="tuned", lens_path=peaked_lens.path, top_k=3)
-    logit = run_lens(peaked, CORPUS[2], lens="logit", top_k=3)
+    tuned = run_lens(peaked, CORPUS[2], LensOptions(lens="tuned", lens_path=peaked_lens.path, top_k=3))
+    logit = run_lens(peaked, CORPUS[2], LensOptions(lens="logit", top_k=3))
     for row in range(len(tuned.layers)):
         assert tuned.grid[row][0].top == logit.grid[row][0].top
     assert any(tuned.grid[r][4].top != logit.grid[r][4].top for r in range(len(tuned.layers) - 1))
@@ -311,7 +312,7 @@ def test_the_fitted_lens_is_found_again_for_the_same_weights():
     found = learned.available_lenses(again)
     assert [f.kind for f in found] == ["tuned"] and found[0].path == report.path
     assert model_info(again).lenses == tuple(found)
-    assert run_lens(again, "hello world", lens="tuned").lens_file.origin.startswith("fitted by lenstui on 200")
+    assert run_lens(again, "hello world", LensOptions(lens="tuned")).lens_file.origin.startswith("fitted by lenstui on 200")
     other = tiny_llama(seed=5, name="tiny-again")  # other weights: not its lens
     assert learned.available_lenses(other) == []
 
@@ -319,9 +320,9 @@ def test_the_fitted_lens_is_found_again_for_the_same_weights():
 def test_a_refitted_lens_is_read_anew(tmp_path):
     model = tiny_llama(seed=6, initializer_range=0.3, name="tiny-refit")
     fit_tuned(model, tokens=150, seed=0)
-    first = run_lens(model, CORPUS[0], lens="tuned", top_k=2)
+    first = run_lens(model, CORPUS[0], LensOptions(lens="tuned", top_k=2))
     fit_tuned(model, tokens=300, seed=1)
-    second = run_lens(model, CORPUS[0], lens="tuned", top_k=2)
+    second = run_lens(model, CORPUS[0], LensOptions(lens="tuned", top_k=2))
     assert second.lens_file.origin != first.lens_file.origin
     assert [c.top for c in second.grid[1]] != [c.top for c in first.grid[1]]
 
@@ -339,14 +340,14 @@ def test_a_jacobian_lens_file_reads_as_transformer_lens_reads_it(tiny_llama, tmp
     path = tmp_path / "lens.pt"
     lens.save(str(path))
     prompt = CORPUS[1]
-    result = run_lens(tiny_llama, prompt, lens="jacobian", lens_path=str(path), top_k=3)
+    result = run_lens(tiny_llama, prompt, LensOptions(lens="jacobian", lens_path=str(path), top_k=3))
     assert result.lens_file.kind == "jacobian" and "embed" in result.lens_file.note
     tokens = torch.tensor([result.token_ids])
     reference = JacobianLens.load(str(path)).readout(tiny_llama.bridge, tokens, top_k=3)
     for layer in lens.source_layers:
         for pos in range(1, len(result.tokens)):
             assert [t.id for t in result.grid[layer + 1][pos].top] == reference.lens_topk_indices[layer][pos].tolist()
-    logit = run_lens(tiny_llama, prompt, lens="logit", top_k=3)
+    logit = run_lens(tiny_llama, prompt, LensOptions(lens="logit", top_k=3))
     assert result.grid[0][3].top == logit.grid[0][3].top  # the embeddings have no J
 
 
@@ -358,15 +359,15 @@ def test_a_jacobian_fit_is_refused_on_the_cpu_unless_asked(tmp_path):
     assert report.kind == "jacobian" and report.sequences == 2
     found = learned.available_lenses(model)
     assert [f.kind for f in found] == ["jacobian"]
-    result = run_lens(model, CORPUS[0], lens="jacobian", top_k=2)
+    result = run_lens(model, CORPUS[0], LensOptions(lens="jacobian", top_k=2))
     assert result.lens_file.origin == "J-lens on 2 prompts (lenstui self-sampled text, seed 0)"
 
 
 def test_compare_reads_both_prompts_through_the_learned_lens(peaked, peaked_lens):
     from lenstui.engine.lens.compare import compare_rows
 
-    tuned = compare_rows(peaked, CORPUS[0], -1, CORPUS[1], -1, lens="tuned", lens_path=peaked_lens.path, top_k=2)
-    logit = compare_rows(peaked, CORPUS[0], -1, CORPUS[1], -1, lens="logit", top_k=2)
+    tuned = compare_rows(peaked, CORPUS[0], -1, CORPUS[1], -1, LensOptions(lens="tuned", lens_path=peaked_lens.path, top_k=2))
+    logit = compare_rows(peaked, CORPUS[0], -1, CORPUS[1], -1, LensOptions(lens="logit", top_k=2))
     assert tuned.a.lens == tuned.b.lens == "tuned" and tuned.a.lens_file is not None
     assert len(tuned.kl) == peaked.n_layers + 1
     assert tuned.kl[-1] == pytest.approx(logit.kl[-1], rel=1e-4)  # the last row is the model's own

@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from lenstui.core.lenses import LensOptions
 from lenstui.core.errors import Cancelled, InputError
 from lenstui.engine.lens.run import run_lens
 
@@ -22,7 +23,7 @@ def _model_log_probs(model, ids):
 @pytest.mark.parametrize("fixture", ["tiny_gpt2", "tiny_llama"])
 def test_final_row_reproduces_the_models_own_distribution(fixture, request):
     model = request.getfixturevalue(fixture)
-    result = run_lens(model, PROMPT, top_k=5)
+    result = run_lens(model, PROMPT, LensOptions(top_k=5))
     ids = result.token_ids
     log_probs = _model_log_probs(model, ids)
     final = result.grid[-1]
@@ -39,7 +40,7 @@ def test_final_row_reproduces_the_models_own_distribution(fixture, request):
 @pytest.mark.parametrize("fixture", ["tiny_gpt2", "tiny_llama"])
 def test_grid_shape_labels_and_probabilities(fixture, request):
     model = request.getfixturevalue(fixture)
-    result = run_lens(model, PROMPT, top_k=4)
+    result = run_lens(model, PROMPT, LensOptions(top_k=4))
     n_layers = model.n_layers
     assert result.layers == ["embed"] + [f"L{i}" for i in range(n_layers)]
     assert len(result.grid) == n_layers + 1
@@ -61,7 +62,7 @@ def test_intermediate_row_matches_an_independent_readout(tiny_gpt2):
     hidden states and weights, not through TransformerLens."""
     hf = tiny_gpt2.bridge.original_model
     ids = tiny_gpt2.tokenizer(PROMPT)["input_ids"]
-    result = run_lens(tiny_gpt2, ids, top_k=3)
+    result = run_lens(tiny_gpt2, ids, LensOptions(top_k=3))
     with torch.no_grad():
         hidden = hf(torch.tensor([ids]), output_hidden_states=True).hidden_states[1][0]
         ln = hf.transformer.ln_f
@@ -76,7 +77,7 @@ def test_intermediate_row_matches_an_independent_readout(tiny_gpt2):
 
 
 def test_mid_rows_are_interleaved(tiny_llama):
-    result = run_lens(tiny_llama, PROMPT, incl_mid=True)
+    result = run_lens(tiny_llama, PROMPT, LensOptions(incl_mid=True))
     assert result.layers == ["embed", "L0.attn", "L0", "L1.attn", "L1", "L2.attn", "L2"]
     plain = run_lens(tiny_llama, PROMPT)
     assert [c.top[0].id for c in result.grid[-1]] == [c.top[0].id for c in plain.grid[-1]]
@@ -84,7 +85,7 @@ def test_mid_rows_are_interleaved(tiny_llama):
 
 def test_raw_lens_skips_the_final_norm(tiny_gpt2):
     ids = tiny_gpt2.tokenizer(PROMPT)["input_ids"]
-    raw = run_lens(tiny_gpt2, ids, lens="raw", top_k=1)
+    raw = run_lens(tiny_gpt2, ids, LensOptions(lens="raw", top_k=1))
     hf = tiny_gpt2.bridge.original_model
     with torch.no_grad():
         hidden = hf(torch.tensor([ids]), output_hidden_states=True).hidden_states[1][0]
@@ -97,7 +98,7 @@ def test_extended_lens_runs_rows_through_the_last_blocks(tiny_llama):
     """With 2 decoder blocks (cut at block 1), the embedding row is read as if block 0
     were skipped: checked against HF with block 0 replaced by the identity."""
     ids = tiny_llama.tokenizer(PROMPT)["input_ids"]
-    result = run_lens(tiny_llama, ids, lens="extended", extended_blocks=2, top_k=3)
+    result = run_lens(tiny_llama, ids, LensOptions(lens="extended", extended_blocks=2, top_k=3))
     assert result.extended_blocks == 2
     from testkit.models import tiny_llama_hf
 
@@ -122,7 +123,7 @@ def test_extended_lens_runs_rows_through_the_last_blocks(tiny_llama):
 def test_custom_target_is_ranked_everywhere(tiny_llama):
     target_id = tiny_llama.tokenizer.encode(" Paris", add_special_tokens=False)
     assert len(target_id) == 1
-    result = run_lens(tiny_llama, PROMPT, target=" Paris")
+    result = run_lens(tiny_llama, PROMPT, LensOptions(target=" Paris"))
     assert not result.target_is_default
     assert {t.id for t in result.targets} == set(target_id)
     lp = _model_log_probs(tiny_llama, result.token_ids)
@@ -153,7 +154,7 @@ def test_token_id_prompts_work_and_next_token_is_greedy(tiny_llama):
 def test_bad_input_gets_a_clear_message(tiny_llama, kwargs, message):
     prompt = kwargs.pop("prompt")
     with pytest.raises(InputError, match=message):
-        run_lens(tiny_llama, prompt, **kwargs)
+        run_lens(tiny_llama, prompt, LensOptions(**kwargs))
 
 
 def test_cancellation_between_rows(tiny_llama):
@@ -168,7 +169,7 @@ def test_cancellation_between_rows(tiny_llama):
 
 
 def test_json_shape(tiny_gpt2):
-    payload = run_lens(tiny_gpt2, PROMPT, top_k=2).to_json()
+    payload = run_lens(tiny_gpt2, PROMPT, LensOptions(top_k=2)).to_json()
     assert payload["model"] == "tiny-gpt2" and payload["lens"] == "logit"
     assert [t["id"] for t in payload["tokens"]] == tiny_gpt2.tokenizer(PROMPT)["input_ids"]
     assert payload["layers"][0] == "embed" and len(payload["grid"]) == len(payload["layers"])
@@ -180,7 +181,7 @@ def test_json_shape(tiny_gpt2):
 
 @pytest.mark.integration
 def test_embedded_eiffel_tower_says_paris(embedded):
-    result = run_lens(embedded, "The Eiffel Tower is located in the city of", top_k=5)
+    result = run_lens(embedded, "The Eiffel Tower is located in the city of", LensOptions(top_k=5))
     assert len(result.layers) == 31
     assert result.grid[-1][-1].top[0].text == " Paris"
     assert result.next_token.text == " Paris"
@@ -191,7 +192,7 @@ def test_embedded_eiffel_tower_says_paris(embedded):
 @pytest.mark.integration
 def test_embedded_final_row_is_the_models_output(embedded):
     prompt = "Sometimes, when people say plasma, they mean a state of matter. Other times, when people say plasma"
-    result = run_lens(embedded, prompt, top_k=3)
+    result = run_lens(embedded, prompt, LensOptions(top_k=3))
     lp = _model_log_probs(embedded, result.token_ids)
     for pos, cell in enumerate(result.grid[-1]):
         assert cell.top[0].id == int(lp[pos].argmax())

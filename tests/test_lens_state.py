@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from lenstui.core.lenses import LensOptions
 from lenstui.core.errors import InputError
 from lenstui.engine.lens.state import LensState
 
@@ -13,7 +14,7 @@ PROMPT = "hello world, the city of Paris is"
 def _scratch(model, ids, **settings):
     """A from-scratch run: a fresh state that has seen nothing before."""
     state = LensState(model)
-    state.prepare(ids, **settings)
+    state.prepare(ids, LensOptions(**settings))
     return state.result()
 
 
@@ -98,10 +99,10 @@ def test_undo_of_a_step_is_free(model):
 def test_changed_settings_reuse_the_forward(model, settings):
     ids = _ids(model)
     state = LensState(model)
-    state.prepare(ids, incl_mid=settings.get("incl_mid", False))
+    state.prepare(ids, LensOptions(incl_mid=settings.get("incl_mid", False)))
     state.result()
     forwards = state.forward_count
-    state.prepare(ids, **settings)
+    state.prepare(ids, LensOptions(**settings))
     got = state.result()
     assert state.forward_count == forwards  # readout only (the extended lens reruns its blocks)
     _assert_same(got, _scratch(model, ids, **settings))
@@ -111,13 +112,13 @@ def test_changed_settings_reuse_the_forward(model, settings):
 def test_mid_rows_and_extended_lens_stay_correct_across_steps(model, settings):
     ids = _ids(model)
     state = LensState(model)
-    state.prepare(ids[:-2], **settings)
+    state.prepare(ids[:-2], LensOptions(**settings))
     state.result()
-    assert state.prepare(ids, **settings).forward_positions == 2
+    assert state.prepare(ids, LensOptions(**settings)).forward_positions == 2
     _assert_same(state.result(), _scratch(model, ids, **settings))
     edited = list(ids)
     edited[2] = ids[4]
-    state.prepare(edited, **settings)
+    state.prepare(edited, LensOptions(**settings))
     _assert_same(state.result(), _scratch(model, edited, **settings))
 
 
@@ -126,14 +127,14 @@ def test_turning_mid_rows_on_late_adds_them(model):
     state = LensState(model)
     state.prepare(ids)
     state.result()
-    state.prepare(ids[:-1], incl_mid=True)
+    state.prepare(ids[:-1], LensOptions(incl_mid=True))
     _assert_same(state.result(), _scratch(model, ids[:-1], incl_mid=True))
 
 
 def test_chosen_positions_first_then_the_rest(model):
     ids = _ids(model)
     state = LensState(model)
-    state.prepare(ids, top_k=4)
+    state.prepare(ids, LensOptions(top_k=4))
     visible = state.cells([len(ids) - 1, 2])
     assert visible.positions == [len(ids) - 1, 2]
     full = _scratch(model, ids, top_k=4)
@@ -149,7 +150,7 @@ def test_chosen_positions_first_then_the_rest(model):
 def test_embedded_generation_step_and_edit_match_scratch(embedded):
     ids = embedded.tokenizer("The Eiffel Tower is located in the city of Paris, which")["input_ids"]
     state = LensState(embedded)
-    state.prepare(ids[:-1], top_k=5)
+    state.prepare(ids[:-1], LensOptions(top_k=5))
     state.cells([len(ids) - 2])
-    assert state.prepare(ids, top_k=5).forward_positions == 1
+    assert state.prepare(ids, LensOptions(top_k=5)).forward_positions == 1
     _assert_same(state.result(), _scratch(embedded, ids, top_k=5))

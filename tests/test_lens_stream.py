@@ -16,6 +16,7 @@ from typing import ClassVar
 
 import pytest
 
+from lenstui.core.lenses import LensOptions
 from lenstui.core.lens_result import PENDING
 from lenstui.engine.lens.state import LensState, lens_state
 from lenstui.jobs.handlers import run_lens_handler
@@ -123,16 +124,16 @@ def _cells_equal(a, b) -> None:
 
 
 def test_the_handler_streams_the_first_positions_then_everything_once(tiny_llama):
-    tiny_llama.memo.pop("lens_state", None)  # a cold state: nothing reused
+    tiny_llama.caches.lens_states.pop("a", None)  # a cold state: nothing reused
     ids = list(range(3, 43))  # 40 positions
     ctx = Context()
-    done = run_lens_handler(tiny_llama, RunLens(tuple(ids), top_k=3, first_positions=(-2, -1, 5)), ctx)
+    done = run_lens_handler(tiny_llama, RunLens(tuple(ids), first_positions=(-2, -1, 5), options=LensOptions(top_k=3)), ctx)
     assert ctx.partials[0].positions == [5, 38, 39]
     later = [p for part in ctx.partials[1:] for p in part.positions]
     assert sorted(later) == [p for p in range(40) if p not in (5, 38, 39)]  # each exactly once
     assert len(ctx.partials) >= 3  # chunks after the first
     reference = LensState(tiny_llama)
-    reference.prepare(ids, top_k=3)
+    reference.prepare(ids, LensOptions(top_k=3))
     expected = reference.result()
     for part in ctx.partials:
         for i, pos in enumerate(part.positions):
@@ -147,16 +148,16 @@ def test_the_handler_streams_the_first_positions_then_everything_once(tiny_llama
 def test_a_reprioritised_run_keeps_what_the_stopped_one_computed(tiny_llama):
     from lenstui.core.errors import Cancelled
 
-    tiny_llama.memo.pop("lens_state", None)
+    tiny_llama.caches.lens_states.pop("a", None)
     ids = tuple(range(5, 65))  # 60 positions: the first partial, then 2 chunks
     stopped = Context(stop_after_partials=2)
     with pytest.raises(Cancelled):
-        run_lens_handler(tiny_llama, RunLens(ids, top_k=3, first_positions=(-1,)), stopped)
+        run_lens_handler(tiny_llama, RunLens(ids, first_positions=(-1,), options=LensOptions(top_k=3)), stopped)
     computed = set(lens_state(tiny_llama).computed_positions())
     assert computed  # the stopped stream left its columns behind
     again = Context()
     forwards = lens_state(tiny_llama).forward_count
-    run_lens_handler(tiny_llama, RunLens(ids, top_k=3, first_positions=(0, 1)), again)
+    run_lens_handler(tiny_llama, RunLens(ids, first_positions=(0, 1), options=LensOptions(top_k=3)), again)
     assert lens_state(tiny_llama).forward_count == forwards  # same ids: no forward at all
     assert set(again.partials[0].positions) == computed | {0, 1}  # all of it, at once
     rest = [p for part in again.partials[1:] for p in part.positions]
@@ -196,7 +197,7 @@ class StreamApp(LenstuiApp):
 @pytest.fixture
 def make_app(embedded):
     def make(prompt: str = "") -> StreamApp:
-        embedded.memo.pop("lens_state", None)  # each test starts from a cold lens state
+        embedded.caches.lens_states.pop("a", None)  # each test starts from a cold lens state
         return StreamApp(prompt, loader=lambda spec, **kw: embedded)
 
     return make
@@ -217,7 +218,7 @@ def grid_text(app) -> str:
 def assert_grid_is_a_fresh_run(app, model, text: str) -> None:
     """Every cell the grid holds equals a from-scratch lens run of ``text``."""
     reference = LensState(model)
-    reference.prepare(text, top_k=app.session.top_k)
+    reference.prepare(text, LensOptions(top_k=app.session.top_k))
     expected = reference.result()
     shown = app.grid.result
     assert [t.id for t in shown.tokens] == [t.id for t in expected.tokens]

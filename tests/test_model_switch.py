@@ -9,6 +9,7 @@ import asyncio
 import pytest
 from apphelpers import RecordingApp
 
+from lenstui.core.lenses import LensOptions
 from lenstui.engine.lens.run import run_lens
 from lenstui.engine.model.load import load_model
 from lenstui.tui.app import LenstuiApp
@@ -41,8 +42,8 @@ async def switch(app: LenstuiApp, pilot, spec: str, label: str) -> None:
 
 async def test_switch_to_a_local_model_and_back_and_a_failed_spec_keeps_the_old(embedded, tiny_dir):
     tiny = load_model(str(tiny_dir))
-    tiny_direct = run_lens(tiny, EIFFEL, top_k=10)  # references, before the app's worker runs
-    embedded_direct = run_lens(embedded, EIFFEL, top_k=10)
+    tiny_direct = run_lens(tiny, EIFFEL, LensOptions(top_k=10))  # references, before the app's worker runs
+    embedded_direct = run_lens(embedded, EIFFEL, LensOptions(top_k=10))
     loads: list = []
 
     def loader(spec, **kw):

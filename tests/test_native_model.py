@@ -13,7 +13,8 @@ import pytest
 import torch
 from transformers import DynamicCache
 
-from lenstui.engine.lens.forward import _bridge_forward, _plain_forward
+from lenstui.core.lenses import LensOptions
+from lenstui.engine.model.forward import SITE_KINDS, BridgeForward, NativeForward, Site, stack_sites
 from lenstui.engine.lens.run import run_lens
 from lenstui.engine.model.load import wrap_model
 from testkit.models import tiny_gpt2, tiny_llama, tiny_tokenizer
@@ -47,28 +48,88 @@ def test_the_anatomy_is_the_bridges_model(model):
     assert torch.allclose(model.ln_final(x), bridge.ln_final(x), atol=1e-6, rtol=1e-6)
 
 
+def _stack(run, sites):
+    return torch.stack([run.values[site][0] for site in sites])
+
+
 def test_the_plain_forward_captures_the_bridges_hook_points(model):
     ids = model.tokenizer(PROMPT)["input_ids"]
     head, tail = ids[:-3], ids[-3:]
     plain_cache, bridge_cache = DynamicCache(), DynamicCache()
+    resid, mid = stack_sites(model.n_layers, mid=True)
     for chunk in (head, tail):  # a full forward, then an incremental one over the cache
         tokens = torch.tensor([chunk])
-        plain = _plain_forward(model, tokens, plain_cache, capture_mid=True)
-        bridge = _bridge_forward(model, tokens, bridge_cache, capture_mid=True)
-        scale = bridge.pre.abs().max().item()
-        assert plain.pre.shape == bridge.pre.shape == (model.n_layers + 1, len(chunk), model.d_model)
-        assert (plain.pre - bridge.pre).abs().max().item() <= 1e-6 * max(1.0, scale)
-        assert (plain.mid - bridge.mid).abs().max().item() <= 1e-6 * max(1.0, scale)
+        plain = NativeForward(model).run(tokens, kv=plain_cache, reads=resid + mid, logits=True)
+        bridge = BridgeForward(model).run(tokens, kv=bridge_cache, reads=resid + mid, logits=True)
+        plain_pre, bridge_pre = _stack(plain, resid), _stack(bridge, resid)
+        scale = bridge_pre.abs().max().item()
+        assert plain_pre.shape == bridge_pre.shape == (model.n_layers + 1, len(chunk), model.d_model)
+        assert (plain_pre - bridge_pre).abs().max().item() <= 1e-6 * max(1.0, scale)
+        assert (_stack(plain, mid) - _stack(bridge, mid)).abs().max().item() <= 1e-6 * max(1.0, scale)
         assert torch.allclose(plain.logits, bridge.logits, atol=1e-4, rtol=1e-5)
     assert plain_cache.get_seq_length() == len(ids)
 
 
+def test_every_site_reads_and_writes_as_the_bridge_does(model):
+    """Each intervention site of the native machinery (resid, mid, attn, mlp, the per-head
+    output) holds what the bridge's hook point holds, and an edit there changes the rest
+    of the forward exactly as the same edit on the bridge does."""
+    ids = model.tokenizer(PROMPT)["input_ids"][:9]
+    tokens = torch.tensor([ids])
+    layer = model.n_layers // 2
+    sites = [Site(kind, layer) for kind in SITE_KINDS]
+    final = Site("resid", model.n_layers - 1)
+    plain = NativeForward(model).run(tokens, reads=[*sites, final], logits=True)
+    bridge = BridgeForward(model).run(tokens, reads=sites, logits=True)
+    for site in sites:
+        a, b = plain.values[site], bridge.values[site]
+        assert a.shape == b.shape, site
+        assert (a - b).abs().max().item() <= 1e-5 * max(1.0, b.abs().max().item()), site
+    for site in sites:
+        if site.kind == "mid":
+            continue  # read only
+
+        def edit(x):
+            x = x.clone()
+            x[:, 4] = x[:, 4] * 0.5 + 0.25
+            return x
+
+        got = NativeForward(model).run(tokens, edits=[(site, edit)], reads=[final])
+        want = BridgeForward(model).run(tokens, edits=[(site, edit)], reads=[final])
+        assert not torch.allclose(got.values[final], plain.values[final]), site  # the edit did something
+        a, b = got.values[final], want.values[final]
+        assert (a - b).abs().max().item() <= 1e-5 * max(1.0, b.abs().max().item()), site
+
+
+def test_a_run_from_a_block_skips_the_blocks_below_and_agrees_with_running_them(model):
+    from lenstui.engine.model.forward import kv_prefix
+
+    ids = model.tokenizer(PROMPT)["input_ids"][:10]
+    resid, _ = stack_sites(model.n_layers)
+    cache = DynamicCache()
+    clean = NativeForward(model).run(torch.tensor([ids]), kv=cache, reads=resid)
+    forward = NativeForward(model)
+    forward.run(torch.tensor([ids[:2]]), reads=resid)  # learns the blocks' output form
+    start, block = 6, model.n_layers - 1
+    hidden = clean.values[resid[block]][:, start:]  # block `block`'s input
+    final = resid[-1]
+    first = forward.run(torch.tensor([ids[start:]]), kv=kv_prefix(cache, start), start_block=block, hidden=hidden,
+                        reads=[final])
+    assert forward.skipping_works is True  # checked once against running every block
+    again = forward.run(torch.tensor([ids[start:]]), kv=kv_prefix(cache, start), start_block=block, hidden=hidden,
+                        reads=[final])
+    assert first.skipped and again.skipped  # (the first one was also run whole, to check)
+    want = clean.values[final][:, start:]
+    for run in (first, again):
+        assert (run.values[final] - want).abs().max().item() <= 1e-5 * max(1.0, want.abs().max().item())
+
+
 def test_the_lens_never_boots_the_bridge_and_agrees_with_it():
     plain, reference = tiny_llama(), tiny_llama()
-    reference.memo["anatomy"] = None  # read through the bridge
+    reference.caches.anatomy, reference.caches.anatomy_known = None, True  # read through the bridge
     for options in ({}, {"incl_mid": True}, {"lens": "extended", "extended_blocks": 2}, {"lens": "raw"}):
-        got = run_lens(plain, PROMPT, **options)
-        want = run_lens(reference, PROMPT, **options)
+        got = run_lens(plain, PROMPT, LensOptions(**options))
+        want = run_lens(reference, PROMPT, LensOptions(**options))
         for got_row, want_row in zip(got.grid, want.grid):
             for a, b in zip(got_row, want_row):
                 assert [t.id for t in a.top] == [t.id for t in b.top]
@@ -102,10 +163,11 @@ def test_a_lens_run_imports_no_transformer_lens(tmp_path):
         """
         import sys
         from testkit.models import tiny_llama
+        from lenstui.core.lenses import LensOptions
         from lenstui.engine.lens.run import run_lens
         from lenstui.engine.model.generate import greedy_ids
         model = tiny_llama()
-        result = run_lens(model, "hello world, hello tokens", top_k=5)
+        result = run_lens(model, "hello world, hello tokens", LensOptions(top_k=5))
         greedy_ids(model, result.token_ids, 3)
         print(sorted(m for m in sys.modules if m.split(".")[0] == "transformer_lens"))
         """,

@@ -1,4 +1,4 @@
-"""The causal lens (``lenstui.engine.patching``) against an independent patcher: plain
+"""The causal lens (``lenstui.engine.causal``) against an independent patcher: plain
 PyTorch forward hooks on a plain Hugging Face model (``tests/patch_reference.py``), on
 the tiny models and on the embedded SmolLM2 (its dequantized weights loaded again with
 transformers, eager attention).
@@ -24,9 +24,13 @@ import torch
 from patch_reference import Plain
 
 from lenstui.core.errors import InputError
-from lenstui.core.patch_result import attention_counts, in_cone, patch_cone, steer_cone
-from lenstui.engine import patching
+from lenstui.core.lenses import LensOptions
+from lenstui.core.patch_result import PatchSite, SteerSetting, attention_counts, in_cone, patch_cone, steer_cone
+from lenstui.engine import causal
+from lenstui.engine.causal.sites import parse_site
 from lenstui.engine.lens.state import LensState, lens_state
+from lenstui.engine.model.forward import forward_for
+from lenstui.engine.model.vocab import resolve_token
 
 TOL = 1e-5
 TEXT = "Sometimes, when people say plasma, they mean a state of matter."
@@ -177,10 +181,10 @@ def test_spec_labels():
 
 def test_sites_parse_and_mistakes_are_sentences(tiny_llama):
     n = tiny_llama.n_layers
-    assert patching.parse_site("L2", "resid", n) == ("resid", 2, None)
-    assert patching.parse_site("embed", "resid", n) == ("resid", -1, None)
-    assert patching.parse_site(None, "L1H3", n) == ("head", 1, 3)
-    assert patching.parse_site("-1", "H2", n) == ("head", n - 1, 2)
+    assert parse_site("L2", "resid", n) == ("resid", 2, None)
+    assert parse_site("embed", "resid", n) == ("resid", -1, None)
+    assert parse_site(None, "L1H3", n) == ("head", 1, 3)
+    assert parse_site("-1", "H2", n) == ("head", n - 1, 2)
     for layer, component, words in (
         ("L9", "resid", "out of range"),
         ("embed", "attn", "embedding has no attn"),
@@ -189,16 +193,16 @@ def test_sites_parse_and_mistakes_are_sentences(tiny_llama):
         ("L0", "bogus", "Unknown component"),
     ):
         with pytest.raises(InputError, match=words):
-            patching.parse_site(layer, component, n)
+            parse_site(layer, component, n)
     ids, other = prompts(tiny_llama)
     with pytest.raises(InputError, match="--from PROMPT_B, or --ablate"):
-        patching.patch(tiny_llama, ids, layer="L0")
+        causal.patch(tiny_llama, ids, PatchSite(layer="L0"))
     with pytest.raises(InputError, match="not both"):
-        patching.patch(tiny_llama, ids, source_prompt=other, ablate="zero", layer="L0")
+        causal.patch(tiny_llama, ids, PatchSite(layer="L0"), source_prompt=other, ablate="zero")
     with pytest.raises(InputError, match="Head 9 is out of range"):
-        patching.patch(tiny_llama, ids, source_prompt=other, layer="L0", component="L0H9")
+        causal.patch(tiny_llama, ids, PatchSite(layer="L0", component="L0H9"), source_prompt=other)
     with pytest.raises(InputError, match="outside prompt B"):
-        patching.patch(tiny_llama, ids, source_prompt=other[:4], layer="L0", position=8)
+        causal.patch(tiny_llama, ids, PatchSite(layer="L0", position=8), source_prompt=other[:4])
 
 
 # ---------------------------------------------------------------- patches vs the reference (tiny)
@@ -226,13 +230,13 @@ CASES = [
 def test_patch_matches_independent_forward_hooks(tiny_pairs, arch, component, layer, position, from_position, source):
     model, plain = tiny_pairs[arch]
     ids, other = prompts(model)
-    kwargs = dict(layer=layer, position=position, component=component, top_k=8, track=[ids[3]])
-    if component == "head":
-        kwargs["head"] = 2
+    options = LensOptions(top_k=8, track=(ids[3],))
+    head = 2 if component == "head" else None
     if source == "prompt":
-        result = patching.patch(model, ids, source_prompt=other, from_position=from_position, **kwargs)
+        site = PatchSite(layer, position, component, head, from_position)
+        result = causal.patch(model, ids, site, source_prompt=other, options=options)
     else:
-        result = patching.patch(model, ids, ablate=source, **kwargs)
+        result = causal.patch(model, ids, PatchSite(layer, position, component, head), ablate=source, options=options)
     assert result.cost.path == "resume"
     _, rec_a = plain.run(ids)
     _, rec_b = plain.run(other)
@@ -249,7 +253,7 @@ def test_cone_with_mid_rows(tiny_pairs, arch):
     _, rec_a = plain.run(ids)
     _, rec_b = plain.run(other)
     for component in ("attn", "mlp", "resid"):
-        result = patching.patch(model, ids, source_prompt=other, layer="L1", position=6, component=component, incl_mid=True)
+        result = causal.patch(model, ids, PatchSite(layer="L1", position=6, component=component), source_prompt=other, options=LensOptions(incl_mid=True))
         assert "L1.attn" in result.patched.layers
         logits, rec_patched = plain.run(ids, [reference_intervention(plain, rec_b, rec_a, result.spec, len(ids))])
         assert_final_rows_match(result.patched, torch.softmax(logits, dim=-1), result.spec.position)
@@ -258,7 +262,7 @@ def test_cone_with_mid_rows(tiny_pairs, arch):
 
 def test_extended_lens_cone_holds_in_the_engine(tiny_llama):
     ids, other = prompts(tiny_llama)
-    result = patching.patch(tiny_llama, ids, source_prompt=other, layer="L0", position=5, lens="extended")
+    result = causal.patch(tiny_llama, ids, PatchSite(layer="L0", position=5), source_prompt=other, options=LensOptions(lens="extended"))
     for row in range(len(result.patched.layers)):
         for pos in range(len(ids)):
             if not result.in_cone(row, pos):
@@ -270,17 +274,19 @@ def test_extended_lens_cone_holds_in_the_engine(tiny_llama):
 
 def test_the_three_paths_agree(tiny_llama, monkeypatch):
     ids, other = prompts(tiny_llama)
-    options = dict(source_prompt=other, layer="L1", position=5, component="attn", top_k=5)
-    resumed = patching.patch(tiny_llama, ids, **options)
-    monkeypatch.setattr(patching, "RESUMABLE", ())
-    prefix = patching.patch(tiny_llama, ids, **options)
-    saved = {key: tiny_llama.memo.pop(key) for key in ("lens_state", "lens_state:b") if key in tiny_llama.memo}
+    site, options = PatchSite("L1", 5, "attn"), LensOptions(top_k=5)
+    resumed = causal.patch(tiny_llama, ids, site, source_prompt=other, options=options)
+    monkeypatch.setattr(forward_for(tiny_llama), "skipping_works", False)  # a family whose blocks cannot be skipped
+    prefix = causal.patch(tiny_llama, ids, site, source_prompt=other, options=options)
+    saved = dict(tiny_llama.caches.lens_states)
+    tiny_llama.caches.lens_states.clear()
     try:
         for slot in ("a", "b"):
             lens_state(tiny_llama, slot)._kv_works = False  # as for a model whose cache the bridge cannot fill
-        full = patching.patch(tiny_llama, ids, **options)
+        full = causal.patch(tiny_llama, ids, site, source_prompt=other, options=options)
     finally:
-        tiny_llama.memo.update(saved)
+        tiny_llama.caches.lens_states.clear()
+        tiny_llama.caches.lens_states.update(saved)
     assert (resumed.cost.path, prefix.cost.path, full.cost.path) == ("resume", "prefix", "full")
     assert (resumed.cost.positions, resumed.cost.blocks) == (len(ids) - 5, tiny_llama.n_layers - 1)
     assert (full.cost.positions, full.cost.blocks) == (len(ids), tiny_llama.n_layers)
@@ -296,13 +302,13 @@ def test_the_three_paths_agree(tiny_llama, monkeypatch):
 def test_a_patch_reuses_the_clean_state_and_leaves_it_alone(tiny_llama):
     ids, other = prompts(tiny_llama)
     state = lens_state(tiny_llama, "a")
-    state.prepare(ids, top_k=5)
+    state.prepare(ids, LensOptions(top_k=5))
     before = state.forward_count
     stack = state.residual(2).clone()
-    result = patching.patch(tiny_llama, ids, source_prompt=other, layer="L1", position=-1, top_k=5)
+    result = causal.patch(tiny_llama, ids, PatchSite(layer="L1", position=-1), source_prompt=other, options=LensOptions(top_k=5))
     assert state.forward_count == before  # slot "a" ran nothing: it already held A
     assert torch.equal(state.residual(2), stack)
-    again = patching.patch(tiny_llama, ids, source_prompt=other, layer="L1", position=-1, top_k=5)
+    again = causal.patch(tiny_llama, ids, PatchSite(layer="L1", position=-1), source_prompt=other, options=LensOptions(top_k=5))
     assert again.clean.grid[-1][-1] == result.clean.grid[-1][-1]
     assert result.cost.positions == 1  # only the last position ran
 
@@ -310,11 +316,11 @@ def test_a_patch_reuses_the_clean_state_and_leaves_it_alone(tiny_llama):
 def test_fork_and_extend(tiny_llama):
     ids, _ = prompts(tiny_llama)
     state = lens_state(tiny_llama, "a")
-    state.prepare(ids, top_k=3)
+    state.prepare(ids, LensOptions(top_k=3))
     clean = state.result()
     fork = state.fork(4)
     assert fork.ids == ids[:4]
-    fork.prepare(ids, top_k=3)
+    fork.prepare(ids, LensOptions(top_k=3))
     assert fork.forward_count == 1  # positions 4.. only
     same = fork.result()
     for row_a, row_b in zip(same.grid, clean.grid):
@@ -332,7 +338,7 @@ def test_layer_sweep_matches_the_reference(tiny_pairs, arch):
     model, plain = tiny_pairs[arch]
     ids, other = prompts(model)
     target = ids[4]
-    result = patching.sweep(model, ids, source_prompt=other, mode="layers", position=5, target=target)
+    result = causal.sweep(model, ids, PatchSite(position=5), source_prompt=other, mode="layers", target=target)
     assert [p.layer for p in result.points] == list(range(-1, model.n_layers))
     _, rec_a = plain.run(ids)
     _, rec_b = plain.run(other)
@@ -352,18 +358,17 @@ def test_layer_sweep_matches_the_reference(tiny_pairs, arch):
 
 def test_position_sweep_and_head_sweep_match_single_patches(tiny_llama):
     ids, other = prompts(tiny_llama)
-    swept = patching.sweep(tiny_llama, ids, source_prompt=other, mode="positions", layer="L1", component="attn")
+    swept = causal.sweep(tiny_llama, ids, PatchSite(layer="L1", component="attn"), source_prompt=other, mode="positions")
     assert [p.position for p in swept.points] == list(range(len(ids)))
     for point in swept.points[::3]:
-        single = patching.patch(tiny_llama, ids, source_prompt=other, layer="L1", position=point.position,
-                                component="attn", target=swept.target.id)
+        single = causal.patch(tiny_llama, ids, PatchSite(layer="L1", position=point.position, component="attn"), source_prompt=other, options=LensOptions(target=swept.target.id))
         assert point.target_prob == pytest.approx(single.patched.grid[-1][-1].target_prob, abs=1e-6)
-    heads = patching.sweep(tiny_llama, ids, ablate="zero", mode="layers", component="H1")
+    heads = causal.sweep(tiny_llama, ids, PatchSite(component="H1"), ablate="zero", mode="layers")
     assert [p.layer for p in heads.points] == list(range(tiny_llama.n_layers))
     with pytest.raises(InputError, match="A has"):
-        patching.sweep(tiny_llama, ids, source_prompt=other[:-1], mode="positions", layer="L0")
+        causal.sweep(tiny_llama, ids, PatchSite(layer="L0"), source_prompt=other[:-1], mode="positions")
     with pytest.raises(InputError, match="say which"):
-        patching.sweep(tiny_llama, ids, source_prompt=other, mode="positions")
+        causal.sweep(tiny_llama, ids, source_prompt=other, mode="positions")
 
 
 # ---------------------------------------------------------------- steering
@@ -385,8 +390,7 @@ def test_steer_matches_adding_the_vector_by_hand(tiny_pairs, arch):
     ids, _ = prompts(model)
     toward, away = ids[2], ids[6]
     for layer, position, alpha, against in ((1, 0, 6.0, None), (0, 5, -3.0, away), (-1, 3, 8.0, None)):
-        result = patching.steer(model, ids, toward=toward, away=against, layer="embed" if layer < 0 else layer,
-                                alpha=alpha, position=position, steps=4, top_k=6)
+        result = causal.steer(model, ids, SteerSetting(toward=toward, away=against, layer="embed" if layer < 0 else layer, alpha=alpha, position=position), steps=4, options=LensOptions(top_k=6))
         iv, scale = reference_steer(plain, ids, toward, layer, alpha, position, against)
         assert result.spec.scale == pytest.approx(scale, rel=1e-5)
         expected = plain.greedy(ids, 4, [iv])
@@ -400,12 +404,12 @@ def test_steer_matches_adding_the_vector_by_hand(tiny_pairs, arch):
 
 def test_a_kept_steer_grows_one_position_per_step(tiny_llama):
     ids, _ = prompts(tiny_llama)
-    first = patching.steer(tiny_llama, ids, toward=ids[2], layer="L1", alpha=5.0, top_k=3)
-    kept = tiny_llama.memo["lens_state:steer"][1]
+    first = causal.steer(tiny_llama, ids, SteerSetting(toward=ids[2], layer="L1", alpha=5.0), options=LensOptions(top_k=3))
+    kept = tiny_llama.caches.steered[1]
     count = kept.forward_count
     grown = ids + [first.steered.next_token.id]
-    second = patching.steer(tiny_llama, grown, toward=ids[2], layer="L1", alpha=5.0, top_k=3, scale=first.spec.scale)
-    assert tiny_llama.memo["lens_state:steer"][1] is kept and kept.forward_count == count + 1
+    second = causal.steer(tiny_llama, grown, SteerSetting(toward=ids[2], layer="L1", alpha=5.0, scale=first.spec.scale), options=LensOptions(top_k=3))
+    assert tiny_llama.caches.steered[1] is kept and kept.forward_count == count + 1
     assert len(second.steered.tokens) == len(ids) + 1
     assert second.cost is None  # nothing was resumed: the kept run grew
     # The clean run is untouched by the steer: its own grid differs in the cone.
@@ -416,9 +420,9 @@ def test_a_kept_steer_grows_one_position_per_step(tiny_llama):
 def test_steered_steps_leave_the_clean_cache_alone(tiny_llama, layer):
     ids, _ = prompts(tiny_llama)
     state = lens_state(tiny_llama, "a")
-    state.prepare(ids, top_k=3)
+    state.prepare(ids, LensOptions(top_k=3))
     keys = [layer_cache.keys.clone() for layer_cache in state.kv_cache.layers]
-    result = patching.steer(tiny_llama, ids, toward=ids[2], layer=layer, alpha=4.0, steps=3, top_k=3)
+    result = causal.steer(tiny_llama, ids, SteerSetting(toward=ids[2], layer=layer, alpha=4.0), steps=3, options=LensOptions(top_k=3))
     assert len(result.steered.tokens) == len(ids) + 3
     assert state.ids == ids and state.kv_cache.get_seq_length() == len(ids)
     assert all(torch.equal(a, b.keys) for a, b in zip(keys, state.kv_cache.layers))
@@ -427,11 +431,11 @@ def test_steered_steps_leave_the_clean_cache_alone(tiny_llama, layer):
 def test_steer_mistakes(tiny_llama):
     ids, _ = prompts(tiny_llama)
     with pytest.raises(InputError, match="same token"):
-        patching.steer(tiny_llama, ids, toward=ids[2], away=ids[2], layer="L0", alpha=1.0)
+        causal.steer(tiny_llama, ids, SteerSetting(toward=ids[2], away=ids[2], layer="L0", alpha=1.0))
     with pytest.raises(InputError, match="Steps must be"):
-        patching.steer(tiny_llama, ids, toward=ids[2], layer="L0", alpha=1.0, steps=-1)
+        causal.steer(tiny_llama, ids, SteerSetting(toward=ids[2], layer="L0", alpha=1.0), steps=-1)
     with pytest.raises(InputError, match="outside the prompt"):
-        patching.steer(tiny_llama, ids, toward=ids[2], layer="L0", alpha=1.0, position=99)
+        causal.steer(tiny_llama, ids, SteerSetting(toward=ids[2], layer="L0", alpha=1.0, position=99))
 
 
 # ---------------------------------------------------------------- the embedded model
@@ -456,7 +460,7 @@ def test_plasma_layer_sweep_on_the_embedded_model(embedded, smol_reference):
     ids_a = list(embedded.tokenizer(PLASMA_A)["input_ids"])
     ids_b = list(embedded.tokenizer(PLASMA_B)["input_ids"])
     plasma, blood = ids_a[5], ids_b[5]
-    result = patching.sweep(embedded, ids_a, source_prompt=ids_b, mode="layers", target=plasma)
+    result = causal.sweep(embedded, ids_a, source_prompt=ids_b, mode="layers", target=plasma)
     assert result.source_answer.id == blood and result.cost.path == "resume"
     _, rec_b = smol_reference.run(ids_b)
     worst = 0.0
@@ -491,13 +495,12 @@ SMOL_CASES = [
 def test_patches_on_the_embedded_model_match_the_reference(embedded, smol_reference, component, layer, position, source):
     ids_a = list(embedded.tokenizer(PLASMA_A)["input_ids"])
     ids_b = list(embedded.tokenizer(PLASMA_B)["input_ids"])
-    kwargs = dict(layer=layer, position=position, component=component, top_k=10, target=ids_a[5], track=[ids_b[5]])
-    if component == "head":
-        kwargs["head"] = 4
+    site = PatchSite(layer, position, component, 4 if component == "head" else None)
+    options = LensOptions(top_k=10, target=ids_a[5], track=(ids_b[5],))
     if source == "prompt":
-        result = patching.patch(embedded, ids_a, source_prompt=ids_b, **kwargs)
+        result = causal.patch(embedded, ids_a, site, source_prompt=ids_b, options=options)
     else:
-        result = patching.patch(embedded, ids_a, ablate=source, **kwargs)
+        result = causal.patch(embedded, ids_a, site, ablate=source, options=options)
     _, rec_a = smol_reference.run(ids_a)
     _, rec_b = smol_reference.run(ids_b)
     iv = reference_intervention(smol_reference, rec_b, rec_a, result.spec, len(ids_a))
@@ -511,8 +514,8 @@ def test_patches_on_the_embedded_model_match_the_reference(embedded, smol_refere
 def test_steering_the_embedded_model_matches_adding_it_by_hand(embedded, smol_reference):
     prompt = "My favourite place to spend a summer day is"
     ids = list(embedded.tokenizer(prompt)["input_ids"])
-    sea = patching.resolve_token(embedded, " sea")
-    result = patching.steer(embedded, ids, toward=sea, layer="L15", alpha=4.0, steps=6, top_k=5)
+    sea = resolve_token(embedded, " sea")
+    result = causal.steer(embedded, ids, SteerSetting(toward=sea, layer="L15", alpha=4.0), steps=6, options=LensOptions(top_k=5))
     iv, scale = reference_steer(smol_reference, ids, sea, 15, 4.0, 0)
     assert result.spec.scale == pytest.approx(scale, rel=1e-5)
     expected = smol_reference.greedy(ids, 6, [iv])
@@ -546,16 +549,16 @@ def test_causal_requests_through_the_worker(tiny_llama):
                     return result
 
         worker.submit(LoadModel())
-        patched = answer(RunPatch(tuple(ids), tuple(other), layer="L1", position=5, top_k=3))
+        patched = answer(RunPatch(tuple(ids), tuple(other), site=PatchSite(layer="L1", position=5), options=LensOptions(top_k=3)))
         assert isinstance(patched, Done) and isinstance(patched.value, PatchResult)
-        direct = patching.patch(tiny_llama, ids, source_prompt=other, layer="L1", position=5, top_k=3)
+        direct = causal.patch(tiny_llama, ids, PatchSite(layer="L1", position=5), source_prompt=other, options=LensOptions(top_k=3))
         assert patched.value.patched.grid[-1][-1] == direct.patched.grid[-1][-1]
-        swept = answer(RunSweep(tuple(ids), tuple(other), mode="layers", position=5))
+        swept = answer(RunSweep(tuple(ids), tuple(other), site=PatchSite(position=5), mode="layers"))
         assert isinstance(swept.value, SweepResult) and len(swept.value.points) == tiny_llama.n_layers + 1
-        steered = answer(RunSteer(tuple(ids), ids[2], layer="L1", alpha=2.0, steps=2, top_k=3))
+        steered = answer(RunSteer(tuple(ids), SteerSetting(ids[2], layer="L1", alpha=2.0), steps=2, options=LensOptions(top_k=3)))
         assert isinstance(steered.value, SteerResult) and len(steered.value.generated) == 2
         assert steered.value.clean_generated == []  # the app steps itself
-        failed = answer(RunPatch(tuple(ids), tuple(other), layer="L7"))
+        failed = answer(RunPatch(tuple(ids), tuple(other), site=PatchSite(layer="L7")))
         assert isinstance(failed, Failed) and "out of range" in failed.message
     finally:
         worker.stop()

@@ -11,6 +11,7 @@ import pytest
 from apphelpers import RecordingPresenter
 from textual.widgets import Footer
 
+from lenstui.core.lenses import LensOptions
 from lenstui.engine.lens.run import run_lens
 from lenstui.jobs.protocol import RunLens
 from lenstui.talks.format import load_talk
@@ -99,10 +100,10 @@ async def test_scenes_move_jump_and_broken_ones_do_not_stop_the_talk(make_presen
     # The references, computed before the app's worker uses the model (one thread at a time).
     paris = embedded.tokenizer.encode(" Paris")[-1]
     rome = embedded.tokenizer.encode(" Rome")[-1]
-    direct = run_lens(embedded, EIFFEL, top_k=10, target=paris)
-    ids = run_lens(embedded, FRANCE, top_k=1).token_ids
+    direct = run_lens(embedded, EIFFEL, LensOptions(top_k=10, target=paris))
+    ids = run_lens(embedded, FRANCE, LensOptions(top_k=1)).token_ids
     for _ in range(2):  # two greedy steps: the lens's own next token, run by run
-        ids = ids + [run_lens(embedded, ids, top_k=1).next_token.id]
+        ids = ids + [run_lens(embedded, ids, LensOptions(top_k=1)).next_token.id]
     app = make_presenter()
     async with app.run_test(size=(120, 40)) as pilot:
         await scene_shown(app, pilot)

@@ -12,6 +12,7 @@ import time
 
 import pytest
 
+from lenstui.core.lenses import LensOptions
 from lenstui.core.packed_grid import PackedGrid
 from lenstui.engine.lens.run import run_lens
 from lenstui.jobs.process import ProcessWorker
@@ -60,13 +61,13 @@ def test_a_lens_run_in_the_child_equals_the_engine_in_process(worker, tiny_dir):
     worker.start()
     worker.submit(LoadModel(str(tiny_dir)))
     assert isinstance(final(worker, LoadModel)[0], Done)
-    seq = worker.submit(RunLens(PROMPT, top_k=5, track=(" hello",), first_positions=(-1,)))
+    seq = worker.submit(RunLens(PROMPT, first_positions=(-1,), options=LensOptions(top_k=5, track=(" hello",))))
     done, seen = final(worker, RunLens)
     assert isinstance(done, Done) and done.seq == seq and worker.is_current(done)
     assert any(isinstance(r, Partial) for r in seen)  # streamed as in-process
     got = done.value
     assert isinstance(got.grid, PackedGrid)  # arrays crossed the pipe, not cells
-    want = run_lens(load_model(str(tiny_dir)), PROMPT, top_k=5, track=(" hello",))
+    want = run_lens(load_model(str(tiny_dir)), PROMPT, LensOptions(top_k=5, track=(" hello",)))
     assert got.layers == want.layers and got.token_ids == want.token_ids
     for got_row, want_row in zip(got.grid, want.grid):
         for a, b in zip(got_row, want_row):  # every field of every cell (columns read in other batches)
@@ -80,7 +81,7 @@ def test_a_lens_run_in_the_child_equals_the_engine_in_process(worker, tiny_dir):
 
 
 def test_packing_keeps_every_field_and_streams_pending_grids_whole(tiny_llama):
-    result = run_lens(tiny_llama, PROMPT, top_k=4, track=(" world",))
+    result = run_lens(tiny_llama, PROMPT, LensOptions(top_k=4, track=(" world",)))
     back = loads(dumps(Done(1, RunLens(PROMPT), result)))
     assert isinstance(back.value.grid, PackedGrid)
     assert back.value.to_json() == result.to_json()
@@ -94,11 +95,12 @@ def test_the_ui_side_never_imports_torch(tmp_path, tiny_dir):
         f"""
         import queue, sys
         from lenstui.jobs.process import ProcessWorker
+        from lenstui.core.lenses import LensOptions
         from lenstui.jobs.protocol import Done, LoadModel, RunLens
         results = queue.Queue()
         worker = ProcessWorker(results.put).start()
         worker.submit(LoadModel({str(tiny_dir)!r}))
-        worker.submit(RunLens("hello world", top_k=3))
+        worker.submit(RunLens("hello world", options=LensOptions(top_k=3)))
         while True:
             result = results.get(timeout=180)
             if isinstance(result, Done) and isinstance(result.request, RunLens):

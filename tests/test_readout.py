@@ -14,6 +14,7 @@ from lenstui.engine.lens.readout import (
     unembedding,
 )
 from lenstui.engine.speak.geometry import float32_gamma
+from lenstui.engine.model.caches import ModelCaches
 
 PROMPT = "hello world, the city of Paris"
 
@@ -191,7 +192,7 @@ def test_several_targets_per_vector_and_ties():
             hf.lm_head.weight[twin] = hf.lm_head.weight[top]
         for twin in (13, 17, 19):  # ... and three identical to the bottom-1
             hf.lm_head.weight[twin] = hf.lm_head.weight[low]
-    model.memo.clear()
+    model.caches = ModelCaches()
     unembed = unembedding(model)
     targets = torch.tensor([[top, 7, low, 13, 3]]).repeat(vectors.shape[0], 1)
     stats = read_out(unembed, unembed.normalize(vectors), top_k=5, targets=targets, reference=n_pos, block=37)

@@ -275,8 +275,8 @@ def test_help_says_who_may_connect(capsys):
     out = " ".join(capsys.readouterr().out.split())
     assert "Who may connect" in out and "token" in out and "403" in out and "Origin" in out
     assert "--max-tabs N" in out and "--allow-download" in out
-    readme = " ".join((ROOT / "README.md").read_text(encoding="utf-8").split())
-    assert "**Who may connect.**" in readme and "LENSTUI_SERVE_TOKEN" in readme and "--max-tabs" in readme
+    page = " ".join((ROOT / "docs" / "guide" / "browser.md").read_text(encoding="utf-8").split())
+    assert "## Who may connect" in page and "LENSTUI_SERVE_TOKEN" in page and "--max-tabs" in page
 
 
 def test_tabs_never_download_unless_serve_itself_was_given_allow_download(monkeypatch):

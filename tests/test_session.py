@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from lenstui.core.lenses import LensOptions
 from lenstui.jobs.protocol import RunLens
 from lenstui.tui.state.session import LensSession, Step
 
@@ -9,12 +10,10 @@ from lenstui.tui.state.session import LensSession, Step
 def test_text_becomes_a_chat_aware_request_with_the_settings():
     session = LensSession(top_k=7, chat=True)
     session.set_text("The capital of France is")
-    assert session.request() == RunLens("The capital of France is", chat=True, top_k=7)
+    assert session.request() == RunLens("The capital of France is", chat=True, options=LensOptions(top_k=7))
     session.set_target(7042)
     session.set_lens("raw")
-    assert session.request() == RunLens(
-        "The capital of France is", chat=True, top_k=7, lens="raw", target=7042
-    )
+    assert session.request() == RunLens("The capital of France is", chat=True, options=LensOptions(top_k=7, lens="raw", target=7042))
 
 
 def test_steps_run_on_ids_and_a_new_text_drops_them():
@@ -117,9 +116,9 @@ def test_learned_lenses_are_cycled_only_once_the_model_has_a_file():
     assert session.next_lens() == "tuned"
     session.set_lens("tuned")
     assert session.next_lens() == "logit"  # no J-lens: skipped
-    assert session.request() == RunLens("x", lens="tuned")  # the model's own fitted lens
+    assert session.request() == RunLens("x", options=LensOptions(lens="tuned"))  # the model's own fitted lens
     session.use_lens_file("jacobian", "/lenses/j.pt")
-    assert session.lens_kind == "jacobian" and session.request().lens_path == "/lenses/j.pt"
+    assert session.lens_kind == "jacobian" and session.request().options.lens_path == "/lenses/j.pt"
     session.toggle_mid()  # learned lenses read block outputs only
     assert session.incl_mid and session.lens_kind == "logit"
     session.set_lens("tuned")

@@ -8,10 +8,10 @@ from lenstui.tui.state.session import MAX_PINS, LensSession
 
 def test_pins_go_into_the_request_in_order():
     session = LensSession(prompt_text="hello")
-    assert session.request().track == ()
+    assert session.request().options.track == ()
     session.pin(42)
     session.pin(" sea")
-    assert session.request().track == (42, " sea")
+    assert session.request().options.track == (42, " sea")
     assert "already" in session.pin(42) and session.pins == [42, " sea"]
 
 
@@ -22,7 +22,7 @@ def test_limit_toggle_and_unpin_all():
     assert "At most" in session.pin(99) and 99 not in session.pins
     assert "Unpinned" in session.toggle_pin(3) and 3 not in session.pins
     assert "Pinned" in session.toggle_pin(3) and session.pins[-1] == 3
-    assert session.unpin_all() == MAX_PINS and session.request().track == ()
+    assert session.unpin_all() == MAX_PINS and session.request().options.track == ()
 
 
 def test_a_failed_run_drops_the_typed_pin_that_caused_it():

@@ -11,6 +11,7 @@ import pytest
 
 from dataclasses import replace
 
+from lenstui.core.lenses import LensOptions
 from lenstui.core.lens_result import PENDING
 from lenstui.core.packed_grid import PackedGrid
 from lenstui.core.stream_grid import StreamGrid
@@ -38,7 +39,7 @@ def _streamed(partial):
 @pytest.fixture(scope="module")
 def run(tiny_llama):
     state = LensState(tiny_llama)
-    plan = state.prepare(PROMPT, top_k=4)
+    plan = state.prepare(PROMPT, LensOptions(top_k=4))
     whole = state.result()
     n = plan.n_positions
     order = list(range(n))

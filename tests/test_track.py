@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from lenstui.core.lenses import LensOptions
 from lenstui.cli import main
 from lenstui.core.errors import InputError
 from lenstui.core.lens_result import Depth, LensCell, LensResult, TopToken, settle_row
@@ -57,7 +58,7 @@ def test_tracked_values_equal_an_independent_float64_readout(fixture, request):
     model = request.getfixturevalue(fixture)
     ids = model.tokenizer(PROMPT)["input_ids"]
     track = [ids[1], ids[-1], 7]
-    result = run_lens(model, ids, top_k=3, track=track)
+    result = run_lens(model, ids, LensOptions(top_k=3, track=track))
     lp = _float64_log_probs(model, ids)
     assert [t.id for t in result.tracked] == track
     for row in range(len(result.layers)):
@@ -74,8 +75,8 @@ def test_tracked_values_equal_an_independent_float64_readout(fixture, request):
 
 
 def test_tracking_changes_nothing_else(tiny_llama):
-    plain = run_lens(tiny_llama, PROMPT, top_k=4)
-    tracked = run_lens(tiny_llama, PROMPT, top_k=4, track=[" city", 3])
+    plain = run_lens(tiny_llama, PROMPT, LensOptions(top_k=4))
+    tracked = run_lens(tiny_llama, PROMPT, LensOptions(top_k=4, track=[" city", 3]))
     for row_a, row_b in zip(plain.grid, tracked.grid):
         for a, b in zip(row_a, row_b):
             assert [t.id for t in a.top] == [t.id for t in b.top]
@@ -86,11 +87,11 @@ def test_tracking_changes_nothing_else(tiny_llama):
 def test_track_specs_and_limits(tiny_llama):
     assert token_spec("#15") == 15 and token_spec(" sea") == " sea" and token_spec("#x") == "#x"
     with pytest.raises(InputError, match="At most 8"):
-        run_lens(tiny_llama, PROMPT, track=list(range(9)))
+        run_lens(tiny_llama, PROMPT, LensOptions(track=list(range(9))))
     with pytest.raises(InputError):
-        run_lens(tiny_llama, PROMPT, track=["hello world, the city"])
+        run_lens(tiny_llama, PROMPT, LensOptions(track=["hello world, the city"]))
     # duplicates collapse, positions subset carry the tracked values too
-    result = run_lens(tiny_llama, PROMPT, track=[5, 5, 6], positions=[-1])
+    result = run_lens(tiny_llama, PROMPT, LensOptions(track=[5, 5, 6]), positions=[-1])
     assert [t.id for t in result.tracked] == [5, 6] and len(result.grid[0][0].tracked) == 2
 
 
@@ -124,7 +125,7 @@ def test_depth_on_a_model_matches_ranks_from_float64(fixture, request):
     model = request.getfixturevalue(fixture)
     ids = model.tokenizer(PROMPT)["input_ids"]
     k = 3
-    result = run_lens(model, ids, top_k=k, target=5)  # a different target on purpose
+    result = run_lens(model, ids, LensOptions(top_k=k, target=5))  # a different target on purpose
     lp = _float64_log_probs(model, ids)
     for pos, depth in enumerate(result.depth):
         answer = int(lp[-1, pos].argmax())
@@ -142,14 +143,14 @@ def test_compare_kl_equals_float64(fixture, request):
     model = request.getfixturevalue(fixture)
     ids_a = model.tokenizer(PROMPT)["input_ids"]
     ids_b = model.tokenizer(PROMPT_B)["input_ids"]
-    comparison = compare_rows(model, ids_a, -1, ids_b, 2, top_k=3, track=[4])
+    comparison = compare_rows(model, ids_a, -1, ids_b, 2, LensOptions(top_k=3, track=[4]))
     assert comparison.positions == (len(ids_a) - 1, 2)
     lp_a = _float64_log_probs(model, ids_a)[:, -1]
     lp_b = _float64_log_probs(model, ids_b)[:, 2]
     expected = (np.exp(lp_a) * (lp_a - lp_b)).sum(-1)
     assert comparison.kl == pytest.approx(expected.tolist(), rel=1e-3, abs=1e-5)
     # same prompt and position on both sides: zero
-    same = compare_rows(model, ids_a, -1, ids_a, -1, top_k=3)
+    same = compare_rows(model, ids_a, -1, ids_a, -1, LensOptions(top_k=3))
     assert max(same.kl) == pytest.approx(0.0, abs=1e-5)
     payload = comparison.to_json()
     assert payload["compare"]["positions"] == [len(ids_a) - 1, 2]
@@ -175,7 +176,7 @@ def test_cli_track_json(tiny_llama, monkeypatch, capsys):
     payload = json.loads(capsys.readouterr().out)
     city = resolve_token(tiny_llama, " city")
     assert [t["id"] for t in payload["tracked"]] == [city, 3]
-    direct = run_lens(tiny_llama, PROMPT, top_k=2, track=[city, 3])
+    direct = run_lens(tiny_llama, PROMPT, LensOptions(top_k=2, track=[city, 3]))
     for row, direct_row in zip(payload["grid"], direct.grid):
         for cell, direct_cell in zip(row, direct_row):
             assert [(t["id"], t["rank"]) for t in cell["tracked"]] == [(t.id, t.rank) for t in direct_cell.tracked]

@@ -38,6 +38,7 @@ from typing import Any, Awaitable, Callable, Optional
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
+from lenstui.core.lenses import LensOptions
 from lenstui.core.errors import InputError
 from lenstui.core.lens_result import PENDING
 from lenstui.tui.commands import ModelChosen
@@ -299,22 +300,11 @@ def fresh_reference(model, prompt, session):
     """``run_lens`` of ``prompt`` with the session's settings, in a lens state of its own."""
     from lenstui.engine.lens.run import run_lens
 
-    key = f"lens_state:{REFERENCE_SLOT}"
-    model.memo.pop(key, None)
+    model.caches.lens_states.pop(REFERENCE_SLOT, None)
     try:
-        return run_lens(
-            model,
-            prompt,
-            top_k=min(session.top_k, model.d_vocab),
-            lens=session.lens_kind,
-            incl_mid=session.incl_mid,
-            target=session.target,
-            track=tuple(session.pins),
-            slot=REFERENCE_SLOT,
-            lens_path=session.lens_paths.get(session.lens_kind),
-        )
+        return run_lens(model, prompt, LensOptions(top_k=min(session.top_k, model.d_vocab), lens=session.lens_kind, incl_mid=session.incl_mid, target=session.target, track=tuple(session.pins), lens_path=session.lens_paths.get(session.lens_kind)), slot=REFERENCE_SLOT)
     finally:
-        model.memo.pop(key, None)
+        model.caches.lens_states.pop(REFERENCE_SLOT, None)
 
 
 def check_grid_against_a_fresh_run(app, model) -> str:

@@ -9,7 +9,6 @@ from typing import Any, Callable, Optional
 
 from lenstui.core.errors import InputError
 from lenstui.core.lenses import LENS_KINDS
-from lenstui.core.tokens import token_spec
 
 
 def add_model_options(parser: argparse.ArgumentParser) -> None:
@@ -34,7 +33,8 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
 
 def add_lens_options(parser: argparse.ArgumentParser, *, target_help: str, track_help: str) -> None:
     """How a command reads its lens grid: --top-k, --lens, --extended-blocks, --mid,
-    --target or --target-id, and --track (``lens_options`` reads them back)."""
+    --target or --target-id, and --track (``lens_options`` reads them back, as a
+    ``LensOptions``)."""
     parser.add_argument("--top-k", type=int, default=5, help="tokens per cell (default 5)")
     parser.add_argument("--lens", choices=LENS_KINDS, default="logit", help="lens variant (default logit)")
     parser.add_argument("--extended-blocks", type=int, default=1, metavar="N", help="decoder blocks for --lens extended")
@@ -42,19 +42,6 @@ def add_lens_options(parser: argparse.ArgumentParser, *, target_help: str, track
     parser.add_argument("--target", default=None, help=target_help)
     parser.add_argument("--target-id", type=int, default=None, help="target token id")
     parser.add_argument("--track", action="append", default=[], metavar="TOKEN", help=track_help)
-
-
-def lens_options(args: argparse.Namespace) -> dict[str, Any]:
-    """The options of ``add_lens_options``, as the engine's keyword arguments (a typed
-    --track is checked here, before a model loads)."""
-    return dict(
-        top_k=args.top_k,
-        lens=args.lens,
-        extended_blocks=args.extended_blocks,
-        incl_mid=args.mid,
-        target=args.target_id if args.target_id is not None else args.target,
-        track=[token_spec(t) for t in args.track],
-    )
 
 
 def encoded_prompt(model, prompt: str, chat: bool):
@@ -108,6 +95,24 @@ def one_token(args: argparse.Namespace, message: str):
     if (args.token is None) == (args.id is None):
         raise InputError(message)
     return args.id if args.id is not None else args.token
+
+
+def lens_options(args: argparse.Namespace):
+    """The lens options a subcommand's --top-k, --lens, --extended-blocks, --mid, --target
+    (or --target-id), --track and --lens-path give (those it has; the rest default)."""
+    from lenstui.core.lenses import LensOptions
+    from lenstui.core.tokens import token_spec
+
+    target = getattr(args, "target_id", None)
+    return LensOptions(
+        top_k=getattr(args, "top_k", 10),
+        lens=getattr(args, "lens", "logit"),
+        extended_blocks=getattr(args, "extended_blocks", 1),
+        incl_mid=getattr(args, "mid", False),
+        target=target if target is not None else getattr(args, "target", None),
+        track=tuple(token_spec(t) for t in getattr(args, "track", [])),
+        lens_path=getattr(args, "lens_path", None),
+    )
 
 
 def print_json(payload: Any) -> None:

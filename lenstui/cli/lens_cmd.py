@@ -67,18 +67,18 @@ def run(args: argparse.Namespace) -> int:
     if args.vs is not None:
         return run_compare(args, options)
     model = load_from_args(args)
-    result = run_lens(model, args.prompt, **options, positions=args.positions, lens_path=args.lens_path)
+    result = run_lens(model, args.prompt, options, positions=args.positions)
     return print_result(result, args.json, lambda r: format_table(r, args.position))
 
 
-def run_compare(args: argparse.Namespace, options: dict) -> int:
+def run_compare(args: argparse.Namespace, options) -> int:
     from lenstui.engine.lens.compare import compare_rows
 
     if args.positions is not None:
         raise InputError("--vs compares whole prompts: use --compare-positions PA,PB instead of --positions.")
     pos_a, pos_b = _compare_positions(args.compare_positions)
     model = load_from_args(args)
-    comparison = compare_rows(model, args.prompt, pos_a, args.vs, pos_b, **options, lens_path=args.lens_path)
+    comparison = compare_rows(model, args.prompt, pos_a, args.vs, pos_b, options)
     return print_result(comparison, args.json, format_compare)
 
 

@@ -10,7 +10,7 @@ from typing import Optional
 from lenstui.cli.common import add_lens_options, add_model_options, encoded_prompt, lens_options, load_from_args, print_result
 from lenstui.cli.lens_cmd import table_column
 from lenstui.core.errors import InputError
-from lenstui.core.patch_result import ABLATIONS, SWEEPS, PatchResult, SweepResult
+from lenstui.core.patch_result import ABLATIONS, SWEEPS, PatchResult, PatchSite, SweepResult
 from lenstui.core.textfmt import fit, visible
 
 SHOWN_COLUMNS = 8
@@ -85,27 +85,25 @@ def run(args: argparse.Namespace) -> int:
     if args.sweep != "layers" and args.layer is None and not _names_block(args.component):
         raise InputError("Say which layer to patch: --layer L3 (or a head like --component L3H4).")
     options = lens_options(args)
+    site = PatchSite(
+        layer=args.layer, position=args.position, component=args.component, head=args.head,
+        from_position=args.from_position,
+    )
     model = load_from_args(args)
     prompt = encoded_prompt(model, args.prompt, args.chat)
-    # Where the patch goes and what it puts there: the same for one patch and a sweep.
-    site = dict(
-        source_prompt=None if args.source is None else encoded_prompt(model, args.source, args.chat),
-        layer=args.layer,
-        position=args.position,
-        from_position=args.from_position,
-        component=args.component,
-        head=args.head,
-        ablate=args.ablate,
-    )
+    source = None if args.source is None else encoded_prompt(model, args.source, args.chat)
     if args.sweep is not None:
-        from lenstui.engine.patching import sweep
+        from lenstui.engine.causal import sweep
 
-        result = sweep(model, prompt, mode=args.sweep, **site, target=options["target"], track=options["track"])
+        result = sweep(
+            model, prompt, site, mode=args.sweep, source_prompt=source, ablate=args.ablate,
+            target=options.target, track=options.track,
+        )
         return print_result(result, args.json, format_sweep)
+    from lenstui.engine.causal import patch
     from lenstui.engine.lens.run import parse_positions
-    from lenstui.engine.patching import patch
 
-    result = patch(model, prompt, **site, **options)
+    result = patch(model, prompt, site, source_prompt=source, ablate=args.ablate, options=options)
     if args.positions is not None:
         result = result.select(parse_positions(args.positions, len(result.patched.tokens)))
     return print_result(result, args.json, lambda r: format_patch(r, args.show))

@@ -17,7 +17,7 @@ from lenstui.talks.format import Scene, Talk, load_talk, token_spec_text
 
 def configure(parser: argparse.ArgumentParser, command: str = "") -> None:
     parser.description = "Present a talk file of prepared scenes, or check it with --check."
-    parser.add_argument("talk", metavar="FILE.toml", help="a talk file: [[scene]] tables (see the README)")
+    parser.add_argument("talk", metavar="FILE.toml", help="a talk file: [[scene]] tables (see docs/guide/talks.md)")
     parser.add_argument("--check", action="store_true", help="validate the file and print each scene; no screen")
     parser.add_argument(
         "--with-model", action="store_true", help="also load the model and check prompts and tokens against it"

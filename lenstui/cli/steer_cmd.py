@@ -7,7 +7,7 @@ import argparse
 
 from lenstui.cli.common import add_lens_options, add_model_options, encoded_prompt, lens_options, load_from_args, print_result
 from lenstui.cli.lens_cmd import format_table
-from lenstui.core.patch_result import SteerResult
+from lenstui.core.patch_result import SteerResult, SteerSetting
 from lenstui.core.textfmt import visible
 from lenstui.core.tokens import token_spec
 
@@ -41,21 +41,18 @@ def configure(parser: argparse.ArgumentParser, command: str = "") -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from lenstui.engine.patching import steer
+    from lenstui.engine.causal import steer
 
     options = lens_options(args)
-    model = load_from_args(args)
-    result = steer(
-        model,
-        encoded_prompt(model, args.prompt, args.chat),
+    setting = SteerSetting(
         toward=token_spec(args.token),
         away=None if args.away is None else token_spec(args.away),
         layer=args.layer,
         alpha=args.alpha,
         position=args.position,
-        steps=args.steps,
-        **options,
     )
+    model = load_from_args(args)
+    result = steer(model, encoded_prompt(model, args.prompt, args.chat), setting, steps=args.steps, options=options)
     return print_result(result, args.json, format_steer)
 
 

@@ -1,7 +1,7 @@
 """What the causal lens hands every face: a patched run, a sweep, a steered run.
 
 Plain dataclasses (ids, floats, strings; no tensors), computed by
-``lenstui.engine.patching`` and read by the app, the CLI's ``--json`` and the tests.
+``lenstui.engine.causal`` and read by the app, the CLI's ``--json`` and the tests.
 
 **The causal cone.** A patch (or a steer) changes some cells of the lens grid and
 provably leaves the others alone: a causal model's position p reads positions <= p
@@ -28,7 +28,7 @@ row, which the patch may have moved; the cell's own distribution cannot.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Union
 
 from lenstui.core.lens_result import LensResult, TopToken, TrackedValue
 from lenstui.core.tokens import TokenRef
@@ -100,6 +100,33 @@ def select_columns(result: LensResult, positions: Sequence[int]) -> LensResult:
 
 def layer_label(layer: int) -> str:
     return "embed" if layer < 0 else f"L{layer}"
+
+
+@dataclass(frozen=True)
+class PatchSite:
+    """Where a patch writes, as a person names it (the engine reads it against the model
+    into a :class:`PatchSpec`): block ``layer``'s ``component`` at ``position`` of prompt A,
+    taken from ``from_position`` of prompt B (default: ``position`` read in B)."""
+
+    layer: Union[int, str, None] = None  # "L3", 3, "embed" (-1); None: every layer (a layers sweep)
+    position: int = -1  # negative counts from the end
+    component: str = "resid"  # resid, attn, mlp, head (with ``head``), or a head as "L3H4"/"H4"
+    head: Optional[int] = None
+    from_position: Optional[int] = None
+
+
+@dataclass(frozen=True)
+class SteerSetting:
+    """A steer as a person names it: ``alpha`` times ``scale`` (default: the median residual
+    norm after block ``layer``) along the direction toward ``toward`` (away from ``away``),
+    added after block ``layer`` from ``position`` on."""
+
+    toward: Union[str, int]
+    layer: Union[int, str] = "L0"
+    alpha: float = 4.0
+    away: Union[str, int, None] = None
+    position: int = 0
+    scale: Optional[float] = None  # fixes the unit (the app keeps the first run's while it steps)
 
 
 @dataclass(frozen=True)

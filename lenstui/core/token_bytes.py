@@ -180,11 +180,10 @@ def piece_bytes_byte_fallback(piece: str) -> bytes:
 
 
 def byte_reader(model: Any) -> ByteReader:
-    """The :class:`ByteReader` for a loaded model, built once and kept in ``model.memo``."""
-    reader = model.memo.get("byte_reader")
+    """The :class:`ByteReader` for a loaded model, built once and kept in its caches."""
+    reader = model.caches.byte_reader
     if reader is None:
-        reader = ByteReader(model.tokenizer)
-        model.memo["byte_reader"] = reader
+        reader = model.caches.byte_reader = ByteReader(model.tokenizer)
     return reader
 
 

@@ -228,10 +228,10 @@ def _readout_direction(
 
 def _mean_unembedding(model: LoadedModel) -> torch.Tensor:
     """The vocabulary's mean unembedding column (memoized; float64)."""
-    mean = model.memo.get("attribution_mean_w_u")
+    mean = model.caches.attribution_mean_w_u
     if mean is None:
         mean = model.bridge.W_U.float().mean(dim=1).double()
-        model.memo["attribution_mean_w_u"] = mean
+        model.caches.attribution_mean_w_u = mean
     return mean
 
 

@@ -1,7 +1,8 @@
 """Every worker handler in one place: what each request does on the model thread.
 
 A handler is ``handler(model, request, ctx) -> value``. It runs on the worker thread
-(``lenstui.jobs.scheduler``), calls the engine and hands back plain data (results, reports,
+(``lenstui.jobs.scheduler``, in the process that holds the model: a child process by default,
+``lenstui.jobs.process``), calls the engine and hands back plain data (results, reports,
 id sets) that the UI thread renders. ``ctx`` is the worker's ``JobContext``:
 ``should_stop()``, ``progress(message, fraction)`` and ``checkpoint()`` (raises
 ``Cancelled`` when superseded and, in a long job, first serves queued short requests).
@@ -17,9 +18,11 @@ pays for that import on the worker thread instead.
 from __future__ import annotations
 
 import time
-from typing import Optional, Union
+from dataclasses import replace
+from typing import Optional
 
 from lenstui.core.attribution_result import AttributionResult
+from lenstui.core.lenses import LensOptions
 from lenstui.core.scan_result import ScanMarks, ScanResult, marks_for
 from lenstui.core.speak_result import SpeakResult
 from lenstui.jobs.protocol import (
@@ -47,33 +50,33 @@ from lenstui.talks.format import Scene
 STREAM_POSITIONS = 32
 
 
+def _encoded(model, prompt, chat: bool):
+    """A request's prompt for the engine: ids as a list, text chat-templated when asked
+    (on the worker: the app never touches the tokenizer)."""
+    from lenstui.engine.model.chat import chat_prompt_ids
+
+    if prompt is None:
+        return None
+    if isinstance(prompt, tuple):
+        return list(prompt)
+    return chat_prompt_ids(model, prompt) if chat else prompt
+
+
+def _options(model, options: LensOptions) -> LensOptions:
+    """A request's lens options for this model (a top-k past its vocabulary is all of it)."""
+    return replace(options, top_k=min(options.top_k, model.d_vocab))
+
+
 def run_lens_handler(model, request: RunLens, ctx):
     """-> LensResult, streamed: the cells at ``request.first_positions`` (the ones in
     view) and every cell already computed are posted first as one ``Partial``, then the
     rest in chunks, nearest to the first ones first; then the whole grid is the ``Done``
-    value. Each partial is a LensResult whose ``positions`` are its columns. Text is
-    encoded (chat-templated when asked) here, on the worker."""
+    value. Each partial is a LensResult whose ``positions`` are its columns."""
     from lenstui.engine.lens.state import lens_state
-    from lenstui.engine.model.chat import chat_prompt_ids
 
     started = time.perf_counter()
-    prompt: Union[str, list[int]] = (
-        list(request.prompt) if isinstance(request.prompt, tuple) else request.prompt
-    )
-    if isinstance(prompt, str) and request.chat:
-        prompt = chat_prompt_ids(model, prompt)
     state = lens_state(model)
-    plan = state.prepare(
-        prompt,
-        top_k=min(request.top_k, model.d_vocab),
-        lens=request.lens,
-        extended_blocks=request.extended_blocks,
-        incl_mid=request.incl_mid,
-        target=request.target,
-        track=request.track,
-        lens_path=request.lens_path,
-        should_stop=ctx.should_stop,
-    )
+    plan = state.prepare(_encoded(model, request.prompt, request.chat), _options(model, request.options), ctx.should_stop)
     n = plan.n_positions
     first = stream_order(request.first_positions, n)
     if first:
@@ -92,85 +95,45 @@ def run_lens_handler(model, request: RunLens, ctx):
 
 
 def compare_handler(model, request: RunCompare, ctx):
-    """-> engine.compare.Comparison for the two prompts (chat-templated when asked)."""
+    """-> core.comparison.Comparison for the two prompts (chat-templated when asked)."""
     from lenstui.engine.lens.compare import compare_rows
-    from lenstui.engine.model.chat import chat_prompt_ids
-
-    def encoded(prompt):
-        prompt = list(prompt) if isinstance(prompt, tuple) else prompt
-        return chat_prompt_ids(model, prompt) if isinstance(prompt, str) and request.chat else prompt
 
     return compare_rows(
         model,
-        encoded(request.prompt_a),
+        _encoded(model, request.prompt_a, request.chat),
         request.position_a,
-        encoded(request.prompt_b),
+        _encoded(model, request.prompt_b, request.chat),
         request.position_b,
-        top_k=min(request.top_k, model.d_vocab),
-        lens=request.lens,
-        incl_mid=request.incl_mid,
-        target=request.target,
-        track=request.track,
-        lens_path=request.lens_path,
-        should_stop=ctx.should_stop,
-    )
-
-
-def _encoded(model, prompt, chat: bool):
-    """A request's prompt for the engine: ids as a list, text chat-templated when asked."""
-    from lenstui.engine.model.chat import chat_prompt_ids
-
-    if prompt is None:
-        return None
-    if isinstance(prompt, tuple):
-        return list(prompt)
-    return chat_prompt_ids(model, prompt) if chat else prompt
-
-
-def _lens_options(model, request) -> dict:
-    return dict(
-        top_k=min(request.top_k, model.d_vocab),
-        lens=request.lens,
-        extended_blocks=request.extended_blocks,
-        incl_mid=request.incl_mid,
-        target=request.target,
-        track=request.track,
+        _options(model, request.options),
+        ctx.should_stop,
     )
 
 
 def patch_handler(model, request: RunPatch, ctx):
     """-> core.patch_result.PatchResult: the patched grid, its effects and cone."""
-    from lenstui.engine.patching import patch
+    from lenstui.engine.causal import patch
 
     return patch(
         model,
         _encoded(model, request.prompt_a, request.chat),
+        request.site,
         source_prompt=_encoded(model, request.prompt_b, request.chat),
-        layer=request.layer,
-        position=request.position,
-        from_position=request.from_position,
-        component=request.component,
-        head=request.head,
         ablate=request.ablate,
+        options=_options(model, request.options),
         should_stop=ctx.should_stop,
-        **_lens_options(model, request),
     )
 
 
 def sweep_handler(model, request: RunSweep, ctx):
     """-> core.patch_result.SweepResult, with progress per patched run."""
-    from lenstui.engine.patching import sweep
+    from lenstui.engine.causal import sweep
 
     return sweep(
         model,
         _encoded(model, request.prompt_a, request.chat),
-        source_prompt=_encoded(model, request.prompt_b, request.chat),
+        request.site,
         mode=request.mode,
-        layer=request.layer,
-        position=request.position,
-        from_position=request.from_position,
-        component=request.component,
-        head=request.head,
+        source_prompt=_encoded(model, request.prompt_b, request.chat),
         ablate=request.ablate,
         target=request.target,
         track=request.track,
@@ -181,21 +144,16 @@ def sweep_handler(model, request: RunSweep, ctx):
 
 def steer_handler(model, request: RunSteer, ctx):
     """-> core.patch_result.SteerResult (no clean continuation: the app steps itself)."""
-    from lenstui.engine.patching import steer
+    from lenstui.engine.causal import steer
 
     return steer(
         model,
         _encoded(model, request.prompt, request.chat),
-        toward=request.toward,
-        away=request.away,
-        layer=request.layer,
-        alpha=request.alpha,
-        position=request.position,
+        request.setting,
         steps=request.steps,
-        scale=request.scale,
+        options=_options(model, request.options),
         clean_steps=False,
         should_stop=ctx.should_stop,
-        **_lens_options(model, request),
     )
 
 
@@ -287,24 +245,23 @@ def render_scene(model, scene: Scene, request: RenderScenes, ctx) -> SceneRender
 
     try:
         resolved = resolve_scene(model, scene)
-        options = dict(
+        options = LensOptions(
             top_k=request.top_k,
             lens=scene.lens,
             extended_blocks=scene.extended_blocks or 1,
             incl_mid=request.incl_mid and scene.lens != "extended",
             target=resolved.target_id,
+            track=tuple(resolved.pinned_ids),  # as the session sends its pins
         )
-        if resolved.pinned_ids:
-            options["track"] = tuple(resolved.pinned_ids)  # as the session sends its pins
         # The same request the app's session makes for this state: generated steps and
         # id prompts run as ids, a text prompt as text (templated on this thread).
         if scene.steps:
             ids = greedy_ids(model, resolved.prompt_ids, scene.steps, should_stop=ctx.should_stop)
-            lens_request = RunLens(tuple(ids), **options)
+            lens_request = RunLens(tuple(ids), options=options)
         elif scene.prompt_ids is not None:
-            lens_request = RunLens(tuple(scene.prompt_ids), **options)
+            lens_request = RunLens(tuple(scene.prompt_ids), options=options)
         else:
-            lens_request = RunLens(scene.prompt or "", chat=scene.chat, **options)
+            lens_request = RunLens(scene.prompt or "", chat=scene.chat, options=options)
         result = run_lens_handler(model, lens_request, ctx)
     except LenstuiError as err:
         return SceneRender(scene.number, problem=str(err))

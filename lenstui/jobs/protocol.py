@@ -6,7 +6,9 @@ older one (``lenstui.jobs.scheduler``). Every result carries the ``seq`` its req
 was given, so stale answers are recognised and dropped.
 
 The values results carry are the core's result dataclasses (``LensResult``,
-``TokenReport``, ...) and the few reply types defined at the end of this module.
+``PatchResult``, ...) and the few reply types defined at the end of this module;
+``REPLIES`` says which one each request kind answers with, and the worker checks every
+``Done`` against it (``check_reply``), so a face can rely on the type it gets.
 """
 
 from __future__ import annotations
@@ -14,8 +16,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar, Optional, Union
 
-from lenstui.core.learned_lens import LensFile
+from lenstui.core.attribution_result import AttributionResult
+from lenstui.core.comparison import Comparison
+from lenstui.core.learned_lens import FitReport, LensEval, LensFile
 from lenstui.core.lens_result import LensResult
+from lenstui.core.lenses import LensOptions
+from lenstui.core.patch_result import PatchResult, PatchSite, SteerResult, SteerSetting, SweepResult
+from lenstui.core.scan_result import ScanMarks
+from lenstui.core.speak_result import SpeakResult
 from lenstui.core.token_bytes import JoinedSequence
 from lenstui.core.token_report import TokenReport
 
@@ -49,21 +57,17 @@ class LoadModel(Request):
     needs_model: ClassVar[bool] = False
 
 
+# A prompt as requests carry it: text is encoded (and chat-templated when the request's
+# ``chat`` is set) on the worker; a tuple of ids is used as given, so generation steps keep
+# partial UTF-8 tokens intact.
+Prompt = Union[str, tuple[int, ...]]
+
+
 @dataclass(frozen=True)
 class RunLens(Request):
-    # Text is encoded (and chat-templated when ``chat``) on the worker thread; a tuple of
-    # ids is used as given, so generation steps keep partial UTF-8 tokens intact.
-    prompt: Union[str, tuple[int, ...]]
+    prompt: Prompt
     chat: bool = False
-    top_k: int = 10
-    lens: str = "logit"
-    extended_blocks: int = 1
-    incl_mid: bool = False
-    target: Union[str, int, None] = None
-    # Pinned tokens (text, vocabulary piece or id), read in every cell.
-    track: tuple[Union[str, int], ...] = ()
-    # A learned lens's file (lens "tuned" or "jacobian"); None: the one fitted for the model.
-    lens_path: Optional[str] = None
+    options: LensOptions = LensOptions()
     # Positions to compute and post first (the cells in view; negative counts from the
     # end, since the app does not know a text prompt's length). Not part of equality:
     # a request that only re-prioritises is the same run, and reuses what was computed.
@@ -78,17 +82,12 @@ class RunCompare(Request):
     """Two prompts side by side: both lenses (incremental, slots "a" and "b") and KL(A || B)
     per row between position ``position_a`` of A and ``position_b`` of B."""
 
-    prompt_a: Union[str, tuple[int, ...]]
+    prompt_a: Prompt
     prompt_b: str
     position_a: int = -1
     position_b: int = -1
     chat: bool = False
-    top_k: int = 10
-    lens: str = "logit"
-    incl_mid: bool = False
-    target: Union[str, int, None] = None
-    track: tuple[Union[str, int], ...] = ()
-    lens_path: Optional[str] = None
+    options: LensOptions = LensOptions()
 
     title: ClassVar[str] = "Compare prompts"
     priority: ClassVar[int] = 1
@@ -197,26 +196,17 @@ class EvaluateLenses(Request):
 
 @dataclass(frozen=True)
 class RunPatch(Request):
-    """A patched lens run (``lenstui.engine.patching.patch``): prompt A with block
-    ``layer``'s ``component`` at ``position`` taken from prompt B at ``from_position``,
-    or ablated (``ablate`` "zero"/"mean", no prompt B). Both prompts run in the lens'
-    slots "a" and "b", so the explorer's and the compare view's runs are reused."""
+    """A patched lens run (``lenstui.engine.causal.patch``): prompt A with ``site``
+    (block, component, position) taken from prompt B at the site's ``from_position``, or
+    ablated (``ablate`` "zero"/"mean", no prompt B). Both prompts run in the lens' slots
+    "a" and "b", so the explorer's and the compare view's runs are reused."""
 
-    prompt_a: Union[str, tuple[int, ...]]
-    prompt_b: Union[str, tuple[int, ...], None] = None
-    layer: Union[str, int] = "L0"  # "L3", 3, "embed"
-    position: int = -1
-    from_position: Optional[int] = None
-    component: str = "resid"  # resid, attn, mlp, head (with ``head``) or "L3H4"
-    head: Optional[int] = None
+    prompt_a: Prompt
+    prompt_b: Optional[Prompt] = None
+    site: PatchSite = PatchSite(layer="L0")
     ablate: Optional[str] = None
     chat: bool = False
-    top_k: int = 10
-    lens: str = "logit"
-    extended_blocks: int = 1
-    incl_mid: bool = False
-    target: Union[str, int, None] = None
-    track: tuple[Union[str, int], ...] = ()
+    options: LensOptions = LensOptions()
 
     title: ClassVar[str] = "Patch"
     priority: ClassVar[int] = 1
@@ -224,18 +214,14 @@ class RunPatch(Request):
 
 @dataclass(frozen=True)
 class RunSweep(Request):
-    """Patch after patch (``lenstui.engine.patching.sweep``): ``position`` at every layer
-    (``mode`` "layers") or every position at ``layer`` ("positions"), reading the
-    target's probability at A's last position."""
+    """Patch after patch (``lenstui.engine.causal.sweep``): the site's position at every
+    layer (``mode`` "layers") or every position at the site's layer ("positions"),
+    reading the target's probability at A's last position."""
 
-    prompt_a: Union[str, tuple[int, ...]]
-    prompt_b: Union[str, tuple[int, ...], None] = None
+    prompt_a: Prompt
+    prompt_b: Optional[Prompt] = None
     mode: str = "layers"
-    layer: Union[str, int, None] = None
-    position: int = -1
-    from_position: Optional[int] = None
-    component: str = "resid"
-    head: Optional[int] = None
+    site: PatchSite = PatchSite()
     ablate: Optional[str] = None
     chat: bool = False
     target: Union[str, int, None] = None
@@ -247,26 +233,16 @@ class RunSweep(Request):
 
 @dataclass(frozen=True)
 class RunSteer(Request):
-    """A steered lens run (``lenstui.engine.patching.steer``): ``alpha`` median residual
-    norms toward ``toward``'s unembedding direction (away from ``away``'s) added after
-    block ``layer`` from ``position`` on; ``steps`` greedy tokens under it. ``scale``
-    fixes the unit (the app keeps the first run's while it steps)."""
+    """A steered lens run (``lenstui.engine.causal.steer``): the ``setting``'s ``alpha``
+    median residual norms toward a token's unembedding direction (away from another's)
+    added after its block from its position on; ``steps`` greedy tokens under it. The
+    setting's ``scale`` fixes the unit (the app keeps the first run's while it steps)."""
 
-    prompt: Union[str, tuple[int, ...]]
-    toward: Union[str, int]
-    layer: Union[str, int] = "L0"
-    alpha: float = 4.0
-    away: Union[str, int, None] = None
-    position: int = 0
+    prompt: Prompt
+    setting: SteerSetting
     steps: int = 0
-    scale: Optional[float] = None
     chat: bool = False
-    top_k: int = 10
-    lens: str = "logit"
-    extended_blocks: int = 1
-    incl_mid: bool = False
-    target: Union[str, int, None] = None
-    track: tuple[Union[str, int], ...] = ()
+    options: LensOptions = LensOptions()
 
     title: ClassVar[str] = "Steer"
     priority: ClassVar[int] = 1
@@ -303,7 +279,7 @@ class Partial(Result):
 
 @dataclass(frozen=True)
 class Done(Result):
-    value: Any  # LoadModel: ModelInfo; RunLens: LensResult; others: what their handler returns
+    value: Any  # what REPLIES (end of this module) says its request kind answers
     seconds: float = 0.0
 
 
@@ -367,3 +343,31 @@ class SceneRender:
     cursor_position: Optional[int] = None  # 0-based, in prompt + generated tokens
     target_id: Optional[int] = None
     pinned_ids: tuple[int, ...] = ()
+
+
+# ---------------------------------------------------------------- what each kind answers
+
+# Request kind -> the types its Done's value may have.
+REPLIES: dict[type, tuple[type, ...]] = {
+    LoadModel: (ModelInfo,),
+    RunLens: (LensResult,),
+    RunCompare: (Comparison,),
+    InspectToken: (InspectReply,),
+    CheckSpeakable: (SpeakResult,),
+    ScanVocabulary: (ScanMarks, type(None)),  # None: only the cache was asked for, and none exists
+    AttributeCell: (AttributionResult,),
+    RenderScenes: (int,),  # how many scenes; each came before as a Partial(SceneRender)
+    FitLens: (FitReport,),
+    EvaluateLenses: (LensEval,),
+    RunPatch: (PatchResult,),
+    RunSweep: (SweepResult,),
+    RunSteer: (SteerResult,),
+}
+
+
+def check_reply(request: Request, value: Any) -> None:
+    """A handler's answer is what its request kind promises (TypeError otherwise: a bug)."""
+    allowed = REPLIES.get(type(request))
+    if allowed is not None and not isinstance(value, allowed):
+        names = " or ".join(t.__name__ for t in allowed)
+        raise TypeError(f"{type(request).__name__} answered with a {type(value).__name__}, not {names}")

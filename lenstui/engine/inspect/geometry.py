@@ -26,8 +26,6 @@ import torch
 
 from lenstui.engine.model.load import LoadedModel
 
-MEMO_KEY = "effective_unembedding"
-_AFFINE_KEY = "final_norm_affine"
 # float32 probe vs parameter read: generous enough for bf16 / fp16 models.
 _PROBE_RTOL = 2e-2
 _PROBE_ATOL = 2e-2
@@ -47,10 +45,10 @@ def effective_unembedding(model: LoadedModel) -> tuple[torch.Tensor, torch.Tenso
     """``(W_eff [d_vocab, d_model], c [d_vocab])``, float32, on the model's device.
 
     ``W_eff[j] = W_U[:, j] * gain`` and ``c[j] = b_U[j] + W_U[:, j] . beta`` (see the
-    module doc). Memoized in ``model.memo["effective_unembedding"]``: callers must not
+    module doc). Kept in the model's caches: callers must not
     modify the returned tensors in place.
     """
-    cached = model.memo.get(MEMO_KEY)
+    cached = model.caches.effective_unembedding
     if cached is not None:
         return cached
     affine = final_norm_affine(model)
@@ -65,7 +63,7 @@ def effective_unembedding(model: LoadedModel) -> tuple[torch.Tensor, torch.Tenso
         )
         c += affine.beta.to(W_U.device) @ W_U
     result = (W_eff, c)
-    model.memo[MEMO_KEY] = result
+    model.caches.effective_unembedding = result
     return result
 
 
@@ -77,7 +75,7 @@ def final_norm_affine(model: LoadedModel) -> FinalNormAffine:
     the module is also run on a known input; when the parameter reading disagrees with
     what the module actually does, the measured values win.
     """
-    cached = model.memo.get(_AFFINE_KEY)
+    cached = model.caches.final_norm_affine
     if cached is not None:
         return cached
     d_model = model.d_model
@@ -95,7 +93,7 @@ def final_norm_affine(model: LoadedModel) -> FinalNormAffine:
             affine = FinalNormAffine(declared[0], declared[1], kind, "weights")
         else:
             affine = FinalNormAffine(measured[0], measured[1], kind, "probe")
-    model.memo[_AFFINE_KEY] = affine
+    model.caches.final_norm_affine = affine
     return affine
 
 

@@ -16,7 +16,7 @@ does not matter and this is ``argmax_j w_j . w_t == t``; with one (GPT-2's folde
 LayerNorm bias) the size is what the model really uses. A token that fails is
 hard to speak; whether it can be spoken at all is the speakability LP's question.
 
-The first lookup on a model builds the normalized tables (kept in ``model.memo``);
+The first lookup on a model builds the normalized tables (kept in the model's caches);
 later lookups are two matrix-vector products.
 """
 
@@ -39,7 +39,6 @@ from lenstui.engine.model.vocab import resolve_token, token_ref
 
 DEFAULT_NEIGHBORS = 10
 MAX_NEIGHBORS = 1000
-_TABLES_KEY = "neighbor_tables"
 
 
 @dataclass
@@ -65,7 +64,7 @@ def _unit_rows(matrix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def neighbor_tables(model: LoadedModel) -> _Tables:
-    tables = model.memo.get(_TABLES_KEY)
+    tables = model.caches.neighbor_tables
     if tables is not None:
         return tables
     W_eff, offset = effective_unembedding(model)
@@ -95,7 +94,7 @@ def neighbor_tables(model: LoadedModel) -> _Tables:
         norm_kind=kind,
         n_tokens=min(len(model.tokenizer), W_eff.shape[0]),
     )
-    model.memo[_TABLES_KEY] = tables
+    model.caches.neighbor_tables = tables
     return tables
 
 

@@ -15,7 +15,7 @@ import torch
 from lenstui.core.callbacks import StopCheck
 from lenstui.core.comparison import Comparison
 from lenstui.core.errors import InputError
-from lenstui.core.tokens import TokenSpec
+from lenstui.core.lenses import LensOptions
 from lenstui.engine.lens.readout import read_out, unembedding
 from lenstui.engine.lens.run import run_lens
 from lenstui.engine.lens.state import lens_state
@@ -36,24 +36,13 @@ def compare_rows(
     pos_a: int,
     prompt_b: Prompt,
     pos_b: int,
-    *,
-    top_k: int = 10,
-    lens: str = "logit",
-    extended_blocks: int = 1,
-    incl_mid: bool = False,
-    target: Optional[TokenSpec] = None,
-    track: Sequence[TokenSpec] = (),
-    lens_path: Optional[str] = None,
+    options: LensOptions = LensOptions(),
     should_stop: Optional[StopCheck] = None,
 ) -> Comparison:
     """Run the lens on both prompts (whole grids, incremental) and compare row by row the
     distributions at ``pos_a`` in A and ``pos_b`` in B (negative: from the end)."""
-    options = dict(
-        top_k=top_k, lens=lens, extended_blocks=extended_blocks, incl_mid=incl_mid, target=target, track=track,
-        lens_path=lens_path,
-    )
-    a = run_lens(model, prompt_a, slot="a", should_stop=should_stop, **options)
-    b = run_lens(model, prompt_b, slot="b", should_stop=should_stop, **options)
+    a = run_lens(model, prompt_a, options, slot="a", should_stop=should_stop)
+    b = run_lens(model, prompt_b, options, slot="b", should_stop=should_stop)
     pa = _position(pos_a, len(a.tokens), "A")
     pb = _position(pos_b, len(b.tokens), "B")
     kl = row_kl(model, pa, pb, should_stop=should_stop)
@@ -68,7 +57,7 @@ def row_kl(model: LoadedModel, pos_a: int, pos_b: int, should_stop=None) -> list
     if settings is None or state_b.settings is None:
         raise RuntimeError("run the lens on both prompts first")
     unembed = unembedding(model)
-    apply_norm = settings.lens != "raw"
+    apply_norm = state_a.lens.apply_norm
     rows_a = state_a.rows_at(pos_a)  # [rows, d]
     rows_b = state_b.rows_at(pos_b)
     normed_a = unembed.normalize(rows_a, apply_norm=apply_norm)

@@ -17,7 +17,7 @@ from typing import Optional, Sequence, Union
 from lenstui.core.callbacks import Progress, StopCheck, check_stop
 from lenstui.core.errors import InputError
 from lenstui.core.learned_lens import LensCurves, LensEval
-from lenstui.core.lenses import LEARNED_LENSES, LENS_KINDS
+from lenstui.core.lenses import LEARNED_LENSES, LENS_KINDS, LensOptions
 from lenstui.engine.lens.learned import kind_of_path
 from lenstui.engine.lens.state import LensState, row_labels
 from lenstui.engine.model.load import LoadedModel
@@ -78,10 +78,8 @@ def evaluate_lenses(
     for index, window in enumerate(windows):
         for name in names:
             check_stop(should_stop)
-            plan = state.prepare(
-                window, top_k=1, lens=name, extended_blocks=extended_blocks,
-                lens_path=paths.get(name), should_stop=should_stop,
-            )
+            options = LensOptions(top_k=1, lens=name, extended_blocks=extended_blocks, lens_path=paths.get(name))
+            plan = state.prepare(window, options, should_stop)
             if plan.lens_file is not None:
                 files[name] = plan.lens_file
             columns = state.cells(range(1, len(window)), should_stop)

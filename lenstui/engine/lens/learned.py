@@ -80,7 +80,7 @@ def unembed_hash(model: LoadedModel) -> str:
     ``np.array_str`` of the output embedding as an ``nn.Linear`` weight (``[vocab, d]``,
     float32) at precision 1, under numpy's default print options. It sees only the
     printed corners of the matrix, so it tells models apart only roughly."""
-    cached = model.memo.get("unembed_hash")
+    cached = model.caches.unembed_hash
     if cached is None:
         import numpy as np
 
@@ -88,14 +88,14 @@ def unembed_hash(model: LoadedModel) -> str:
         with np.printoptions(**_NUMPY_PRINT_DEFAULTS):
             text = np.array_str(weight, precision=1)
         cached = hashlib.sha256(text.encode()).hexdigest()
-        model.memo["unembed_hash"] = cached
+        model.caches.unembed_hash = cached
     return cached
 
 
 def weights_key(model: LoadedModel) -> str:
     """A sha256 that names the model's weights: the GGUF's, the weight files' (each
     memoised by path, size and mtime), or, for a model built in memory, its tensors'."""
-    cached = model.memo.get("weights_key")
+    cached = model.caches.weights_key
     if cached is not None:
         return cached
     if model.weights_sha256:
@@ -107,7 +107,7 @@ def weights_key(model: LoadedModel) -> str:
         key = digest.hexdigest()
     else:
         key = _tensor_hash(model)
-    model.memo["weights_key"] = key
+    model.caches.weights_key = key
     return key
 
 
@@ -239,7 +239,7 @@ def learned_lens(model: LoadedModel, kind: str, path: Union[str, Path, None] = N
         if not where.exists():
             raise InputError(f"No {kind} lens at {path}: check the path.")
     where = where.resolve()
-    memo = model.memo.setdefault("learned_lenses", {})
+    memo = model.caches.learned_lenses
     stamp = _stamp(where)
     hit = memo.get(kind)
     if hit is not None and hit[0] == (str(where), stamp):
@@ -448,7 +448,7 @@ def save_tuned(
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    model.memo.get("learned_lenses", {}).pop("tuned", None)
+    model.caches.learned_lenses.pop("tuned", None)
     side = _read_sidecar(folder)
     origin = f"fitted by lenstui on {int(side.get('tokens', 0)):,} {side.get('source_words', 'self-sampled')} tokens"
     return LensFile("tuned", str(folder), origin, note=POSITION_NOTE)
@@ -471,5 +471,5 @@ def save_jacobian(path: Union[str, Path], model: LoadedModel, lens, *, sidecar: 
         Path(tmp).unlink(missing_ok=True)
         raise
     write_text_atomic(where.parent / SIDECAR, json.dumps({"fitted_by": "lenstui", **(sidecar or {})}, indent=1))
-    model.memo.get("learned_lenses", {}).pop("jacobian", None)
+    model.caches.learned_lenses.pop("jacobian", None)
     return LensFile("jacobian", str(where), f"J-lens on {lens.n_prompts:,} prompts", note=POSITION_NOTE)

@@ -149,15 +149,15 @@ def _faster_weight_first(x: torch.Tensor, weight: torch.Tensor, bias: Optional[t
 
 
 def unembedding(model: Any) -> Unembedding:
-    """The prepared readout of a LoadedModel (memoized in ``model.memo``): read from the
+    """The prepared readout of a LoadedModel (kept in the model's caches): read from the
     plain model where its anatomy is known, else from the TransformerLens bridge."""
-    cached = model.memo.get("unembedding")
+    cached = model.caches.unembedding
     if cached is None:
         if model.anatomy is not None:
             cached = _prepared(model.W_U, model.b_U, model.ln_final, transform=None)
         else:
             cached = _prepare_unembedding(model.bridge)
-        model.memo["unembedding"] = cached
+        model.caches.unembedding = cached
     return cached
 
 

@@ -34,7 +34,7 @@ from typing import Optional, Sequence, Union
 from lenstui.core.callbacks import StopCheck
 from lenstui.core.errors import InputError, quoted
 from lenstui.core.lens_result import LensResult
-from lenstui.core.tokens import TokenSpec
+from lenstui.core.lenses import LensOptions
 from lenstui.engine.lens.state import lens_state
 from lenstui.engine.model.load import LoadedModel
 
@@ -71,16 +71,10 @@ def parse_positions(spec: str, n_tokens: int) -> list[int]:
 def run_lens(
     model: LoadedModel,
     prompt: Union[str, Sequence[int]],
+    options: LensOptions = LensOptions(),
     *,
-    top_k: int = 10,
-    lens: str = "logit",
-    extended_blocks: int = 1,
-    incl_mid: bool = False,
-    target: Optional[TokenSpec] = None,
     positions: Union[None, str, Sequence[int]] = None,
-    track: Sequence[TokenSpec] = (),
     slot: str = "a",
-    lens_path: Optional[str] = None,
     should_stop: Optional[StopCheck] = None,
 ) -> LensResult:
     """Run the lens on a prompt (text or token ids): the whole grid, or only the columns
@@ -89,27 +83,12 @@ def run_lens(
     Incremental through the model's :class:`~lenstui.engine.lens.state.LensState`: what
     the last run shares with this one (its token prefix, its forward pass, cells read
     with the same settings) is reused. Raises InputError on bad input and Cancelled when
-    ``should_stop()`` turns true between chunks.
-
-    ``track``: up to MAX_TRACKED tokens (text, vocabulary piece or id) whose probability
-    and rank every cell reports (extra targets of the same readout pass). ``slot``: which
-    of the model's lens states to use ("a", "b": two prompts side by side stay incremental).
-    ``lens_path``: the file of a learned lens (``tuned``, ``jacobian``); default: the one
-    fitted for this model (``lenstui.engine.lens.learned``).
+    ``should_stop()`` turns true between chunks. ``slot``: which of the model's lens
+    states to use ("a", "b": two prompts side by side stay incremental).
     """
     started = time.perf_counter()
     state = lens_state(model, slot)
-    plan = state.prepare(
-        prompt,
-        top_k=top_k,
-        lens=lens,
-        extended_blocks=extended_blocks,
-        incl_mid=incl_mid,
-        target=target,
-        track=track,
-        lens_path=lens_path,
-        should_stop=should_stop,
-    )
+    plan = state.prepare(prompt, options, should_stop)
     if positions is None:
         return state.result(should_stop, started=started)
     n = plan.n_positions

@@ -30,21 +30,20 @@ from typing import Optional, Sequence, Union
 import torch
 
 from lenstui.core.callbacks import StopCheck, check_stop
-from lenstui.core.errors import InputError, quoted
+from lenstui.core.errors import InputError
 from lenstui.core.lens_result import LensCell, LensResult, TopToken, TrackedValue
 from lenstui.core.learned_lens import LensFile
-from lenstui.core.lenses import LEARNED_LENSES, LENS_KINDS, MAX_TOP_K, MAX_TRACKED
-from lenstui.core.tokens import TokenRef, TokenSpec
-from lenstui.engine.lens.forward import capture_forward, run_from_block
+from lenstui.core.lenses import MAX_TOP_K, MAX_TRACKED, LensOptions
+from lenstui.core.tokens import TokenRef
+from lenstui.engine.lens.kinds import Lens, make_lens
 from lenstui.engine.lens.readout import read_out, unembedding
+from lenstui.engine.model.forward import forward_for, kv_prefix, stack_sites
 from lenstui.engine.model.load import LoadedModel
 from lenstui.engine.model.vocab import encode_prompt, resolve_token, token_ref
 
 # Residual vectors per read_out call: enough to keep the GEMM efficient, few enough that
 # a chunk of positions (its [vectors, vocab block] working set) returns quickly.
 VECTORS_PER_CHUNK = 512
-# Positions x rows per extended-decoder forward (bounds its activation memory).
-EXTENDED_TOKENS_PER_PASS = 4096
 
 
 @dataclass(frozen=True)
@@ -109,13 +108,11 @@ class LensColumns:
 
 
 def lens_state(model: LoadedModel, slot: str = "a") -> "LensState":
-    """The model's lens state for ``slot`` (kept in ``model.memo``): slot "a" is the
+    """The model's lens state for ``slot`` (kept in its caches): slot "a" is the
     explorer's prompt, "b" the compare view's second prompt, each incremental on its own."""
-    key = "lens_state" if slot == "a" else f"lens_state:{slot}"
-    state = model.memo.get(key)
+    state = model.caches.lens_states.get(slot)
     if state is None:
-        state = LensState(model)
-        model.memo[key] = state
+        state = model.caches.lens_states[slot] = LensState(model)
     return state
 
 
@@ -132,8 +129,8 @@ def row_labels(n_layers: int, incl_mid: bool) -> list[str]:
 class LensState:
     def __init__(self, model: LoadedModel, intervention=None):
         self.model = model
-        # Hooks every forward of this state adds (lenstui.engine.patching: a patch or a
-        # steer), asked per forward with ``intervention.hooks(start, count)`` for the
+        # What every forward of this state rewrites (lenstui.engine.causal: a patch or a
+        # steer), asked per forward with ``intervention.edits(start, count)`` for the
         # positions start..start+count-1 it runs. None: the clean model.
         self.intervention = intervention
         # position -> the target id a cell there reads when the settings give none (a
@@ -146,88 +143,64 @@ class LensState:
         self._pre: Optional[torch.Tensor] = None  # [n_layers + 1, pos, d]: block inputs + last output
         self._mid: Optional[torch.Tensor] = None  # [n_layers, pos, d] when captured
         self._version = 0  # bumped whenever the stack changes
-        self._extended: Optional[tuple[int, int, torch.Tensor]] = None  # (version, blocks, stack)
+        self._lens: Optional[Lens] = None  # the lens kind's object (engine/lens/kinds.py)
         self._settings: Optional[LensSettings] = None
+        self._options: Optional[LensOptions] = None  # the options of the last prepare()
         self._plan: Optional[LensPlan] = None  # what the last prepare() settled
         self._columns: dict[int, tuple[list[LensCell], TokenRef]] = {}
         self._final_top1: dict[int, int] = {}  # position -> the model's own top-1 there
-        self._learned = None  # the learned lens (engine.lens.learned.LearnedLens) when one is read
         self.forward_count = 0  # forward passes run (tests and benches read it)
 
     # -- settings and the forward -------------------------------------------------------
     def prepare(
         self,
         prompt: Union[str, Sequence[int]],
-        *,
-        top_k: int = 10,
-        lens: str = "logit",
-        extended_blocks: int = 1,
-        incl_mid: bool = False,
-        target: Optional[TokenSpec] = None,
-        track: Sequence[TokenSpec] = (),
-        lens_path: Optional[str] = None,
+        options: LensOptions = LensOptions(),
         should_stop: Optional[StopCheck] = None,
     ) -> LensPlan:
         """Validate, then bring the residual stack up to date for ``prompt`` (the forward
-        for new tokens only). Raises InputError on bad input, Cancelled when superseded.
-        ``lens_path``: a learned lens's file (default: the one fitted for this model)."""
+        for new tokens only). Raises InputError on bad input, Cancelled when superseded."""
         model = self.model
-        if lens not in LENS_KINDS:
-            raise InputError(f"Unknown lens {quoted(lens)}: choose one of {', '.join(LENS_KINDS)}.")
-        if not 1 <= top_k <= min(MAX_TOP_K, model.d_vocab):
-            raise InputError(f"top-k must be between 1 and {min(MAX_TOP_K, model.d_vocab)}, not {top_k}.")
-        if lens == "extended":
-            if not 1 <= extended_blocks < model.n_layers:
-                raise InputError(
-                    f"The extended lens needs 1..{model.n_layers - 1} decoder blocks, not {extended_blocks}."
-                )
-            if incl_mid:
-                raise InputError("The extended lens reads block outputs only: turn mid-block rows off.")
-        learned = None
-        if lens in LEARNED_LENSES:
-            from lenstui.engine.lens.learned import learned_lens
-
-            if incl_mid:
-                raise InputError(f"The {lens} lens has translators for block outputs only: turn mid-block rows off.")
-            learned = learned_lens(model, lens, lens_path)
+        if not 1 <= options.top_k <= min(MAX_TOP_K, model.d_vocab):
+            raise InputError(f"top-k must be between 1 and {min(MAX_TOP_K, model.d_vocab)}, not {options.top_k}.")
+        lens = make_lens(model, options, self._lens)
         ids = encode_prompt(model, prompt)
-        target_id = None if target is None else resolve_token(model, target)
+        target_id = None if options.target is None else resolve_token(model, options.target)
         track_ids: list[int] = []
-        for spec in track:
+        for spec in options.track:
             token_id = resolve_token(model, spec)
             if token_id not in track_ids:
                 track_ids.append(token_id)
         if len(track_ids) > MAX_TRACKED:
             raise InputError(f"At most {MAX_TRACKED} tokens can be tracked at once, not {len(track_ids)}.")
         settings = LensSettings(
-            top_k=top_k,
-            lens=lens,
-            extended_blocks=extended_blocks if lens == "extended" else 0,
-            incl_mid=incl_mid,
+            top_k=options.top_k,
+            lens=lens.kind,
+            extended_blocks=options.extended_blocks if lens.kind == "extended" else 0,
+            incl_mid=options.incl_mid,
             target_id=target_id,
             track_ids=tuple(track_ids),
-            lens_file=learned.stamp if learned is not None else "",
+            lens_file=lens.stamp,
         )
         check_stop(should_stop)
-        kept, ran = self._update_stack(ids, incl_mid)
+        kept, ran = self._update_stack(ids, options.incl_mid)
         check_stop(should_stop)
         if settings != self._settings:
             self._columns.clear()
             self._settings = settings
-        if settings.lens != "extended":
-            # The extended lens's decoded stack is as big as the residual stack itself:
-            # switching away frees it (switching back decodes it again, the forward is kept).
-            self._extended = None
-        self._learned = learned
+        self._options = options
+        # A lens switched away from drops what it built (the extended lens's decoded
+        # stack is as big as the residual stack; switching back decodes it again).
+        self._lens = lens
         self._plan = LensPlan(
             model=model.name,
             settings=settings,
             tokens=[token_ref(model, i) for i in ids],
-            layers=row_labels(model.n_layers, incl_mid),
+            layers=row_labels(model.n_layers, options.incl_mid),
             reused_positions=len([p for p in self._columns if p < len(ids)]),
             forward_positions=ran,
             tracked=[token_ref(model, i) for i in track_ids],
-            lens_file=learned.file if learned is not None else None,
+            lens_file=lens.file,
         )
         return self._plan
 
@@ -279,11 +252,11 @@ class LensState:
         tokens = torch.tensor([ids[start:]], device=model.device)
         # The model computes its logits for the new positions anyway: their argmax is
         # each position's own top-1, the default target (as the lens always defined it).
-        # An intervention's hooks are TransformerLens hook points: such a forward runs on
-        # the bridge.
-        extra = list(self.intervention.hooks(start, len(ids) - start)) if self.intervention is not None else []
-        captured = capture_forward(model, tokens, kv, self._capture_mid, extra_hooks=extra)
-        logits = captured.logits
+        edits = list(self.intervention.edits(start, len(ids) - start)) if self.intervention is not None else []
+        resid, mid = stack_sites(model.n_layers, self._capture_mid)
+        forward = forward_for(model, [site for site, _ in edits] + mid)
+        run = forward.run(tokens, kv=kv, edits=edits, reads=resid + mid, logits=True)
+        logits = run.logits[0]
         self.forward_count += 1
         if kv is not None and kv.get_seq_length() != len(ids):
             if start > 0:
@@ -299,22 +272,26 @@ class LensState:
         for offset, top1 in enumerate(logits.argmax(dim=-1).tolist()):
             self._final_top1[start + offset] = int(top1)
         del logits
-        dtype = torch.float32 if model.device == "cpu" else None
-        pre, mid = captured.pre, captured.mid
-        if dtype is not None:
-            pre = pre.to(dtype)
-            mid = mid.to(dtype) if mid is not None else None
+        pre = torch.stack([run.values[site][0] for site in resid])
+        mid_stack = torch.stack([run.values[site][0] for site in mid]) if mid else None
+        self._append(start, pre, mid_stack)
+        self._kv = kv
+        self._ids = list(ids)
+
+    def _append(self, start: int, pre: torch.Tensor, mid: Optional[torch.Tensor]) -> None:
+        """Positions ``start..`` of the stack (and mid rows), float32 on a CPU."""
+        if self.model.device == "cpu":
+            pre = pre.to(torch.float32)
+            mid = mid.to(torch.float32) if mid is not None else None
         if start == 0:
             self._pre, self._mid = pre, mid
         else:
             self._pre = torch.cat([self._pre, pre], dim=1)
             if mid is not None:
                 self._mid = torch.cat([self._mid, mid], dim=1)
-        self._kv = kv
-        self._ids = list(ids)
         self._version += 1
 
-    # -- forks (lenstui.engine.patching) ---------------------------------------------------
+    # -- forks (lenstui.engine.causal) ---------------------------------------------------
     def fork(self, keep: int, intervention=None) -> "LensState":
         """A new state that shares this one's first ``keep`` positions (ids, residual
         stack, KV cache, cells and settings) and runs ``intervention`` in its forwards:
@@ -342,15 +319,9 @@ class LensState:
         start = len(self._ids)
         if list(ids[:start]) != self._ids or pre.shape[1] != len(ids) - start:
             raise ValueError("extend() takes the ids so far plus exactly the new positions")
-        dtype = torch.float32 if self.model.device == "cpu" else None
-        pre = pre.to(dtype) if dtype is not None else pre
-        mid = mid.to(dtype) if (mid is not None and dtype is not None) else mid
-        self._pre = pre if self._pre is None else torch.cat([self._pre, pre], dim=1)
-        if mid is not None:
-            self._mid = mid if self._mid is None else torch.cat([self._mid, mid], dim=1)
+        self._append(start, pre, mid)
         self._kv = kv
         self._ids = [int(i) for i in ids]
-        self._version += 1
 
     @property
     def ids(self) -> list[int]:
@@ -378,16 +349,24 @@ class LensState:
         return self._final_top1[last]
 
     # -- rows -----------------------------------------------------------------------------
-    def _stack(self, positions: list[int]) -> torch.Tensor:
-        """[rows, len(positions), d] in row order for the current settings."""
-        settings = self._settings
-        index = torch.tensor(positions, device=self._pre.device)
-        if settings.lens == "extended":
-            return self._extended_stack()[:, index]
+    @property
+    def version(self) -> int:
+        """Bumped whenever the stack changes (what a lens built from it is keyed by)."""
+        return self._version
+
+    @property
+    def device(self) -> torch.device:
+        return self._pre.device
+
+    def stack_all(self) -> torch.Tensor:
+        """[n_layers + 1, positions, d]: every block input and the last block's output."""
+        return self._pre
+
+    def stack(self, positions: Sequence[int], incl_mid: bool) -> torch.Tensor:
+        """[rows, len(positions), d] in row order, the mid residuals interleaved when asked."""
+        index = torch.tensor(list(positions), device=self._pre.device)
         pre = self._pre[:, index]
-        if self._learned is not None:
-            return self._learned.apply(pre, positions)
-        if not settings.incl_mid:
+        if not incl_mid:
             return pre
         mid = self._mid[:, index]
         rows = [pre[0]]
@@ -395,14 +374,6 @@ class LensState:
             rows.append(mid[layer])
             rows.append(pre[layer + 1])
         return torch.stack(rows)
-
-    def _extended_stack(self) -> torch.Tensor:
-        blocks = self._settings.extended_blocks
-        if self._extended is not None and self._extended[:2] == (self._version, blocks):
-            return self._extended[2]
-        stack = _extended_decode(self.model, self._ids, self._pre, blocks)
-        self._extended = (self._version, blocks, stack)
-        return stack
 
     # -- the readout ----------------------------------------------------------------------
     def computed_positions(self) -> list[int]:
@@ -442,6 +413,16 @@ class LensState:
         return self._plan.result(columns, subset=False, seconds=seconds)
 
     @property
+    def options(self) -> Optional[LensOptions]:
+        """The options of the last prepare() (None before the first)."""
+        return self._options
+
+    @property
+    def lens(self) -> Optional[Lens]:
+        """The lens kind's object of the last prepare() (None before the first)."""
+        return self._lens
+
+    @property
     def settings(self) -> Optional[LensSettings]:
         """The readout settings of the last prepare() (None before the first)."""
         return self._settings
@@ -451,7 +432,7 @@ class LensState:
         (the extended lens: its decoded rows)."""
         if self._settings is None:
             raise RuntimeError("prepare() first")
-        return self._stack([position])[:, 0]
+        return self._lens.rows(self, [position])[:, 0]
 
     def _read_final_top1(self, positions: list[int], should_stop: Optional[StopCheck]) -> None:
         """The model's own top-1 at each position (the default targets) where the forward
@@ -469,7 +450,7 @@ class LensState:
         model = self.model
         settings = self._settings
         unembed = unembedding(model)
-        stack = self._stack(positions)  # [rows, P, d]
+        stack = self._lens.rows(self, positions)  # [rows, P, d]
         n_rows, n_pos, d = stack.shape
         final = self._pre[-1, torch.tensor(positions, device=self._pre.device)]
         final_normed = unembed.normalize(final)
@@ -478,7 +459,7 @@ class LensState:
             target_ids = [fixed.get(p, self._final_top1[p]) for p in positions]
         else:
             target_ids = [settings.target_id] * n_pos
-        normed = unembed.normalize(stack.reshape(n_rows * n_pos, d), apply_norm=settings.lens != "raw")
+        normed = unembed.normalize(stack.reshape(n_rows * n_pos, d), apply_norm=self._lens.apply_norm)
         # Targets per vector, one readout pass for all: [the target, the final top-1 (for
         # prediction depth), the tracked tokens...].
         per_position = [
@@ -490,7 +471,7 @@ class LensState:
             normed,
             top_k=settings.top_k,
             targets=targets,
-            reference=final_normed if settings.lens == "raw" else n_pos,
+            reference=n_pos if self._lens.apply_norm else final_normed,
             should_stop=should_stop,
         )
         self._store_cells(positions, target_ids, n_rows, stats)
@@ -508,7 +489,7 @@ class LensState:
         all_ranks = stats.target_ranks.tolist()
         all_probs = stats.target_probs.tolist()
         track_ids = self._settings.track_ids
-        refs = model.memo.setdefault("token_refs", {})
+        refs = model.caches.token_refs
         columns: list[list[LensCell]] = [[] for _ in range(n_pos)]
         for vec in range(n_rows * n_pos):
             top = []
@@ -531,44 +512,3 @@ class LensState:
             )
         for i, pos in enumerate(positions):
             self._columns[pos] = (columns[i], token_ref(model, target_ids[i]))
-
-
-def kv_prefix(kv, keep: int):
-    """A DynamicCache over the first ``keep`` positions of ``kv``, as views (no copy):
-    its layers grow by concatenation, so ``kv`` itself is never written."""
-    from transformers import DynamicCache
-    from transformers.cache_utils import DynamicLayer
-
-    out = DynamicCache()
-    layers = []
-    for layer in kv.layers:
-        fresh = DynamicLayer()
-        if getattr(layer, "is_initialized", False) and layer.keys is not None:
-            fresh.lazy_initialization(layer.keys, layer.values)
-            fresh.keys = layer.keys[..., :keep, :]
-            fresh.values = layer.values[..., :keep, :]
-        layers.append(fresh)
-    out.layers = layers
-    return out
-
-
-def _extended_decode(model: LoadedModel, ids: list[int], pre: torch.Tensor, n_blocks: int) -> torch.Tensor:
-    """Rows before the cut run through the last ``n_blocks`` blocks; [rows, pos, d] -> same.
-
-    Row i of the (mid-free) stack is block i's input; rows >= cut already passed the cut
-    and read as the model's output. Early rows are batched, a few at a time.
-    """
-    n_layers = model.n_layers
-    cut = n_layers - n_blocks
-    early = list(range(min(cut, pre.shape[0])))
-    out = pre.clone()
-    out[cut:] = pre[-1]
-    if not early:
-        return out
-    tokens = torch.tensor([ids], device=model.device)
-    per_pass = max(1, EXTENDED_TOKENS_PER_PASS // len(ids))
-    for first in range(0, len(early), per_pass):
-        rows = early[first : first + per_pass]
-        resid = run_from_block(model, tokens.expand(len(rows), -1), cut, pre[rows])
-        out[rows] = resid.to(out.dtype)
-    return out

@@ -19,13 +19,29 @@ from typing import Any, Optional
 
 import torch
 
-# class name -> (decoder blocks, final norm, post-attention norm inside a block, embedding)
-NATIVE_ARCHITECTURES: dict[str, tuple[str, str, str, str]] = {
-    "LlamaForCausalLM": ("model.layers", "model.norm", "post_attention_layernorm", "model.embed_tokens"),
-    "MistralForCausalLM": ("model.layers", "model.norm", "post_attention_layernorm", "model.embed_tokens"),
-    "Qwen2ForCausalLM": ("model.layers", "model.norm", "post_attention_layernorm", "model.embed_tokens"),
-    "Qwen3ForCausalLM": ("model.layers", "model.norm", "post_attention_layernorm", "model.embed_tokens"),
-    "GPT2LMHeadModel": ("transformer.h", "transformer.ln_f", "ln_2", "transformer.wte"),
+# class name -> where its parts are: the decoder blocks, the final norm, the embedding,
+# and inside each block the post-attention norm (its input is the mid-block residual),
+# the attention, the MLP and the attention's output projection (its input is the heads'
+# outputs, concatenated: TransformerLens' ``hook_z``).
+@dataclass(frozen=True)
+class Layout:
+    blocks: str
+    final_norm: str
+    embed: str
+    mid_norm: Optional[str]  # None: the block has no mid residual (parallel attention)
+    attn: Optional[str]
+    mlp: Optional[str]
+    out_proj: Optional[str]
+
+
+_LLAMA_LIKE = Layout("model.layers", "model.norm", "model.embed_tokens", "post_attention_layernorm", "self_attn", "mlp",
+                     "self_attn.o_proj")
+NATIVE_ARCHITECTURES: dict[str, Layout] = {
+    "LlamaForCausalLM": _LLAMA_LIKE,
+    "MistralForCausalLM": _LLAMA_LIKE,
+    "Qwen2ForCausalLM": _LLAMA_LIKE,
+    "Qwen3ForCausalLM": _LLAMA_LIKE,
+    "GPT2LMHeadModel": Layout("transformer.h", "transformer.ln_f", "transformer.wte", "ln_2", "attn", "mlp", "attn.c_proj"),
 }
 # Config attributes that change the logits after the unembedding (the bridge's adapters
 # apply them): a model that sets any of them is read through the bridge.
@@ -34,12 +50,19 @@ _LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "logits_scaling",
 
 @dataclass(frozen=True)
 class Anatomy:
+    """The architecture facts the engine reads a model by, found once per model: every
+    module a lens row, a mid row or an intervention site flows through."""
+
     blocks: list[torch.nn.Module]  # decoder blocks, in order: block i's input is row i
     final_norm: torch.nn.Module  # its input is the last block's output
-    mid_norms: list[torch.nn.Module]  # block i's post-attention norm: its input is the mid residual
+    mid_norms: Optional[list[torch.nn.Module]]  # block i's post-attention norm: its input is the mid residual
+    attns: Optional[list[torch.nn.Module]]  # block i's attention (its output is the attn site)
+    mlps: Optional[list[torch.nn.Module]]  # block i's MLP
+    out_projs: Optional[list[torch.nn.Module]]  # block i's attention output projection (input: the heads' z)
     unembed: torch.nn.Module  # the lm head (weight [d_vocab, d_model], bias or None)
     embed: torch.nn.Module  # token embedding (weight [d_vocab, d_model])
     norm_kind: str  # "RMS" or "LN" (TransformerLens' normalization_type)
+    n_heads: int  # query heads per block
 
     @property
     def W_U(self) -> torch.Tensor:
@@ -62,27 +85,31 @@ def _get(root: Any, dotted: str) -> Any:
     return root
 
 
+def _per_block(blocks: list[torch.nn.Module], dotted: Optional[str]) -> Optional[list[torch.nn.Module]]:
+    return None if dotted is None else [_get(block, dotted) for block in blocks]
+
+
 def find_anatomy(hf_model: Any) -> Optional[Anatomy]:
     """The native anatomy of ``hf_model``, or None when the bridge must read it."""
-    paths = NATIVE_ARCHITECTURES.get(type(hf_model).__name__)
-    if paths is None:
+    layout = NATIVE_ARCHITECTURES.get(type(hf_model).__name__)
+    if layout is None:
         return None
     config = hf_model.config
     if any(getattr(config, name, None) not in (None, 0, 1, 1.0, False) for name in _LOGIT_TRANSFORMS):
         return None
-    blocks_path, norm_path, mid_name, embed_path = paths
     try:
-        blocks = list(_get(hf_model, blocks_path))
-        final_norm = _get(hf_model, norm_path)
-        mid_norms = [getattr(block, mid_name) for block in blocks]
-        embed = _get(hf_model, embed_path)
+        blocks = list(_get(hf_model, layout.blocks))
+        final_norm = _get(hf_model, layout.final_norm)
+        embed = _get(hf_model, layout.embed)
+        parts = [_per_block(blocks, name) for name in (layout.mid_norm, layout.attn, layout.mlp, layout.out_proj)]
     except AttributeError:
         return None
     unembed = hf_model.get_output_embeddings()
     if unembed is None or not isinstance(getattr(unembed, "weight", None), torch.Tensor):
         return None
     kind = "LN" if isinstance(final_norm, torch.nn.LayerNorm) else "RMS"
-    return Anatomy(blocks, final_norm, mid_norms, unembed, embed, kind)
+    n_heads = int(getattr(config, "num_attention_heads", 0) or 0)
+    return Anatomy(blocks, final_norm, *parts, unembed, embed, kind, n_heads)
 
 
 def context_length(hf_model: Any) -> int:

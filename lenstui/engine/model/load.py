@@ -47,6 +47,7 @@ import torch
 from lenstui.core.callbacks import Progress
 from lenstui.core.errors import ModelLoadError, clipped, quoted
 from lenstui.engine.model.anatomy import Anatomy, context_length, find_anatomy, plain_twin
+from lenstui.engine.model.caches import ModelCaches
 from lenstui.store.atomic import file_lock, write_text_atomic
 from lenstui.store.paths import cache_root
 
@@ -81,9 +82,8 @@ class LoadedModel:
     from_cache: bool = False
     # Sentences for the user about this load (the GGUF cache could not be written, ...).
     notes: list[str] = field(default_factory=list)
-    # Lazily computed per-model tables (effective unembedding, vocab strings, ...),
-    # shared by the engine modules so each is built once per loaded model.
-    memo: dict = field(default_factory=dict, repr=False)
+    # What the engine builds once per model (engine/model/caches.py), one typed field each.
+    caches: ModelCaches = field(default_factory=ModelCaches, repr=False)
     # What the weights were read from, so files fitted for them (learned lenses) can be
     # found again: the GGUF's sha256, or the weight files of a Hugging Face folder.
     # Both empty for a model built in memory (its tensors are hashed instead).
@@ -106,9 +106,10 @@ class LoadedModel:
     @property
     def anatomy(self) -> Optional[Anatomy]:
         """The plain model's named parts, or None when only the bridge can read it."""
-        if "anatomy" not in self.memo:
-            self.memo["anatomy"] = find_anatomy(self.hf)
-        return self.memo["anatomy"]
+        if not self.caches.anatomy_known:
+            self.caches.anatomy = find_anatomy(self.hf)
+            self.caches.anatomy_known = True
+        return self.caches.anatomy
 
     @property
     def n_layers(self) -> int:

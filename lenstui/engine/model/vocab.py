@@ -12,7 +12,7 @@ from lenstui.engine.model.load import LoadedModel
 
 def token_ref(model: LoadedModel, token_id: int) -> TokenRef:
     """Memoized per model: a lens run decodes tens of thousands of cells."""
-    table = model.memo.setdefault("token_refs", {})
+    table = model.caches.token_refs
     ref = table.get(token_id)
     if ref is None:
         ref = TokenRef(int(token_id), model.decode(token_id), str(model.piece(token_id)))

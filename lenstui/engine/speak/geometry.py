@@ -444,8 +444,8 @@ def readout_from_arrays(
 
 
 def readout_for_model(model) -> Readout:
-    """The readout of a LoadedModel (memoized in ``model.memo``)."""
-    cached = model.memo.get("speak_readout")
+    """The readout of a LoadedModel (kept in its caches)."""
+    cached = model.caches.speak_readout
     if cached is not None:
         return cached
     from lenstui.engine.inspect.geometry import effective_unembedding, final_norm_affine
@@ -472,7 +472,7 @@ def readout_for_model(model) -> Readout:
     )
     key = weights_key(readout.rows, readout.bias, readout.gain, readout.beta, readout.eps, readout.kind)
     readout.store = cache_root() / "geometry" / f"{key[:32]}.npz"
-    model.memo["speak_readout"] = readout
+    model.caches.speak_readout = readout
     return readout
 
 

@@ -1,2 +1,2 @@
-"""Screens pushed over the explorer: attribution, compare, trajectory, the patch sweep,
-the lens evaluation, the aim distribution, and the pin and path prompts."""
+"""Screens pushed over the explorer: attribution, compare, trajectory, aim distribution,
+the patch sweep, the lens evaluation plot, and the pin and path prompts."""

@@ -17,6 +17,7 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Input, Static
 
 from lenstui.core.comparison import Comparison
+from lenstui.core.lenses import LensOptions
 from lenstui.core.textfmt import visible
 from lenstui.jobs.protocol import Done, Failed, RunCompare
 from lenstui.tui.host import explorer
@@ -48,11 +49,11 @@ class CompareScreen(Guarded, Screen):
     CompareScreen DataTable { height: 1fr; }
     """
 
-    def __init__(self, prompt_a, prompt_b: str, *, options: dict, chat: bool = False) -> None:
+    def __init__(self, prompt_a, prompt_b: str, *, options: LensOptions, chat: bool = False) -> None:
         super().__init__()
         self.prompt_a = prompt_a  # text, or the explorer's ids (generated steps)
         self.prompt_b = prompt_b or DEFAULT_PROMPT_B
-        self.options = options  # top_k, lens, incl_mid, target, track
+        self.options = options
         self.chat = chat
         self.positions = [-1, -1]
         self.comparison: Optional[Comparison] = None
@@ -75,7 +76,7 @@ class CompareScreen(Guarded, Screen):
 
     def request(self) -> RunCompare:
         return RunCompare(
-            self.prompt_a, self.prompt_b, self.positions[0], self.positions[1], chat=self.chat, **self.options
+            self.prompt_a, self.prompt_b, self.positions[0], self.positions[1], chat=self.chat, options=self.options
         )
 
     def run_compare(self) -> None:

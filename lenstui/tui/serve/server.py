@@ -1,6 +1,6 @@
 """``lenstui serve``'s server: textual-serve's ``Server``, hardened (no fork of the package).
 
-Who may connect (the README's "who may connect" says the same):
+Who may connect (docs/guide/browser.md, "Who may connect", says the same):
 
 - **A per-run token.** The printed URL is ``PUBLIC_URL/?token=T`` (T: 32 random
   URL-safe characters per run, or ``$LENSTUI_SERVE_TOKEN``). The page needs it, in the

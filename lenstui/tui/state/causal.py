@@ -30,7 +30,7 @@ from typing import Optional, Protocol, Union
 from textual.app import SystemCommand
 
 from lenstui.core.lens_result import LensResult
-from lenstui.core.patch_result import PatchResult, SteerResult
+from lenstui.core.patch_result import PatchResult, PatchSite, SteerResult, SteerSetting
 from lenstui.core.textfmt import visible
 from lenstui.jobs.protocol import Done, Failed, Result, RunLens, RunPatch, RunSteer, RunSweep
 from lenstui.tui.host import ExplorerHost
@@ -120,17 +120,6 @@ def mark_source(host: CausalHost, prompt_ids, position: int, token_text: str, la
     )
 
 
-def _options(host: CausalHost) -> dict:
-    session = host.session
-    return dict(
-        top_k=session.top_k,
-        lens=session.lens_kind,
-        incl_mid=session.incl_mid,
-        target=session.target,
-        track=tuple(session.pins),
-    )
-
-
 def _site(host: CausalHost, layer: str, component: str) -> Optional[tuple[str, str]]:
     """(layer, component) for a row label; a mid row patches that block's attention."""
     block, _, mid = layer.partition(".")
@@ -170,15 +159,18 @@ def patch_at(
         return False
     block, component = site
     source = state.source
+    site = PatchSite(
+        layer=block,
+        position=position,
+        component=component,
+        from_position=None if ablate is not None else (source.position if from_position is None else from_position),
+    )
     request = RunPatch(
         tuple(prompt_a),
         None if ablate is not None else source.prompt_ids,
-        layer=block,
-        position=position,
-        from_position=None if ablate is not None else (source.position if from_position is None else from_position),
-        component=component,
+        site=site,
         ablate=ablate,
-        **_options(host),
+        options=host.session.options(),
     )
     host.submit(request)
     host.status.set_causal("patching…")
@@ -241,10 +233,12 @@ def sweep(host: CausalHost, prompt_a, position: int, *, mode: str = "layers", la
             tuple(prompt_a),
             tuple(prompt_b),
             mode=mode,
-            layer=layer,
-            position=position,
-            from_position=from_position if mode == "layers" else None,
-            component=state.component,
+            site=PatchSite(
+                layer=layer,
+                position=position,
+                component=state.component,
+                from_position=from_position if mode == "layers" else None,
+            ),
             target=session.target,
             track=tuple(session.pins),
         )
@@ -297,11 +291,8 @@ def _submit_steer(host: CausalHost) -> None:
     host.submit(
         RunSteer(
             tuple(result.token_ids),
-            steer.toward,
-            layer=steer.layer,
-            alpha=steer.alpha,
-            scale=steer.scale,
-            **_options(host),
+            SteerSetting(steer.toward, layer=steer.layer, alpha=steer.alpha, scale=steer.scale),
+            options=host.session.options(),
         )
     )
 
@@ -405,7 +396,8 @@ def _show_patch(host: CausalHost, value: PatchResult) -> None:
 def _show_steer(host: CausalHost, request: RunSteer, value: SteerResult) -> None:
     state = host.causal
     steer = state.steer
-    if steer is None or request.toward != steer.toward or request.alpha != steer.alpha or request.layer != steer.layer:
+    setting = request.setting
+    if steer is None or setting.toward != steer.toward or setting.alpha != steer.alpha or setting.layer != steer.layer:
         return  # cleared, or changed since: a newer RunSteer is on its way
     if steer.scale is None:
         steer.scale = value.spec.scale

@@ -118,16 +118,7 @@ def show_compare(host: ExplorerHost) -> None:
         host.notify("Type prompt A first (the explorer's prompt).", severity="warning", timeout=3)
         return
     prompt_a = session.steps[-1].ids if session.steps else session.prompt_text
-    options = dict(
-        top_k=session.top_k,
-        lens=session.lens_kind,
-        incl_mid=session.incl_mid,
-        target=session.target,
-        track=tuple(session.pins),
-    )
-    if session.lens_kind in session.lens_paths:  # a learned lens read from a chosen file
-        options["lens_path"] = session.lens_paths[session.lens_kind]
-    host.push_screen(CompareScreen(prompt_a, session.prompt_b, options=options, chat=session.chat))
+    host.push_screen(CompareScreen(prompt_a, session.prompt_b, options=session.options(), chat=session.chat))
 
 
 def commands(host: ExplorerHost):

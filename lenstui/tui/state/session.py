@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Optional, Union
 
 from lenstui.core.errors import quoted
-from lenstui.core.lenses import LEARNED_LENSES, LENS_KINDS, MAX_TRACKED
+from lenstui.core.lenses import LEARNED_LENSES, LENS_KINDS, MAX_TRACKED, LensOptions
 from lenstui.core.textfmt import visible
 from lenstui.jobs.protocol import RunLens
 
@@ -70,18 +70,24 @@ class LensSession:
 
     # ---------------------------------------------------------------- the request
 
+    def options(self) -> LensOptions:
+        """How the lens reads now: every lens-reading request of the app carries these."""
+        return LensOptions(
+            top_k=self.top_k,
+            lens=self.lens_kind,
+            incl_mid=self.incl_mid,
+            target=self.target,
+            track=tuple(self.pins),
+            lens_path=self.lens_paths.get(self.lens_kind),
+        )
+
     def request(self) -> RunLens:
         """The RunLens for the current state: the last step's ids, else the text."""
-        options = dict(top_k=self.top_k, lens=self.lens_kind, incl_mid=self.incl_mid, target=self.target)
-        if self.pins:
-            options["track"] = tuple(self.pins)
-        if self.lens_kind in self.lens_paths:
-            options["lens_path"] = self.lens_paths[self.lens_kind]
         if self.steps:
-            return RunLens(self.steps[-1].ids, **options)
+            return RunLens(self.steps[-1].ids, options=self.options())
         if self.prompt_ids is not None:
-            return RunLens(self.prompt_ids, **options)
-        return RunLens(self.prompt_text, chat=self.chat, **options)
+            return RunLens(self.prompt_ids, options=self.options())
+        return RunLens(self.prompt_text, chat=self.chat, options=self.options())
 
     def wants_run(self, request: RunLens) -> bool:
         """The same request again is not re-run (the debounce and Enter often both fire),
@@ -147,7 +153,7 @@ class LensSession:
         become ids (the same token typed twice is then one pin). When that request was
         the last one asked, it stays "asked" in its id form, so nothing re-runs."""
         self.unresolved_pin = None
-        if request.track != tuple(self.pins):
+        if request.options.track != tuple(self.pins):
             return  # the pins changed since: the next run resolves those
         self.pins = list(tracked_ids)
         if self.last_request == request:
@@ -220,7 +226,7 @@ class LensSession:
         self.target = target
         self.pins = list(pins)
         self.lens_kind = lens
-        self.incl_mid = request.incl_mid
+        self.incl_mid = request.options.incl_mid
         self.submitted(request)
 
     def set_chat(self, chat: bool) -> None:
