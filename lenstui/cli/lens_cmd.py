@@ -68,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
         return run_compare(args, options)
     model = load_from_args(args)
     result = run_lens(model, args.prompt, options, positions=args.positions)
-    return print_result(result, args.json, lambda r: format_table(r, args.position))
+    return print_result(result, args.json, lambda r: format_table(r, args.position), model)
 
 
 def run_compare(args: argparse.Namespace, options) -> int:
@@ -79,7 +79,7 @@ def run_compare(args: argparse.Namespace, options) -> int:
     pos_a, pos_b = _compare_positions(args.compare_positions)
     model = load_from_args(args)
     comparison = compare_rows(model, args.prompt, pos_a, args.vs, pos_b, options)
-    return print_result(comparison, args.json, format_compare)
+    return print_result(comparison, args.json, format_compare, model)
 
 
 def format_compare(comparison) -> str:

@@ -99,14 +99,14 @@ def run(args: argparse.Namespace) -> int:
             model, prompt, site, mode=args.sweep, source_prompt=source, ablate=args.ablate,
             target=options.target, track=options.track,
         )
-        return print_result(result, args.json, format_sweep)
+        return print_result(result, args.json, format_sweep, model)
     from lenstui.engine.causal import patch
     from lenstui.engine.lens.run import parse_positions
 
     result = patch(model, prompt, site, source_prompt=source, ablate=args.ablate, options=options)
     if args.positions is not None:
         result = result.select(parse_positions(args.positions, len(result.patched.tokens)))
-    return print_result(result, args.json, lambda r: format_patch(r, args.show))
+    return print_result(result, args.json, lambda r: format_patch(r, args.show), model)
 
 
 def _names_block(component: str) -> bool:

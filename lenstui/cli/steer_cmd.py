@@ -53,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
     )
     model = load_from_args(args)
     result = steer(model, encoded_prompt(model, args.prompt, args.chat), setting, steps=args.steps, options=options)
-    return print_result(result, args.json, format_steer)
+    return print_result(result, args.json, format_steer, model)
 
 
 def format_steer(result: SteerResult) -> str:

@@ -46,6 +46,7 @@ from textual.widgets import Footer, Input
 
 from lenstui.core.errors import quoted
 from lenstui.core.lens_result import LensResult
+from lenstui.core.placement import PlacementOptions
 from lenstui.core.scan_result import ScanMarks
 from lenstui.jobs.protocol import (
     CheckSpeakable,
@@ -72,7 +73,7 @@ from lenstui.tui.panes.speak import WiredSpeak
 from lenstui.tui.safety import Guarded, SafetyNet
 from lenstui.tui.screens.aim import open_aim_distribution
 from lenstui.tui.screens.attribution import AttributionScreen, open_attribution
-from lenstui.tui.state import causal, lenses, pins
+from lenstui.tui.state import causal, lenses, pins, speakability
 from lenstui.tui.state.causal import CausalState
 from lenstui.tui.state.lens_flow import LensFlow
 from lenstui.tui.state.model_switch import ModelSwitch
@@ -108,7 +109,8 @@ class LenstuiApp(Guarded, App):
         *,
         model: Optional[str] = None,
         device: Optional[str] = None,
-        dtype: str = "float32",
+        dtype: Optional[str] = None,
+        placement: Optional[PlacementOptions] = None,
         theme: Optional[str] = None,
         chat: Optional[bool] = None,
         loader: Optional[Callable] = None,
@@ -125,7 +127,11 @@ class LenstuiApp(Guarded, App):
         self.initial_prompt = prompt
         # Hub ids load from the local cache only, unless --allow-download or the config says so.
         downloads = bool(allow_download or self.config.allow_download)
-        self.model_request = LoadModel(model, device, dtype, allow_download=downloads)
+        # Where models load: the command line's, else config.toml's (device, dtype, placement keys).
+        self.model_request = LoadModel(
+            model, device or self.config.device, dtype or self.config.dtype, allow_download=downloads,
+            placement=placement or self.config.placement(),
+        )
         self.show_timings = show_timings
         self.model_info: Optional[ModelInfo] = None
         self.loaded_request: Optional[LoadModel] = None  # the load that gave model_info
@@ -336,7 +342,7 @@ class LenstuiApp(Guarded, App):
                 resubmit()
 
     def on_model_chosen(self, message: ModelChosen) -> None:
-        self.model_switch.begin(message.spec, message.label)
+        self.model_switch.begin(message.spec, message.label, message.placement)
 
     # ------------------------------------------------------------ the lens (tui/state/lens_flow.py)
 
@@ -436,7 +442,7 @@ class LenstuiApp(Guarded, App):
 
     def action_cancel_speak(self) -> None:
         # `|`, not `or`: both kinds must be cancelled, whichever of them is running.
-        if not (self.cancel(CheckSpeakable) | self.cancel(ScanVocabulary)):
+        if not (self.cancel(CheckSpeakable) | self.cancel(ScanVocabulary) | speakability.cancel_running(self)):
             self.notify("No speakability check or scan is running.", timeout=2)
 
     def action_scan_vocabulary(self) -> None:

@@ -28,13 +28,14 @@ from lenstui.jobs.protocol import Done, Failed, LoadModel, ModelInfo, Progress, 
 from lenstui.tui.state import causal
 from lenstui.tui.state.causal import CausalHost
 from lenstui.tui.widgets.events import ModelLoaded
+from lenstui.tui.widgets.status import where_loaded
 
 if TYPE_CHECKING:
     from lenstui.tui.state.lens_flow import LensFlow
 
 
 class ModelHost(CausalHost, Protocol):
-    model_request: LoadModel  # the model asked for at start, its device, dtype and download policy
+    model_request: LoadModel  # the model asked for at start: its device, dtype, placement, download policy
     loaded_request: Optional[LoadModel]  # the load that gave model_info
     model_settled: asyncio.Event  # set once a load has finished, either way
 
@@ -66,7 +67,7 @@ class ModelSwitch:
             app.loaded_request = result.request
             for note in info.notes:
                 app.notify(note, title="Model", severity="warning", timeout=10)
-            app.status.set_model(info.name, info.device, info.dtype, info.n_layers, info.load_seconds, info.from_cache)
+            app.status.set_model(info.name, where_loaded(info), info.dtype, info.n_layers, info.load_seconds, info.from_cache)
             if app.shown_result is None:
                 app.grid.show_hint("Type a prompt and press Enter (F2 cycles through presets).")
             for pane in app.side_panes():
@@ -91,13 +92,20 @@ class ModelSwitch:
 
     # ------------------------------------------------------------ a switch
 
-    def begin(self, spec: str, label: str) -> None:
+    def begin(self, spec: str, label: str, flags: Optional[dict] = None) -> None:
+        """Load ``spec``; ``flags``: device, dtype and placement typed in the picker for
+        this load (``commands.split_placement``), over the start's."""
         app = self.app
         self.pending = label or spec or "the embedded model"
         app.model_settled.clear()
         app.status.set_loading(f"opening {self.pending}", 0.0)
-        # The start's device, dtype and download policy, for another spec.
-        app.submit(replace(app.model_request, spec=spec or None))
+        # The start's device, dtype, placement and download policy, for another spec.
+        request = replace(app.model_request, spec=spec or None)
+        if flags:
+            placement = replace(request.placement, **{k: v for k, v in flags.items() if k not in ("device", "dtype")})
+            request = replace(request, device=flags.get("device", request.device),
+                              dtype=flags.get("dtype", request.dtype), placement=placement)
+        app.submit(request)
 
     def failed(self, result: Failed) -> bool:
         """True when this was a switch and the old model is still loaded (the app then
@@ -107,7 +115,7 @@ class ModelSwitch:
         old: Optional[ModelInfo] = app.model_info
         if label is None or old is None:
             return False
-        app.status.set_model(old.name, old.device, old.dtype, old.n_layers, old.load_seconds, old.from_cache)
+        app.status.set_model(old.name, where_loaded(old), old.dtype, old.n_layers, old.load_seconds, old.from_cache)
         app.notify(f"Could not open {label}; still using {old.name}.", title="Model", severity="warning", timeout=10)
         if app.shown_request != app.session.last_request:  # the load stopped a lens run: redo it
             app.session.failed()
