@@ -5,9 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from lenstui.core.errors import InputError
+from lenstui.core.lenses import LENS_KINDS
 from lenstui.core.placement import DTYPE_CHOICES, QUANTIZE_CHOICES
 
 
@@ -51,6 +52,28 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
         help="let a Hugging Face model id that is not in the local cache be downloaded "
         "(default: never, unless allow_download = true in config.toml)",
     )
+
+
+def add_lens_options(parser: argparse.ArgumentParser, *, target_help: str, track_help: str) -> None:
+    """How a command reads its lens grid: --top-k, --lens, --extended-blocks, --mid,
+    --target or --target-id, and --track (``lens_options`` reads them back, as a
+    ``LensOptions``)."""
+    parser.add_argument("--top-k", type=int, default=5, help="tokens per cell (default 5)")
+    parser.add_argument("--lens", choices=LENS_KINDS, default="logit", help="lens variant (default logit)")
+    parser.add_argument("--extended-blocks", type=int, default=1, metavar="N", help="decoder blocks for --lens extended")
+    parser.add_argument("--mid", action="store_true", help="also read the mid-block residual")
+    parser.add_argument("--target", default=None, help=target_help)
+    parser.add_argument("--target-id", type=int, default=None, help="target token id")
+    parser.add_argument("--track", action="append", default=[], metavar="TOKEN", help=track_help)
+
+
+def encoded_prompt(model, prompt: str, chat: bool):
+    """A prompt as the engine takes it: the text, or (--chat) its chat template's ids."""
+    if not chat:
+        return prompt
+    from lenstui.engine.model.chat import chat_prompt_ids
+
+    return chat_prompt_ids(model, prompt)
 
 
 def downloads_allowed(args: argparse.Namespace) -> bool:
@@ -142,6 +165,17 @@ def print_json(payload: Any, model: Any = None) -> None:
         payload = {**payload, "placement": dict(getattr(model, "placement", {}) or {"": str(model.device)})}
     json.dump(payload, sys.stdout, ensure_ascii=False)
     sys.stdout.write("\n")
+
+
+def print_result(result: Any, as_json: bool, readable: Callable[[Any], str], model: Any = None) -> int:
+    """A result as JSON (--json: its ``to_json()``, saying where ``model`` is, as
+    ``print_json``), else as ``readable`` writes it for a terminal. Returns the exit
+    status, 0."""
+    if as_json:
+        print_json(result.to_json(), model)
+    else:
+        print(readable(result))
+    return 0
 
 
 def fail(message: str, status: int = 2) -> int:
