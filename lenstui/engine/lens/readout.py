@@ -153,8 +153,9 @@ def unembedding(model: Any) -> Unembedding:
     plain model where its anatomy is known, else from the TransformerLens bridge."""
     cached = model.caches.unembedding
     if cached is None:
-        if model.anatomy is not None:
-            cached = _prepared(model.W_U, model.b_U, model.ln_final, transform=None)
+        anatomy = model.anatomy
+        if anatomy is not None:  # the family's own transforms (soft-cap, logit scale) after the unembedding
+            cached = _prepared(model.W_U, model.b_U, model.ln_final, transform=anatomy.logit_transform)
         else:
             cached = _prepare_unembedding(model.bridge)
         model.caches.unembedding = cached

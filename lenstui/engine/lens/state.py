@@ -37,6 +37,7 @@ from lenstui.core.lenses import MAX_TOP_K, MAX_TRACKED, LensOptions
 from lenstui.core.tokens import TokenRef
 from lenstui.engine.lens.kinds import Lens, make_lens
 from lenstui.engine.lens.readout import read_out, unembedding
+from lenstui.engine.model.anatomy import has_recurrent_state
 from lenstui.engine.model.forward import forward_for, kv_prefix, stack_sites
 from lenstui.engine.model.load import LoadedModel
 from lenstui.engine.model.vocab import encode_prompt, resolve_token, token_ref
@@ -247,7 +248,7 @@ class LensState:
         from transformers import DynamicCache
 
         model = self.model
-        use_kv = self._kv_works is not False
+        use_kv = self._kv_works is not False and not has_recurrent_state(model)  # (an SSM's state has no prefix)
         kv = self._kv if (use_kv and start > 0) else (DynamicCache() if use_kv else None)
         tokens = torch.tensor([ids[start:]], device=model.device)
         # The model computes its logits for the new positions anyway: their argmax is

@@ -46,7 +46,7 @@ import torch
 
 from lenstui.core.callbacks import Progress
 from lenstui.core.errors import ModelLoadError, clipped, quoted
-from lenstui.engine.model.anatomy import Anatomy, context_length, find_anatomy, plain_twin
+from lenstui.engine.model.anatomy import Anatomy, context_length, find_anatomy, plain_twin, text_config
 from lenstui.engine.model.caches import ModelCaches
 from lenstui.store.atomic import file_lock, write_text_atomic
 from lenstui.store.paths import cache_root
@@ -113,11 +113,11 @@ class LoadedModel:
 
     @property
     def n_layers(self) -> int:
-        return int(self.hf.config.num_hidden_layers)
+        return int(text_config(self.hf.config).num_hidden_layers)
 
     @property
     def d_model(self) -> int:
-        return int(self.hf.config.hidden_size)
+        return int(text_config(self.hf.config).hidden_size)
 
     @property
     def d_vocab(self) -> int:
@@ -137,9 +137,9 @@ class LoadedModel:
 
     @property
     def rmsnorm_uses_offset(self) -> bool:
-        """Gemma's RMSNorm multiplies by ``1 + weight`` (native anatomies never do)."""
+        """Whether the final RMSNorm multiplies by ``1 + weight`` (Gemma's does)."""
         if self.anatomy is not None:
-            return False
+            return self.anatomy.norm_offset
         return bool(getattr(self.bridge.cfg, "rmsnorm_uses_offset", False))
 
     @property
