@@ -14,7 +14,7 @@ import os
 import sys
 from typing import Optional, Sequence
 
-from lenstui.cli.common import fail
+from lenstui.cli.common import fail, forget_loaded_model
 from lenstui.core.errors import Cancelled, LenstuiError
 
 # Imported on use: the subcommands pull in torch, and the app's first frame should not
@@ -59,6 +59,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 def run_command(func, args: argparse.Namespace) -> int:
     """Run a subcommand; what the user should read becomes one line on stderr, not a traceback."""
+    forget_loaded_model()
     try:
         return int(func(args) or 0)
     except (LenstuiError, Cancelled) as err:  # Cancelled is not a LenstuiError: name it too

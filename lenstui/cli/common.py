@@ -63,7 +63,22 @@ def load_from_args(args: argparse.Namespace):
             print("\r\033[2K", end="", file=sys.stderr, flush=True)
     for note in model.notes:  # e.g. the GGUF cache could not be written
         print(f"lenstui: note: {note}", file=sys.stderr)
+    global _loaded_wiring
+    _loaded_wiring = model.wiring
+    if model.wiring is not None and not model.wiring.ok:
+        print(f"lenstui: warning: {model.wiring.sentence}", file=sys.stderr)
     return model
+
+
+# The wiring check of the model this command loaded (engine/model/wiring.py): every --json
+# payload carries it (print_json), so a script sees a lens that does not read the model true.
+_loaded_wiring = None
+
+
+def forget_loaded_model() -> None:
+    """A new command starts: no model loaded yet (one process may run several in tests)."""
+    global _loaded_wiring
+    _loaded_wiring = None
 
 
 def one_token(args: argparse.Namespace, message: str):
@@ -93,6 +108,8 @@ def lens_options(args: argparse.Namespace):
 
 
 def print_json(payload: Any) -> None:
+    if isinstance(payload, dict) and _loaded_wiring is not None and "wiring" not in payload:
+        payload = {**payload, "wiring": _loaded_wiring.to_json()}
     json.dump(payload, sys.stdout, ensure_ascii=False)
     sys.stdout.write("\n")
 

@@ -26,6 +26,7 @@ from lenstui.core.scan_result import ScanMarks
 from lenstui.core.speak_result import SpeakResult
 from lenstui.core.token_bytes import JoinedSequence
 from lenstui.core.token_report import TokenReport
+from lenstui.core.wiring import WiringCheck
 
 # ---------------------------------------------------------------- requests
 
@@ -312,6 +313,8 @@ class ModelInfo:
     has_chat_template: bool
     notes: tuple[str, ...] = ()  # sentences about the load (the GGUF cache could not be written, ...)
     lenses: tuple[LensFile, ...] = ()  # learned lenses fitted for these weights (found in the cache)
+    wiring: Optional[WiringCheck] = None  # the lens held to the model's own output on this load
+    mid_rows: Optional[str] = None  # why the model has no mid-block rows (None: it has them)
 
 
 # handler(model or None, request, ctx: lenstui.jobs.scheduler.JobContext) -> value; runs on

@@ -458,6 +458,12 @@ class LenstuiApp(Guarded, App):
             for note in info.notes:
                 self.notify(note, title="Model", severity="warning", timeout=10)
             self.status.set_model(info.name, info.device, info.dtype, info.n_layers, info.load_seconds, info.from_cache)
+            wrong = info.wiring is not None and not info.wiring.ok
+            self.status.set_wiring(info.wiring.sentence if wrong else "")
+            if wrong:
+                self.notify(info.wiring.sentence, title="Model", severity="error", timeout=15)
+            if self.session.incl_mid and info.mid_rows:
+                self.session.incl_mid = False  # this model has none: the toggle says why when pressed
             if self.shown_result is None:
                 self.grid.show_hint("Type a prompt and press Enter (F2 cycles through presets).")
             if self.session.chat and not info.has_chat_template:
@@ -781,6 +787,9 @@ class LenstuiApp(Guarded, App):
         self.rerun_lens()
 
     def action_toggle_mid(self) -> None:
+        if not self.session.incl_mid and self.model_info is not None and self.model_info.mid_rows:
+            self.notify(self.model_info.mid_rows, severity="warning", timeout=8)  # parallel attention, SSM blocks
+            return
         self.session.toggle_mid()
         self.notify(f"Mid-block rows {'on' if self.session.incl_mid else 'off'}", timeout=2)
         self.rerun_lens()

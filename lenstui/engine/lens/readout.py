@@ -157,7 +157,16 @@ def unembedding(model: Any) -> Unembedding:
         if anatomy is not None:  # the family's own transforms (soft-cap, logit scale) after the unembedding
             cached = _prepared(model.W_U, model.b_U, model.ln_final, transform=anatomy.logit_transform)
         else:
-            cached = _prepare_unembedding(model.bridge)
+            bridge = model.bridge
+            try:
+                cached = _prepare_unembedding(bridge)
+            except Exception as err:  # noqa: BLE001 - a load-time failure: one sentence, not a traceback
+                from lenstui.core.errors import ModelLoadError, clipped
+
+                raise ModelLoadError(
+                    f"The readout cannot read {model.name} through TransformerLens' bridge: "
+                    f"{clipped(str(err).splitlines()[0] if str(err) else type(err).__name__, 200)}"
+                ) from None
         model.caches.unembedding = cached
     return cached
 

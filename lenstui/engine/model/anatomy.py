@@ -37,8 +37,8 @@ _OUT_PROJ_NAMES = ("o_proj", "out_proj", "c_proj", "dense", "wo", "o", "out", "p
 _SOFTCAP_ATTRS = ("final_logit_softcapping", "logits_soft_cap", "output_logits_soft_cap", "logit_softcapping")
 # Words in a sublayer's class name -> what kind of mixer a block runs (for row labels).
 _MIXER_WORDS = (
-    ("attention", "attn"), ("attn", "attn"), ("mamba", "ssm"), ("ssm", "ssm"), ("mixer", "ssm"),
-    ("conv", "conv"), ("recurrent", "rec"), ("rglru", "rec"), ("lru", "rec"),
+    ("rwkv", "rec"), ("attention", "attn"), ("attn", "attn"), ("mamba", "ssm"), ("ssm", "ssm"), ("mixer", "ssm"),
+    ("conv", "conv"), ("recurrent", "rec"), ("rglru", "rec"), ("lru", "rec"), ("deltanet", "lin"), ("linearattention", "lin"),
 )
 PROBE_TOKENS = 6
 
@@ -271,7 +271,7 @@ def _close(a: Optional[torch.Tensor], b: Optional[torch.Tensor], tol: float) -> 
         return False
     if a.shape != b.shape:
         a = a.reshape(b.shape)
-    a, b = a.double(), b.double()
+    a, b = a.detach().double(), b.detach().double()
     scale = max(1.0, float(b.abs().max()))
     return float((a - b).abs().max()) <= tol * scale
 
@@ -495,7 +495,12 @@ def _added(target: Optional[torch.Tensor], base: Optional[torch.Tensor], addend:
     if norm <= 1e-30:
         return False
     scale = float(delta @ add) / norm
-    return abs(scale) > 1e-6 and _close(base.double() + scale * addend.double(), target, tol)
+    # Both parts must carry weight: a base near zero (RWKV's tiny embeddings) would let any
+    # module whose output is proportional to the target pass as a sublayer.
+    size = float(target.double().norm())
+    if float(base.double().norm()) < 1e-3 * size or abs(scale) * float(norm ** 0.5) < 1e-3 * size:
+        return False
+    return _close(base.double() + scale * addend.double(), target, tol)
 
 
 def _block_sites(probe: _Probe, block: torch.nn.Module, call: _Call, tol: float) -> _BlockSites:
@@ -534,7 +539,8 @@ def _block_sites(probe: _Probe, block: torch.nn.Module, call: _Call, tol: float)
                 return found(c, "post", attns[-1] if attns else None, mlps[0])
     # Sequential: the first module whose input is x plus one earlier sublayer's output.
     for c in candidates:
-        firsts = [a for a in outs if a.end <= c.start and _added(c.inp, x, a.out, tol)]
+        firsts = [a for a in outs if a.end <= c.start and a.inp is not None and not _close(a.inp, x, tol)
+                  and _added(c.inp, x, a.out, tol)]
         if firsts:
             mlps = [b for b in outs if b.start >= c.start and _added(y, c.inp, b.out, tol)]
             return found(c, "pre", firsts[-1], mlps[0] if mlps else None)
@@ -575,17 +581,22 @@ def _shaped(tensor: Optional[torch.Tensor], like: torch.Tensor) -> Optional[torc
 
 
 def _mixer_kind(calls: list[_Call]) -> str:
+    """What a block's sublayers before its MLP are, by their classes' names: "attn", "ssm",
+    "conv", "rec", "lin" (linear attention), several joined by "+"; "mlp" for a block
+    with an MLP only (Nemotron-H's); "" when nothing says."""
     kinds = []
+    mlp = False
     for c in calls:
         name = type(c.module).__name__.lower()
-        if "norm" in name or "mlp" in name or "feedforward" in name:
+        if "norm" in name:
             continue
-        for word, kind in _MIXER_WORDS:
-            if word in name:
-                if kind not in kinds:
-                    kinds.append(kind)
-                break
-    return "+".join(sorted(kinds))
+        kind = next((kind for word, kind in _MIXER_WORDS if word in name), None)
+        if kind is not None:
+            if kind not in kinds:
+                kinds.append(kind)
+        elif "mlp" in name or "feedforward" in name or "moe" in name or "expert" in name:
+            mlp = True
+    return "+".join(sorted(kinds)) or ("mlp" if mlp else "")
 
 
 def _out_proj(block: torch.nn.Module, n_heads: int, d_model: int) -> Optional[torch.nn.Module]:
@@ -638,7 +649,8 @@ def row_words(anatomy: Optional[Anatomy]) -> Optional[str]:
     if anatomy is None or all(kind == "attn" for kind in anatomy.mixers):
         return None
     names = {"ssm": "an SSM (Mamba-style) mixer", "conv": "a short convolution", "rec": "a recurrent (linear RNN) layer",
-             "attn": "attention", "": "its mixer"}
+             "lin": "linear attention (a recurrent state)", "attn": "attention", "mlp": "an MLP only",
+             "": "an unnamed mixer"}
 
     def words(kind: str) -> str:
         return " and ".join(names.get(part, part) for part in kind.split("+"))
@@ -658,6 +670,34 @@ def mid_label(anatomy: Optional[Anatomy], layer: int) -> str:
     """A mid row's label: "L3.attn", or what the block's first sublayer is ("L3.conv")."""
     kind = "attn" if anatomy is None or layer >= len(anatomy.mixers) else (anatomy.mixers[layer] or "attn")
     return f"L{layer}.{kind}"
+
+
+def mid_rows_missing(model: Any) -> Optional[str]:
+    """None when every block of a LoadedModel has a mid-block residual to read (--mid);
+    else one sentence saying why not and what exists instead."""
+    anatomy = model.anatomy
+    if anatomy is None:
+        bridge = model.bridge
+        hooks = getattr(bridge, "hook_dict", {}) or {}
+        if all(f"blocks.{i}.hook_resid_mid" in hooks for i in range(model.n_layers)):
+            return None
+        return (f"TransformerLens' bridge has no mid-block residual for {type(model.hf).__name__}, so there are "
+                "no mid rows to read: the block rows are all there is.")
+    if anatomy.has_mid:
+        return None
+    family = anatomy.family
+    missing = [i for i, mid in enumerate(anatomy.mids) if mid is None]
+    if len(missing) < len(anatomy.mids):
+        return (f"Only some of {family}'s blocks have a residual between two sublayers (not L"
+                f"{', L'.join(map(str, missing))}): --mid reads one in every block.")
+    if all(anatomy.parallel):
+        return (f"{family}'s blocks add attention and the MLP to the residual side by side (parallel attention), "
+                "so no residual lies between them for --mid to read; what attention adds is the attn site "
+                "(`lenstui patch --component attn`).")
+    if all(kind and kind != "attn" for kind in anatomy.mixers) or not any(anatomy.mlps):
+        return (f"{family}'s blocks have a single sublayer each, so there is no mid-block residual: each row Ln is "
+                "already the residual after block n.")
+    return f"lenstui finds no residual between the sublayers of {family}'s blocks, so there are no mid rows to read."
 
 
 # ---------------------------------------------------------------- the model's other facts

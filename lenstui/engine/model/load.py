@@ -46,8 +46,10 @@ import torch
 
 from lenstui.core.callbacks import Progress
 from lenstui.core.errors import ModelLoadError, clipped, quoted
-from lenstui.engine.model.anatomy import Anatomy, context_length, find_anatomy, plain_twin, text_config
+from lenstui.core.wiring import WiringCheck
+from lenstui.engine.model.anatomy import Anatomy, context_length, find_anatomy, plain_twin, row_words, text_config
 from lenstui.engine.model.caches import ModelCaches
+from lenstui.engine.model.wiring import check_wiring
 from lenstui.store.atomic import file_lock, write_text_atomic
 from lenstui.store.paths import cache_root
 
@@ -89,13 +91,22 @@ class LoadedModel:
     # Both empty for a model built in memory (its tensors are hashed instead).
     weights_sha256: Optional[str] = None
     weights_files: tuple[str, ...] = ()
+    # engine/model/wiring.py: the lens's reading of a short prompt against the model's own
+    # (checked by load_model; None for a model wrapped without it)
+    wiring: Optional[WiringCheck] = None
     _bridge: Any = field(default=None, repr=False)
 
     @property
     def bridge(self) -> Any:
-        """The TransformerLens 4 bridge (``TransformerBridge``), booted on first use."""
+        """The TransformerLens 4 bridge (``TransformerBridge``), booted on first use; a
+        ModelLoadError with its sentence when TransformerLens cannot read the model."""
         if self._bridge is None:
-            self._bridge = _boot_bridge(self)
+            try:
+                self._bridge = _boot_bridge(self)
+            except ModelLoadError:
+                raise
+            except Exception as err:  # noqa: BLE001 - whatever TransformerLens raises becomes a sentence
+                raise ModelLoadError(bridge_failure(self, err)) from None
         return self._bridge
 
     @property
@@ -440,11 +451,30 @@ def _pid_alive(pid: int) -> bool:
 
 
 def _load_hf(name_or_dir: str, dtype: torch.dtype, *, local_only: bool = True) -> tuple[Any, Any]:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(name_or_dir, local_files_only=local_only)
-    model = AutoModelForCausalLM.from_pretrained(name_or_dir, dtype=dtype, local_files_only=local_only)
+    model = auto_causal_lm(name_or_dir, dtype=dtype, local_files_only=local_only)
     return model, tokenizer
+
+
+def auto_causal_lm(name_or_dir: str, **kwargs: Any) -> Any:
+    """``AutoModelForCausalLM.from_pretrained``, or, for a multimodal checkpoint it does
+    not map (Qwen-VL style), the image-text-to-text class: the lens reads its language
+    model from a text prompt."""
+    from transformers import AutoModelForCausalLM
+
+    try:
+        return AutoModelForCausalLM.from_pretrained(name_or_dir, **kwargs)
+    except ValueError as err:
+        if "Unrecognized configuration class" not in str(err):
+            raise
+        from transformers import AutoModelForImageTextToText
+
+        try:
+            return AutoModelForImageTextToText.from_pretrained(name_or_dir, **kwargs)
+        except ValueError:
+            raise err from None
 
 
 _OFFLINE_WORDS = ("1", "true", "yes", "on")
@@ -601,14 +631,16 @@ def load_model(
             from_cache=from_cache,
         )
         loaded.weights_sha256, loaded.weights_files = _weights_identity(spec)
+        notes.extend(family_notes(loaded))
+        _report(progress, "checking the lens against the model", 0.95)
+        loaded.wiring = check_wiring(loaded)
     except ModelLoadError:
         raise
     except OSError as err:
         raise ModelLoadError(_explain_os_error(spec, err, offline)) from None
     except (ValueError, NotImplementedError, KeyError) as err:
         raise ModelLoadError(
-            f"Cannot load {describe_spec(spec)}: {_first_line(err)} "
-            "(lenstui needs a decoder-only causal LM that TransformerLens 4 supports)."
+            f"Cannot load {describe_spec(spec)}: {_first_line(err)} (lenstui reads decoder-only causal LMs)."
         ) from None
     except Exception as err:  # anything else still ends in one sentence, not a traceback
         raise ModelLoadError(
@@ -618,6 +650,59 @@ def load_model(
     loaded.load_seconds = time.perf_counter() - started
     _report(progress, "ready", 1.0)
     return loaded
+
+
+def family_notes(model: LoadedModel) -> list[str]:
+    """Sentences said once per load about what the rows of this family are: a multimodal
+    checkpoint's text stack, an SSM's or a hybrid's blocks."""
+    notes = []
+    config = model.hf.config
+    if text_config(config) is not config:
+        notes.append(
+            f"{type(model.hf).__name__} is multimodal: the lens reads its language model from a text prompt "
+            "(images are not read)."
+        )
+    words = row_words(model.anatomy)
+    if words:
+        notes.append(words)
+    return notes
+
+
+def bridge_failure(model: LoadedModel, err: BaseException) -> str:
+    """The sentence for a TransformerLens bridge that will not boot on ``model``: what is
+    missing, the nearest architectures it does know, and what still works without it."""
+    import difflib
+
+    family = type(model.hf).__name__
+    if model.anatomy is not None:
+        tail = (f": the lens, patching and steering read {model.name} without it; attribution, the Jacobian lens "
+                "and tuned-lens files need it.")
+    else:
+        tail = (f", and lenstui cannot read {family}'s module tree itself (its residual is not one stream handed "
+                f"from block to block), so it cannot read {model.name}.")
+    text = str(err)
+    if "Could not determine supported architecture" in text:
+        known = _bridge_architectures()
+        by_lower = {name.lower(): name for name in known}
+        near = difflib.get_close_matches(family.lower(), list(by_lower), n=3, cutoff=0.6)
+        hint = f" (the nearest it knows: {', '.join(by_lower[n] for n in near)})" if near else ""
+        return f"TransformerLens {_tl_version()} has no adapter for {family}{hint}{tail}"
+    return f"TransformerLens' bridge cannot read {family} ({type(err).__name__}: {_first_line(err)}){tail}"
+
+
+def _bridge_architectures() -> list[str]:
+    try:
+        from transformer_lens.factories.architecture_adapter_factory import SUPPORTED_ARCHITECTURES
+    except ImportError:  # another TransformerLens layout
+        return []
+    return list(SUPPORTED_ARCHITECTURES)
+
+
+def _tl_version() -> str:
+    try:
+        return importlib.metadata.version("transformer-lens")
+    except importlib.metadata.PackageNotFoundError:  # pragma: no cover - a dependency
+        return "4"
 
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
