@@ -193,12 +193,13 @@ FAMILIES: list[Family] = [
            nested={"text_config": ("Gemma3TextConfig", dict(final_logit_softcapping=2.0, sliding_window=16)),
                    "vision_config": _SIGLIP},
            overrides=dict(mm_tokens_per_image=4), mid="pre_feedforward_layernorm"),
-    Family("Gemma 4 (text)", "Gemma4TextConfig", dict(final_logit_softcapping=2.0, sliding_window=16,
-                                                     vocab_size_per_layer_input=VOCAB_PAD, hidden_size_per_layer_input=8,
-                                                     layer_types=["sliding_attention", "full_attention", "full_attention"]),
+    Family("Gemma 4 (text)", "Gemma4TextConfig", dict(
+        final_logit_softcapping=2.0, sliding_window=16, vocab_size_per_layer_input=VOCAB_PAD,
+        hidden_size_per_layer_input=8, layer_types=["sliding_attention", "full_attention", "full_attention"]),
            mid="pre_feedforward_layernorm"),
     Family("RecurrentGemma", "RecurrentGemmaConfig", dict(lru_width=32, attention_window_size=16, logits_soft_cap=2.0,
-                                                          block_types=["recurrent", "attention"]), mid="channel_pre_norm"),
+                                                          block_types=["recurrent", "attention"]),
+           mid="channel_pre_norm"),
     Family("Cohere (logit_scale)", "CohereConfig", dict(logit_scale=0.5), mid=""),
     Family("Cohere 2", "Cohere2Config", dict(logit_scale=0.5, sliding_window=16), mid=""),
     Family("Granite (logits_scaling)", "GraniteConfig", dict(logits_scaling=4.0, embedding_multiplier=2.0,
@@ -218,16 +219,17 @@ FAMILIES: list[Family] = [
     Family("OPT-350m style (project_out)", "OPTConfig", dict(ffn_dim=64, word_embed_proj_dim=16,
                                                              do_layer_norm_before=False),
            mid="self_attn_layer_norm:out"),
-    Family("Falcon-7B style (parallel, multi-query)", "FalconConfig", dict(multi_query=True, parallel_attn=True,
-                                                                         new_decoder_architecture=False), mid=""),
-    Family("Falcon-RW style (ALiBi, sequential)", "FalconConfig", dict(alibi=True, parallel_attn=False, bias=True,
-                                                                     multi_query=False, new_decoder_architecture=False)),
+    Family("Falcon-7B style (parallel, multi-query)", "FalconConfig",
+           dict(multi_query=True, parallel_attn=True, new_decoder_architecture=False), mid=""),
+    Family("Falcon-RW style (ALiBi, sequential)", "FalconConfig",
+           dict(alibi=True, parallel_attn=False, bias=True, multi_query=False, new_decoder_architecture=False)),
     Family("Falcon-40B style (new decoder)", "FalconConfig", dict(new_decoder_architecture=True, num_kv_heads=2,
                                                                  multi_query=False), mid=""),
-    Family("Falcon-40B style (new decoder, multi-query)", "FalconConfig", dict(new_decoder_architecture=True,
-                                                                              multi_query=True, num_kv_heads=1), mid=""),
+    Family("Falcon-40B style (new decoder, multi-query)", "FalconConfig",
+           dict(new_decoder_architecture=True, multi_query=True, num_kv_heads=1), mid=""),
     Family("BLOOM", "BloomConfig", dict(n_head=4)),
-    Family("MPT", "MptConfig", dict(d_model=32, n_heads=4, n_layers=3, expansion_ratio=2, max_seq_len=64), mid="norm_2"),
+    Family("MPT", "MptConfig", dict(d_model=32, n_heads=4, n_layers=3, expansion_ratio=2, max_seq_len=64),
+           mid="norm_2"),
     Family("StableLM", "StableLmConfig", dict(partial_rotary_factor=0.5)),
     Family("OLMo", "OlmoConfig"),
     Family("OLMo 2", "Olmo2Config", mid="mlp"),
@@ -277,10 +279,10 @@ FAMILIES: list[Family] = [
     Family("Nemotron-H (hybrid)", "NemotronHConfig", dict(hybrid_override_pattern="M*-", mamba_num_heads=4,
                                                           mamba_head_dim=16, ssm_state_size=4, n_groups=1,
                                                           chunk_size=8), mid=""),
-    Family("Zamba2 (hybrid, shared blocks)", "Zamba2Config", dict(num_hidden_layers=4, mamba_d_state=4, mamba_headdim=8,
-                                                                n_mamba_heads=8, hybrid_layer_ids=[1, 3],
-                                                                layers_block_type=["mamba", "hybrid", "mamba", "hybrid"],
-                                                                use_mem_rope=False, adapter_rank=4, num_mem_blocks=1),
+    Family("Zamba2 (hybrid, shared blocks)", "Zamba2Config", dict(
+        num_hidden_layers=4, mamba_d_state=4, mamba_headdim=8, n_mamba_heads=8, hybrid_layer_ids=[1, 3],
+        layers_block_type=["mamba", "hybrid", "mamba", "hybrid"], use_mem_rope=False, adapter_rank=4,
+        num_mem_blocks=1),
            mid=""),
     Family("Qwen3-Next (linear attention)", "Qwen3NextConfig", dict(
         linear_num_value_heads=2, linear_num_key_heads=2, linear_key_head_dim=8, linear_value_head_dim=8,
@@ -586,8 +588,8 @@ def _mid_cell(outcome: Outcome) -> str:
             return "none: not in every block"
         return "none"
     labels = outcome.mid_labels
-    kinds = sorted({label.split(".", 1)[1] for label in labels})
-    return f"{labels[0]}–{labels[-1]}" if len(kinds) == 1 else f"{labels[0]}–{labels[-1]} ({', '.join(kinds)})"
+    kinds = {label.split(".", 1)[1] for label in labels}
+    return f"{labels[0]}–{labels[-1]}" if len(kinds) == 1 else ", ".join(labels)
 
 
 def render_table(outcomes: list[Outcome]) -> str:

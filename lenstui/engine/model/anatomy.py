@@ -38,7 +38,8 @@ _SOFTCAP_ATTRS = ("final_logit_softcapping", "logits_soft_cap", "output_logits_s
 # Words in a sublayer's class name -> what kind of mixer a block runs (for row labels).
 _MIXER_WORDS = (
     ("rwkv", "rec"), ("attention", "attn"), ("attn", "attn"), ("mamba", "ssm"), ("ssm", "ssm"), ("mixer", "ssm"),
-    ("conv", "conv"), ("recurrent", "rec"), ("rglru", "rec"), ("lru", "rec"), ("deltanet", "lin"), ("linearattention", "lin"),
+    ("conv", "conv"), ("recurrent", "rec"), ("rglru", "rec"), ("lru", "rec"),
+    ("deltanet", "lin"), ("linearattention", "lin"),
 )
 PROBE_TOKENS = 6
 
@@ -648,9 +649,9 @@ def row_words(anatomy: Optional[Anatomy]) -> Optional[str]:
     blocks (SSM, convolution, recurrent, hybrid); None for a transformer."""
     if anatomy is None or all(kind == "attn" for kind in anatomy.mixers):
         return None
-    names = {"ssm": "an SSM (Mamba-style) mixer", "conv": "a short convolution", "rec": "a recurrent (linear RNN) layer",
-             "lin": "linear attention (a recurrent state)", "attn": "attention", "mlp": "an MLP only",
-             "": "an unnamed mixer"}
+    names = {"ssm": "an SSM (Mamba-style) mixer", "conv": "a short convolution",
+             "rec": "a recurrent (linear RNN) layer", "lin": "linear attention (a recurrent state)",
+             "attn": "attention", "mlp": "an MLP only", "": "an unnamed mixer"}
 
     def words(kind: str) -> str:
         return " and ".join(names.get(part, part) for part in kind.split("+"))

@@ -172,7 +172,8 @@ class NativeForward(Forward):
         if site.kind == "resid":
             return True
         anatomy = self.anatomy
-        per_block = {"mid": anatomy.mids, "attn": anatomy.attns, "mlp": anatomy.mlps, "head": anatomy.out_projs}[site.kind]
+        per_block = {"mid": anatomy.mids, "attn": anatomy.attns, "mlp": anatomy.mlps,
+                     "head": anatomy.out_projs}[site.kind]
         return 0 <= site.layer < len(per_block) and per_block[site.layer] is not None
 
     def _module(self, site: Site) -> tuple[torch.nn.Module, str]:

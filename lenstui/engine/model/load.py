@@ -102,11 +102,14 @@ class LoadedModel:
         ModelLoadError with its sentence when TransformerLens cannot read the model."""
         if self._bridge is None:
             try:
-                self._bridge = _boot_bridge(self)
+                bridge = _boot_bridge(self)
+                with torch.no_grad():  # a bridge that boots but cannot run (CodeGen's) fails here, once
+                    bridge(torch.tensor([[1, 2]], device=self.device), return_type="logits")
             except ModelLoadError:
                 raise
             except Exception as err:  # noqa: BLE001 - whatever TransformerLens raises becomes a sentence
                 raise ModelLoadError(bridge_failure(self, err)) from None
+            self._bridge = bridge
         return self._bridge
 
     @property

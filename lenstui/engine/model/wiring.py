@@ -29,9 +29,10 @@ MAX_TOKENS = 8
 
 
 def tolerance(model: Any) -> float:
-    """The largest |Δp| that still reads as the same model: float32 rounding is ~1e-6; a
-    half-precision model computes its own logits with several-fold larger steps."""
-    return 1e-3 if model.dtype == "float32" else 3e-2
+    """The largest |Δp| that still reads as the same model: float32 rounding moves a
+    probability by ~1e-6 (a missed soft-cap or scale by 1e-3 and more); a half-precision
+    model computes its own logits in steps several hundred times coarser."""
+    return 1e-4 if model.dtype == "float32" else 3e-2
 
 
 def check_wiring(model: Any) -> WiringCheck:
