@@ -250,9 +250,12 @@ class _Probe:
                 call.out = keep(_first_tensor(output))
             counter[0] += 1
 
-        for module in self.model.modules():
-            if module is self.model:
-                continue
+        # The blocks, their own sublayers, and everything outside the blocks (the final norm,
+        # a projection, the head): what is inside a sublayer is never compared.
+        watched = [module for block in self.blocks for module in (block, *block.children())]
+        inside = {id(module) for block in self.blocks for module in block.modules()}
+        watched += [module for module in self.model.modules() if id(module) not in inside and module is not self.model]
+        for module in watched:
             handles.append(module.register_forward_pre_hook(pre, with_kwargs=True))
             handles.append(module.register_forward_hook(post, with_kwargs=True))
         try:
