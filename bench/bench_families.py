@@ -54,6 +54,7 @@ def median_steps(name: str, steps: int) -> tuple[float, float, float]:
     from lenstui.engine.model.load import wrap_model
 
     hf, tokenizer = build(name)
+    hf.config.architectures = [type(hf).__name__]  # as a checkpoint's config says (TransformerLens reads it)
     native = wrap_model(hf, tokenizer, name=name, device="cpu")
     bridge = wrap_model(hf, tokenizer, name=name, device="cpu")
     bridge.caches.anatomy, bridge.caches.anatomy_known = None, True

@@ -681,11 +681,14 @@ def bridge_failure(model: LoadedModel, err: BaseException) -> str:
         tail = (f": the lens, patching and steering read {model.name} without it; attribution, the Jacobian lens "
                 "and tuned-lens files need it.")
     else:
-        tail = (f", and lenstui cannot read {family}'s module tree itself (its residual is not one stream handed "
-                f"from block to block), so it cannot read {model.name}.")
+        tail = f", and its module tree is not one lenstui reads natively, so it cannot read {model.name}."
     text = str(err)
     if "Could not determine supported architecture" in text:
         known = _bridge_architectures()
+        if family in known:  # the class is known: the config does not name it (a model built in memory)
+            named = getattr(model.hf.config, "architectures", None)
+            return (f"TransformerLens {_tl_version()} reads {family}, but this model's config names no such "
+                    f"architecture (architectures: {named}){tail}")
         by_lower = {name.lower(): name for name in known}
         near = difflib.get_close_matches(family.lower(), list(by_lower), n=3, cutoff=0.6)
         hint = f" (the nearest it knows: {', '.join(by_lower[n] for n in near)})" if near else ""
