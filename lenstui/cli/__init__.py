@@ -1,7 +1,8 @@
 """`lenstui`: the app, plus headless subcommands that print tables or --json.
 
 `lenstui [PROMPT] [--model SPEC] [--theme NAME]` opens the explorer;
-`lenstui lens|token|speak|scan|aim|attribute|patch|steer ...` run the same engine without a screen;
+`lenstui lens|token|speak|scan|aim|undertrained|attribute|patch|steer ...` run the same engine without a screen;
+`lenstui plan` says what a model's load would take and where it would go, before it is read;
 `lenstui lenses fit|eval|list` fits, measures and lists learned lenses (tuned, jacobian);
 `lenstui serve` serves the app to a web browser; `lenstui present FILE --check` checks a talk file.
 """
@@ -14,7 +15,7 @@ import os
 import sys
 from typing import Optional, Sequence
 
-from lenstui.cli.common import fail, forget_loaded_model
+from lenstui.cli.common import fail
 from lenstui.core.errors import Cancelled, LenstuiError
 
 # Imported on use: the subcommands pull in torch, and the app's first frame should not
@@ -28,9 +29,11 @@ SUBCOMMANDS = {
     "serve": "lenstui.cli.serve_cmd",
     "present": "lenstui.cli.present_cmd",
     "aim": "lenstui.cli.aim_cmd",
+    "undertrained": "lenstui.cli.undertrained_cmd",
     "lenses": "lenstui.cli.lenses_cmd",
     "patch": "lenstui.cli.patch_cmd",
     "steer": "lenstui.cli.steer_cmd",
+    "plan": "lenstui.cli.plan_cmd",
 }
 
 
@@ -59,7 +62,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 def run_command(func, args: argparse.Namespace) -> int:
     """Run a subcommand; what the user should read becomes one line on stderr, not a traceback."""
-    forget_loaded_model()
     try:
         return int(func(args) or 0)
     except (LenstuiError, Cancelled) as err:  # Cancelled is not a LenstuiError: name it too

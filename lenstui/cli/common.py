@@ -8,6 +8,7 @@ import sys
 from typing import Any, Optional
 
 from lenstui.core.errors import InputError
+from lenstui.core.placement import DTYPE_CHOICES, QUANTIZE_CHOICES
 
 
 def add_model_options(parser: argparse.ArgumentParser) -> None:
@@ -19,7 +20,29 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:N or mps (default: best available)")
     parser.add_argument(
-        "--dtype", default="float32", choices=("float32", "float16", "bfloat16"), help="weights dtype"
+        "--dtype",
+        default=None,
+        choices=DTYPE_CHOICES,
+        help="weights dtype (default auto: the model's own on a GPU, float32 on a CPU)",
+    )
+    parser.add_argument(
+        "--device-map",
+        metavar="MAP",
+        default=None,
+        help="spread the model over devices (accelerate): auto, balanced, balanced_low_0, sequential, "
+        "or a JSON object / .json file {module: device}",
+    )
+    parser.add_argument(
+        "--max-memory",
+        metavar="BUDGETS",
+        default=None,
+        help='what each device may hold of the weights, e.g. "0=70GiB,1=70GiB,cpu=200GiB" (implies --device-map auto)',
+    )
+    parser.add_argument(
+        "--offload-dir", metavar="PATH", default=None, help="where the weights that fit on no device are read from"
+    )
+    parser.add_argument(
+        "--quantize", choices=QUANTIZE_CHOICES, default=None, help="load the blocks' linear layers in 8 or 4 bits (bitsandbytes)"
     )
     parser.add_argument(
         "--allow-download",
@@ -46,8 +69,26 @@ def add_token_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--id", type=int, default=None, metavar="N", help="the token id instead of its text")
 
 
+def load_settings(args: argparse.Namespace):
+    """(device, dtype, PlacementOptions) from the flags, each falling back to config.toml's."""
+    from lenstui.core.placement import PlacementOptions
+    from lenstui.store.config import load_config
+
+    config = load_config()[0]
+
+    def pick(name: str):
+        value = getattr(args, name, None)
+        return value if value is not None else getattr(config, name)
+
+    placement = PlacementOptions(
+        device_map=pick("device_map"), max_memory=pick("max_memory"), offload_dir=pick("offload_dir"),
+        quantize=pick("quantize"),
+    )
+    return pick("device"), pick("dtype"), placement
+
+
 def load_from_args(args: argparse.Namespace):
-    """Load the model named by --model/--device/--dtype, reporting progress on stderr."""
+    """Load the model named by --model and the placement flags, reporting progress on stderr."""
     from lenstui.engine.model.load import load_model
 
     def progress(message: str, fraction: Optional[float]) -> None:
@@ -55,30 +96,19 @@ def load_from_args(args: argparse.Namespace):
             print(f"\r\033[2K{message}…", end="", file=sys.stderr, flush=True)
 
     try:
+        device, dtype, placement = load_settings(args)
         model = load_model(
-            args.model, device=args.device, dtype=args.dtype, progress=progress, allow_download=downloads_allowed(args)
+            args.model, device=device, dtype=dtype, placement=placement, progress=progress,
+            allow_download=downloads_allowed(args),
         )
     finally:
         if sys.stderr.isatty():
             print("\r\033[2K", end="", file=sys.stderr, flush=True)
     for note in model.notes:  # e.g. the GGUF cache could not be written
         print(f"lenstui: note: {note}", file=sys.stderr)
-    global _loaded_wiring
-    _loaded_wiring = model.wiring
-    if model.wiring is not None and not model.wiring.ok:
+    if model.wiring is not None and not model.wiring.ok:  # the lens does not read this model true
         print(f"lenstui: warning: {model.wiring.sentence}", file=sys.stderr)
     return model
-
-
-# The wiring check of the model this command loaded (engine/model/wiring.py): every --json
-# payload carries it (print_json), so a script sees a lens that does not read the model true.
-_loaded_wiring = None
-
-
-def forget_loaded_model() -> None:
-    """A new command starts: no model loaded yet (one process may run several in tests)."""
-    global _loaded_wiring
-    _loaded_wiring = None
 
 
 def one_token(args: argparse.Namespace, message: str):
@@ -107,9 +137,15 @@ def lens_options(args: argparse.Namespace):
     )
 
 
-def print_json(payload: Any) -> None:
-    if isinstance(payload, dict) and _loaded_wiring is not None and "wiring" not in payload:
-        payload = {**payload, "wiring": _loaded_wiring.to_json()}
+def print_json(payload: Any, model: Any = None) -> None:
+    """``payload`` as one line of JSON; with the ``model`` it was computed on, an object
+    payload also says where that model is (``"placement"``: module -> device) and what its
+    load's wiring check found (``"wiring"``: ok, max_abs_dp, sentence)."""
+    if model is not None and isinstance(payload, dict):
+        payload = {**payload, "placement": dict(getattr(model, "placement", {}) or {"": str(model.device)})}
+        wiring = getattr(model, "wiring", None)
+        if wiring is not None:
+            payload["wiring"] = wiring.to_json()
     json.dump(payload, sys.stdout, ensure_ascii=False)
     sys.stdout.write("\n")
 

@@ -80,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
     model = load_from_args(args)
     result = run_lens(model, args.prompt, options, positions=args.positions)
     if args.json:
-        print_json(result.to_json())
+        print_json(result.to_json(), model)
     else:
         print(format_table(result, args.position))
     return 0
@@ -95,7 +95,7 @@ def run_compare(args: argparse.Namespace, options) -> int:
     model = load_from_args(args)
     comparison = compare_rows(model, args.prompt, pos_a, args.vs, pos_b, options)
     if args.json:
-        print_json(comparison.to_json())
+        print_json(comparison.to_json(), model)
     else:
         print(format_compare(comparison))
     return 0

@@ -127,7 +127,7 @@ def _sample_batch(
     forward's rows to ``sink`` with which positions count (live ones, past position 0;
     the first ``shared_prefix`` positions only in the first sequence). ``on_step(count)``
     after every forward; True ends the batch (the budget is reached)."""
-    device = model.device
+    device = model.input_device
     kv = new_cache(model) if model.caches.fit_kv_works else None
     tokens = torch.tensor([s.ids for s in streams], device=device)
     first = 0  # prompt position of tokens[:, 0]

@@ -310,7 +310,8 @@ def _find_anatomy(hf_model: Any) -> Optional[Anatomy]:
     param = next(hf_model.parameters())
     tol = _tolerance(param.dtype)
     vocab = int(unembed.weight.shape[0])
-    tokens = (torch.arange(PROBE_TOKENS, device=param.device) * 7919 + 3) % max(vocab - 1, 1) + 1
+    device = execution_device(embed)
+    tokens = (torch.arange(PROBE_TOKENS, device=device) * 7919 + 3) % max(vocab - 1, 1) + 1
     probe = _Probe(hf_model, blocks, d_model)
     probe.run(tokens[None])
 
@@ -333,7 +334,7 @@ def _find_anatomy(hf_model: Any) -> Optional[Anatomy]:
     inside = [_block_sites(probe, block, call, tol) for block, call in zip(blocks, block_calls)]
     n_heads = int(getattr(config, "num_attention_heads", 0) or 0)
     out_projs = [_out_proj(block, n_heads, d_model) for block in blocks]
-    norm_kind, offset = _norm_facts(final_norm, d_model, param)
+    norm_kind, offset = _norm_facts(final_norm, d_model, param.dtype)
     return Anatomy(
         blocks=blocks,
         final_norm=final_norm,
@@ -625,23 +626,35 @@ def _out_proj(block: torch.nn.Module, n_heads: int, d_model: int) -> Optional[to
     return None
 
 
-def _norm_facts(norm: Optional[torch.nn.Module], d_model: int, param: torch.Tensor) -> tuple[Optional[str], bool]:
+def _norm_facts(norm: Optional[torch.nn.Module], d_model: int, dtype: torch.dtype) -> tuple[Optional[str], bool]:
     """("LN" or "RMS", whether an RMSNorm multiplies by 1 + weight), read by running it:
     a LayerNorm does not see a constant shift of its input, an RMSNorm does."""
     if norm is None:
         return None, False
     generator = torch.Generator().manual_seed(0)
-    x = torch.randn(1, 2, d_model, generator=generator).to(device=param.device, dtype=param.dtype) * 4
+    x = torch.randn(1, 2, d_model, generator=generator).to(device=execution_device(norm), dtype=dtype) * 4
     with torch.no_grad():
         plain, shifted = _first_tensor(norm(x)), _first_tensor(norm(x + 3.0))
-    kind = "LN" if _close(plain, shifted, _tolerance(param.dtype)) else "RMS"
+    kind = "LN" if _close(plain, shifted, _tolerance(dtype)) else "RMS"
     weight = getattr(norm, "weight", None)
     offset = False
-    if kind == "RMS" and isinstance(weight, torch.Tensor) and weight.shape == (d_model,):
+    if kind == "RMS" and isinstance(weight, torch.Tensor) and weight.shape == (d_model,) and not weight.is_meta:
         unit = x.double() / x.double().pow(2).mean(-1, keepdim=True).sqrt()
-        with_offset = unit * (1.0 + weight.double())
-        offset = _close(plain.double(), with_offset, 1e-2) and not _close(plain.double(), unit * weight.double(), 1e-2)
+        gain = weight.detach().double().to(unit.device)
+        offset = _close(plain.double(), unit * (1.0 + gain), 1e-2) and not _close(plain.double(), unit * gain, 1e-2)
     return kind, offset
+
+
+def execution_device(module: torch.nn.Module) -> torch.device:
+    """The device a module computes on: accelerate's hook's (an offloaded module's weights
+    are on the meta device), else its first weight's."""
+    hook = getattr(module, "_hf_hook", None)
+    execution = getattr(hook, "execution_device", None)
+    if execution is not None:
+        return torch.device(execution if not isinstance(execution, int) else f"cuda:{execution}")
+    for tensor in module.parameters():
+        return tensor.device
+    return torch.device("cpu")
 
 
 # ---------------------------------------------------------------- what rows are

@@ -42,7 +42,7 @@ def check_wiring(model: Any) -> WiringCheck:
     from lenstui.engine.lens.state import LensState
 
     ids = _probe_ids(model)
-    tokens = torch.tensor([ids], device=model.device)
+    tokens = torch.tensor([ids], device=model.input_device)
     n_layers = model.n_layers
     layer = max(0, n_layers // 2 - 1)  # the intermediate row: the residual after this block
     own_last, own_mid = _own_probs(model, tokens, layer if n_layers > 1 else None)
