@@ -19,8 +19,8 @@ import torch
 
 from lenstui.core.callbacks import StopCheck, check_stop
 from lenstui.core.errors import InputError
-from lenstui.engine.model.forward import forward_for, stack_sites
 from lenstui.engine.model.anatomy import new_cache
+from lenstui.engine.model.forward import forward_for, stack_sites
 from lenstui.engine.model.load import LoadedModel
 
 BATCH = 32  # sequences sampled side by side
