@@ -129,6 +129,8 @@ def load_from_args(args: argparse.Namespace):
             print("\r\033[2K", end="", file=sys.stderr, flush=True)
     for note in model.notes:  # e.g. the GGUF cache could not be written
         print(f"lenstui: note: {note}", file=sys.stderr)
+    if model.wiring is not None and not model.wiring.ok:  # the lens does not read this model true
+        print(f"lenstui: warning: {model.wiring.sentence}", file=sys.stderr)
     return model
 
 
@@ -160,9 +162,13 @@ def lens_options(args: argparse.Namespace):
 
 def print_json(payload: Any, model: Any = None) -> None:
     """``payload`` as one line of JSON; with the ``model`` it was computed on, an object
-    payload also says where that model is (``"placement"``: module -> device)."""
+    payload also says where that model is (``"placement"``: module -> device) and what its
+    load's wiring check found (``"wiring"``: ok, max_abs_dp, sentence)."""
     if model is not None and isinstance(payload, dict):
         payload = {**payload, "placement": dict(getattr(model, "placement", {}) or {"": str(model.device)})}
+        wiring = getattr(model, "wiring", None)
+        if wiring is not None:
+            payload["wiring"] = wiring.to_json()
     json.dump(payload, sys.stdout, ensure_ascii=False)
     sys.stdout.write("\n")
 

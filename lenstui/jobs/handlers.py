@@ -387,7 +387,21 @@ def model_info(model) -> ModelInfo:
         placement=tuple((name, str(device)) for name, device in (getattr(model, "placement", None) or {}).items()),
         placement_summary=getattr(model, "placement_summary", "") or str(model.device),
         quantize=getattr(model, "quantize", None),
+        wiring=getattr(model, "wiring", None),
+        mid_rows=_mid_rows_missing(model),
     )
+
+
+def _mid_rows_missing(model) -> Optional[str]:
+    """Why the model has no mid-block rows, or None (never a reason the load fails)."""
+    from lenstui.core.errors import LenstuiError
+    from lenstui.engine.model.anatomy import mid_rows_missing
+
+    try:
+        return mid_rows_missing(model)
+    except LenstuiError as err:  # the bridge would not boot: the lens says so when mid rows are asked
+        return str(err)
+
 
 
 # ---------------------------------------------------------------- speakability: issue 32

@@ -29,6 +29,7 @@ from lenstui.core.share_result import ShareSample
 from lenstui.core.undertrained_result import UndertrainedMarks
 from lenstui.core.token_bytes import JoinedSequence
 from lenstui.core.token_report import TokenReport
+from lenstui.core.wiring import WiringCheck
 
 # ---------------------------------------------------------------- requests
 
@@ -319,6 +320,8 @@ class ModelInfo:
     placement: tuple[tuple[str, str], ...] = ()  # (module, device) pairs: where the weights are
     placement_summary: str = ""  # one line of it ("cuda:0 embed L0-39 · cuda:1 L40-79 norm unembed")
     quantize: Optional[str] = None  # "4bit", "8bit", a checkpoint's own method, or None
+    wiring: Optional[WiringCheck] = None  # the lens held to the model's own output on this load
+    mid_rows: Optional[str] = None  # why the model has no mid-block rows (None: it has them)
 
 
 # handler(model or None, request, ctx: lenstui.jobs.scheduler.JobContext) -> value; runs on

@@ -505,6 +505,9 @@ class LenstuiApp(Guarded, App):
         self.rerun_lens()
 
     def action_toggle_mid(self) -> None:
+        if not self.session.incl_mid and self.model_info is not None and self.model_info.mid_rows:
+            self.notify(self.model_info.mid_rows, severity="warning", timeout=8)  # parallel attention, SSM blocks
+            return
         self.session.toggle_mid()
         self.notify(f"Mid-block rows {'on' if self.session.incl_mid else 'off'}", timeout=2)
         self.rerun_lens()

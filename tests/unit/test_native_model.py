@@ -62,8 +62,11 @@ def test_the_lens_never_boots_the_bridge_and_agrees_with_it():
     assert not plain.has_bridge and reference.has_bridge
 
 
-def test_a_model_the_anatomy_does_not_know_is_read_through_the_bridge():
+def test_a_model_the_anatomy_does_not_know_is_read_through_the_bridge(monkeypatch):
     from transformers import GemmaConfig, GemmaForCausalLM
+
+    # (Gemma is read natively now: the anatomy is told it does not know it.)
+    monkeypatch.setattr("lenstui.engine.model.load.find_anatomy", lambda hf: None)
 
     tokenizer = tiny_tokenizer()
     torch.manual_seed(0)

@@ -3,6 +3,8 @@ Hugging Face weights (never through TransformerLens or lenstui's own code)."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import json
 
 import numpy as np
@@ -98,7 +100,7 @@ def test_gemma_offset_gain_and_the_probe_fallback():
 
     # A config that forgets the (1 + weight) convention: the probe notices and measures.
     forgetful = tiny_gemma()
-    forgetful.bridge.cfg.rmsnorm_uses_offset = False
+    forgetful.caches.anatomy = dataclasses.replace(forgetful.anatomy, norm_offset=False)
     assert final_norm_affine(forgetful).source == "probe"
     np.testing.assert_allclose(float64_numpy(effective_unembedding(forgetful)[0]), expected, atol=1e-4)
 

@@ -121,6 +121,12 @@ def make_lens(model: Any, options: LensOptions, current: Optional[Lens] = None) 
     kind = options.lens
     if kind not in LENS_KINDS:
         raise InputError(f"Unknown lens {quoted(kind)}: choose one of {', '.join(LENS_KINDS)}.")
+    if options.incl_mid:
+        from lenstui.engine.model.anatomy import mid_rows_missing
+
+        missing = mid_rows_missing(model)  # parallel attention, SSM blocks: one sentence, what exists instead
+        if missing:
+            raise InputError(missing)
     if kind == "extended":
         if not 1 <= options.extended_blocks < model.n_layers:
             raise InputError(f"The extended lens needs 1..{model.n_layers - 1} decoder blocks, not {options.extended_blocks}.")

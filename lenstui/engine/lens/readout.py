@@ -153,10 +153,20 @@ def unembedding(model: Any) -> Unembedding:
     plain model where its anatomy is known, else from the TransformerLens bridge."""
     cached = model.caches.unembedding
     if cached is None:
-        if model.anatomy is not None:
-            cached = _prepared(model.W_U, model.b_U, model.ln_final, transform=None)
+        anatomy = model.anatomy
+        if anatomy is not None:  # the family's own transforms (soft-cap, logit scale) after the unembedding
+            cached = _prepared(model.W_U, model.b_U, model.ln_final, transform=anatomy.logit_transform)
         else:
-            cached = _prepare_unembedding(model.bridge)
+            bridge = model.bridge
+            try:
+                cached = _prepare_unembedding(bridge)
+            except Exception as err:  # noqa: BLE001 - a load-time failure: one sentence, not a traceback
+                from lenstui.core.errors import ModelLoadError, clipped
+
+                raise ModelLoadError(
+                    f"The readout cannot read {model.name} through TransformerLens' bridge: "
+                    f"{clipped(str(err).splitlines()[0] if str(err) else type(err).__name__, 200)}"
+                ) from None
         model.caches.unembedding = cached
     return cached
 

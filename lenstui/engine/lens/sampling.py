@@ -19,6 +19,7 @@ import torch
 
 from lenstui.core.callbacks import StopCheck, check_stop
 from lenstui.core.errors import InputError
+from lenstui.engine.model.anatomy import new_cache
 from lenstui.engine.model.forward import forward_for, stack_sites
 from lenstui.engine.model.load import LoadedModel
 
@@ -126,10 +127,8 @@ def _sample_batch(
     forward's rows to ``sink`` with which positions count (live ones, past position 0;
     the first ``shared_prefix`` positions only in the first sequence). ``on_step(count)``
     after every forward; True ends the batch (the budget is reached)."""
-    from transformers import DynamicCache
-
     device = model.input_device
-    kv = DynamicCache() if model.caches.fit_kv_works else None
+    kv = new_cache(model) if model.caches.fit_kv_works else None
     tokens = torch.tensor([s.ids for s in streams], device=device)
     first = 0  # prompt position of tokens[:, 0]
     for step in range(new_tokens + 1):

@@ -37,6 +37,7 @@ from lenstui.core.lenses import MAX_TOP_K, MAX_TRACKED, LensOptions
 from lenstui.core.tokens import TokenRef
 from lenstui.engine.lens.kinds import Lens, make_lens
 from lenstui.engine.lens.readout import read_out, unembedding
+from lenstui.engine.model.anatomy import has_recurrent_state, mid_label
 from lenstui.engine.model.forward import forward_for, kv_prefix, stack_sites
 from lenstui.engine.model.load import LoadedModel
 from lenstui.engine.model.vocab import encode_prompt, resolve_token, token_ref
@@ -116,12 +117,13 @@ def lens_state(model: LoadedModel, slot: str = "a") -> "LensState":
     return state
 
 
-def row_labels(n_layers: int, incl_mid: bool) -> list[str]:
-    """Row labels: "embed", then per block ("L3.attn" mid rows when asked) "L3"."""
+def row_labels(n_layers: int, incl_mid: bool, anatomy=None) -> list[str]:
+    """Row labels: "embed", then per block ("L3.attn" mid rows when asked; "L3.conv",
+    "L3.ssm" after a block's other first sublayer, per the model's anatomy) "L3"."""
     labels = ["embed"]
     for layer in range(n_layers):
         if incl_mid:
-            labels.append(f"L{layer}.attn")
+            labels.append(mid_label(anatomy, layer))
         labels.append(f"L{layer}")
     return labels
 
@@ -196,7 +198,7 @@ class LensState:
             model=model.name,
             settings=settings,
             tokens=[token_ref(model, i) for i in ids],
-            layers=row_labels(model.n_layers, options.incl_mid),
+            layers=row_labels(model.n_layers, options.incl_mid, model.anatomy),
             reused_positions=len([p for p in self._columns if p < len(ids)]),
             forward_positions=ran,
             tracked=[token_ref(model, i) for i in track_ids],
@@ -247,7 +249,7 @@ class LensState:
         from transformers import DynamicCache
 
         model = self.model
-        use_kv = self._kv_works is not False
+        use_kv = self._kv_works is not False and not has_recurrent_state(model)  # (an SSM's state has no prefix)
         kv = self._kv if (use_kv and start > 0) else (DynamicCache() if use_kv else None)
         tokens = torch.tensor([ids[start:]], device=model.input_device)
         # The model computes its logits for the new positions anyway: their argmax is

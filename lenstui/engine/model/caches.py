@@ -18,6 +18,9 @@ class ModelCaches:
     # ``anatomy_known`` says whether it was looked for yet (None is a valid answer).
     anatomy: Any = None
     anatomy_known: bool = False
+    # engine.model.anatomy.has_recurrent_state: some layers cache a recurrent state (an
+    # SSM's): the cache only appends (None: not looked at yet).
+    recurrent_state: Optional[bool] = None
     # engine.model.forward: the machines that run this model (NativeForward on the plain
     # model, BridgeForward on TransformerLens' bridge), made on first use.
     forward: Any = None

@@ -111,15 +111,18 @@ def out_projections(model: Any, below: int) -> list[Any]:
     TransformerLens' ``W_O`` reads) that are offloaded; empty when none is."""
     if not getattr(model.hf, "hf_device_map", None) or not model.has_bridge:
         return []
-    from lenstui.engine.model.anatomy import NATIVE_ARCHITECTURES
-
-    twin = model.bridge.original_model
-    layout = NATIVE_ARCHITECTURES.get(type(model.hf).__name__)
-    if layout is None or layout.out_proj is None:
+    anatomy = model.anatomy
+    if anatomy is None:
         return []
+    # The twin is the same class: the plain model's out-projections' paths name the twin's.
+    paths = {id(module): name for name, module in model.hf.named_modules()}
+    names = [paths.get(id(proj)) if proj is not None else None for proj in anatomy.out_projs[:below]]
+    if any(name is None for name in names):
+        return []
+    twin = model.bridge.original_model
     from accelerate.utils import has_offloaded_params
 
-    wrapped = [twin.get_submodule(f"{layout.blocks}.{index}.{layout.out_proj}") for index in range(below)]
+    wrapped = [twin.get_submodule(name) for name in names]
     # The bridge wraps each module it reads (a LinearBridge around the nn.Linear): the
     # hook and the weights are the wrapped module's.
     modules = [getattr(module, "original_component", None) or module for module in wrapped]

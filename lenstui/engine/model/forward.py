@@ -141,14 +141,25 @@ def _apply(steps: list, value: torch.Tensor, site: Site, read: dict[Site, torch.
 # ---------------------------------------------------------------- the plain model
 
 
+def _first_name(kwargs: dict) -> str:
+    """The keyword a module got its hidden states by ("hidden_states"; RecurrentGemma's
+    blocks say "activations"): the first 3-d float tensor among the keywords."""
+    if "hidden_states" in kwargs:
+        return "hidden_states"
+    for name, value in kwargs.items():
+        if isinstance(value, torch.Tensor) and value.is_floating_point() and value.dim() == 3:
+            return name
+    raise KeyError("hidden_states")
+
+
 def _first_tensor(args: tuple, kwargs: dict) -> torch.Tensor:
-    return args[0] if args else kwargs["hidden_states"]
+    return args[0] if args else kwargs[_first_name(kwargs)]
 
 
 def _with_first(args: tuple, kwargs: dict, value: torch.Tensor) -> tuple[tuple, dict]:
     if args:
         return (value, *args[1:]), kwargs
-    return args, {**kwargs, "hidden_states": value}
+    return args, {**kwargs, _first_name(kwargs): value}
 
 
 class NativeForward(Forward):
@@ -168,19 +179,21 @@ class NativeForward(Forward):
         return self.model.anatomy
 
     def supports(self, site: Site) -> bool:
+        if site.kind == "resid":
+            return True
         anatomy = self.anatomy
-        needs = {"resid": True, "mid": anatomy.mid_norms, "attn": anatomy.attns, "mlp": anatomy.mlps,
-                 "head": anatomy.out_projs}[site.kind]
-        return needs is not None and needs is not False
+        per_block = {"mid": anatomy.mids, "attn": anatomy.attns, "mlp": anatomy.mlps,
+                     "head": anatomy.out_projs}[site.kind]
+        return 0 <= site.layer < len(per_block) and per_block[site.layer] is not None
 
     def _module(self, site: Site) -> tuple[torch.nn.Module, str]:
         """(module, "pre" | "post" | "proj"): where a site's value flows."""
         anatomy = self.anatomy
-        if site.kind == "resid":
+        if site.kind == "resid":  # the next block's input; the last block's output (a family may have no final norm)
             after = site.layer + 1
-            return (anatomy.blocks[after] if after < self.n_layers else anatomy.final_norm), "pre"
-        if site.kind == "mid":
-            return anatomy.mid_norms[site.layer], "pre"
+            return (anatomy.blocks[after], "pre") if after < self.n_layers else (anatomy.blocks[-1], "post")
+        if site.kind == "mid":  # a pre-norm block: the norm's input; a post-norm block: its output
+            return anatomy.mids[site.layer]
         if site.kind == "attn":
             return anatomy.attns[site.layer], "post"
         if site.kind == "mlp":
@@ -227,11 +240,11 @@ class NativeForward(Forward):
         anatomy = self.anatomy
         read: dict[Site, torch.Tensor] = {}
         handles = []
+        if self._block_output is None:  # first: a site's hook on the last block may end the run
+            handles.append(anatomy.blocks[-1].register_forward_hook(self._learn_output))
         for site, steps in plan.items():
             module, where = self._module(site)
-            handles.append(_native_hook(module, where, site, steps, read, anatomy.n_heads))
-        if self._block_output is None:
-            handles.append(anatomy.blocks[-1].register_forward_hook(self._learn_output))
+            handles.append(_native_hook(module, where, site, steps, read, anatomy.n_heads, tuple(tokens.shape[:2])))
         saved = {}
         for block in anatomy.blocks[:skip_below]:
             saved[block] = block.__dict__.get("forward")
@@ -255,20 +268,24 @@ class NativeForward(Forward):
         )
 
     def _learn_output(self, module, args, output) -> None:
-        self._block_output = len(output) if isinstance(output, tuple) else "tensor"
+        self._block_output = (type(output), len(output)) if isinstance(output, (tuple, list)) else "tensor"
 
     def _passthrough(self, *args, **kwargs):
         """A skipped block: its input comes out as its output, in the block's own form."""
         value = _first_tensor(args, kwargs)
-        shape = self._block_output
-        return value if shape == "tensor" else (value, *([None] * (shape - 1)))
+        if self._block_output == "tensor":
+            return value
+        kind, length = self._block_output
+        return kind([value, *([None] * (length - 1))])
 
-def _native_hook(module: torch.nn.Module, where: str, site: Site, steps: list, read: dict, n_heads: int):
-    """The PyTorch hook that runs a site's plan where its value flows."""
+def _native_hook(module: torch.nn.Module, where: str, site: Site, steps: list, read: dict, n_heads: int,
+                 lead: tuple[int, int]):
+    """The PyTorch hook that runs a site's plan where its value flows. ``lead``: the run's
+    (batch, positions), for a module that sees them flattened into one dimension."""
     if where == "pre":
 
         def pre(mod, args, kwargs):
-            value, stop = _apply(steps, _first_tensor(args, kwargs), site, read)
+            value, stop = _apply_shaped(steps, _first_tensor(args, kwargs), site, read, lead)
             if stop:
                 raise _StopForward
             return _with_first(args, kwargs, value)
@@ -285,11 +302,22 @@ def _native_hook(module: torch.nn.Module, where: str, site: Site, steps: list, r
         return module.register_forward_pre_hook(heads, with_kwargs=True)
 
     def post(mod, args, output):
-        first = output[0] if isinstance(output, tuple) else output
-        value, _ = _apply(steps, first, site, read)
-        return (value, *output[1:]) if isinstance(output, tuple) else value
+        many = isinstance(output, (tuple, list))  # (OpenAI-GPT's blocks return a list)
+        value, stop = _apply_shaped(steps, output[0] if many else output, site, read, lead)
+        if stop:
+            raise _StopForward
+        return type(output)([value, *output[1:]]) if many else value
 
     return module.register_forward_hook(post)
+
+
+def _apply_shaped(steps: list, value: torch.Tensor, site: Site, read: dict, lead: tuple[int, int]):
+    """``_apply`` on a [batch, positions, d] view of a value some families flatten to
+    [batch * positions, d] (OPT's and Llama 4's MLPs)."""
+    if value.dim() == 2 and value.shape[0] == lead[0] * lead[1]:
+        new, stop = _apply(steps, value.view(*lead, value.shape[-1]), site, read)
+        return new.reshape(value.shape), stop
+    return _apply(steps, value, site, read)
 
 
 # ---------------------------------------------------------------- TransformerLens' bridge

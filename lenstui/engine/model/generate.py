@@ -14,6 +14,7 @@ import torch
 
 from lenstui.core.callbacks import StopCheck, check_stop
 from lenstui.core.errors import InputError
+from lenstui.engine.model.anatomy import new_cache
 from lenstui.engine.model.load import LoadedModel
 
 
@@ -31,9 +32,7 @@ def greedy_ids(
         raise InputError(
             f"The prompt ({len(out)} tokens) plus {steps} steps is more than the {model.n_ctx} tokens {model.name} reads."
         )
-    from transformers import DynamicCache
-
-    cache = DynamicCache()  # each step runs the new token only
+    cache = new_cache(model)  # each step runs the new token only
     fresh = out
     for _ in range(steps):
         check_stop(should_stop)

@@ -45,11 +45,21 @@ from typing import Any, Optional
 import torch
 
 from lenstui.core.callbacks import Progress
-from lenstui.core.errors import InputError, ModelLoadError, clipped, quoted
+from lenstui.core.errors import InputError, LenstuiError, ModelLoadError, clipped, quoted
 from lenstui.core.placement import MemoryPlan, PlacementOptions, describe_placement, device_label
-from lenstui.engine.model.anatomy import Anatomy, context_length, find_anatomy, plain_twin
+from lenstui.core.wiring import WiringCheck
+from lenstui.engine.model.anatomy import (
+    Anatomy,
+    context_length,
+    execution_device,
+    find_anatomy,
+    plain_twin,
+    row_words,
+    text_config,
+)
 from lenstui.engine.model.caches import ModelCaches
 from lenstui.engine.model.devices import DTYPES, parse_dtype, resolve_device  # noqa: F401 - their home was here
+from lenstui.engine.model.wiring import check_wiring
 from lenstui.store.atomic import file_lock, write_text_atomic
 from lenstui.store.paths import cache_root
 
@@ -95,6 +105,9 @@ class LoadedModel:
     placement: dict[str, str] = field(default_factory=dict)
     quantize: Optional[str] = None  # "4bit", "8bit", or a checkpoint's own method ("gptq", ...)
     plan: Optional[MemoryPlan] = field(default=None, repr=False)  # the plan the load was checked against
+    # engine/model/wiring.py: the lens's reading of a short prompt against the model's own
+    # (checked by load_model; None for a model wrapped without it)
+    wiring: Optional[WiringCheck] = None
     _bridge: Any = field(default=None, repr=False)
 
     @property
@@ -122,9 +135,18 @@ class LoadedModel:
 
     @property
     def bridge(self) -> Any:
-        """The TransformerLens 4 bridge (``TransformerBridge``), booted on first use."""
+        """The TransformerLens 4 bridge (``TransformerBridge``), booted on first use; a
+        ModelLoadError with its sentence when TransformerLens cannot read the model."""
         if self._bridge is None:
-            self._bridge = _boot_bridge(self)
+            try:
+                bridge = _boot_bridge(self)
+                with torch.no_grad():  # a bridge that boots but cannot run (CodeGen's) fails here, once
+                    bridge(torch.tensor([[1, 2]], device=self.input_device), return_type="logits")
+            except LenstuiError:  # (a placement the bridge cannot take says so itself)
+                raise
+            except Exception as err:  # noqa: BLE001 - whatever TransformerLens raises becomes a sentence
+                raise ModelLoadError(bridge_failure(self, err)) from None
+            self._bridge = bridge
         return self._bridge
 
     @property
@@ -142,11 +164,11 @@ class LoadedModel:
 
     @property
     def n_layers(self) -> int:
-        return int(self.hf.config.num_hidden_layers)
+        return int(text_config(self.hf.config).num_hidden_layers)
 
     @property
     def d_model(self) -> int:
-        return int(self.hf.config.hidden_size)
+        return int(text_config(self.hf.config).hidden_size)
 
     @property
     def d_vocab(self) -> int:
@@ -166,9 +188,9 @@ class LoadedModel:
 
     @property
     def rmsnorm_uses_offset(self) -> bool:
-        """Gemma's RMSNorm multiplies by ``1 + weight`` (native anatomies never do)."""
+        """Whether the final RMSNorm multiplies by ``1 + weight`` (Gemma's does)."""
         if self.anatomy is not None:
-            return False
+            return self.anatomy.norm_offset
         return bool(getattr(self.bridge.cfg, "rmsnorm_uses_offset", False))
 
     @property
@@ -207,15 +229,8 @@ class LoadedModel:
 
 
 def _execution_device(module: Any) -> torch.device:
-    """The device a module computes on: accelerate's hook's (an offloaded module's weights
-    are on the meta device), else its first weight's."""
-    hook = getattr(module, "_hf_hook", None)
-    execution = getattr(hook, "execution_device", None)
-    if execution is not None:
-        return torch.device(execution if not isinstance(execution, int) else f"cuda:{execution}")
-    for tensor in module.parameters():
-        return tensor.device
-    return torch.device("cpu")
+    """The device a module computes on (engine/model/anatomy.py's ``execution_device``)."""
+    return execution_device(module)
 
 
 def embedded_gguf_path() -> Path:
@@ -464,7 +479,7 @@ def _load_hf(
     """(model, tokenizer) from a Hugging Face folder or id. With a ``plan`` whose device
     map is set, the weights go straight where it says (accelerate's dispatch: each device's
     share, the offload folder's), quantized by bitsandbytes when ``placement.quantize``."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(name_or_dir, local_files_only=local_only)
     kwargs: dict[str, Any] = {}
@@ -477,10 +492,27 @@ def _load_hf(
     if placement is not None and placement.quantize:
         kwargs["quantization_config"] = quantization_config(placement.quantize, dtype)
         kwargs.setdefault("device_map", {"": "cpu"})
-    model = AutoModelForCausalLM.from_pretrained(
-        name_or_dir, dtype=dtype, local_files_only=local_only, attn_implementation="eager", **kwargs
-    )
+    model = auto_causal_lm(name_or_dir, dtype=dtype, local_files_only=local_only, attn_implementation="eager", **kwargs)
     return model, tokenizer
+
+
+def auto_causal_lm(name_or_dir: str, **kwargs: Any) -> Any:
+    """``AutoModelForCausalLM.from_pretrained``, or, for a multimodal checkpoint it does
+    not map (Qwen-VL style), the image-text-to-text class: the lens reads its language
+    model from a text prompt."""
+    from transformers import AutoModelForCausalLM
+
+    try:
+        return AutoModelForCausalLM.from_pretrained(name_or_dir, **kwargs)
+    except ValueError as err:
+        if "Unrecognized configuration class" not in str(err):
+            raise
+        from transformers import AutoModelForImageTextToText
+
+        try:
+            return AutoModelForImageTextToText.from_pretrained(name_or_dir, **kwargs)
+        except ValueError:
+            raise err from None
 
 
 def quantization_config(quantize: str, dtype: torch.dtype) -> Any:
@@ -788,14 +820,16 @@ def load_model(
         )
         loaded.plan = plan
         loaded.weights_sha256, loaded.weights_files = _weights_identity(spec)
+        notes.extend(family_notes(loaded))
+        _report(progress, "checking the lens against the model", 0.95)
+        loaded.wiring = check_wiring(loaded)
     except ModelLoadError:
         raise
     except OSError as err:
         raise ModelLoadError(_explain_os_error(spec, err, offline)) from None
     except (ValueError, NotImplementedError, KeyError) as err:
         raise ModelLoadError(
-            f"Cannot load {describe_spec(spec)}: {_first_line(err)} "
-            "(lenstui needs a decoder-only causal LM that TransformerLens 4 supports)."
+            f"Cannot load {describe_spec(spec)}: {_first_line(err)} (lenstui reads decoder-only causal LMs)."
         ) from None
     except Exception as err:  # anything else still ends in one sentence, not a traceback
         raise ModelLoadError(
@@ -834,6 +868,62 @@ def _load_gguf_placed(
     _report(progress, "loading the cached dequantized weights", 0.3)
     model, tokenizer = _load_hf(str(cached), dtype, plan=plan, placement=placement)
     return model, tokenizer, from_cache
+
+
+def family_notes(model: LoadedModel) -> list[str]:
+    """Sentences said once per load about what the rows of this family are: a multimodal
+    checkpoint's text stack, an SSM's or a hybrid's blocks."""
+    notes = []
+    config = model.hf.config
+    if text_config(config) is not config:
+        notes.append(
+            f"{type(model.hf).__name__} is multimodal: the lens reads its language model from a text prompt "
+            "(images are not read)."
+        )
+    words = row_words(model.anatomy)
+    if words:
+        notes.append(words)
+    return notes
+
+
+def bridge_failure(model: LoadedModel, err: BaseException) -> str:
+    """The sentence for a TransformerLens bridge that will not boot on ``model``: what is
+    missing, the nearest architectures it does know, and what still works without it."""
+    import difflib
+
+    family = type(model.hf).__name__
+    if model.anatomy is not None:
+        tail = (f": the lens, patching and steering read {model.name} without it; attribution, the Jacobian lens "
+                "and tuned-lens files need it.")
+    else:
+        tail = f", and its module tree is not one lenstui reads natively, so it cannot read {model.name}."
+    text = str(err)
+    if "Could not determine supported architecture" in text:
+        known = _bridge_architectures()
+        if family in known:  # the class is known: the config does not name it (a model built in memory)
+            named = getattr(model.hf.config, "architectures", None)
+            return (f"TransformerLens {_tl_version()} reads {family}, but this model's config names no such "
+                    f"architecture (architectures: {named}){tail}")
+        by_lower = {name.lower(): name for name in known}
+        near = difflib.get_close_matches(family.lower(), list(by_lower), n=3, cutoff=0.6)
+        hint = f" (the nearest it knows: {', '.join(by_lower[n] for n in near)})" if near else ""
+        return f"TransformerLens {_tl_version()} has no adapter for {family}{hint}{tail}"
+    return f"TransformerLens' bridge cannot read {family} ({type(err).__name__}: {_first_line(err)}){tail}"
+
+
+def _bridge_architectures() -> list[str]:
+    try:
+        from transformer_lens.factories.architecture_adapter_factory import SUPPORTED_ARCHITECTURES
+    except ImportError:  # another TransformerLens layout
+        return []
+    return list(SUPPORTED_ARCHITECTURES)
+
+
+def _tl_version() -> str:
+    try:
+        return importlib.metadata.version("transformer-lens")
+    except importlib.metadata.PackageNotFoundError:  # pragma: no cover - a dependency
+        return "4"
 
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")

@@ -248,6 +248,17 @@ def _key(device: str) -> DeviceKey:
 # ---------------------------------------------------------------- working memory
 
 
+def _largest_per_layer(config: Any, name: str) -> Any:
+    """``config.name``, or its largest value over the layers where it varies per layer
+    (Gemma 4's ``head_dim``: transformers raises rather than pick one)."""
+    try:
+        return getattr(config, name, None)
+    except RuntimeError:  # transformers' AmbiguousGlobalPerLayerAttributeError
+        layers = getattr(config, "per_layer_config", None)
+        values = [getattr(layers[i], name, None) for i in range(int(config.num_hidden_layers))] if layers else []
+        return max((v for v in values if isinstance(v, int)), default=None)
+
+
 def working_bytes(config: Any, tokens: int, act_bytes: int) -> tuple[int, int]:
     """(the forward's, the readout's) working memory of one lens run over ``tokens``
     positions: the KV cache and one block's largest activations (eager attention's scores,
@@ -258,7 +269,7 @@ def working_bytes(config: Any, tokens: int, act_bytes: int) -> tuple[int, int]:
     layers = int(getattr(text, "num_hidden_layers", 0) or getattr(text, "n_layer", 0) or 0)
     heads = int(getattr(text, "num_attention_heads", 0) or getattr(text, "n_head", 0) or 1)
     kv_heads = int(getattr(text, "num_key_value_heads", 0) or heads)
-    head_dim = int(getattr(text, "head_dim", 0) or (d // heads if heads else 0))
+    head_dim = int(_largest_per_layer(text, "head_dim") or (d // heads if heads else 0))
     inner = int(getattr(text, "intermediate_size", 0) or getattr(text, "n_inner", 0) or 4 * d)
     vocab = int(getattr(text, "vocab_size", 0) or 0)
     p = max(1, int(tokens))

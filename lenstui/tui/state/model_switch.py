@@ -68,6 +68,12 @@ class ModelSwitch:
             for note in info.notes:
                 app.notify(note, title="Model", severity="warning", timeout=10)
             app.status.set_model(info.name, where_loaded(info), info.dtype, info.n_layers, info.load_seconds, info.from_cache)
+            wrong = info.wiring is not None and not info.wiring.ok
+            app.status.set_wiring(info.wiring.sentence if wrong else "")
+            if wrong:
+                app.notify(info.wiring.sentence, title="Model", severity="error", timeout=15)
+            if app.session.incl_mid and info.mid_rows:
+                app.session.incl_mid = False  # this model has none: the toggle says why when pressed
             if app.shown_result is None:
                 app.grid.show_hint("Type a prompt and press Enter (F2 cycles through presets).")
             for pane in app.side_panes():

@@ -41,6 +41,7 @@ class StatusBar(Guarded, Static):
     lens_info: reactive[str] = reactive("")  # a learned lens and its file ("" for the built-in lenses)
     job_info: reactive[str] = reactive("")  # a long job's progress (a lens fit)
     causal: reactive[str] = reactive("")  # the patch or steer on show (tui/state/causal.py)
+    wiring: reactive[str] = reactive("")  # the wiring check's warning ("" when the lens reads the model true)
 
     def __init__(self, *, show_timings: bool = True, id=None) -> None:
         super().__init__("", id=id, markup=False)
@@ -88,9 +89,14 @@ class StatusBar(Guarded, Static):
         """What the grid shows instead of the clean run ("" when it shows the clean run)."""
         self.causal = text
 
+    def set_wiring(self, sentence: str) -> None:
+        """The wiring check's sentence when the lens does not read the model true ("": it does)."""
+        self.wiring = f"⚠ {sentence}" if sentence else ""
+
     def render(self) -> Text:
         # A patch or steer on show comes first: at 80 columns the end of the line is cut.
-        parts = [p for p in (self.causal, self.model, self.state, self.job_info, self.lens_info, self.run_info) if p]
+        parts = [p for p in (self.causal, self.wiring, self.model, self.state, self.job_info, self.lens_info,
+                             self.run_info) if p]
         return Text(" │ ".join(parts), no_wrap=True, overflow="ellipsis")
 
 
