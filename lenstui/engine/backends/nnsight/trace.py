@@ -1,0 +1,285 @@
+"""The nnsight traces the backend runs: each one a ``with`` block nnsight captures (and, on
+NDIF, ships as source with the values it names), reducing on the model's side of the wire.
+
+- :func:`grid` reads the lens rows at some positions (with edits: a patched or steered
+  run) and reduces them to the cells (``reduce.read_rows``);
+- :func:`patched` runs a whole patch as one session: the source prompt, the clean run,
+  the patched run, the clean and patched cells and KL(patched || clean) per cell;
+- :func:`steered` runs a whole steer as one session: the scale (the median residual norm
+  after the block), the direction (the token's effective unembedding row), the greedy
+  steps under the steer and the steered cells;
+- :func:`row_kl` compares two prompts' rows at one position each.
+
+Only plain values enter a block (tensors, ints, strings, tuples, dicts, the envoys nnsight
+references by name) and only the reductions leave it: no residual stream comes back.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional, Sequence
+
+import torch
+
+from lenstui.core.callbacks import Progress, StopCheck
+from lenstui.core.errors import Cancelled, LenstuiError
+from lenstui.engine.backends.nnsight import reduce
+from lenstui.engine.backends.nnsight.model import NnsightModel
+from lenstui.engine.backends.nnsight.transport import RemoteError, remote_sentence
+
+
+def sites(model: NnsightModel) -> dict:
+    """The envoys a walk along the forward pass reads (``reduce.walk``)."""
+    paths = model.paths
+    envoy = model.envoy
+
+    def many(names):
+        return None if names is None else [envoy(name) for name in names]
+
+    return {
+        "inputs": [envoy(name) for name in paths.blocks] + [envoy(paths.final_norm)],
+        "mids": many(paths.mid_norms),
+        "attns": many(paths.attns),
+        "mlps": many(paths.mlps),
+        "out_projs": many(paths.out_projs),
+        "n_heads": paths.n_heads,
+    }
+
+
+def readout(model: NnsightModel) -> tuple[Any, Any]:
+    """(the final norm, the unembedding) as envoys."""
+    return model.envoy(model.paths.final_norm), model.envoy(model.paths.unembed)
+
+
+def _tokens(ids: Sequence[int]) -> torch.Tensor:
+    return torch.tensor([list(ids)], dtype=torch.long)
+
+
+def _ids_tensor(values: Optional[Sequence[int]]) -> Optional[torch.Tensor]:
+    return None if values is None else torch.tensor(list(values), dtype=torch.long)
+
+
+class _Running:
+    """Runs a trace through the model's transport: a failure on the way to NDIF and back
+    becomes one sentence (``RemoteError``); a cancel stays a cancel."""
+
+    def __init__(self, model: NnsightModel, label: str, progress: Optional[Progress], should_stop: Optional[StopCheck]):
+        self.model = model
+        self.backend = model.transport.backend(model.lm, label, progress, should_stop)
+
+    def __enter__(self):
+        return self.backend
+
+    def __exit__(self, kind, err, tb):
+        if err is None or isinstance(err, (Cancelled, LenstuiError, KeyboardInterrupt)):
+            return False
+        if self.model.remote:
+            raise RemoteError(remote_sentence(err, self.model.transport, self.model.name)) from None
+        return False
+
+
+def grid(
+    model: NnsightModel,
+    ids: Sequence[int],
+    positions: Sequence[int],
+    *,
+    top_k: int,
+    apply_norm: bool = True,
+    incl_mid: bool = False,
+    targets: Optional[Sequence[int]] = None,
+    track: Sequence[int] = (),
+    translators=None,
+    edits: Sequence[tuple] = (),
+    label: str = "grid",
+    progress: Optional[Progress] = None,
+    should_stop: Optional[StopCheck] = None,
+) -> dict:
+    """The lens cells of ``ids`` at ``positions`` (``reduce.read_rows``'s dict), under
+    ``edits`` when given; ``targets``: per position (None: each position's own top-1)."""
+    walk_sites = sites(model)
+    norm, head = readout(model)
+    index = torch.tensor(list(positions), dtype=torch.long)
+    target_ids = _ids_tensor(targets)
+    track_ids = torch.tensor(list(track), dtype=torch.long)
+    edits = list(edits)
+    walk, read_rows = reduce.walk, reduce.read_rows
+    with _Running(model, label, progress, should_stop) as backend:
+        with model.lm.trace(_tokens(ids), backend=backend):
+            rows, _ = walk(walk_sites, index, incl_mid, edits, [])
+            out = read_rows(rows, rows[-1], norm, head, top_k, target_ids, track_ids, apply_norm, translators).save()
+    return out
+
+
+def row_kl(
+    model: NnsightModel,
+    ids_a: Sequence[int],
+    pos_a: int,
+    ids_b: Sequence[int],
+    pos_b: int,
+    *,
+    apply_norm: bool = True,
+    incl_mid: bool = False,
+    translators_a=None,
+    translators_b=None,
+    progress: Optional[Progress] = None,
+    should_stop: Optional[StopCheck] = None,
+) -> torch.Tensor:
+    """``[rows]``: KL(A || B) between prompt A's rows at ``pos_a`` and B's at ``pos_b``."""
+    walk_sites = sites(model)
+    norm, head = readout(model)
+    index_a = torch.tensor([pos_a], dtype=torch.long)
+    index_b = torch.tensor([pos_b], dtype=torch.long)
+    walk, kl_rows, translated = reduce.walk, reduce.row_kl, reduce.translated_rows
+    with _Running(model, "compare", progress, should_stop) as backend:
+        with model.lm.session(backend=backend):
+            with model.lm.trace(_tokens(ids_a)):
+                rows_a, _ = walk(walk_sites, index_a, incl_mid, [], [])
+                stack_a = translated(rows_a, translators_a)
+            with model.lm.trace(_tokens(ids_b)):
+                rows_b, _ = walk(walk_sites, index_b, incl_mid, [], [])
+                stack_b = translated(rows_b, translators_b)
+            kl = kl_rows(stack_a, stack_b, norm, head, apply_norm).save()
+    return kl
+
+
+def patched(
+    model: NnsightModel,
+    ids: Sequence[int],
+    *,
+    site: tuple,  # (component, block, head)
+    position: int,
+    source: str,  # "prompt", "zero" or "mean"
+    source_ids: Optional[Sequence[int]] = None,
+    from_position: Optional[int] = None,
+    top_k: int,
+    apply_norm: bool = True,
+    incl_mid: bool = False,
+    target: Optional[int] = None,
+    track: Sequence[int] = (),
+    translators=None,
+    progress: Optional[Progress] = None,
+    should_stop: Optional[StopCheck] = None,
+) -> dict:
+    """One session: prompt B's value at the site (source "prompt"), the clean run of
+    ``ids`` (its cells everywhere, its value at the site for a mean), the patched run (its
+    cells from ``position`` on, read against the clean run's targets) and KL(patched ||
+    clean) there. -> ``{"clean": cells, "patched": cells, "kl": [R, P - position]}``."""
+    walk_sites = sites(model)
+    norm, head = readout(model)
+    component, block, head_index = site
+    capture = [(component, block, head_index)]
+    n = len(ids)
+    every = torch.arange(n, dtype=torch.long)
+    later = torch.arange(position, n, dtype=torch.long)
+    fixed = None if target is None else torch.full((n,), int(target), dtype=torch.long)
+    track_ids = torch.tensor(list(track), dtype=torch.long)
+    source_tokens = None if source_ids is None else _tokens(source_ids)
+    q = from_position
+    p = position
+    later_translators = _sliced(translators, position)
+    walk, read_rows, cell_kl, translated = reduce.walk, reduce.read_rows, reduce.cell_kl, reduce.translated_rows
+    with _Running(model, "patch", progress, should_stop) as backend:
+        with model.lm.session(backend=backend):
+            value = None
+            if source_tokens is not None:
+                with model.lm.trace(source_tokens):
+                    _, taken = walk(walk_sites, every[:1], False, [], capture)
+                    value = taken[0][q]
+            with model.lm.trace(_tokens(ids)):
+                clean_rows, taken = walk(walk_sites, every, incl_mid, [], capture)
+                clean = read_rows(clean_rows, clean_rows[-1], norm, head, top_k, fixed, track_ids, apply_norm, translators)
+            if source == "mean":
+                value = taken[0][1:].float().mean(dim=0) if n > 1 else taken[0][0].float()
+            op = "zero" if source == "zero" else "set"
+            edits = [(component, block, p, p + 1, head_index, op, value)]
+            targets = fixed[p:] if fixed is not None else clean["final_top1"][p:]
+            with model.lm.trace(_tokens(ids)):
+                rows, _ = walk(walk_sites, later, incl_mid, edits, [])
+                changed = read_rows(rows, rows[-1], norm, head, top_k, targets, track_ids, apply_norm, later_translators)
+            clean_later = [row[p:] for row in translated(clean_rows, translators)]
+            kl = cell_kl(translated(rows, later_translators), clean_later, norm, head, apply_norm)
+            out = {"clean": clean, "patched": changed, "kl": kl}.save()
+    return out
+
+
+def steered(
+    model: NnsightModel,
+    ids: Sequence[int],
+    *,
+    block: int,
+    position: int,
+    toward: int,
+    away: Optional[int],
+    alpha: float,
+    scale: Optional[float],
+    steps: int,
+    clean_steps: bool,
+    top_k: int,
+    apply_norm: bool = True,
+    incl_mid: bool = False,
+    target: Optional[int] = None,
+    track: Sequence[int] = (),
+    translators=None,
+    progress: Optional[Progress] = None,
+    should_stop: Optional[StopCheck] = None,
+) -> dict:
+    """One session: the scale (the median norm of the residual after ``block`` over the
+    prompt, unless given), the unit direction toward ``toward``'s effective unembedding row
+    (the final norm's gain folded in; minus ``away``'s), ``steps`` greedy tokens under the
+    steer (and as many without it, with ``clean_steps``), then the steered cells over the
+    prompt and the steps. -> ``{"cells", "generated", "clean_generated", "scale"}``."""
+    walk_sites = sites(model)
+    norm, head = readout(model)
+    n = len(ids)
+    prompt = _tokens(ids)
+    track_ids = torch.tensor(list(track), dtype=torch.long)
+    fixed_scale = None if scale is None else torch.tensor(float(scale))
+    capture = [("resid", block, None)]
+    walk, read_rows, direction_of = reduce.walk, reduce.read_rows, reduce.steer_direction
+    with _Running(model, "steer", progress, should_stop) as backend:
+        with model.lm.session(backend=backend):
+            if fixed_scale is None:
+                with model.lm.trace(prompt):
+                    _, taken = walk(walk_sites, torch.arange(1), False, [], capture)
+                    used_scale = taken[0].float().norm(dim=-1).median()
+            else:
+                used_scale = fixed_scale
+            unit = direction_of(head, norm, toward, away)
+            vector = unit * (float(alpha) * used_scale)
+            edits = [("resid", block, position, None, None, "add", vector)]
+            tokens = prompt
+            generated = []
+            for _ in range(steps):
+                with model.lm.trace(tokens):
+                    rows, _ = walk(walk_sites, torch.tensor([tokens.shape[1] - 1]), False, edits, [])
+                    logits = head(norm(rows[-1]))
+                next_id = logits.argmax(dim=-1)
+                generated.append(next_id)
+                tokens = torch.cat([tokens, next_id[None].to(tokens.device)], dim=1)
+            clean_generated = []
+            clean_tokens = prompt
+            for _ in range(steps if clean_steps else 0):
+                with model.lm.trace(clean_tokens):
+                    rows, _ = walk(walk_sites, torch.tensor([clean_tokens.shape[1] - 1]), False, [], [])
+                    logits = head(norm(rows[-1]))
+                next_id = logits.argmax(dim=-1)
+                clean_generated.append(next_id)
+                clean_tokens = torch.cat([clean_tokens, next_id[None].to(clean_tokens.device)], dim=1)
+            every = torch.arange(tokens.shape[1])
+            with model.lm.trace(tokens):
+                rows, _ = walk(walk_sites, every, incl_mid, edits, [])
+                fixed = None if target is None else torch.full((tokens.shape[1],), int(target))
+                cells = read_rows(rows, rows[-1], norm, head, top_k, fixed, track_ids, apply_norm, translators)
+            out = {
+                "cells": cells,
+                "generated": tokens[0, n:].cpu(),
+                "clean_generated": clean_tokens[0, n:].cpu(),
+                "scale": used_scale.float().cpu(),
+            }.save()
+    return out
+
+
+def _sliced(translators, start: int):
+    """A learned lens's translators for the positions from ``start`` on."""
+    if translators is None:
+        return None
+    return translators[0], translators[1][start:]
