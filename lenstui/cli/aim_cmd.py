@@ -26,7 +26,7 @@ def run(args: argparse.Namespace) -> int:
 
     if (args.token is None) == (args.id is None):
         raise InputError("Pass exactly one of a token's text or --id N.")
-    model = load_from_args(args)
+    model = load_from_args(args, "The aim measure", vocabulary=True)
     token_id = resolve_token(model, args.id if args.id is not None else args.token)
     result = aim(model, token_id)
     if args.json:

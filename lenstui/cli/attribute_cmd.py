@@ -86,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
     # Checked before loading the model: a usage mistake should not cost a model load.
     if not args.prompt:
         raise InputError("The prompt is empty: type some text to attribute.")
-    model = load_from_args(args)
+    model = load_from_args(args, "Attribution")
     result = attribute(
         model,
         args.prompt,

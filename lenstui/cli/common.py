@@ -28,6 +28,40 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
         help="let a Hugging Face model id that is not in the local cache be downloaded "
         "(default: never, unless allow_download = true in config.toml)",
     )
+    add_backend_options(parser)
+
+
+def add_backend_options(parser: argparse.ArgumentParser) -> None:
+    """--backend, --remote, --endpoint: who reads the model, and where (docs/guide/ndif.md)."""
+    from lenstui.core.backends import BACKENDS
+
+    parser.add_argument(
+        "--backend", choices=BACKENDS, default=None,
+        help="native (hooks on the model here) or nnsight (default: backend in config.toml, else native)",
+    )
+    parser.add_argument(
+        "--remote", action="store_true", default=False,
+        help="run the model on NDIF through nnsight (needs NDIF_API_KEY or [ndif] api_key in config.toml)",
+    )
+    parser.add_argument(
+        "--endpoint", metavar="URL", default=None,
+        help="with --remote: the NDIF endpoint (default: [ndif] endpoint in config.toml, else https://api.ndif.us)",
+    )
+
+
+def backend_choice(args: argparse.Namespace) -> Optional[str]:
+    """--backend, else the config's ``backend`` (None: native, or nnsight with --remote)."""
+    chosen = getattr(args, "backend", None)
+    if chosen is None and not getattr(args, "remote", False):
+        from lenstui.store.config import load_config
+
+        configured = load_config()[0].backend
+        chosen = None if configured == "native" else configured
+    return chosen
+
+
+# The backend of the model this command loaded (every --json payload says it).
+_LOADED: dict = {}
 
 
 def downloads_allowed(args: argparse.Namespace) -> bool:
@@ -46,8 +80,12 @@ def add_token_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--id", type=int, default=None, metavar="N", help="the token id instead of its text")
 
 
-def load_from_args(args: argparse.Namespace):
-    """Load the model named by --model/--device/--dtype, reporting progress on stderr."""
+def load_from_args(args: argparse.Namespace, native_for: Optional[str] = None, vocabulary: bool = False):
+    """Load the model named by --model/--device/--dtype (and --backend/--remote/--endpoint),
+    reporting progress on stderr. ``native_for``: what the command does, when it needs the
+    weights here (the whole-vocabulary and TransformerLens work): the plain model then, or
+    the sentence saying why there is none (the model is on NDIF; ``vocabulary``: it is the
+    unembedding that it needs, and the sentence gives its size)."""
     from lenstui.engine.model.load import load_model
 
     def progress(message: str, fraction: Optional[float]) -> None:
@@ -56,14 +94,41 @@ def load_from_args(args: argparse.Namespace):
 
     try:
         model = load_model(
-            args.model, device=args.device, dtype=args.dtype, progress=progress, allow_download=downloads_allowed(args)
+            args.model, device=args.device, dtype=args.dtype, progress=progress, allow_download=downloads_allowed(args),
+            **_backend_kwargs(args),
         )
     finally:
         if sys.stderr.isatty():
             print("\r\033[2K", end="", file=sys.stderr, flush=True)
     for note in model.notes:  # e.g. the GGUF cache could not be written
         print(f"lenstui: note: {note}", file=sys.stderr)
+    from lenstui.engine.backends import backend_of, native_model
+
+    remote = bool(getattr(model, "remote", False))
+    _LOADED.update(backend=backend_of(model), remote=remote, endpoint=getattr(model, "endpoint", None) if remote else None)
+    if remote:  # progress while NDIF queues and runs each request (the terminal's, not the app's)
+        _report_remote_progress(model)
+    if native_for is not None:
+        return native_model(model, native_for, vocabulary=vocabulary)
     return model
+
+
+def _backend_kwargs(args: argparse.Namespace) -> dict:
+    backend, remote = backend_choice(args), bool(getattr(args, "remote", False))
+    if backend is None and not remote:
+        return {}
+    return {"backend": backend, "remote": remote, "endpoint": getattr(args, "endpoint", None)}
+
+
+def _report_remote_progress(model) -> None:
+    """NDIF's job status on stderr, one line per change, for a command that waits on it."""
+
+    def progress(message: str, fraction: Optional[float]) -> None:
+        end = "" if sys.stderr.isatty() else "\n"
+        prefix = "\r\033[2K" if sys.stderr.isatty() else "lenstui: "
+        print(f"{prefix}{message}", end=end, file=sys.stderr, flush=True)
+
+    model.transport.progress = progress
 
 
 def one_token(args: argparse.Namespace, message: str):
@@ -93,6 +158,8 @@ def lens_options(args: argparse.Namespace):
 
 
 def print_json(payload: Any) -> None:
+    if isinstance(payload, dict) and _LOADED:
+        payload = {**payload, **_LOADED}  # "backend", "remote", "endpoint"
     json.dump(payload, sys.stdout, ensure_ascii=False)
     sys.stdout.write("\n")
 

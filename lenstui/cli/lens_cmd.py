@@ -87,13 +87,13 @@ def run(args: argparse.Namespace) -> int:
 
 
 def run_compare(args: argparse.Namespace, options) -> int:
-    from lenstui.engine.lens.compare import compare_rows
+    from lenstui.engine.backends import engine_for
 
     if args.positions is not None:
         raise InputError("--vs compares whole prompts: use --compare-positions PA,PB instead of --positions.")
     pos_a, pos_b = _compare_positions(args.compare_positions)
     model = load_from_args(args)
-    comparison = compare_rows(model, args.prompt, pos_a, args.vs, pos_b, options)
+    comparison = engine_for(model).compare_rows(model, args.prompt, pos_a, args.vs, pos_b, options)
     if args.json:
         print_json(comparison.to_json())
     else:

@@ -114,9 +114,9 @@ def run(args: argparse.Namespace) -> int:
     prompt = _encoded(model, args.prompt, args.chat)
     source = _encoded(model, args.source, args.chat)
     if args.sweep is not None:
-        from lenstui.engine.causal import sweep
+        from lenstui.engine.backends import engine_for
 
-        result = sweep(
+        result = engine_for(model).sweep(
             model, prompt, site, mode=args.sweep, source_prompt=source, ablate=args.ablate,
             target=options.target, track=options.track,
         )
@@ -125,10 +125,10 @@ def run(args: argparse.Namespace) -> int:
         else:
             print(format_sweep(result))
         return 0
-    from lenstui.engine.causal import patch
+    from lenstui.engine.backends import engine_for
     from lenstui.engine.lens.run import parse_positions
 
-    result = patch(model, prompt, site, source_prompt=source, ablate=args.ablate, options=options)
+    result = engine_for(model).patch(model, prompt, site, source_prompt=source, ablate=args.ablate, options=options)
     if args.positions is not None:
         result = result.select(parse_positions(args.positions, len(result.patched.tokens)))
     if args.json:

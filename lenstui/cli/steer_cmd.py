@@ -46,7 +46,7 @@ def configure(parser: argparse.ArgumentParser, command: str = "") -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from lenstui.engine.causal import steer
+    from lenstui.engine.backends import engine_for
 
     options = lens_options(args)
     setting = SteerSetting(
@@ -62,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
         from lenstui.engine.model.chat import chat_prompt_ids
 
         prompt = chat_prompt_ids(model, prompt)
-    result = steer(model, prompt, setting, steps=args.steps, options=options)
+    result = engine_for(model).steer(model, prompt, setting, steps=args.steps, options=options)
     if args.json:
         print_json(result.to_json())
     else:

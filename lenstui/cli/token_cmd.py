@@ -42,7 +42,7 @@ def configure(parser: argparse.ArgumentParser, command: str = "") -> None:
 def run(args: argparse.Namespace) -> int:
     # Checked before loading the model: a usage mistake should not cost a model load.
     token = one_token(args, "Pass exactly one of TOKEN (its text or vocabulary piece) or --id N.")
-    model = load_from_args(args)
+    model = load_from_args(args, "The token inspector's neighbours", vocabulary=True)
     report = inspect_token(model, token, args.neighbors)
     if args.json:
         print_json(report.to_json())

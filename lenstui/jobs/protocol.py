@@ -51,6 +51,12 @@ class LoadModel(Request):
     device: Optional[str] = None
     dtype: str = "float32"
     allow_download: bool = False  # a hub id not in the local cache may be fetched
+    # Who reads the model (lenstui.core.backends): None native (nnsight with ``remote``);
+    # ``remote``: on NDIF at ``endpoint`` (None: the config's, else NDIF's own). The API key
+    # never travels in a request: the worker reads it (NDIF_API_KEY or config.toml).
+    backend: Optional[str] = None
+    remote: bool = False
+    endpoint: Optional[str] = None
 
     title: ClassVar[str] = "Model"
     priority: ClassVar[int] = 0
@@ -312,6 +318,10 @@ class ModelInfo:
     has_chat_template: bool
     notes: tuple[str, ...] = ()  # sentences about the load (the GGUF cache could not be written, ...)
     lenses: tuple[LensFile, ...] = ()  # learned lenses fitted for these weights (found in the cache)
+    backend: str = "native"  # who reads the model: "native" or "nnsight"
+    remote: bool = False  # nnsight on NDIF
+    endpoint: Optional[str] = None  # the NDIF endpoint, when remote
+    limits: tuple[str, ...] = ()  # what this backend cannot do here, one sentence each
 
 
 # handler(model or None, request, ctx: lenstui.jobs.scheduler.JobContext) -> value; runs on

@@ -340,12 +340,17 @@ class ModelWorker:
         if loader is None:
             from lenstui.engine.model.load import load_model as loader
         try:
+            # The backend's settings only when asked for (a test's loader need not take them).
+            backend = {}
+            if request.backend is not None or request.remote:
+                backend = dict(backend=request.backend, remote=request.remote, endpoint=request.endpoint)
             model = loader(
                 request.spec,
                 device=request.device,
                 dtype=request.dtype,
                 progress=ctx.progress,
                 allow_download=request.allow_download,
+                **backend,
             )
         except Exception as err:
             # A failed switch to a second model leaves the first one loaded and serving:

@@ -37,6 +37,7 @@ from textual.widgets import Footer, Input
 
 from lenstui.core.lens_result import LensResult
 from lenstui.core.scan_result import ScanMarks
+from lenstui.core.backends import backend_label
 from lenstui.jobs.protocol import (
     CheckSpeakable,
     Done,
@@ -49,7 +50,11 @@ from lenstui.jobs.protocol import (
     Progress,
     Request,
     Result,
+    RunCompare,
     RunLens,
+    RunPatch,
+    RunSteer,
+    RunSweep,
     ScanVocabulary,
 )
 from lenstui.jobs.process import ProcessWorker
@@ -97,6 +102,9 @@ class WorkerReply(Message, bubble=False):
         )
 
 
+# The requests a model on NDIF answers through the network (Esc stops waiting for them).
+REMOTE_KINDS = (RunLens, RunCompare, RunPatch, RunSweep, RunSteer)
+
 # How often the app checks that the worker thread is alive (seconds), and how many times
 # it starts a new one before it gives up (a worker that dies at once every time).
 WORKER_WATCH_SECONDS = 0.5
@@ -131,6 +139,9 @@ class LenstuiApp(Guarded, App):
         strict_crashes: bool = False,
         in_process: Optional[bool] = None,
         worker: Optional[ProcessWorker] = None,
+        backend: Optional[str] = None,
+        remote: bool = False,
+        endpoint: Optional[str] = None,
     ) -> None:
         super().__init__()
         # Unexpected exceptions become notices (strict: also re-raised when a test ends).
@@ -139,7 +150,12 @@ class LenstuiApp(Guarded, App):
         self.initial_prompt = prompt
         # Hub ids load from the local cache only, unless --allow-download or the config says so.
         downloads = bool(allow_download or self.config.allow_download)
-        self.model_request = LoadModel(model, device, dtype, allow_download=downloads)
+        # Who reads the model (--backend, else the config's; --remote: nnsight on NDIF).
+        if backend is None and not remote and self.config.backend != "native":
+            backend = self.config.backend
+        self.model_request = LoadModel(
+            model, device, dtype, allow_download=downloads, backend=backend, remote=remote, endpoint=endpoint
+        )
         self.loader = loader  # tests pass one that returns an already loaded model
         # The model runs in a child process (jobs/process.py: this process never imports
         # torch and keeps its latency whatever the model does), except for a loader given
@@ -444,7 +460,7 @@ class LenstuiApp(Guarded, App):
             causal.on_reply(self, result)
 
     def on_model_chosen(self, message: ModelChosen) -> None:
-        self.model_switch.begin(message.spec, message.label)
+        self.model_switch.begin(message.spec, message.label, getattr(message, "backend", None), getattr(message, "remote", False))
 
     def _on_load_reply(self, result: Result) -> None:
         if isinstance(result, Failed) and self.model_switch.failed(result):
@@ -458,6 +474,7 @@ class LenstuiApp(Guarded, App):
             for note in info.notes:
                 self.notify(note, title="Model", severity="warning", timeout=10)
             self.status.set_model(info.name, info.device, info.dtype, info.n_layers, info.load_seconds, info.from_cache)
+            self.status.set_backend(backend_label(info.backend, info.remote, info.endpoint))
             if self.shown_result is None:
                 self.grid.show_hint("Type a prompt and press Enter (F2 cycles through presets).")
             if self.session.chat and not info.has_chat_template:
@@ -693,6 +710,10 @@ class LenstuiApp(Guarded, App):
         # Letters like "i", "s" and "t" belong to the prompt while typing.
         if action in LETTER_ACTIONS and isinstance(self.focused, Input):
             return False
+        if action == "cancel_remote":  # Esc stops a request NDIF is running, else means what it did
+            info = self.model_info
+            busy = self.worker.busy_kinds() if self.worker is not None else set()
+            return bool(info is not None and info.remote and busy & set(REMOTE_KINDS))
         applies = causal.check_action(self, action)  # p, Esc, + and - mean more at times
         if applies is not None:
             return applies
@@ -833,6 +854,13 @@ class LenstuiApp(Guarded, App):
 
     def action_patch_cell(self) -> None:
         causal.patch_cursor(self)
+
+    def action_cancel_remote(self) -> None:
+        """Esc while NDIF runs a request: stop waiting for it (its answer is dropped)."""
+        stopped = [kind for kind in REMOTE_KINDS if self.cancel(kind)]
+        if stopped:
+            self.status.set_job("")
+            self.notify("Stopped waiting for NDIF; the grid shows the last answer.", title="NDIF", timeout=4)
 
     def action_restore_clean(self) -> None:
         causal.restore_clean(self)

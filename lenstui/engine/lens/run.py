@@ -35,7 +35,7 @@ from lenstui.core.callbacks import StopCheck
 from lenstui.core.errors import InputError, quoted
 from lenstui.core.lens_result import LensResult
 from lenstui.core.lenses import LensOptions
-from lenstui.engine.lens.state import lens_state
+from lenstui.engine.backends import engine_for
 from lenstui.engine.model.load import LoadedModel
 
 
@@ -87,7 +87,7 @@ def run_lens(
     states to use ("a", "b": two prompts side by side stay incremental).
     """
     started = time.perf_counter()
-    state = lens_state(model, slot)
+    state = engine_for(model).lens_state(model, slot)  # the model's backend's (native or nnsight)
     plan = state.prepare(prompt, options, should_stop)
     if positions is None:
         return state.result(should_stop, started=started)

@@ -24,13 +24,15 @@ class ModelSwitch:
         self.app = host
         self.pending: Optional[str] = None  # the label of the model being opened
 
-    def begin(self, spec: str, label: str) -> None:
+    def begin(self, spec: str, label: str, backend: Optional[str] = None, remote: bool = False) -> None:
         app = self.app
         self.pending = label or spec or "the embedded model"
         app.model_settled.clear()
         app.status.set_loading(f"opening {self.pending}", 0.0)
-        # The start's device, dtype and download policy, for another spec.
-        app.submit(replace(app.model_request, spec=spec or None))
+        # The start's device, dtype and download policy, for another spec (and another
+        # backend when the picker named one: "... through nnsight", "... on NDIF").
+        changes = {} if backend is None else {"backend": backend, "remote": remote}
+        app.submit(replace(app.model_request, spec=spec or None, **changes))
 
     def failed(self, result: Failed) -> bool:
         """True when this was a switch and the old model is still loaded (the app then

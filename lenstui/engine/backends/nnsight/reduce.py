@@ -268,3 +268,23 @@ def steer_direction(head, norm, toward, away):
         if gain is not None:
             direction = direction * gain.float()
         return direction / direction.norm()
+
+
+def final_point(patched, clean, norm, head, targets):
+    """One sweep point from the final rows ``[d]`` of a patched and the clean run: the
+    targets' (``[T]``) probabilities and ranks in the patched row, its top-1 (id, logit,
+    probability) and KL(patched || clean)."""
+    with torch.no_grad():
+        logits = _logits(head, norm(patched[None]))[0]
+        log_p = logits.log_softmax(dim=-1)
+        clean_log_p = _logits(head, norm(clean[None]))[0].log_softmax(dim=-1)
+        chosen = logits[targets.to(logits.device)]
+        top = logits.argmax()
+        return {
+            "probs": log_p[targets.to(logits.device)].exp().cpu(),
+            "ranks": torch.stack([(logits > value).sum() for value in chosen]).cpu(),
+            "top_id": top.cpu(),
+            "top_logit": logits[top].cpu(),
+            "top_prob": log_p[top].exp().cpu(),
+            "kl": (log_p.exp() * (log_p - clean_log_p)).sum().clamp_min(0.0).cpu(),
+        }

@@ -194,3 +194,15 @@ def translators_for(lens, positions: Sequence[int], n_rows: int):
         per_row[row] = (learned.matrices[j], bias)
     raw = torch.tensor([p < learned.logit_positions for p in positions], dtype=torch.bool)
     return per_row, raw
+
+
+def greedy_ids(model: NnsightModel, ids: Sequence[int], steps: int, *, should_stop: Optional[StopCheck] = None) -> list[int]:
+    """``engine.model.generate.greedy_ids`` through nnsight (one session for all the steps)."""
+    out = [int(i) for i in ids]
+    if len(out) + steps > model.n_ctx:
+        raise InputError(
+            f"The prompt ({len(out)} tokens) plus {steps} steps is more than the {model.n_ctx} tokens {model.name} reads."
+        )
+    if steps <= 0:
+        return out
+    return trace.greedy(model, out, steps, should_stop=should_stop)

@@ -65,11 +65,14 @@ class _Running:
     def __init__(self, model: NnsightModel, label: str, progress: Optional[Progress], should_stop: Optional[StopCheck]):
         self.model = model
         self.backend = model.transport.backend(model.lm, label, progress, should_stop)
+        self.no_grad = torch.no_grad()  # a block run here computes no gradients
 
     def __enter__(self):
+        self.no_grad.__enter__()
         return self.backend
 
     def __exit__(self, kind, err, tb):
+        self.no_grad.__exit__(kind, err, tb)
         if err is None or isinstance(err, (Cancelled, LenstuiError, KeyboardInterrupt)):
             return False
         if self.model.remote:
@@ -96,6 +99,7 @@ def grid(
     """The lens cells of ``ids`` at ``positions`` (``reduce.read_rows``'s dict), under
     ``edits`` when given; ``targets``: per position (None: each position's own top-1)."""
     walk_sites = sites(model)
+    lm = model.lm
     norm, head = readout(model)
     index = torch.tensor(list(positions), dtype=torch.long)
     target_ids = _ids_tensor(targets)
@@ -103,7 +107,7 @@ def grid(
     edits = list(edits)
     walk, read_rows = reduce.walk, reduce.read_rows
     with _Running(model, label, progress, should_stop) as backend:
-        with model.lm.trace(_tokens(ids), backend=backend):
+        with lm.trace(_tokens(ids), backend=backend):
             rows, _ = walk(walk_sites, index, incl_mid, edits, [])
             out = read_rows(rows, rows[-1], norm, head, top_k, target_ids, track_ids, apply_norm, translators).save()
     return out
@@ -125,18 +129,19 @@ def row_kl(
 ) -> torch.Tensor:
     """``[rows]``: KL(A || B) between prompt A's rows at ``pos_a`` and B's at ``pos_b``."""
     walk_sites = sites(model)
+    lm = model.lm
     norm, head = readout(model)
     index_a = torch.tensor([pos_a], dtype=torch.long)
     index_b = torch.tensor([pos_b], dtype=torch.long)
-    walk, kl_rows, translated = reduce.walk, reduce.row_kl, reduce.translated_rows
+    walk, kl_rows, translated, cat = reduce.walk, reduce.row_kl, reduce.translated_rows, torch.cat
     with _Running(model, "compare", progress, should_stop) as backend:
-        with model.lm.session(backend=backend):
-            with model.lm.trace(_tokens(ids_a)):
+        with lm.session(backend=backend):
+            with lm.trace(_tokens(ids_a)):
                 rows_a, _ = walk(walk_sites, index_a, incl_mid, [], [])
-                stack_a = translated(rows_a, translators_a)
-            with model.lm.trace(_tokens(ids_b)):
+                stack_a = cat(translated(rows_a, translators_a), 0)
+            with lm.trace(_tokens(ids_b)):
                 rows_b, _ = walk(walk_sites, index_b, incl_mid, [], [])
-                stack_b = translated(rows_b, translators_b)
+                stack_b = cat(translated(rows_b, translators_b), 0)
             kl = kl_rows(stack_a, stack_b, norm, head, apply_norm).save()
     return kl
 
@@ -164,6 +169,7 @@ def patched(
     cells from ``position`` on, read against the clean run's targets) and KL(patched ||
     clean) there. -> ``{"clean": cells, "patched": cells, "kl": [R, P - position]}``."""
     walk_sites = sites(model)
+    lm = model.lm
     norm, head = readout(model)
     component, block, head_index = site
     capture = [(component, block, head_index)]
@@ -178,13 +184,13 @@ def patched(
     later_translators = _sliced(translators, position)
     walk, read_rows, cell_kl, translated = reduce.walk, reduce.read_rows, reduce.cell_kl, reduce.translated_rows
     with _Running(model, "patch", progress, should_stop) as backend:
-        with model.lm.session(backend=backend):
+        with lm.session(backend=backend):
             value = None
             if source_tokens is not None:
-                with model.lm.trace(source_tokens):
+                with lm.trace(source_tokens):
                     _, taken = walk(walk_sites, every[:1], False, [], capture)
                     value = taken[0][q]
-            with model.lm.trace(_tokens(ids)):
+            with lm.trace(_tokens(ids)):
                 clean_rows, taken = walk(walk_sites, every, incl_mid, [], capture)
                 clean = read_rows(clean_rows, clean_rows[-1], norm, head, top_k, fixed, track_ids, apply_norm, translators)
             if source == "mean":
@@ -192,7 +198,7 @@ def patched(
             op = "zero" if source == "zero" else "set"
             edits = [(component, block, p, p + 1, head_index, op, value)]
             targets = fixed[p:] if fixed is not None else clean["final_top1"][p:]
-            with model.lm.trace(_tokens(ids)):
+            with lm.trace(_tokens(ids)):
                 rows, _ = walk(walk_sites, later, incl_mid, edits, [])
                 changed = read_rows(rows, rows[-1], norm, head, top_k, targets, track_ids, apply_norm, later_translators)
             clean_later = [row[p:] for row in translated(clean_rows, translators)]
@@ -228,6 +234,7 @@ def steered(
     steer (and as many without it, with ``clean_steps``), then the steered cells over the
     prompt and the steps. -> ``{"cells", "generated", "clean_generated", "scale"}``."""
     walk_sites = sites(model)
+    lm = model.lm
     norm, head = readout(model)
     n = len(ids)
     prompt = _tokens(ids)
@@ -236,9 +243,9 @@ def steered(
     capture = [("resid", block, None)]
     walk, read_rows, direction_of = reduce.walk, reduce.read_rows, reduce.steer_direction
     with _Running(model, "steer", progress, should_stop) as backend:
-        with model.lm.session(backend=backend):
+        with lm.session(backend=backend):
             if fixed_scale is None:
-                with model.lm.trace(prompt):
+                with lm.trace(prompt):
                     _, taken = walk(walk_sites, torch.arange(1), False, [], capture)
                     used_scale = taken[0].float().norm(dim=-1).median()
             else:
@@ -249,7 +256,7 @@ def steered(
             tokens = prompt
             generated = []
             for _ in range(steps):
-                with model.lm.trace(tokens):
+                with lm.trace(tokens):
                     rows, _ = walk(walk_sites, torch.tensor([tokens.shape[1] - 1]), False, edits, [])
                     logits = head(norm(rows[-1]))
                 next_id = logits.argmax(dim=-1)
@@ -258,14 +265,14 @@ def steered(
             clean_generated = []
             clean_tokens = prompt
             for _ in range(steps if clean_steps else 0):
-                with model.lm.trace(clean_tokens):
+                with lm.trace(clean_tokens):
                     rows, _ = walk(walk_sites, torch.tensor([clean_tokens.shape[1] - 1]), False, [], [])
                     logits = head(norm(rows[-1]))
                 next_id = logits.argmax(dim=-1)
                 clean_generated.append(next_id)
                 clean_tokens = torch.cat([clean_tokens, next_id[None].to(clean_tokens.device)], dim=1)
             every = torch.arange(tokens.shape[1])
-            with model.lm.trace(tokens):
+            with lm.trace(tokens):
                 rows, _ = walk(walk_sites, every, incl_mid, edits, [])
                 fixed = None if target is None else torch.full((tokens.shape[1],), int(target))
                 cells = read_rows(rows, rows[-1], norm, head, top_k, fixed, track_ids, apply_norm, translators)
@@ -283,3 +290,105 @@ def _sliced(translators, start: int):
     if translators is None:
         return None
     return translators[0], translators[1][start:]
+
+
+def swept(
+    model: NnsightModel,
+    ids: Sequence[int],
+    points: Sequence[tuple],  # (block, P, Q) per patched run
+    *,
+    component: str,
+    head_index: Optional[int],
+    source: str,
+    source_ids: Optional[Sequence[int]],
+    target: Optional[int],
+    extra: Sequence[int],
+    progress: Optional[Progress] = None,
+    should_stop: Optional[StopCheck] = None,
+) -> dict:
+    """One session for a whole sweep: the clean run (its final row at the last position
+    and, for a mean, the sites' values), prompt B's run (its sites' values and its final
+    row), then one patched run per point read at A's last position only.
+    -> ``{"target", "answer", "points": [final_point per point], "clean": final_point,
+    "source": final_point of B's last position or None}``."""
+    walk_sites = sites(model)
+    lm = model.lm
+    norm, head = readout(model)
+    n = len(ids)
+    blocks = sorted({b for b, _, _ in points})
+    capture = [(component, b, head_index) for b in blocks]
+    last = torch.tensor([n - 1])
+    prompt = _tokens(ids)
+    source_tokens = None if source_ids is None else _tokens(source_ids)
+    fixed_target = None if target is None else torch.tensor(int(target))
+    extra_ids = torch.tensor(list(extra), dtype=torch.long)
+    plan = [(b, p, q, blocks.index(b)) for b, p, q in points]
+    walk, point_of = reduce.walk, reduce.final_point
+    with _Running(model, "sweep", progress, should_stop) as backend:
+        with lm.session(backend=backend):
+            with lm.trace(prompt):
+                rows, clean_values = walk(walk_sites, last, False, [], capture if source == "mean" else [])
+                clean_final = rows[-1][0]
+                clean_logits = head(norm(clean_final[None]))[0]
+            target_id = fixed_target if fixed_target is not None else clean_logits.argmax().cpu()
+            answer_id = None
+            source_values = None
+            b_final = None
+            if source_tokens is not None:
+                with lm.trace(source_tokens):
+                    b_rows, source_values = walk(walk_sites, torch.tensor([source_tokens.shape[1] - 1]), False, [], capture)
+                    b_final = b_rows[-1][0]
+                    answer_id = head(norm(b_final[None]))[0].argmax().cpu()
+            wanted = [target_id.reshape(1)]
+            if answer_id is not None:
+                wanted.append(answer_id.reshape(1))
+            targets = torch.cat(wanted + [extra_ids])
+            results = []
+            for b, p, q, slot in plan:
+                if source == "zero":
+                    edit = (component, b, p, p + 1, head_index, "zero", None)
+                elif source == "mean":
+                    taken = clean_values[slot]
+                    edit = (component, b, p, p + 1, head_index, "set", taken[1:].float().mean(dim=0) if n > 1 else taken[0])
+                else:
+                    edit = (component, b, p, p + 1, head_index, "set", source_values[slot][q])
+                with lm.trace(prompt):
+                    patched_rows, _ = walk(walk_sites, last, False, [edit], [])
+                    results.append(point_of(patched_rows[-1][0], clean_final, norm, head, targets))
+            clean_point = point_of(clean_final, clean_final, norm, head, targets)
+            source_point = None if b_final is None else point_of(b_final, b_final, norm, head, targets)
+            out = {
+                "target": target_id,
+                "answer": answer_id,
+                "points": results,
+                "clean": clean_point,
+                "source": source_point,
+            }.save()
+    return out
+
+
+def greedy(
+    model: NnsightModel,
+    ids: Sequence[int],
+    steps: int,
+    *,
+    progress: Optional[Progress] = None,
+    should_stop: Optional[StopCheck] = None,
+) -> list[int]:
+    """``ids`` plus ``steps`` greedy tokens (each the model's own top-1 after the last),
+    one session: a trace per step, the ids growing on the model's side."""
+    walk_sites = sites(model)
+    lm = model.lm
+    norm, head = readout(model)
+    walk = reduce.walk
+    with _Running(model, "steps", progress, should_stop) as backend:
+        with lm.session(backend=backend):
+            tokens = _tokens(ids)
+            for _ in range(steps):
+                with lm.trace(tokens):
+                    rows, _ = walk(walk_sites, torch.tensor([tokens.shape[1] - 1]), False, [], [])
+                    logits = head(norm(rows[-1]))
+                next_id = logits.argmax(dim=-1)
+                tokens = torch.cat([tokens, next_id[None].to(tokens.device)], dim=1)
+            out = tokens[0].cpu().save()
+    return [int(i) for i in out.tolist()]

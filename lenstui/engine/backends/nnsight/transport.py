@@ -30,8 +30,7 @@ from typing import Any, Optional
 from lenstui.core.callbacks import Progress, StopCheck
 from lenstui.core.errors import Cancelled, LenstuiError
 
-NDIF_ENDPOINT = "https://api.ndif.us"
-DEFAULT_TIMEOUT_S = 600.0
+from lenstui.store.ndif import DEFAULT_TIMEOUT_S, NDIF_ENDPOINT
 
 
 class RemoteError(LenstuiError):
@@ -64,6 +63,8 @@ class Transport:
     api_key: Optional[str] = field(default=None, repr=False)
     timeout_s: float = DEFAULT_TIMEOUT_S
     traffic: list[Traffic] = field(default_factory=list, repr=False)
+    # Where NDIF's job status goes when a call passes no progress of its own (the CLI's stderr).
+    progress: Optional[Progress] = field(default=None, repr=False)
 
     @classmethod
     def local(cls) -> "Transport":
@@ -87,7 +88,7 @@ class Transport:
             return None
         if self.kind == "simulated":
             return SimulatedBackend(lm, self, label)
-        return NdifBackend(lm, self, label, progress=progress, should_stop=should_stop)
+        return NdifBackend(lm, self, label, progress=progress or self.progress, should_stop=should_stop)
 
     def record(self, label: str, request_bytes: int, response_bytes: int, seconds: float) -> None:
         self.traffic.append(Traffic(label, request_bytes, response_bytes, seconds))
