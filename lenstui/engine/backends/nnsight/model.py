@@ -215,8 +215,19 @@ def open_remote(
     _nnsight_quietly()
     from nnsight import TransformersModel
 
+    if offline:
+        # nnsight asks the hub for a repo's canonical spelling when it first mints the
+        # model key; offline, the id as typed is the key (NDIF refuses a misspelt one).
+        from nnsight.modeling import huggingface
+
+        huggingface._ID_CACHE.setdefault(repo_id, repo_id)
     try:
-        lm = TransformersModel(repo_id, task="text-generation")
+        from transformers import AutoTokenizer
+
+        # The tokenizer read here and handed over: nnsight's meta build leaves finding it
+        # to the pipeline, which cannot for a model it did not load (transformers 5).
+        tokenizer = AutoTokenizer.from_pretrained(repo_id, local_files_only=offline)
+        lm = TransformersModel(repo_id, task="text-generation", tokenizer=tokenizer)
     except Exception as err:  # a missing config or tokenizer, a gated repo: one sentence
         raise ModelLoadError(_meta_load_sentence(repo_id, err, offline)) from None
     hf = lm._module

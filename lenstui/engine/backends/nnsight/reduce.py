@@ -118,9 +118,11 @@ def _translated(x, translator, raw_positions):
     """A learned lens's translator on one row (float32: its corrections are small), the
     positions in ``raw_positions`` left as they are."""
     matrix, bias = translator
-    moved = x.float() @ matrix.to(device=x.device, dtype=torch.float32).T
-    if bias is not None:
-        moved = moved + bias.to(device=x.device, dtype=torch.float32)
+    # NDIF runs a request under CUDA autocast to the model's dtype: not this product.
+    with torch.autocast(device_type=x.device.type, enabled=False):
+        moved = x.float() @ matrix.to(device=x.device, dtype=torch.float32).T
+        if bias is not None:
+            moved = moved + bias.to(device=x.device, dtype=torch.float32)
     keep = raw_positions.to(x.device)[:, None]
     return torch.where(keep, x.float(), moved).to(x.dtype)
 

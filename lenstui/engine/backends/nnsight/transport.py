@@ -105,13 +105,14 @@ def scrub(text: str, secret: Optional[str]) -> str:
 
 
 def packed_result(saves: dict) -> bytes:
-    """A result as NDIF sends it back: ``torch.save`` of the saved values, zstd-compressed."""
+    """A result as NDIF sends it back: ``torch.save`` of the saved values, zstd-compressed
+    at the level NDIF's model actor uses (the ``ndif`` package, 0.1.2)."""
     import torch
     import zstandard
 
     buffer = io.BytesIO()
     torch.save(saves, buffer)
-    return zstandard.ZstdCompressor(level=6).compress(buffer.getvalue())
+    return zstandard.ZstdCompressor(level=3).compress(buffer.getvalue())  # NDIF's model actor: level 3
 
 
 def serialized_request(tracer: Any) -> bytes:
@@ -216,7 +217,7 @@ class _Quiet:
         self.backend = backend
 
     def update(self, response) -> None:
-        self.backend.status(response)
+        self.backend.on_status(response)
 
     def refresh(self) -> None:
         self.backend.check()
@@ -249,7 +250,7 @@ def _ndif_backend_class():
             self.transport.record(self.label, self.request_bytes, len(content), time.perf_counter() - self.started)
             return super().finalize(content)
 
-        def status(self, response) -> None:
+        def on_status(self, response) -> None:
             word = STATUS_WORDS.get(getattr(response.status, "value", str(response.status)), "")
             if self.progress is not None and word and word != "log":
                 waited = time.perf_counter() - self.started
@@ -300,7 +301,8 @@ def remote_sentence(err: BaseException, transport: Transport, model_name: str) -
         return f"NDIF at {host} refused this client's Python version ({_first_words(text)})."
     if "nnsight version" in lowered:
         return f"NDIF at {host} refused this nnsight version ({_first_words(text)}): upgrade nnsight."
-    if any(word in lowered for word in ("not running", "not deployed", "not hosted", "not found", "no deployment", "does not host")):
+    unhosted = ("could not deploy", "not running", "not deployed", "not hosted", "no deployment", "does not host")
+    if any(word in lowered for word in unhosted):
         return (
             f"NDIF at {host} does not host {model_name} right now: see https://nnsight.net/status for the "
             "models it serves."
