@@ -134,12 +134,13 @@ def row_kl(
     index_a = torch.tensor([pos_a], dtype=torch.long)
     index_b = torch.tensor([pos_b], dtype=torch.long)
     walk, kl_rows, translated, cat = reduce.walk, reduce.row_kl, reduce.translated_rows, torch.cat
+    tokens_a, tokens_b = _tokens(ids_a), _tokens(ids_b)
     with _Running(model, "compare", progress, should_stop) as backend:
         with lm.session(backend=backend):
-            with lm.trace(_tokens(ids_a)):
+            with lm.trace(tokens_a):
                 rows_a, _ = walk(walk_sites, index_a, incl_mid, [], [])
                 stack_a = cat(translated(rows_a, translators_a), 0)
-            with lm.trace(_tokens(ids_b)):
+            with lm.trace(tokens_b):
                 rows_b, _ = walk(walk_sites, index_b, incl_mid, [], [])
                 stack_b = cat(translated(rows_b, translators_b), 0)
             kl = kl_rows(stack_a, stack_b, norm, head, apply_norm).save()
@@ -183,6 +184,7 @@ def patched(
     p = position
     later_translators = _sliced(translators, position)
     walk, read_rows, cell_kl, translated = reduce.walk, reduce.read_rows, reduce.cell_kl, reduce.translated_rows
+    tokens = _tokens(ids)
     with _Running(model, "patch", progress, should_stop) as backend:
         with lm.session(backend=backend):
             value = None
@@ -190,7 +192,7 @@ def patched(
                 with lm.trace(source_tokens):
                     _, taken = walk(walk_sites, every[:1], False, [], capture)
                     value = taken[0][q]
-            with lm.trace(_tokens(ids)):
+            with lm.trace(tokens):
                 clean_rows, taken = walk(walk_sites, every, incl_mid, [], capture)
                 clean = read_rows(clean_rows, clean_rows[-1], norm, head, top_k, fixed, track_ids, apply_norm, translators)
             if source == "mean":
@@ -198,7 +200,7 @@ def patched(
             op = "zero" if source == "zero" else "set"
             edits = [(component, block, p, p + 1, head_index, op, value)]
             targets = fixed[p:] if fixed is not None else clean["final_top1"][p:]
-            with lm.trace(_tokens(ids)):
+            with lm.trace(tokens):
                 rows, _ = walk(walk_sites, later, incl_mid, edits, [])
                 changed = read_rows(rows, rows[-1], norm, head, top_k, targets, track_ids, apply_norm, later_translators)
             clean_later = [row[p:] for row in translated(clean_rows, translators)]
@@ -381,9 +383,9 @@ def greedy(
     lm = model.lm
     norm, head = readout(model)
     walk = reduce.walk
+    tokens = _tokens(ids)
     with _Running(model, "steps", progress, should_stop) as backend:
         with lm.session(backend=backend):
-            tokens = _tokens(ids)
             for _ in range(steps):
                 with lm.trace(tokens):
                     rows, _ = walk(walk_sites, torch.tensor([tokens.shape[1] - 1]), False, [], [])
