@@ -10,8 +10,9 @@ actor's ``execute_traced_block``), so lenstui's client meets the same wire:
   frame (``ResponseModel.pickle()``, its ``data`` the zstd-compressed ``torch.save`` of
   the saved values, as NDIF compresses when the request asks);
 - ``POST /request``: multipart ``data`` (the JSON envelope) and ``blob`` (the serialized
-  trace), the key in the ``ndif-api-key`` header: no key 401 and a wrong key 403 with
-  NDIF's own ``detail`` sentences; else ``RECEIVED`` back over HTTP, then ``QUEUED``,
+  trace), the key in the ``ndif-api-key`` header: no key 401, a key that is no UUID 400
+  (quoting the key back, as NDIF does) and an unknown one 403, with NDIF's own ``detail``
+  sentences; else ``RECEIVED`` back over HTTP, then ``QUEUED``,
   ``RUNNING`` and ``COMPLETED`` (or ``ERROR`` with the reason) on the socket;
 - a model key it does not serve fails with NDIF's "Could not deploy this model." line.
 
@@ -32,6 +33,10 @@ import uuid
 from typing import Any, Optional
 
 MISSING_KEY = "Missing or invalid API key. Please visit https://login.ndif.us/ to create a new one."
+BAD_FORMAT = (
+    "Invalid API key format: '{key}'. API keys must be in the format: "
+    "xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx. You can obtain a valid API key from https://login.ndif.us"
+)
 
 
 class LoopbackNdif:
@@ -133,6 +138,10 @@ class LoopbackNdif:
         )
         if not key:
             return web.json_response({"detail": MISSING_KEY}, status=401)
+        try:
+            uuid.UUID(key)
+        except ValueError:  # NDIF's own answer, which quotes the key back
+            return web.json_response({"detail": BAD_FORMAT.format(key=key)}, status=400)
         if key != self.api_key:
             return web.json_response({"detail": "Invalid API key."}, status=403)
         job = uuid.uuid4().hex

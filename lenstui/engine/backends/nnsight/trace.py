@@ -282,7 +282,7 @@ def steered(
                 "cells": cells,
                 "generated": tokens[0, n:].cpu(),
                 "clean_generated": clean_tokens[0, n:].cpu(),
-                "scale": used_scale.float().cpu(),
+                "scale": used_scale.detach().float().cpu(),
             }.save()
     return out
 
