@@ -61,6 +61,7 @@ def configure(parser: argparse.ArgumentParser, command: str) -> None:
         metavar="PA,PB",
         help="with --vs: the position compared in A and in B (default -1,-1: the last of each)",
     )
+    parser.add_argument("--chat", action="store_true", help="wrap the prompt in the model's chat template (a user turn)")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     parser.set_defaults(func=run)
 
@@ -78,7 +79,12 @@ def run(args: argparse.Namespace) -> int:
     if args.vs is not None:
         return run_compare(args, options)
     model = load_from_args(args)
-    result = run_lens(model, args.prompt, options, positions=args.positions)
+    prompt = args.prompt
+    if args.chat:
+        from lenstui.engine.model.chat import chat_prompt_ids
+
+        prompt = chat_prompt_ids(model, args.prompt)
+    result = run_lens(model, prompt, options, positions=args.positions)
     if args.json:
         print_json(result.to_json())
     else:

@@ -147,7 +147,7 @@ def test_a_model_the_server_does_not_host(remote, server, hub, monkeypatch):
     from lenstui.engine.backends.nnsight.transport import Transport
 
     model = open_remote(other, Transport.ndif(server.url, KEY))
-    with pytest.raises(LenstuiError, match="does not host lenstui-test/other-model"):
+    with pytest.raises(LenstuiError, match="could not deploy lenstui-test/other-model .*is not served here"):
         run_lens(model, PROMPT, LensOptions(top_k=3))
 
 

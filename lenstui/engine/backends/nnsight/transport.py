@@ -301,7 +301,11 @@ def remote_sentence(err: BaseException, transport: Transport, model_name: str) -
         return f"NDIF at {host} refused this client's Python version ({_first_words(text)})."
     if "nnsight version" in lowered:
         return f"NDIF at {host} refused this nnsight version ({_first_words(text)}): upgrade nnsight."
-    unhosted = ("could not deploy", "not running", "not deployed", "not hosted", "no deployment", "does not host")
+    if "could not deploy" in lowered:  # NDIF's own line, with the reason it gives
+        reason = text[lowered.index("could not deploy") + len("could not deploy this model"):].strip(" .:")
+        reason = reason.split(" Traceback")[0].strip()
+        return f"NDIF at {host} could not deploy {model_name}" + (f" ({_first_words(reason)})." if reason else ".")
+    unhosted = ("not running", "not deployed", "not hosted", "no deployment", "does not host")
     if any(word in lowered for word in unhosted):
         return (
             f"NDIF at {host} does not host {model_name} right now: see https://nnsight.net/status for the "
