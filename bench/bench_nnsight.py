@@ -52,18 +52,14 @@ def timing(model, prompt: str, repeats: int) -> None:
     nnsight = wrap_local(model, Transport.local())
     ids = model.tokenizer(prompt)["input_ids"]
 
-    def native_grid():
-        state = LensState(model)
+    def grid(make_state):
+        state = make_state()
         state.prepare(ids, options)
         return state.result()
 
-    def nnsight_grid():
-        state = NnsightLensState(nnsight)
-        state.prepare(ids, options)
-        return state.result()
-
-    def native_step():
-        state = LensState(model)
+    def step(make_state) -> float:
+        """One generation step after a grid: the prompt grown by its own next token."""
+        state = make_state()
         state.prepare(ids, options)
         state.result()
         started = time.perf_counter()
@@ -71,19 +67,16 @@ def timing(model, prompt: str, repeats: int) -> None:
         state.result()
         return time.perf_counter() - started
 
-    def nnsight_step():
-        state = NnsightLensState(nnsight)
-        state.prepare(ids, options)
-        state.result()
-        started = time.perf_counter()
-        state.prepare(ids + [state.next_token_id()], options)
-        state.result()
-        return time.perf_counter() - started
+    def native():
+        return LensState(model)
 
-    grid_native = median_seconds(native_grid, repeats)
-    grid_nnsight = median_seconds(nnsight_grid, repeats)
-    step_native = statistics.median(native_step() for _ in range(repeats))
-    step_nnsight = statistics.median(nnsight_step() for _ in range(repeats))
+    def traced():
+        return NnsightLensState(nnsight)
+
+    grid_native = median_seconds(lambda: grid(native), repeats)
+    grid_nnsight = median_seconds(lambda: grid(traced), repeats)
+    step_native = statistics.median(step(native) for _ in range(repeats))
+    step_nnsight = statistics.median(step(traced) for _ in range(repeats))
     print(f"{model.name}, {len(ids)} tokens, {model.n_layers + 1} rows, top-10, torch threads {torch.get_num_threads()}")
     print(f"  grid: native {grid_native:.3f} s, nnsight (local) {grid_nnsight:.3f} s: {grid_nnsight / grid_native:.2f}x native")
     print(f"  step: native {step_native:.3f} s, nnsight (local) {step_nnsight:.3f} s: {step_nnsight / step_native:.2f}x native")

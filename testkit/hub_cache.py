@@ -34,3 +34,12 @@ def use_hub_cache(monkeypatch, cache: Path) -> None:
 
     monkeypatch.setenv("HF_HUB_CACHE", str(cache))
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+
+
+def tiny_hub_cache(cache: Path, repo_id: str, seed: int = 0) -> Path:
+    """testkit's tiny Llama saved as ``repo_id`` in the hub cache at ``cache``; -> ``cache``."""
+    from testkit.models import tiny_llama_hf
+
+    hf_model, tokenizer = tiny_llama_hf(seed)
+    save_to_hub_cache(hf_model, tokenizer, cache, repo_id)
+    return cache

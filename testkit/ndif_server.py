@@ -57,6 +57,23 @@ class LoopbackNdif:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    @classmethod
+    def from_hub_cache(cls, cache, repo_id: str, api_key: str, **kwargs) -> "LoopbackNdif":
+        """A server for the model saved as ``repo_id`` in the hub cache at ``cache``
+        (``testkit.hub_cache``), loaded the way NDIF loads it (nnsight, by id), not started."""
+        import huggingface_hub.constants as constants
+        from nnsight import TransformersModel
+        from nnsight.modeling import huggingface
+
+        saved = constants.HF_HUB_CACHE
+        constants.HF_HUB_CACHE = str(cache)
+        huggingface._ID_CACHE[repo_id] = repo_id  # (its key without asking the hub)
+        try:
+            served = TransformersModel(repo_id, dispatch=True, task="text-generation")
+        finally:
+            constants.HF_HUB_CACHE = saved
+        return cls(served, repo_id, api_key, **kwargs)
+
     # ---------------------------------------------------------------- lifecycle
 
     def start(self) -> "LoopbackNdif":

@@ -20,8 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from testkit.hub_cache import save_to_hub_cache
-from testkit.models import tiny_llama_hf
+from testkit.hub_cache import tiny_hub_cache
 
 REPO = "lenstui-test/tiny-llama"
 KEY = "7c9e6679-7425-40de-944b-e07fc1f90ae7"
@@ -58,10 +57,7 @@ class Listener:
 
 @pytest.fixture(scope="module")
 def hub(tmp_path_factory):
-    cache = tmp_path_factory.mktemp("hub")
-    hf, tokenizer = tiny_llama_hf()
-    save_to_hub_cache(hf, tokenizer, cache, REPO)
-    return cache
+    return tiny_hub_cache(tmp_path_factory.mktemp("hub"), REPO)
 
 
 @pytest.fixture
@@ -139,20 +135,9 @@ def test_remote_with_a_key_and_no_network(env):
 def test_remote_json_says_where_and_never_the_key(env, hub, tmp_path):
     """A whole run against the loopback NDIF-protocol server: the grid comes back, the
     JSON says backend, remote and endpoint, and the key is in no output or file."""
-    import huggingface_hub.constants as constants
-    from nnsight import TransformersModel
-    from nnsight.modeling import huggingface
-
     from testkit.ndif_server import LoopbackNdif
 
-    saved = constants.HF_HUB_CACHE
-    constants.HF_HUB_CACHE = str(hub)
-    huggingface._ID_CACHE[REPO] = REPO
-    try:
-        served = TransformersModel(REPO, dispatch=True, task="text-generation")
-    finally:
-        constants.HF_HUB_CACHE = saved
-    server = LoopbackNdif(served, REPO, KEY).start()
+    server = LoopbackNdif.from_hub_cache(hub, REPO, KEY).start()
     try:
         result = run({**env, "NDIF_API_KEY": KEY}, "lens", "The Eiffel Tower is in", "--remote", "--model", REPO,
                      "--endpoint", server.url, "--json", "--top-k", "3")

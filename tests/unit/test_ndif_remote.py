@@ -20,8 +20,7 @@ from lenstui.core.patch_result import PatchSite, SteerSetting
 from lenstui.engine.backends import engine_for, native_model
 from lenstui.engine.lens.run import run_lens
 from lenstui.engine.model.load import load_model
-from testkit.hub_cache import save_to_hub_cache, use_hub_cache
-from testkit.models import tiny_llama_hf
+from testkit.hub_cache import tiny_hub_cache, use_hub_cache
 from testkit.ndif_server import LoopbackNdif
 
 REPO = "lenstui-test/tiny-llama"
@@ -31,27 +30,13 @@ PROMPT = "The Eiffel Tower is located in the city of"
 
 @pytest.fixture(scope="module")
 def hub(tmp_path_factory):
-    cache = tmp_path_factory.mktemp("hub")
-    hf, tokenizer = tiny_llama_hf()
-    save_to_hub_cache(hf, tokenizer, cache, REPO)
-    return cache
+    return tiny_hub_cache(tmp_path_factory.mktemp("hub"), REPO)
 
 
 @pytest.fixture(scope="module")
 def server(hub):
     """NDIF-protocol server on loopback, serving the model saved under REPO."""
-    import huggingface_hub.constants as constants
-    from nnsight import TransformersModel
-    from nnsight.modeling import huggingface
-
-    saved = constants.HF_HUB_CACHE
-    constants.HF_HUB_CACHE = str(hub)
-    huggingface._ID_CACHE[REPO] = REPO  # (its key without asking the hub)
-    try:
-        served = TransformersModel(REPO, dispatch=True, task="text-generation")
-    finally:
-        constants.HF_HUB_CACHE = saved
-    running = LoopbackNdif(served, REPO, KEY).start()
+    running = LoopbackNdif.from_hub_cache(hub, REPO, KEY).start()
     yield running
     running.stop()
 
@@ -137,8 +122,7 @@ def test_a_rejected_key_is_one_sentence_and_the_session_goes_on(remote, server, 
 
 def test_a_model_the_server_does_not_host(remote, server, hub, monkeypatch):
     other = "lenstui-test/other-model"
-    hf, tokenizer = tiny_llama_hf(seed=1)
-    save_to_hub_cache(hf, tokenizer, hub, other)
+    tiny_hub_cache(hub, other, seed=1)
     # At open: /status does not list it.
     with pytest.raises(ModelLoadError, match="does not host lenstui-test/other-model"):
         load_model(other, remote=True, endpoint=server.url)

@@ -16,7 +16,6 @@ from typing import Optional, Sequence
 from lenstui.core.callbacks import Progress, StopCheck, check_stop
 from lenstui.core.comparison import Comparison
 from lenstui.core.errors import InputError
-from lenstui.core.lens_result import TopToken, TrackedValue
 from lenstui.core.lenses import MAX_TRACKED, LensOptions
 from lenstui.core.patch_result import (
     SWEEPS,
@@ -40,6 +39,7 @@ from lenstui.engine.backends.nnsight.state import NnsightLensState, nnsight_lens
 from lenstui.engine.causal.prepared import Prompt, read_site
 from lenstui.engine.causal.sites import from_position, parse_layer, position_in, source_kind
 from lenstui.engine.causal.steer import MAX_STEER_STEPS
+from lenstui.engine.causal.sweep import _top_token, _tracked  # (the same points, read alike)
 from lenstui.engine.model.vocab import encode_prompt, resolve_token, token_ref
 
 
@@ -340,18 +340,6 @@ def sweep(
         points=swept_points,
         cost=ForwardCost("full", n * len(points), n_layers * len(points), seconds),
         seconds=seconds,
-    )
-
-
-def _top_token(model, stats: dict) -> TopToken:
-    ref = token_ref(model, stats["top_id"])
-    return TopToken(ref.id, ref.text, ref.piece, stats["top_prob"], stats["top_logit"])
-
-
-def _tracked(model, extra: list[int], stats: dict) -> tuple[TrackedValue, ...]:
-    return tuple(
-        TrackedValue(tid, token_ref(model, tid).text, stats["probs"][1 + j], stats["ranks"][1 + j])
-        for j, tid in enumerate(extra)
     )
 
 

@@ -107,23 +107,15 @@ class NnsightModel:
     def n_layers(self) -> int:
         return len(self.paths.blocks)
 
-    @property
-    def d_model(self) -> int:
-        return int(self.hf.config.hidden_size)
-
-    @property
-    def d_vocab(self) -> int:
-        return int(self.hf.get_output_embeddings().weight.shape[0])
+    # What reads only the config and the tokenizer is LoadedModel's own.
+    d_model = LoadedModel.d_model
+    d_vocab = LoadedModel.d_vocab
+    decode = LoadedModel.decode
+    piece = LoadedModel.piece
 
     @property
     def n_ctx(self) -> int:
         return context_length(self.hf)
-
-    def decode(self, token_id: int) -> str:
-        return self.tokenizer.decode([int(token_id)])
-
-    def piece(self, token_id: int) -> str:
-        return self.tokenizer.convert_ids_to_tokens(int(token_id))
 
     # What learned lenses read (their file's check against the unembedding, the J-lens's
     # bridge): the weights here, when the model runs here.

@@ -22,7 +22,7 @@ from lenstui.core.errors import InputError
 from lenstui.core.lenses import LensOptions
 from lenstui.engine.backends.nnsight import trace
 from lenstui.engine.backends.nnsight.model import NnsightModel
-from lenstui.engine.lens.state import LensColumns, LensPlan, LensState
+from lenstui.engine.lens.state import LensPlan, LensState
 
 
 @dataclass
@@ -99,29 +99,21 @@ class NnsightLensState(LensState):
         self._ids = list(ids)
         return common, 0
 
-    def cells(self, positions: Sequence[int], should_stop: Optional[StopCheck] = None) -> LensColumns:
-        if self._settings is None:
-            raise RuntimeError("prepare() first")
-        n = len(self._ids)
-        wanted = []
-        for pos in positions:
-            pos = int(pos)
-            if not 0 <= pos < n:
-                raise InputError(f"Position {pos} is outside the prompt (0..{n - 1}).")
-            wanted.append(pos)
-        missing = sorted({p for p in wanted if p not in self._columns})
+    # ``LensState.cells`` checks the positions, asks ``_read_final_top1`` for the ones it
+    # lacks, then ``_read_positions`` chunk by chunk: here the first call reads every
+    # missing position's cells in one trace (one request), the model's own top-1 with them.
+    def _read_final_top1(self, positions: list[int], should_stop: Optional[StopCheck]) -> None:
+        missing = [p for p in positions if p not in self._final_top1 or p not in self._columns]
         if missing:
             check_stop(should_stop)
-            self._read_positions(missing, should_stop)
-        return super().cells(wanted, should_stop)
-
-    def _read_final_top1(self, positions: list[int], should_stop: Optional[StopCheck]) -> None:
-        """The model's own top-1 comes with each position's cells."""
-        missing = [p for p in positions if p not in self._final_top1]
-        if missing:
-            self._read_positions(missing, should_stop)
+            self._trace(missing, should_stop)
 
     def _read_positions(self, positions: list[int], should_stop: Optional[StopCheck]) -> None:
+        missing = [p for p in positions if p not in self._columns]
+        if missing:
+            self._trace(missing, should_stop)
+
+    def _trace(self, positions: list[int], should_stop: Optional[StopCheck]) -> None:
         settings = self._settings
         model = self.model
         if settings.target_id is not None:

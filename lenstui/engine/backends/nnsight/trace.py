@@ -255,24 +255,17 @@ def steered(
             unit = direction_of(head, norm, toward, away)
             vector = unit * (float(alpha) * used_scale)
             edits = [("resid", block, position, None, None, "add", vector)]
-            tokens = prompt
-            generated = []
-            for _ in range(steps):
-                with lm.trace(tokens):
-                    rows, _ = walk(walk_sites, torch.tensor([tokens.shape[1] - 1]), False, edits, [])
-                    logits = head(norm(rows[-1]))
-                next_id = logits.argmax(dim=-1)
-                generated.append(next_id)
-                tokens = torch.cat([tokens, next_id[None].to(tokens.device)], dim=1)
-            clean_generated = []
-            clean_tokens = prompt
-            for _ in range(steps if clean_steps else 0):
-                with lm.trace(clean_tokens):
-                    rows, _ = walk(walk_sites, torch.tensor([clean_tokens.shape[1] - 1]), False, [], [])
-                    logits = head(norm(rows[-1]))
-                next_id = logits.argmax(dim=-1)
-                clean_generated.append(next_id)
-                clean_tokens = torch.cat([clean_tokens, next_id[None].to(clean_tokens.device)], dim=1)
+            grown = []  # the steered steps, then the clean ones
+            for run_edits, count in ((edits, steps), ([], steps if clean_steps else 0)):
+                tokens = prompt
+                for _ in range(count):
+                    with lm.trace(tokens):
+                        rows, _ = walk(walk_sites, torch.tensor([tokens.shape[1] - 1]), False, run_edits, [])
+                        logits = head(norm(rows[-1]))
+                    next_id = logits.argmax(dim=-1)
+                    tokens = torch.cat([tokens, next_id[None].to(tokens.device)], dim=1)
+                grown.append(tokens)
+            tokens, clean_tokens = grown
             every = torch.arange(tokens.shape[1])
             with lm.trace(tokens):
                 rows, _ = walk(walk_sites, every, incl_mid, edits, [])
