@@ -86,14 +86,14 @@ def load_from_args(args: argparse.Namespace, native_for: Optional[str] = None, v
     weights here (the whole-vocabulary and TransformerLens work): the plain model then, or
     the sentence saying why there is none (the model is on NDIF; ``vocabulary``: it is the
     unembedding that it needs, and the sentence gives its size)."""
-    from lenstui.engine.model.load import load_model
+    from lenstui.engine.backends import open_model
 
     def progress(message: str, fraction: Optional[float]) -> None:
         if sys.stderr.isatty():
             print(f"\r\033[2K{message}…", end="", file=sys.stderr, flush=True)
 
     try:
-        model = load_model(
+        model = open_model(
             args.model, device=args.device, dtype=args.dtype, progress=progress, allow_download=downloads_allowed(args),
             **_backend_kwargs(args),
         )

@@ -10,7 +10,7 @@ from lenstui.core.errors import InputError, quoted
 from lenstui.core.lens_result import LensResult
 from lenstui.core.lenses import LENS_KINDS
 from lenstui.core.textfmt import fit, visible
-from lenstui.engine.lens.run import run_lens
+from lenstui.engine.backends import engine_for
 
 
 def configure(parser: argparse.ArgumentParser, command: str) -> None:
@@ -84,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
         from lenstui.engine.model.chat import chat_prompt_ids
 
         prompt = chat_prompt_ids(model, args.prompt)
-    result = run_lens(model, prompt, options, positions=args.positions)
+    result = engine_for(model).run_lens(model, prompt, options, positions=args.positions)
     if args.json:
         print_json(result.to_json())
     else:

@@ -338,7 +338,7 @@ class ModelWorker:
     def _load(self, _current_model, request: LoadModel, ctx: JobContext) -> ModelInfo:
         loader = self._loader
         if loader is None:
-            from lenstui.engine.model.load import load_model as loader
+            from lenstui.engine.backends import open_model as loader  # (native unless asked)
         try:
             # The backend's settings only when asked for (a test's loader need not take them).
             backend = {}

@@ -13,11 +13,17 @@ from lenstui.engine.backends.nnsight import causal as nnsight_causal
 from lenstui.engine.backends.nnsight.model import wrap_local
 from lenstui.engine.backends.nnsight.state import NnsightLensState
 from lenstui.engine.backends.nnsight.transport import Transport
-from lenstui.engine.lens.run import run_lens
 from lenstui.engine.lens.state import LensState
 from lenstui.engine.model.chat import chat_prompt_ids
 
 pytestmark = pytest.mark.integration
+
+
+def lens(model, prompt, options, **kwargs):
+    """The lens through the model's own backend (native, or nnsight)."""
+    from lenstui.engine.backends import engine_for
+
+    return engine_for(model).run_lens(model, prompt, options, **kwargs)
 
 SEAHORSE = "Is there a seahorse emoji?"
 TOLERANCE = 1e-5
@@ -55,7 +61,7 @@ def same(native, other) -> None:
 def test_the_seahorse_grid_and_a_step(embedded, nnsight_model):
     ids = chat_prompt_ids(embedded, SEAHORSE)
     options = LensOptions(top_k=10, track=("Ġse",))  # the first token of " seahorse"
-    native = run_lens(embedded, ids, options, slot="b")
+    native = lens(embedded, ids, options, slot="b")
     state = NnsightLensState(nnsight_model)
     state.prepare(ids, options)
     got = state.result()
@@ -64,7 +70,7 @@ def test_the_seahorse_grid_and_a_step(embedded, nnsight_model):
     step_ids = ids + [got.next_token.id]
     state.prepare(step_ids, options)
     stepped = state.result()
-    same(run_lens(embedded, step_ids, options, slot="b"), stepped)
+    same(lens(embedded, step_ids, options, slot="b"), stepped)
     grid, step = nnsight_model.transport.traffic[-2:]
     assert (grid.label, step.label) == ("grid", "step")
     hidden = len(got.layers) * len(got.tokens) * embedded.d_model * 4

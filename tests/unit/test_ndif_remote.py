@@ -18,10 +18,16 @@ from lenstui.core.errors import Cancelled, LenstuiError, ModelLoadError
 from lenstui.core.lenses import LensOptions
 from lenstui.core.patch_result import PatchSite, SteerSetting
 from lenstui.engine.backends import engine_for, native_model
-from lenstui.engine.lens.run import run_lens
-from lenstui.engine.model.load import load_model
+from lenstui.engine.backends import open_model
 from testkit.hub_cache import tiny_hub_cache, use_hub_cache
 from testkit.ndif_server import LoopbackNdif
+
+
+def lens(model, prompt, options, **kwargs):
+    """The lens through the model's own backend (native, or nnsight)."""
+    from lenstui.engine.backends import engine_for
+
+    return engine_for(model).run_lens(model, prompt, options, **kwargs)
 
 REPO = "lenstui-test/tiny-llama"
 KEY = "3f1c2a9e-5b7d-4e21-9a0c-6d2e8f4b1a37"  # NDIF's keys are UUIDs
@@ -48,7 +54,7 @@ def remote(server, hub, monkeypatch):
     monkeypatch.setenv("NDIF_API_KEY", KEY)
 
     def open_it(endpoint=None, **kwargs):
-        return load_model(REPO, remote=True, endpoint=endpoint or server.url, **kwargs)
+        return open_model(REPO, remote=True, endpoint=endpoint or server.url, **kwargs)
 
     return open_it
 
@@ -69,7 +75,7 @@ def test_the_grid_comes_back_as_cells(remote, server, hub, monkeypatch):
     options = LensOptions(top_k=4, track=("hello",))
     state.prepare(PROMPT, options)
     got = state.result()
-    reference = run_lens(load_model(REPO), PROMPT, options)  # the same weights, native, here
+    reference = lens(open_model(REPO), PROMPT, options)  # the same weights, native, here
     for row_a, row_b in zip(reference.grid, got.grid):
         for a, b in zip(row_a, row_b):
             assert [t.id for t in a.top] == [t.id for t in b.top]
@@ -89,9 +95,9 @@ def test_the_grid_comes_back_as_cells(remote, server, hub, monkeypatch):
 def test_a_step_is_one_request_for_one_column(remote, server):
     model = remote()
     options = LensOptions(top_k=3)
-    first = run_lens(model, PROMPT, options)
+    first = lens(model, PROMPT, options)
     before = len(server.requests)
-    stepped = run_lens(model, first.token_ids + [first.next_token.id], options)
+    stepped = lens(model, first.token_ids + [first.next_token.id], options)
     assert len(server.requests) == before + 1
     assert model.transport.traffic[-1].label == "step"
     assert len(stepped.tokens) == len(first.tokens) + 1
@@ -113,11 +119,11 @@ def test_a_rejected_key_is_one_sentence_and_the_session_goes_on(remote, server, 
     model = remote()
     model.transport.api_key = wrong
     with pytest.raises(LenstuiError) as refused:
-        run_lens(model, PROMPT, LensOptions(top_k=3))
+        lens(model, PROMPT, LensOptions(top_k=3))
     assert "rejected the API key" in str(refused.value)
     assert wrong not in str(refused.value)  # NDIF quotes a malformed key back: not here
     model.transport.api_key = KEY  # the same model, the right key: the next request works
-    assert run_lens(model, PROMPT, LensOptions(top_k=3)).complete
+    assert lens(model, PROMPT, LensOptions(top_k=3)).complete
 
 
 def test_a_model_the_server_does_not_host(remote, server, hub, monkeypatch):
@@ -125,14 +131,14 @@ def test_a_model_the_server_does_not_host(remote, server, hub, monkeypatch):
     tiny_hub_cache(hub, other, seed=1)
     # At open: /status does not list it.
     with pytest.raises(ModelLoadError, match="does not host lenstui-test/other-model"):
-        load_model(other, remote=True, endpoint=server.url)
+        open_model(other, remote=True, endpoint=server.url)
     # At a request (a server whose status does not list models): NDIF's own refusal.
     from lenstui.engine.backends.nnsight.model import open_remote
     from lenstui.engine.backends.nnsight.transport import Transport
 
     model = open_remote(other, Transport.ndif(server.url, KEY))
     with pytest.raises(LenstuiError, match="could not deploy lenstui-test/other-model .*is not served here"):
-        run_lens(model, PROMPT, LensOptions(top_k=3))
+        lens(model, PROMPT, LensOptions(top_k=3))
 
 
 def test_no_network_at_open_is_one_sentence(remote):
@@ -146,7 +152,7 @@ def test_a_job_past_its_timeout_and_a_cancel(remote, server):
     try:
         model.transport.timeout_s = 0.5
         with pytest.raises(LenstuiError, match="did not finish the request within"):
-            run_lens(model, PROMPT, LensOptions(top_k=3))
+            lens(model, PROMPT, LensOptions(top_k=3))
         model.transport.timeout_s = 60
         asked = []
         state = engine_for(model).lens_state(model, "b")
@@ -155,7 +161,7 @@ def test_a_job_past_its_timeout_and_a_cancel(remote, server):
             state.result(lambda: bool(asked.append(1)) or len(asked) > 3)
     finally:
         server.delay_s = 0.0
-    assert run_lens(model, PROMPT, LensOptions(top_k=3)).complete  # and the session goes on
+    assert lens(model, PROMPT, LensOptions(top_k=3)).complete  # and the session goes on
 
 
 def test_what_stays_here_says_so(remote):
@@ -165,14 +171,14 @@ def test_what_stays_here_says_so(remote):
     text = str(refused.value)
     assert "whole unembedding (W_U" in text and "stay on NDIF" in text
     with pytest.raises(LenstuiError, match="tuned lens"):
-        run_lens(model, PROMPT, LensOptions(lens="tuned"))
+        lens(model, PROMPT, LensOptions(lens="tuned"))
 
 
 def test_no_key_refuses_before_anything(hub, monkeypatch):
     use_hub_cache(monkeypatch, hub)
     monkeypatch.delenv("NDIF_API_KEY", raising=False)
     with pytest.raises(ModelLoadError, match="needs an NDIF API key"):
-        load_model(REPO, remote=True, endpoint=f"http://127.0.0.1:{closed_port()}")
+        open_model(REPO, remote=True, endpoint=f"http://127.0.0.1:{closed_port()}")
 
 
 def test_the_worker_never_logs_the_key(remote, server, monkeypatch):

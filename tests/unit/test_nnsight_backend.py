@@ -21,8 +21,14 @@ from lenstui.engine.backends.nnsight.model import wrap_local
 from lenstui.engine.backends.nnsight.state import nnsight_lens_state
 from lenstui.engine.backends.nnsight.transport import Transport
 from lenstui.engine.lens.compare import compare_rows
-from lenstui.engine.lens.run import run_lens
 from testkit.models import tiny_gpt2, tiny_llama
+
+
+def lens(model, prompt, options, **kwargs):
+    """The lens through the model's own backend (native, or nnsight)."""
+    from lenstui.engine.backends import engine_for
+
+    return engine_for(model).run_lens(model, prompt, options, **kwargs)
 
 PROMPT = "The Eiffel Tower is located in the city of"
 OTHER = "hello world, hello tokens, hello bytes"
@@ -72,8 +78,8 @@ def assert_same_grid(native, other):
 )
 def test_grid_matches_the_native_engine(pair, options):
     native, nnsight = pair
-    expected = run_lens(native, PROMPT, options)
-    got = run_lens(nnsight, PROMPT, options)
+    expected = lens(native, PROMPT, options)
+    got = lens(nnsight, PROMPT, options)
     assert_same_grid(expected, got)
 
 
@@ -81,7 +87,7 @@ def test_grid_against_float64_logits(pair):
     """An independent reference: the model's own hidden states (``output_hidden_states``),
     its final norm and unembedding in float64, full softmax."""
     _, nnsight = pair
-    result = run_lens(nnsight, PROMPT, LensOptions(top_k=3))
+    result = lens(nnsight, PROMPT, LensOptions(top_k=3))
     hf = nnsight.local.hf
     ids = torch.tensor([result.token_ids])
     with torch.no_grad():
@@ -110,8 +116,8 @@ def test_a_step_reads_one_new_position(pair):
     state.prepare(ids, options)
     stepped = state.result()
     assert state.traces == traces + 1
-    assert state.next_token_id() == run_lens(native, ids, options).next_token.id
-    assert_same_grid(run_lens(native, ids, options), stepped)
+    assert state.next_token_id() == lens(native, ids, options).next_token.id
+    assert_same_grid(lens(native, ids, options), stepped)
 
 
 @pytest.mark.parametrize(
@@ -184,7 +190,7 @@ def test_compare_matches_the_native_engine(pair):
 def test_what_the_backend_cannot_do_says_so(pair):
     _, nnsight = pair
     with pytest.raises(InputError, match="extended lens"):
-        run_lens(nnsight, PROMPT, LensOptions(lens="extended", extended_blocks=1))
+        lens(nnsight, PROMPT, LensOptions(lens="extended", extended_blocks=1))
     # Locally the whole-vocabulary work runs on the plain model nnsight wraps.
     assert native_model(nnsight, "The speakability check") is nnsight.local
 
@@ -242,7 +248,7 @@ def test_the_request_ships_no_lenstui_code(pair):
     RequestModel.serialize = staticmethod(keep)
     try:
         options = LensOptions(top_k=4, track=("hello",))
-        got = run_lens(simulated, PROMPT, options)
+        got = lens(simulated, PROMPT, options)
         nnsight_causal.patch(simulated, PROMPT, PatchSite(layer="L1", position=3), source_prompt=OTHER, options=options)
         nnsight_causal.steer(simulated, PROMPT, SteerSetting(toward=" Paris", layer="L0"), steps=2, options=options)
         nnsight_causal.sweep(simulated, PROMPT, PatchSite(position=-1), source_prompt=OTHER)
@@ -250,7 +256,7 @@ def test_the_request_ships_no_lenstui_code(pair):
         engine_for(simulated).greedy_ids(simulated, got.token_ids, 2)
     finally:
         RequestModel.serialize = original
-    assert_same_grid(run_lens(native, PROMPT, options), got)
+    assert_same_grid(lens(native, PROMPT, options), got)
     labels = [t.label for t in simulated.transport.traffic]
     assert labels == ["grid", "patch", "steer", "sweep", "grid", "compare", "steps"]
     for blob, compress in blobs:
@@ -268,7 +274,7 @@ def test_the_cells_cost_less_than_the_hidden_states(pair):
     residual stack alone would be in float32."""
     native, _ = pair
     simulated = wrap_local(tiny_llama() if native.name == "tiny-llama" else tiny_gpt2(), Transport.simulated())
-    result = run_lens(simulated, PROMPT, LensOptions(top_k=10))
+    result = lens(simulated, PROMPT, LensOptions(top_k=10))
     traffic = simulated.transport.traffic[-1]
     hidden_bytes = len(result.layers) * len(result.tokens) * simulated.d_model * 4
     assert 0 < traffic.response_bytes < hidden_bytes

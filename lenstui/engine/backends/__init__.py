@@ -17,7 +17,7 @@ backend answered: both fill the same ``core`` dataclasses.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 from lenstui.core.backends import cannot_sentence
 from lenstui.core.errors import InputError
@@ -49,6 +49,13 @@ class Engine:
         if self._progress:
             state.progress = progress
         return state
+
+    def run_lens(self, model, prompt, options, *, positions=None, slot: str = "a", should_stop=None, progress=None):
+        """``engine.lens.run.run_lens`` in this backend's lens state."""
+        from lenstui.engine.lens.run import run_lens
+
+        state = self.lens_state(model, slot, progress)
+        return run_lens(model, prompt, options, positions=positions, slot=slot, should_stop=should_stop, state=state)
 
     def _with(self, kwargs: dict, progress) -> dict:
         return {**kwargs, "progress": progress} if self._progress else kwargs
@@ -91,6 +98,36 @@ def _nnsight_engine() -> Engine:
 def engine_for(model: Any) -> Engine:
     """The engine answering for ``model``'s backend."""
     return _nnsight_engine() if backend_of(model) == "nnsight" else _native_engine()
+
+
+def open_model(
+    spec: Optional[str] = None,
+    *,
+    device: Optional[str] = None,
+    dtype: str = "float32",
+    progress=None,
+    allow_download: bool = False,
+    backend: Optional[str] = None,
+    remote: bool = False,
+    endpoint: Optional[str] = None,
+) -> Any:
+    """``engine.model.load.load_model`` for a backend: the native LoadedModel, or (``backend``
+    "nnsight", implied by ``remote``) an NnsightModel, here or on NDIF at ``endpoint``.
+    Every refusal is a ModelLoadError with its sentence."""
+    from lenstui.core.errors import ModelLoadError, quoted
+
+    if backend not in (None, "native", "nnsight"):
+        raise ModelLoadError(f"Unknown backend {quoted(backend)}: choose native or nnsight.")
+    if remote and backend == "native":
+        raise ModelLoadError("--remote runs the model on NDIF through nnsight: drop --backend native.")
+    if backend == "nnsight" or remote:
+        from lenstui.engine.backends.nnsight.open import open_model as open_nnsight
+
+        return open_nnsight(spec, device=device, dtype=dtype, progress=progress, allow_download=allow_download,
+                            remote=remote, endpoint=endpoint)
+    from lenstui.engine.model.load import load_model
+
+    return load_model(spec, device=device, dtype=dtype, progress=progress, allow_download=allow_download)
 
 
 def native_model(model: Any, what: str, vocabulary: bool = False) -> Any:

@@ -548,26 +548,11 @@ def load_model(
     dtype: str = "float32",
     progress: Optional[Progress] = None,
     allow_download: bool = False,
-    backend: Optional[str] = None,
-    remote: bool = False,
-    endpoint: Optional[str] = None,
 ) -> LoadedModel:
     """Load a model from a spec (see module doc); raise ModelLoadError with advice on failure.
 
     ``allow_download``: a Hugging Face id that is not in the local cache may be fetched
-    from the hub (default: never; the load fails with a sentence saying how to allow it).
-    ``backend`` "nnsight" (``remote``: on NDIF, at ``endpoint``): the model read through
-    nnsight instead (``engine/backends/nnsight/open.py``; an ``NnsightModel``). None: native,
-    or nnsight when ``remote``."""
-    if backend not in (None, "native", "nnsight"):
-        raise ModelLoadError(f"Unknown backend {quoted(backend)}: choose native or nnsight.")
-    if remote and backend == "native":
-        raise ModelLoadError("--remote runs the model on NDIF through nnsight: drop --backend native.")
-    if backend == "nnsight" or remote:
-        from lenstui.engine.backends.nnsight.open import open_model
-
-        return open_model(spec, device=device, dtype=dtype, progress=progress, allow_download=allow_download,
-                          remote=remote, endpoint=endpoint)
+    from the hub (default: never; the load fails with a sentence saying how to allow it)."""
     started = time.perf_counter()
     offline = hub_offline(allow_download)
     torch_dtype = parse_dtype(dtype)
