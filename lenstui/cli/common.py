@@ -80,12 +80,9 @@ def add_token_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--id", type=int, default=None, metavar="N", help="the token id instead of its text")
 
 
-def load_from_args(args: argparse.Namespace, native_for: Optional[str] = None, vocabulary: bool = False):
+def load_from_args(args: argparse.Namespace):
     """Load the model named by --model/--device/--dtype (and --backend/--remote/--endpoint),
-    reporting progress on stderr. ``native_for``: what the command does, when it needs the
-    weights here (the whole-vocabulary and TransformerLens work): the plain model then, or
-    the sentence saying why there is none (the model is on NDIF; ``vocabulary``: it is the
-    unembedding that it needs, and the sentence gives its size)."""
+    reporting progress on stderr."""
     from lenstui.engine.backends import open_model
 
     def progress(message: str, fraction: Optional[float]) -> None:
@@ -102,15 +99,22 @@ def load_from_args(args: argparse.Namespace, native_for: Optional[str] = None, v
             print("\r\033[2K", end="", file=sys.stderr, flush=True)
     for note in model.notes:  # e.g. the GGUF cache could not be written
         print(f"lenstui: note: {note}", file=sys.stderr)
-    from lenstui.engine.backends import backend_of, native_model
+    from lenstui.engine.backends import backend_of
 
     remote = bool(getattr(model, "remote", False))
     _LOADED.update(backend=backend_of(model), remote=remote, endpoint=getattr(model, "endpoint", None) if remote else None)
     if remote:  # progress while NDIF queues and runs each request (the terminal's, not the app's)
         _report_remote_progress(model)
-    if native_for is not None:
-        return native_model(model, native_for, vocabulary=vocabulary)
     return model
+
+
+def needs_weights(model, what: str, vocabulary: bool = False):
+    """The model ``what`` (a command no trace computes) runs on: the plain model (native, or
+    the one nnsight wraps here), or InputError with the sentence saying why there is none
+    (the model is on NDIF; ``vocabulary``: it is the unembedding it needs, with its size)."""
+    from lenstui.engine.backends import native_model
+
+    return native_model(model, what, vocabulary=vocabulary)
 
 
 def _backend_kwargs(args: argparse.Namespace) -> dict:
