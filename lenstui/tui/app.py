@@ -475,6 +475,8 @@ class LenstuiApp(Guarded, App):
                 self.notify(note, title="Model", severity="warning", timeout=10)
             self.status.set_model(info.name, info.device, info.dtype, info.n_layers, info.load_seconds, info.from_cache)
             self.status.set_backend(backend_label(info.backend, info.remote, info.endpoint))
+            if info.limits:  # what the backend cannot do there, said once
+                self.notify(" ".join(info.limits), title=backend_label(info.backend, info.remote, info.endpoint), timeout=10)
             if self.shown_result is None:
                 self.grid.show_hint("Type a prompt and press Enter (F2 cycles through presets).")
             if self.session.chat and not info.has_chat_template:

@@ -39,6 +39,7 @@ async def test_the_status_line_the_grid_and_esc(hub, server, monkeypatch):
         status = str(app.status.render())
         assert f"nnsight · NDIF 127.0.0.1:{server.port}" in status
         assert app.shown_result is not None and app.shown_result.complete
+        assert any("stays on NDIF" in text for text in app.notice_texts)  # what it cannot do there
         shown = app.shown_result
         server.delay_s = 30.0  # NDIF holds the next request in its queue
         try:
