@@ -8,6 +8,7 @@ import sys
 from typing import Any, Optional
 
 from lenstui.core.errors import InputError
+from lenstui.core.placement import DTYPE_CHOICES, QUANTIZE_CHOICES
 
 
 def add_model_options(parser: argparse.ArgumentParser) -> None:
@@ -19,7 +20,29 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:N or mps (default: best available)")
     parser.add_argument(
-        "--dtype", default="float32", choices=("float32", "float16", "bfloat16"), help="weights dtype"
+        "--dtype",
+        default=None,
+        choices=DTYPE_CHOICES,
+        help="weights dtype (default auto: the model's own on a GPU, float32 on a CPU)",
+    )
+    parser.add_argument(
+        "--device-map",
+        metavar="MAP",
+        default=None,
+        help="spread the model over devices (accelerate): auto, balanced, balanced_low_0, sequential, "
+        "or a JSON object / .json file {module: device}",
+    )
+    parser.add_argument(
+        "--max-memory",
+        metavar="BUDGETS",
+        default=None,
+        help='what each device may hold of the weights, e.g. "0=70GiB,1=70GiB,cpu=200GiB" (implies --device-map auto)',
+    )
+    parser.add_argument(
+        "--offload-dir", metavar="PATH", default=None, help="where the weights that fit on no device are read from"
+    )
+    parser.add_argument(
+        "--quantize", choices=QUANTIZE_CHOICES, default=None, help="load the blocks' linear layers in 8 or 4 bits (bitsandbytes)"
     )
     parser.add_argument(
         "--allow-download",
@@ -80,8 +103,26 @@ def add_token_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--id", type=int, default=None, metavar="N", help="the token id instead of its text")
 
 
+def load_settings(args: argparse.Namespace):
+    """(device, dtype, PlacementOptions) from the flags, each falling back to config.toml's."""
+    from lenstui.core.placement import PlacementOptions
+    from lenstui.store.config import load_config
+
+    config = load_config()[0]
+
+    def pick(name: str):
+        value = getattr(args, name, None)
+        return value if value is not None else getattr(config, name)
+
+    placement = PlacementOptions(
+        device_map=pick("device_map"), max_memory=pick("max_memory"), offload_dir=pick("offload_dir"),
+        quantize=pick("quantize"),
+    )
+    return pick("device"), pick("dtype"), placement
+
+
 def load_from_args(args: argparse.Namespace):
-    """Load the model named by --model/--device/--dtype (and --backend/--remote/--endpoint),
+    """Load the model named by --model, the placement flags and --backend/--remote/--endpoint,
     reporting progress on stderr."""
     from lenstui.engine.backends import open_model
 
@@ -90,9 +131,10 @@ def load_from_args(args: argparse.Namespace):
             print(f"\r\033[2K{message}…", end="", file=sys.stderr, flush=True)
 
     try:
+        device, dtype, placement = load_settings(args)
         model = open_model(
-            args.model, device=args.device, dtype=args.dtype, progress=progress, allow_download=downloads_allowed(args),
-            **_backend_kwargs(args),
+            args.model, device=device, dtype=dtype, placement=placement, progress=progress,
+            allow_download=downloads_allowed(args), **_backend_kwargs(args),
         )
     finally:
         if sys.stderr.isatty():
@@ -161,9 +203,14 @@ def lens_options(args: argparse.Namespace):
     )
 
 
-def print_json(payload: Any) -> None:
+def print_json(payload: Any, model: Any = None) -> None:
+    """``payload`` as one line of JSON; with the ``model`` it was computed on, an object
+    payload also says where that model is (``"placement"``: module -> device); and every
+    object payload says who read the model (``"backend"``, ``"remote"``, ``"endpoint"``)."""
+    if model is not None and isinstance(payload, dict):
+        payload = {**payload, "placement": dict(getattr(model, "placement", {}) or {"": str(model.device)})}
     if isinstance(payload, dict) and _LOADED:
-        payload = {**payload, **_LOADED}  # "backend", "remote", "endpoint"
+        payload = {**payload, **_LOADED}
     json.dump(payload, sys.stdout, ensure_ascii=False)
     sys.stdout.write("\n")
 

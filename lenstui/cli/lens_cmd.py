@@ -86,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
         prompt = chat_prompt_ids(model, args.prompt)
     result = engine_for(model).run_lens(model, prompt, options, positions=args.positions)
     if args.json:
-        print_json(result.to_json())
+        print_json(result.to_json(), model)
     else:
         print(format_table(result, args.position))
     return 0
@@ -101,7 +101,7 @@ def run_compare(args: argparse.Namespace, options) -> int:
     model = load_from_args(args)
     comparison = engine_for(model).compare_rows(model, args.prompt, pos_a, args.vs, pos_b, options)
     if args.json:
-        print_json(comparison.to_json())
+        print_json(comparison.to_json(), model)
     else:
         print(format_compare(comparison))
     return 0

@@ -82,7 +82,7 @@ def run_fit(args: argparse.Namespace) -> int:
         estimate = estimate_jacobian(model, args.prompts or 100)
         if args.json:
             print_json({"device": estimate.device, "prompts": estimate.prompts, "seconds": estimate.seconds,
-                        "per_prompt": estimate.per_prompt, "backward_passes": estimate.backward_passes})
+                        "per_prompt": estimate.per_prompt, "backward_passes": estimate.backward_passes}, model)
         else:
             print(estimate.sentence())
         return 0
@@ -95,7 +95,7 @@ def run_fit(args: argparse.Namespace) -> int:
     finally:
         progress.clear()
     if args.json:
-        print_json(report.to_json())
+        print_json(report.to_json(), model)
     else:
         print(format_fit(report))
     return 0
@@ -133,7 +133,7 @@ def run_eval(args: argparse.Namespace) -> int:
     finally:
         progress.clear()
     if args.json:
-        print_json(result.to_json())
+        print_json(result.to_json(), model)
     else:
         print(format_eval(result))
     return 0
@@ -174,7 +174,8 @@ def run_list(args: argparse.Namespace) -> int:
     model = needs_weights(load_from_args(args), "Listing fitted lenses")
     found = available_lenses(model)
     if args.json:
-        print_json({"model": model.name, "folder": str(model_folder(model)), "lenses": [f.to_json() for f in found]})
+        payload = {"model": model.name, "folder": str(model_folder(model)), "lenses": [f.to_json() for f in found]}
+        print_json(payload, model)
         return 0
     if not found:
         print(f"No lenses fitted for {model.name} yet (they go in {short_path(str(model_folder(model)))}): "

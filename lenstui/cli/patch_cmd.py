@@ -121,7 +121,7 @@ def run(args: argparse.Namespace) -> int:
             target=options.target, track=options.track,
         )
         if args.json:
-            print_json(result.to_json())
+            print_json(result.to_json(), model)
         else:
             print(format_sweep(result))
         return 0
@@ -132,7 +132,7 @@ def run(args: argparse.Namespace) -> int:
     if args.positions is not None:
         result = result.select(parse_positions(args.positions, len(result.patched.tokens)))
     if args.json:
-        print_json(result.to_json())
+        print_json(result.to_json(), model)
     else:
         print(format_patch(result, args.show))
     return 0

@@ -64,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
         prompt = chat_prompt_ids(model, prompt)
     result = engine_for(model).steer(model, prompt, setting, steps=args.steps, options=options)
     if args.json:
-        print_json(result.to_json())
+        print_json(result.to_json(), model)
     else:
         print(format_steer(result))
     return 0

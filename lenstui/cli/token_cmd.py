@@ -45,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
     model = needs_weights(load_from_args(args), "The token inspector's neighbours", vocabulary=True)
     report = inspect_token(model, token, args.neighbors)
     if args.json:
-        print_json(report.to_json())
+        print_json(report.to_json(), model)
     else:
         print(format_report(report))
     return 0

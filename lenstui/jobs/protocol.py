@@ -22,8 +22,11 @@ from lenstui.core.learned_lens import FitReport, LensEval, LensFile
 from lenstui.core.lens_result import LensResult
 from lenstui.core.lenses import LensOptions
 from lenstui.core.patch_result import PatchResult, PatchSite, SteerResult, SteerSetting, SweepResult
+from lenstui.core.placement import PlacementOptions
 from lenstui.core.scan_result import ScanMarks
 from lenstui.core.speak_result import SpeakResult
+from lenstui.core.share_result import ShareSample
+from lenstui.core.undertrained_result import UndertrainedMarks
 from lenstui.core.token_bytes import JoinedSequence
 from lenstui.core.token_report import TokenReport
 
@@ -49,8 +52,9 @@ class Request:
 class LoadModel(Request):
     spec: Optional[str] = None  # None: the embedded model
     device: Optional[str] = None
-    dtype: str = "float32"
+    dtype: Optional[str] = None  # None: auto (the model's own on a GPU, float32 on a CPU)
     allow_download: bool = False  # a hub id not in the local cache may be fetched
+    placement: PlacementOptions = PlacementOptions()  # device map, memory budgets, offload, quantization
     # Who reads the model (lenstui.core.backends): None native (nnsight with ``remote``);
     # ``remote``: on NDIF at ``endpoint`` (None: the config's, else NDIF's own). The API key
     # never travels in a request: the worker reads it (NDIF_API_KEY or config.toml).
@@ -318,6 +322,9 @@ class ModelInfo:
     has_chat_template: bool
     notes: tuple[str, ...] = ()  # sentences about the load (the GGUF cache could not be written, ...)
     lenses: tuple[LensFile, ...] = ()  # learned lenses fitted for these weights (found in the cache)
+    placement: tuple[tuple[str, str], ...] = ()  # (module, device) pairs: where the weights are
+    placement_summary: str = ""  # one line of it ("cuda:0 embed L0-39 · cuda:1 L40-79 norm unembed")
+    quantize: Optional[str] = None  # "4bit", "8bit", a checkpoint's own method, or None
     backend: str = "native"  # who reads the model: "native" or "nnsight"
     remote: bool = False  # nnsight on NDIF
     endpoint: Optional[str] = None  # the NDIF endpoint, when remote
@@ -381,3 +388,66 @@ def check_reply(request: Request, value: Any) -> None:
     if allowed is not None and not isinstance(value, allowed):
         names = " or ".join(t.__name__ for t in allowed)
         raise TypeError(f"{type(request).__name__} answered with a {type(value).__name__}, not {names}")
+
+
+# ---------------------------------------------------------------- speakability: issue 32
+# (kept together at the end: under-trained tokens and the share of directions)
+
+
+@dataclass(frozen=True)
+class FindUndertrained(Request):
+    """Under-trained tokens (Magikarp): candidates from the indicator, verified by repetition
+    prompts; long, batched, resumable (the verifications are cached per model)."""
+
+    share: float = 2.0  # percent of the reachable tokens taken as candidates
+    limit: Optional[int] = None  # verify only the first N candidates
+    verify: bool = True
+    cached_only: bool = False  # just what earlier runs verified (no prompting)
+
+    title: ClassVar[str] = "Under-trained tokens"
+    priority: ClassVar[int] = 3
+    long_running: ClassVar[bool] = True
+
+
+@dataclass(frozen=True)
+class EstimateShare(Request):
+    """One token's aim and share of directions (``lenstui aim --share``)."""
+
+    token_id: int
+    samples: int = 128
+    seed: int = 0
+
+    title: ClassVar[str] = "Share of directions"
+    priority: ClassVar[int] = 2
+
+
+@dataclass(frozen=True)
+class SampleShares(Request):
+    """Share estimates over a sample of the vocabulary (the share-vs-theta plot)."""
+
+    count: int = 40
+    hardest: int = 8
+    cached_only: bool = False
+
+    title: ClassVar[str] = "Share sample"
+    priority: ClassVar[int] = 3
+    long_running: ClassVar[bool] = True
+
+
+@dataclass(frozen=True)
+class ShareReply:
+    """EstimateShare's answer: the aim (``AimResult.to_json``) and ``ShareResult.share_json``."""
+
+    token_id: int
+    text: str
+    aim: dict
+    share: dict
+
+
+REPLIES.update(
+    {
+        FindUndertrained: (UndertrainedMarks, type(None)),  # None: only what was kept, and none is
+        EstimateShare: (ShareReply,),
+        SampleShares: (ShareSample, type(None)),
+    }
+)

@@ -38,6 +38,8 @@ from textual.widgets import Footer, Input
 from lenstui.core.lens_result import LensResult
 from lenstui.core.scan_result import ScanMarks
 from lenstui.core.backends import backend_label
+from lenstui.core.placement import PlacementOptions
+from lenstui.tui.widgets.status import where_loaded
 from lenstui.jobs.protocol import (
     CheckSpeakable,
     Done,
@@ -69,7 +71,7 @@ from lenstui.tui.panes.prompt import PRESETS, Preset, PromptPane
 from lenstui.tui.panes.speak import WiredSpeak
 from lenstui.tui.screens.aim import open_aim_distribution
 from lenstui.tui.screens.attribution import AttributionScreen, open_attribution
-from lenstui.tui.state import causal, lenses, pins
+from lenstui.tui.state import causal, lenses, pins, speakability
 from lenstui.tui.state.causal import CausalState
 from lenstui.tui.state.model_switch import ModelSwitch
 from lenstui.tui.safety import Guarded, SafetyNet
@@ -130,7 +132,8 @@ class LenstuiApp(Guarded, App):
         *,
         model: Optional[str] = None,
         device: Optional[str] = None,
-        dtype: str = "float32",
+        dtype: Optional[str] = None,
+        placement: Optional[PlacementOptions] = None,
         theme: Optional[str] = None,
         chat: Optional[bool] = None,
         loader: Optional[Callable] = None,
@@ -153,8 +156,10 @@ class LenstuiApp(Guarded, App):
         # Who reads the model (--backend, else the config's; --remote: nnsight on NDIF).
         if backend is None and not remote and self.config.backend != "native":
             backend = self.config.backend
+        # Where models load: the command line's, else config.toml's (device, dtype, placement keys).
         self.model_request = LoadModel(
-            model, device, dtype, allow_download=downloads, backend=backend, remote=remote, endpoint=endpoint
+            model, device or self.config.device, dtype or self.config.dtype, allow_download=downloads,
+            placement=placement or self.config.placement(), backend=backend, remote=remote, endpoint=endpoint,
         )
         self.loader = loader  # tests pass one that returns an already loaded model
         # The model runs in a child process (jobs/process.py: this process never imports
@@ -460,7 +465,7 @@ class LenstuiApp(Guarded, App):
             causal.on_reply(self, result)
 
     def on_model_chosen(self, message: ModelChosen) -> None:
-        self.model_switch.begin(message.spec, message.label, getattr(message, "backend", None), getattr(message, "remote", False))
+        self.model_switch.begin(message.spec, message.label, message.placement, message.backend, message.remote)
 
     def _on_load_reply(self, result: Result) -> None:
         if isinstance(result, Failed) and self.model_switch.failed(result):
@@ -473,7 +478,7 @@ class LenstuiApp(Guarded, App):
             self.loaded_request = result.request
             for note in info.notes:
                 self.notify(note, title="Model", severity="warning", timeout=10)
-            self.status.set_model(info.name, info.device, info.dtype, info.n_layers, info.load_seconds, info.from_cache)
+            self.status.set_model(info.name, where_loaded(info), info.dtype, info.n_layers, info.load_seconds, info.from_cache)
             self.status.set_backend(backend_label(info.backend, info.remote, info.endpoint))
             if info.limits:  # what the backend cannot do there, said once
                 self.notify(" ".join(info.limits), title=backend_label(info.backend, info.remote, info.endpoint), timeout=10)
@@ -741,7 +746,7 @@ class LenstuiApp(Guarded, App):
 
     def action_cancel_speak(self) -> None:
         # `|`, not `or`: both kinds must be cancelled, whichever of them is running.
-        if not (self.cancel(CheckSpeakable) | self.cancel(ScanVocabulary)):
+        if not (self.cancel(CheckSpeakable) | self.cancel(ScanVocabulary) | speakability.cancel_running(self)):
             self.notify("No speakability check or scan is running.", timeout=2)
 
     def action_scan_vocabulary(self) -> None:

@@ -104,7 +104,8 @@ def open_model(
     spec: Optional[str] = None,
     *,
     device: Optional[str] = None,
-    dtype: str = "float32",
+    dtype: Optional[str] = None,
+    placement=None,
     progress=None,
     allow_download: bool = False,
     backend: Optional[str] = None,
@@ -123,11 +124,12 @@ def open_model(
     if backend == "nnsight" or remote:
         from lenstui.engine.backends.nnsight.open import open_model as open_nnsight
 
-        return open_nnsight(spec, device=device, dtype=dtype, progress=progress, allow_download=allow_download,
-                            remote=remote, endpoint=endpoint)
+        return open_nnsight(spec, device=device, dtype=dtype, placement=placement, progress=progress,
+                            allow_download=allow_download, remote=remote, endpoint=endpoint)
     from lenstui.engine.model.load import load_model
 
-    return load_model(spec, device=device, dtype=dtype, progress=progress, allow_download=allow_download)
+    return load_model(spec, device=device, dtype=dtype, placement=placement, progress=progress,
+                      allow_download=allow_download)
 
 
 def native_model(model: Any, what: str, vocabulary: bool = False) -> Any:

@@ -17,6 +17,7 @@ from typing import Optional
 from lenstui.jobs.protocol import Failed, ModelInfo
 from lenstui.tui.host import ExplorerHost
 from lenstui.tui.state import causal
+from lenstui.tui.widgets.status import where_loaded
 
 
 class ModelSwitch:
@@ -24,15 +25,25 @@ class ModelSwitch:
         self.app = host
         self.pending: Optional[str] = None  # the label of the model being opened
 
-    def begin(self, spec: str, label: str, backend: Optional[str] = None, remote: bool = False) -> None:
+    def begin(
+        self, spec: str, label: str, flags: Optional[dict] = None, backend: Optional[str] = None, remote: bool = False
+    ) -> None:
+        """Load ``spec``; ``flags``: device, dtype and placement typed in the picker for
+        this load (``commands.split_placement``), over the start's; ``backend``/``remote``:
+        the backend the picker named ("... through nnsight", "... on NDIF")."""
         app = self.app
         self.pending = label or spec or "the embedded model"
         app.model_settled.clear()
         app.status.set_loading(f"opening {self.pending}", 0.0)
-        # The start's device, dtype and download policy, for another spec (and another
-        # backend when the picker named one: "... through nnsight", "... on NDIF").
-        changes = {} if backend is None else {"backend": backend, "remote": remote}
-        app.submit(replace(app.model_request, spec=spec or None, **changes))
+        # The start's device, dtype, placement and download policy, for another spec.
+        request = replace(app.model_request, spec=spec or None)
+        if flags:
+            placement = replace(request.placement, **{k: v for k, v in flags.items() if k not in ("device", "dtype")})
+            request = replace(request, device=flags.get("device", request.device),
+                              dtype=flags.get("dtype", request.dtype), placement=placement)
+        if backend is not None:
+            request = replace(request, backend=backend, remote=remote)
+        app.submit(request)
 
     def failed(self, result: Failed) -> bool:
         """True when this was a switch and the old model is still loaded (the app then
@@ -42,7 +53,7 @@ class ModelSwitch:
         old: Optional[ModelInfo] = app.model_info
         if label is None or old is None:
             return False
-        app.status.set_model(old.name, old.device, old.dtype, old.n_layers, old.load_seconds, old.from_cache)
+        app.status.set_model(old.name, where_loaded(old), old.dtype, old.n_layers, old.load_seconds, old.from_cache)
         app.notify(f"Could not open {label}; still using {old.name}.", title="Model", severity="warning", timeout=10)
         if app.shown_request != app.session.last_request:  # the load stopped a lens run: redo it
             app.session.failed()

@@ -25,6 +25,7 @@ clamped to the shown result whenever it changes shape (``show_result``, ``clear`
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, replace
 from functools import lru_cache
 from typing import Optional
@@ -53,6 +54,7 @@ ENTROPY_W = 6
 KL_W = 7
 UNSPEAKABLE_MARK = "†"
 HARD_TO_SPEAK_MARK = "°"
+UNDERTRAINED_MARK = "‡"  # verified under-trained (Magikarp's repetition prompts)
 HEAT_LEVELS = 20  # shading steps (a 256-colour terminal cannot show finer ones anyway)
 DEPTH_MARK = "◆"  # the cell where a position's answer settles (prediction depth)
 PIN_MARK = "^"  # heads the pinned tokens' rank columns in the top-k view
@@ -83,6 +85,10 @@ class GridCell:
     text: str
     piece: str
     prob: float
+
+
+# How long after a digit the next one continues the block number (LensGrid.on_key).
+JUMP_SECONDS = 1.5
 
 
 class LensGrid(Guarded, ScrollView, can_focus=True):
@@ -192,10 +198,12 @@ view their ranks follow the top-k columns. **T**: their trajectories.
         self.cursor_row = 0  # index into _rows
         self.cursor_pos = 0  # prompt position
         self.cursor_k = 0  # rank, in the top-k view
+        self._jump, self._jump_at = "", 0.0  # a block number being typed (on_key)
         self._heat_styles: Optional[list[tuple[Style, Style]]] = None
         # From a vocabulary scan (plain id sets): marked in the cells' last column.
         self._unspeakable: frozenset[int] = frozenset()
         self._hard_to_speak: frozenset[int] = frozenset()
+        self._undertrained: frozenset[int] = frozenset()
         # Pinned token ids: highlighted wherever they appear.
         self._pinned: frozenset[int] = frozenset()
         self._depth_of = None  # the result _depth was computed for
@@ -298,6 +306,11 @@ view their ranks follow the top-k columns. **T**: their trajectories.
         self._hard_to_speak = hard_to_speak
         self.refresh()
 
+    def set_undertrained(self, token_ids: frozenset[int]) -> None:
+        """Mark tokens verified under-trained (‡), after the unspeakable ones."""
+        self._undertrained = frozenset(token_ids)
+        self.refresh()
+
     def set_pins(self, token_ids) -> None:
         """Highlight these token ids wherever they appear."""
         self._pinned = frozenset(t for t in token_ids if isinstance(t, int))
@@ -320,6 +333,8 @@ view their ranks follow the top-k columns. **T**: their trajectories.
     def _token_text(self, token_id: int, text: str, width: int) -> str:
         if token_id in self._unspeakable:
             return _cell_text(text, width - 1) + UNSPEAKABLE_MARK
+        if token_id in self._undertrained:
+            return _cell_text(text, width - 1) + UNDERTRAINED_MARK
         if token_id in self._hard_to_speak:
             return _cell_text(text, width - 1) + HARD_TO_SPEAK_MARK
         return _cell_text(text, width)
@@ -730,6 +745,21 @@ view their ranks follow the top-k columns. **T**: their trajectories.
 
     def action_last_layer(self) -> None:
         self._set_cursor(row=len(self._rows) - 1)
+
+    def on_key(self, event: events.Key) -> None:
+        """Typing a block's number jumps to its row: "5" goes to L5, and "2" typed within
+        JUMP_SECONDS after it to L52 (an 80-block model is two keys from any row)."""
+        digit = event.character
+        if self.result is None or digit is None or not digit.isdigit():
+            return
+        now = time.monotonic()
+        typed = (self._jump if now - self._jump_at < JUMP_SECONDS else "") + digit
+        if f"L{int(typed)}" not in self.result.layers:
+            typed = digit  # past the last block: this digit starts a new number
+        self._jump, self._jump_at = typed, now
+        self.place_cursor(layer=f"L{int(typed)}")
+        event.stop()
+        event.prevent_default()
 
     def action_position(self, delta: int) -> None:
         self._set_cursor(pos=self.cursor_pos + delta)

@@ -92,6 +92,8 @@ class NnsightModel:
     caches: ModelCaches = field(default_factory=ModelCaches, repr=False)
     weights_sha256: Optional[str] = None
     weights_files: tuple[str, ...] = ()
+    placement: dict[str, str] = field(default_factory=dict)  # module -> device (here); NDIF's own there
+    quantize: Optional[str] = None
 
     backend: ClassVar[str] = "nnsight"
 
@@ -180,6 +182,8 @@ def wrap_local(model: LoadedModel, transport=None) -> NnsightModel:
         notes=list(model.notes),
         weights_sha256=model.weights_sha256,
         weights_files=model.weights_files,
+        placement=dict(getattr(model, "placement", {}) or {}),
+        quantize=getattr(model, "quantize", None),
     )
 
 

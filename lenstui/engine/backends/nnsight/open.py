@@ -27,7 +27,8 @@ def open_model(
     spec: Optional[str],
     *,
     device: Optional[str] = None,
-    dtype: str = "float32",
+    dtype: Optional[str] = None,
+    placement=None,
     progress: Optional[Progress] = None,
     allow_download: bool = False,
     remote: bool = False,
@@ -38,7 +39,8 @@ def open_model(
     if not remote:
         from lenstui.engine.model.load import load_model
 
-        loaded = load_model(spec, device=device, dtype=dtype, progress=progress, allow_download=allow_download)
+        loaded = load_model(spec, device=device, dtype=dtype, placement=placement, progress=progress,
+                            allow_download=allow_download)
         return wrap_local(loaded)
     settings = require_key(endpoint)
     if not spec:
@@ -48,6 +50,8 @@ def open_model(
         )
     transport = Transport.ndif(settings.endpoint, settings.api_key, settings.timeout_s)
     model = open_remote(spec, transport, allow_download=allow_download, progress=progress)
+    # (Where the weights go is NDIF's to decide: --device, --dtype and the placement flags
+    # do not travel.)
     if progress is not None:
         progress(f"asking NDIF at {settings.endpoint} whether it hosts {spec}", 0.8)
     hosted = hosted_models(transport, spec)
