@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from lenstui.cli.common import add_model_options, add_token_arguments, load_from_args, print_json
+from lenstui.cli.common import add_model_options, add_token_arguments, load_from_args, needs_weights, print_json
 from lenstui.core.errors import InputError
 
 
@@ -33,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
 
     if (args.token is None) == (args.id is None):
         raise InputError("Pass exactly one of a token's text or --id N.")
-    model = load_from_args(args)
+    model = needs_weights(load_from_args(args), "The aim measure", vocabulary=True)
     token_id = resolve_token(model, args.id if args.id is not None else args.token)
     if not args.share and args.samples is not None:
         raise InputError("--samples sets the share estimate: add --share.")

@@ -24,6 +24,12 @@ def configure(parser: argparse.ArgumentParser, command: str = "") -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.remote:  # no key: one sentence and exit 2 before anything starts (or is sent)
+        from lenstui.store.ndif import require_key
+
+        require_key(args.endpoint)
+    from lenstui.cli.common import backend_choice
+
     # The model's process first: it imports torch and transformers while this one imports
     # Textual and draws the first frame. Not for a browser tab (``lenstui serve`` sets
     # TEXTUAL_DRIVER): a tab's start-up keeps the order its driver's start-up race was
@@ -49,6 +55,9 @@ def run(args: argparse.Namespace) -> int:
             chat=args.chat,
             allow_download=args.allow_download,
             worker=worker,
+            backend=backend_choice(args),
+            remote=args.remote,
+            endpoint=args.endpoint,
         )
         app.run()
     finally:

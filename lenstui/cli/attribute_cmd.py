@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import re
 
-from lenstui.cli.common import add_model_options, load_from_args, print_json
+from lenstui.cli.common import add_model_options, load_from_args, needs_weights, print_json
 from lenstui.core.attribution_result import AttributionResult, Component
 from lenstui.core.errors import InputError, quoted
 from lenstui.core.textfmt import fit, signed_bar, visible
@@ -86,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
     # Checked before loading the model: a usage mistake should not cost a model load.
     if not args.prompt:
         raise InputError("The prompt is empty: type some text to attribute.")
-    model = load_from_args(args)
+    model = needs_weights(load_from_args(args), "Attribution")
     result = attribute(
         model,
         args.prompt,

@@ -52,6 +52,40 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
         help="let a Hugging Face model id that is not in the local cache be downloaded "
         "(default: never, unless allow_download = true in config.toml)",
     )
+    add_backend_options(parser)
+
+
+def add_backend_options(parser: argparse.ArgumentParser) -> None:
+    """--backend, --remote, --endpoint: who reads the model, and where (docs/guide/ndif.md)."""
+    from lenstui.core.backends import BACKENDS
+
+    parser.add_argument(
+        "--backend", choices=BACKENDS, default=None,
+        help="native (hooks on the model here) or nnsight (default: backend in config.toml, else native)",
+    )
+    parser.add_argument(
+        "--remote", action="store_true", default=False,
+        help="run the model on NDIF through nnsight (needs NDIF_API_KEY or [ndif] api_key in config.toml)",
+    )
+    parser.add_argument(
+        "--endpoint", metavar="URL", default=None,
+        help="with --remote: the NDIF endpoint (default: [ndif] endpoint in config.toml, else https://api.ndif.us)",
+    )
+
+
+def backend_choice(args: argparse.Namespace) -> Optional[str]:
+    """--backend, else the config's ``backend`` (None: native, or nnsight with --remote)."""
+    chosen = getattr(args, "backend", None)
+    if chosen is None and not getattr(args, "remote", False):
+        from lenstui.store.config import load_config
+
+        configured = load_config()[0].backend
+        chosen = None if configured == "native" else configured
+    return chosen
+
+
+# The backend of the model this command loaded (every --json payload says it).
+_LOADED: dict = {}
 
 
 def add_lens_options(parser: argparse.ArgumentParser, *, target_help: str, track_help: str) -> None:
@@ -111,8 +145,9 @@ def load_settings(args: argparse.Namespace):
 
 
 def load_from_args(args: argparse.Namespace):
-    """Load the model named by --model and the placement flags, reporting progress on stderr."""
-    from lenstui.engine.model.load import load_model
+    """Load the model named by --model, the placement flags and --backend/--remote/--endpoint,
+    reporting progress on stderr."""
+    from lenstui.engine.backends import open_model
 
     def progress(message: str, fraction: Optional[float]) -> None:
         if sys.stderr.isatty():
@@ -120,9 +155,9 @@ def load_from_args(args: argparse.Namespace):
 
     try:
         device, dtype, placement = load_settings(args)
-        model = load_model(
+        model = open_model(
             args.model, device=device, dtype=dtype, placement=placement, progress=progress,
-            allow_download=downloads_allowed(args),
+            allow_download=downloads_allowed(args), **_backend_kwargs(args),
         )
     finally:
         if sys.stderr.isatty():
@@ -131,7 +166,40 @@ def load_from_args(args: argparse.Namespace):
         print(f"lenstui: note: {note}", file=sys.stderr)
     if model.wiring is not None and not model.wiring.ok:  # the lens does not read this model true
         print(f"lenstui: warning: {model.wiring.sentence}", file=sys.stderr)
+    from lenstui.engine.backends import backend_of
+
+    remote = bool(getattr(model, "remote", False))
+    _LOADED.update(backend=backend_of(model), remote=remote, endpoint=getattr(model, "endpoint", None) if remote else None)
+    if remote:  # progress while NDIF queues and runs each request (the terminal's, not the app's)
+        _report_remote_progress(model)
     return model
+
+
+def needs_weights(model, what: str, vocabulary: bool = False):
+    """The model ``what`` (a command no trace computes) runs on: the plain model (native, or
+    the one nnsight wraps here), or InputError with the sentence saying why there is none
+    (the model is on NDIF; ``vocabulary``: it is the unembedding it needs, with its size)."""
+    from lenstui.engine.backends import native_model
+
+    return native_model(model, what, vocabulary=vocabulary)
+
+
+def _backend_kwargs(args: argparse.Namespace) -> dict:
+    backend, remote = backend_choice(args), bool(getattr(args, "remote", False))
+    if backend is None and not remote:
+        return {}
+    return {"backend": backend, "remote": remote, "endpoint": getattr(args, "endpoint", None)}
+
+
+def _report_remote_progress(model) -> None:
+    """NDIF's job status on stderr, one line per change, for a command that waits on it."""
+
+    def progress(message: str, fraction: Optional[float]) -> None:
+        end = "" if sys.stderr.isatty() else "\n"
+        prefix = "\r\033[2K" if sys.stderr.isatty() else "lenstui: "
+        print(f"{prefix}{message}", end=end, file=sys.stderr, flush=True)
+
+    model.transport.progress = progress
 
 
 def one_token(args: argparse.Namespace, message: str):
@@ -163,12 +231,15 @@ def lens_options(args: argparse.Namespace):
 def print_json(payload: Any, model: Any = None) -> None:
     """``payload`` as one line of JSON; with the ``model`` it was computed on, an object
     payload also says where that model is (``"placement"``: module -> device) and what its
-    load's wiring check found (``"wiring"``: ok, max_abs_dp, sentence)."""
+    load's wiring check found (``"wiring"``: ok, max_abs_dp, sentence); and every object
+    payload says who read the model (``"backend"``, ``"remote"``, ``"endpoint"``)."""
     if model is not None and isinstance(payload, dict):
         payload = {**payload, "placement": dict(getattr(model, "placement", {}) or {"": str(model.device)})}
         wiring = getattr(model, "wiring", None)
         if wiring is not None:
             payload["wiring"] = wiring.to_json()
+    if isinstance(payload, dict) and _LOADED:
+        payload = {**payload, **_LOADED}
     json.dump(payload, sys.stdout, ensure_ascii=False)
     sys.stdout.write("\n")
 

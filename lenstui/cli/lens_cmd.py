@@ -5,11 +5,11 @@ from __future__ import annotations
 import argparse
 from typing import Optional
 
-from lenstui.cli.common import add_lens_options, add_model_options, lens_options, load_from_args, print_result
+from lenstui.cli.common import add_lens_options, add_model_options, encoded_prompt, lens_options, load_from_args, print_result
 from lenstui.core.errors import InputError, quoted
 from lenstui.core.lens_result import LensResult
 from lenstui.core.textfmt import fit, visible
-from lenstui.engine.lens.run import run_lens
+from lenstui.engine.backends import engine_for
 
 
 def configure(parser: argparse.ArgumentParser, command: str) -> None:
@@ -50,6 +50,7 @@ def configure(parser: argparse.ArgumentParser, command: str) -> None:
         metavar="PA,PB",
         help="with --vs: the position compared in A and in B (default -1,-1: the last of each)",
     )
+    parser.add_argument("--chat", action="store_true", help="wrap the prompt in the model's chat template (a user turn)")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     parser.set_defaults(func=run)
 
@@ -67,18 +68,18 @@ def run(args: argparse.Namespace) -> int:
     if args.vs is not None:
         return run_compare(args, options)
     model = load_from_args(args)
-    result = run_lens(model, args.prompt, options, positions=args.positions)
+    result = engine_for(model).run_lens(model, encoded_prompt(model, args.prompt, args.chat), options, positions=args.positions)
     return print_result(result, args.json, lambda r: format_table(r, args.position), model)
 
 
 def run_compare(args: argparse.Namespace, options) -> int:
-    from lenstui.engine.lens.compare import compare_rows
+    from lenstui.engine.backends import engine_for
 
     if args.positions is not None:
         raise InputError("--vs compares whole prompts: use --compare-positions PA,PB instead of --positions.")
     pos_a, pos_b = _compare_positions(args.compare_positions)
     model = load_from_args(args)
-    comparison = compare_rows(model, args.prompt, pos_a, args.vs, pos_b, options)
+    comparison = engine_for(model).compare_rows(model, args.prompt, pos_a, args.vs, pos_b, options)
     return print_result(comparison, args.json, format_compare, model)
 
 

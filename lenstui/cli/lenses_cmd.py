@@ -14,7 +14,7 @@ import argparse
 import math
 from pathlib import Path
 
-from lenstui.cli.common import add_model_options, load_from_args, print_json
+from lenstui.cli.common import add_model_options, load_from_args, needs_weights, print_json
 from lenstui.core.errors import InputError
 from lenstui.core.learned_lens import FitReport, LensEval, format_duration, short_path
 
@@ -77,7 +77,7 @@ def run_fit(args: argparse.Namespace) -> int:
     if args.kind == "tuned" and (args.prompts or args.allow_cpu or args.estimate):
         raise InputError("--prompts, --allow-cpu and --estimate are for --kind jacobian.")
     text = _read_text(args.text) if args.text else None
-    model = load_from_args(args)
+    model = needs_weights(load_from_args(args), "Fitting a lens")
     if args.estimate:
         estimate = estimate_jacobian(model, args.prompts or 100)
         if args.json:
@@ -126,7 +126,7 @@ def run_eval(args: argparse.Namespace) -> int:
 
     names = parse_lenses(args.lens)
     text = _read_text(args.textfile)
-    model = load_from_args(args)
+    model = needs_weights(load_from_args(args), "Evaluating lenses")
     progress = _StderrBar("evaluating", always=True)
     try:
         result = evaluate_lenses(model, text, names, lens_path=args.lens_path, progress=progress)
@@ -171,7 +171,7 @@ def format_eval(result: LensEval) -> str:
 def run_list(args: argparse.Namespace) -> int:
     from lenstui.engine.lens.learned import available_lenses, model_folder
 
-    model = load_from_args(args)
+    model = needs_weights(load_from_args(args), "Listing fitted lenses")
     found = available_lenses(model)
     if args.json:
         payload = {"model": model.name, "folder": str(model_folder(model)), "lenses": [f.to_json() for f in found]}

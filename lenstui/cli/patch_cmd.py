@@ -93,17 +93,17 @@ def run(args: argparse.Namespace) -> int:
     prompt = encoded_prompt(model, args.prompt, args.chat)
     source = None if args.source is None else encoded_prompt(model, args.source, args.chat)
     if args.sweep is not None:
-        from lenstui.engine.causal import sweep
+        from lenstui.engine.backends import engine_for
 
-        result = sweep(
+        result = engine_for(model).sweep(
             model, prompt, site, mode=args.sweep, source_prompt=source, ablate=args.ablate,
             target=options.target, track=options.track,
         )
         return print_result(result, args.json, format_sweep, model)
-    from lenstui.engine.causal import patch
+    from lenstui.engine.backends import engine_for
     from lenstui.engine.lens.run import parse_positions
 
-    result = patch(model, prompt, site, source_prompt=source, ablate=args.ablate, options=options)
+    result = engine_for(model).patch(model, prompt, site, source_prompt=source, ablate=args.ablate, options=options)
     if args.positions is not None:
         result = result.select(parse_positions(args.positions, len(result.patched.tokens)))
     return print_result(result, args.json, lambda r: format_patch(r, args.show), model)

@@ -6,7 +6,7 @@ import argparse
 import sys
 import time
 
-from lenstui.cli.common import add_model_options, add_token_arguments, load_from_args, one_token, print_json
+from lenstui.cli.common import add_model_options, add_token_arguments, load_from_args, needs_weights, one_token, print_json
 from lenstui.core.errors import InputError
 from lenstui.core.textfmt import aim_lines, bar, visible, visible_bytes
 from lenstui.core.verdicts import DECIDED, Method, Verdict
@@ -43,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
     from lenstui.engine.speak.check import check_speakable
 
     token = one_token(args, "Pass exactly one of a token's text or --id N.")
-    model = load_from_args(args)
+    model = needs_weights(load_from_args(args), "The speakability check", vocabulary=True)
     token_id = resolve_token(model, token)
     bar = _StderrBar("checking")
     try:
@@ -137,7 +137,7 @@ def run_scan(args: argparse.Namespace) -> int:
     out = check_out_path(args.out) if args.out else None
     if args.limit is not None and args.limit < 1:
         raise InputError("--limit must be at least 1.")
-    model = load_from_args(args)
+    model = needs_weights(load_from_args(args), "The vocabulary scan", vocabulary=True)
     bar = _StderrBar("scan", always=True)
     started = time.perf_counter()
     result = run_resumable(

@@ -41,7 +41,7 @@ def configure(parser: argparse.ArgumentParser, command: str = "") -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from lenstui.engine.causal import steer
+    from lenstui.engine.backends import engine_for
 
     options = lens_options(args)
     setting = SteerSetting(
@@ -52,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
         position=args.position,
     )
     model = load_from_args(args)
-    result = steer(model, encoded_prompt(model, args.prompt, args.chat), setting, steps=args.steps, options=options)
+    result = engine_for(model).steer(model, encoded_prompt(model, args.prompt, args.chat), setting, steps=args.steps, options=options)
     return print_result(result, args.json, format_steer, model)
 
 

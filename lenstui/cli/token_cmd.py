@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import textwrap
 
-from lenstui.cli.common import add_model_options, load_from_args, one_token, print_json
+from lenstui.cli.common import add_model_options, load_from_args, needs_weights, one_token, print_json
 from lenstui.core.textfmt import fit, neighbor_row, report_rows
 from lenstui.core.token_report import Neighbor, TokenReport
 from lenstui.engine.inspect.neighbors import DEFAULT_NEIGHBORS, inspect_token
@@ -42,7 +42,7 @@ def configure(parser: argparse.ArgumentParser, command: str = "") -> None:
 def run(args: argparse.Namespace) -> int:
     # Checked before loading the model: a usage mistake should not cost a model load.
     token = one_token(args, "Pass exactly one of TOKEN (its text or vocabulary piece) or --id N.")
-    model = load_from_args(args)
+    model = needs_weights(load_from_args(args), "The token inspector's neighbours", vocabulary=True)
     report = inspect_token(model, token, args.neighbors)
     if args.json:
         print_json(report.to_json(), model)

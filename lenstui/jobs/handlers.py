@@ -72,13 +72,14 @@ def run_lens_handler(model, request: RunLens, ctx):
     view) and every cell already computed are posted first as one ``Partial``, then the
     rest in chunks, nearest to the first ones first; then the whole grid is the ``Done``
     value. Each partial is a LensResult whose ``positions`` are its columns."""
-    from lenstui.engine.lens.state import lens_state
+    from lenstui.engine.backends import engine_for
 
     started = time.perf_counter()
-    state = lens_state(model)
+    engine = engine_for(model)  # the model's backend: native, or nnsight (here or on NDIF)
+    state = engine.lens_state(model, progress=ctx.progress)
     plan = state.prepare(_encoded(model, request.prompt, request.chat), _options(model, request.options), ctx.should_stop)
     n = plan.n_positions
-    first = stream_order(request.first_positions, n)
+    first = stream_order(request.first_positions, n) if engine.streams else []
     if first:
         ready = set(state.computed_positions())  # free: a prefix kept, or a re-prioritised run
         wanted = [p for p in first if p not in ready]
@@ -96,9 +97,9 @@ def run_lens_handler(model, request: RunLens, ctx):
 
 def compare_handler(model, request: RunCompare, ctx):
     """-> core.comparison.Comparison for the two prompts (chat-templated when asked)."""
-    from lenstui.engine.lens.compare import compare_rows
+    from lenstui.engine.backends import engine_for
 
-    return compare_rows(
+    return engine_for(model).compare_rows(
         model,
         _encoded(model, request.prompt_a, request.chat),
         request.position_a,
@@ -106,14 +107,15 @@ def compare_handler(model, request: RunCompare, ctx):
         request.position_b,
         _options(model, request.options),
         ctx.should_stop,
+        progress=ctx.progress,
     )
 
 
 def patch_handler(model, request: RunPatch, ctx):
     """-> core.patch_result.PatchResult: the patched grid, its effects and cone."""
-    from lenstui.engine.causal import patch
+    from lenstui.engine.backends import engine_for
 
-    return patch(
+    return engine_for(model).patch(
         model,
         _encoded(model, request.prompt_a, request.chat),
         request.site,
@@ -121,14 +123,15 @@ def patch_handler(model, request: RunPatch, ctx):
         ablate=request.ablate,
         options=_options(model, request.options),
         should_stop=ctx.should_stop,
+        progress=ctx.progress,
     )
 
 
 def sweep_handler(model, request: RunSweep, ctx):
     """-> core.patch_result.SweepResult, with progress per patched run."""
-    from lenstui.engine.causal import sweep
+    from lenstui.engine.backends import engine_for
 
-    return sweep(
+    return engine_for(model).sweep(
         model,
         _encoded(model, request.prompt_a, request.chat),
         request.site,
@@ -144,9 +147,9 @@ def sweep_handler(model, request: RunSweep, ctx):
 
 def steer_handler(model, request: RunSteer, ctx):
     """-> core.patch_result.SteerResult (no clean continuation: the app steps itself)."""
-    from lenstui.engine.causal import steer
+    from lenstui.engine.backends import engine_for
 
-    return steer(
+    return engine_for(model).steer(
         model,
         _encoded(model, request.prompt, request.chat),
         request.setting,
@@ -154,6 +157,7 @@ def steer_handler(model, request: RunSteer, ctx):
         options=_options(model, request.options),
         clean_steps=False,
         should_stop=ctx.should_stop,
+        progress=ctx.progress,
     )
 
 
@@ -170,8 +174,10 @@ def stream_order(first_positions: tuple[int, ...], n_positions: int) -> list[int
 def inspect_handler(model, request: InspectToken, ctx) -> InspectReply:
     """-> the token's report, plus the prompt's ids joined into characters if given."""
     from lenstui.core.token_bytes import join_tokens
+    from lenstui.engine.backends import native_model
     from lenstui.engine.inspect.neighbors import inspect_token
 
+    model = native_model(model, "The token inspector's neighbours", vocabulary=True)
     report = inspect_token(model, request.token_id, request.neighbors)
     sequence = join_tokens(model, list(request.sequence)) if request.sequence else None
     return InspectReply(report, sequence, request.selected)
@@ -179,9 +185,11 @@ def inspect_handler(model, request: InspectToken, ctx) -> InspectReply:
 
 def speak_handler(model, request: CheckSpeakable, ctx) -> SpeakResult:
     """-> SpeakResult for ``request.token_id``, with its aim measure attached."""
+    from lenstui.engine.backends import native_model
     from lenstui.engine.speak.aim import speak_aim
     from lenstui.engine.speak.check import check_speakable
 
+    model = native_model(model, "The speakability check", vocabulary=True)
     result = check_speakable(model, request.token_id, should_stop=ctx.should_stop, progress=ctx.progress)
     ctx.progress("measuring the aim", None)
     speak_aim(model, result, should_stop=ctx.should_stop)
@@ -193,8 +201,12 @@ def scan_handler(model, request: ScanVocabulary, ctx) -> Optional[ScanResult]:
     it calls ``ctx.checkpoint()``, so lens runs and token checks are served while the
     scan runs, and a cancel keeps what is done."""
     from lenstui.core.errors import LenstuiError
+    from lenstui.engine.backends import backend_of, native_model
     from lenstui.engine.speak.scan import load_cached_scan, scan_vocabulary
 
+    if request.cached_only and backend_of(model) == "nnsight" and model.local is None:
+        return None  # (asked at every load: no cached scan to show for a model on NDIF)
+    model = native_model(model, "The vocabulary scan", vocabulary=True)
     if request.cached_only:
         problems: list[str] = []
         scan = load_cached_scan(model, problems)
@@ -222,7 +234,9 @@ def scan_marks_handler(model, request: ScanVocabulary, ctx) -> Optional[ScanMark
 def attribute_handler(model, request: AttributeCell, ctx) -> AttributionResult:
     """-> AttributionResult for one cell; stops between steps when superseded."""
     from lenstui.engine.attribution import attribute
+    from lenstui.engine.backends import native_model
 
+    model = native_model(model, "Attribution")
     return attribute(
         model,
         list(request.prompt_ids),
@@ -240,7 +254,7 @@ def render_scene(model, scene: Scene, request: RenderScenes, ctx) -> SceneRender
     fit this model (InputError from resolve_scene or greedy_ids) comes back with its
     problem; Cancelled propagates."""
     from lenstui.core.errors import LenstuiError
-    from lenstui.engine.model.generate import greedy_ids
+    from lenstui.engine.backends import engine_for
     from lenstui.talks.resolve import resolve_scene
 
     try:
@@ -256,7 +270,7 @@ def render_scene(model, scene: Scene, request: RenderScenes, ctx) -> SceneRender
         # The same request the app's session makes for this state: generated steps and
         # id prompts run as ids, a text prompt as text (templated on this thread).
         if scene.steps:
-            ids = greedy_ids(model, resolved.prompt_ids, scene.steps, should_stop=ctx.should_stop)
+            ids = engine_for(model).greedy_ids(model, resolved.prompt_ids, scene.steps, should_stop=ctx.should_stop)
             lens_request = RunLens(tuple(ids), options=options)
         elif scene.prompt_ids is not None:
             lens_request = RunLens(tuple(scene.prompt_ids), options=options)
@@ -305,8 +319,10 @@ def fit_lens_handler(model, request: FitLens, ctx):
     from pathlib import Path
 
     from lenstui.core.errors import InputError
+    from lenstui.engine.backends import native_model
     from lenstui.engine.lens.fit import fit_lens
 
+    model = native_model(model, "Fitting a lens")
     text = None
     if request.text_path:
         try:
@@ -331,8 +347,10 @@ def evaluate_lenses_handler(model, request: EvaluateLenses, ctx):
     from pathlib import Path
 
     from lenstui.core.errors import InputError
+    from lenstui.engine.backends import native_model
     from lenstui.engine.lens.evaluate import evaluate_lenses
 
+    model = native_model(model, "Evaluating lenses")
     if request.text_path:
         try:
             source = Path(request.text_path).expanduser().read_text(encoding="utf-8")
@@ -389,6 +407,7 @@ def model_info(model) -> ModelInfo:
         quantize=getattr(model, "quantize", None),
         wiring=getattr(model, "wiring", None),
         mid_rows=_mid_rows_missing(model),
+        **backend_info(model),
     )
 
 
@@ -404,13 +423,33 @@ def _mid_rows_missing(model) -> Optional[str]:
 
 
 
+def backend_info(model) -> dict:
+    """ModelInfo's backend fields: who reads the model, where, and what it cannot do there."""
+    from lenstui.core.backends import REMOTE_LIMITS
+    from lenstui.engine.backends import backend_of
+
+    backend = backend_of(model)
+    remote = bool(getattr(model, "remote", False))
+    return {
+        "backend": backend,
+        "remote": remote,
+        "endpoint": getattr(model, "endpoint", None) if remote else None,
+        "limits": REMOTE_LIMITS if remote else (),
+    }
+
+
 # ---------------------------------------------------------------- speakability: issue 32
 
 
 def undertrained_handler(model, request, ctx):
     """-> UndertrainedMarks (None when ``cached_only`` and nothing was verified before)."""
     from lenstui.core.undertrained_result import marks_for_undertrained
+    from lenstui.engine.backends import backend_of, native_model
     from lenstui.engine.speak.undertrained import find_undertrained
+
+    if request.cached_only and backend_of(model) == "nnsight" and model.local is None:
+        return None  # (asked at every load: nothing is kept for a model on NDIF)
+    model = native_model(model, "Finding under-trained tokens", vocabulary=True)
 
     def between_batches() -> bool:
         ctx.checkpoint()  # raises Cancelled when superseded
@@ -432,9 +471,12 @@ def undertrained_handler(model, request, ctx):
 
 def share_handler(model, request, ctx):
     """-> ShareReply for one token."""
+    from lenstui.engine.backends import native_model
     from lenstui.engine.speak.aim import aim
     from lenstui.engine.speak.share import estimate_share
     from lenstui.jobs.protocol import ShareReply
+
+    model = native_model(model, "The share of directions", vocabulary=True)
 
     measured = aim(model, request.token_id, should_stop=ctx.should_stop)
     estimate = estimate_share(
@@ -446,7 +488,12 @@ def share_handler(model, request, ctx):
 
 def share_sample_handler(model, request, ctx):
     """-> ShareSample (None when ``cached_only`` and none is kept)."""
+    from lenstui.engine.backends import backend_of, native_model
     from lenstui.engine.speak.share_sample import share_sample
+
+    if request.cached_only and backend_of(model) == "nnsight" and model.local is None:
+        return None
+    model = native_model(model, "The share of directions", vocabulary=True)
 
     def between_tokens() -> bool:
         ctx.checkpoint()

@@ -56,6 +56,12 @@ class LoadModel(Request):
     dtype: Optional[str] = None  # None: auto (the model's own on a GPU, float32 on a CPU)
     allow_download: bool = False  # a hub id not in the local cache may be fetched
     placement: PlacementOptions = PlacementOptions()  # device map, memory budgets, offload, quantization
+    # Who reads the model (lenstui.core.backends): None native (nnsight with ``remote``);
+    # ``remote``: on NDIF at ``endpoint`` (None: the config's, else NDIF's own). The API key
+    # never travels in a request: the worker reads it (NDIF_API_KEY or config.toml).
+    backend: Optional[str] = None
+    remote: bool = False
+    endpoint: Optional[str] = None
 
     title: ClassVar[str] = "Model"
     priority: ClassVar[int] = 0
@@ -322,6 +328,10 @@ class ModelInfo:
     quantize: Optional[str] = None  # "4bit", "8bit", a checkpoint's own method, or None
     wiring: Optional[WiringCheck] = None  # the lens held to the model's own output on this load
     mid_rows: Optional[str] = None  # why the model has no mid-block rows (None: it has them)
+    backend: str = "native"  # who reads the model: "native" or "nnsight"
+    remote: bool = False  # nnsight on NDIF
+    endpoint: Optional[str] = None  # the NDIF endpoint, when remote
+    limits: tuple[str, ...] = ()  # what this backend cannot do here, one sentence each
 
 
 # handler(model or None, request, ctx: lenstui.jobs.scheduler.JobContext) -> value; runs on

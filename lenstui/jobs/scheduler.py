@@ -338,8 +338,12 @@ class ModelWorker:
     def _load(self, _current_model, request: LoadModel, ctx: JobContext) -> ModelInfo:
         loader = self._loader
         if loader is None:
-            from lenstui.engine.model.load import load_model as loader
+            from lenstui.engine.backends import open_model as loader  # (native unless asked)
         try:
+            # The backend's settings only when asked for (a test's loader need not take them).
+            backend = {}
+            if request.backend is not None or request.remote:
+                backend = dict(backend=request.backend, remote=request.remote, endpoint=request.endpoint)
             model = loader(
                 request.spec,
                 device=request.device,
@@ -347,6 +351,7 @@ class ModelWorker:
                 placement=request.placement,
                 progress=ctx.progress,
                 allow_download=request.allow_download,
+                **backend,
             )
         except Exception as err:
             # A failed switch to a second model leaves the first one loaded and serving:

@@ -14,6 +14,12 @@ device_map = "auto"          # spread a model over devices: auto, balanced, bala
 max_memory = "0=70GiB,1=70GiB,cpu=200GiB"  # what each device may hold of the weights (with device_map)
 offload_dir = "~/offload"    # where the weights that fit on no device are read from (with device_map)
 quantize = "4bit"            # 8bit or 4bit (bitsandbytes): the blocks' linear layers quantized at load
+backend = "native"           # or "nnsight": read models through nnsight (docs/guide/ndif.md)
+
+[ndif]                       # --remote: the model runs on NDIF through nnsight
+api_key = "..."              # else NDIF_API_KEY; never printed or logged
+endpoint = "https://api.ndif.us"   # or a self-hosted NDIF
+timeout_s = 600              # how long one request may take, queue included
 
 [keymap]                     # rebind keys by binding id (see `?`), comma-separated keys
 "lenstui.step" = "ctrl+n,f8"
@@ -30,9 +36,30 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
+from lenstui.core.backends import BACKENDS
 from lenstui.core.errors import clipped, quoted
 from lenstui.core.lenses import MAX_TOP_K
 from lenstui.core.placement import DTYPE_CHOICES, QUANTIZE_CHOICES, PlacementOptions
+
+
+@dataclass
+class NdifSettings:
+    """The ``[ndif]`` table: where ``--remote`` sends traces, and the key (kept out of
+    every repr, so a printed config or a crash log never shows it)."""
+
+    api_key: Optional[str] = field(default=None, repr=False)
+    endpoint: Optional[str] = None
+    timeout_s: float = 600.0
+
+
+_NDIF_KEYS = {"api_key": str, "endpoint": str, "timeout_s": (int, float)}
+
+
+def _ndif_table(value: dict) -> bool:
+    return all(
+        key in _NDIF_KEYS and isinstance(item, _NDIF_KEYS[key]) and not isinstance(item, bool)
+        for key, item in value.items()
+    ) and float(value.get("timeout_s", 1)) > 0
 
 
 @dataclass
@@ -52,8 +79,9 @@ class Config:
     max_memory: Optional[str] = None
     offload_dir: Optional[str] = None
     quantize: Optional[str] = None
+    backend: str = "native"
+    ndif: NdifSettings = field(default_factory=NdifSettings)
     keymap: dict[str, str] = field(default_factory=dict)
-
 
     def placement(self) -> PlacementOptions:
         """The placement keys as the loader takes them."""
@@ -92,6 +120,8 @@ def load_config(path: Optional[Path] = None) -> tuple[Config, list[str]]:
         "max_memory": (str, lambda v: bool(v.strip())),
         "offload_dir": (str, lambda v: bool(v.strip())),
         "quantize": (str, lambda v: v in QUANTIZE_CHOICES),
+        "backend": (str, lambda v: v in BACKENDS),
+        "ndif": (dict, _ndif_table),
         "keymap": (dict, lambda v: all(isinstance(x, str) for x in v.values())),
     }
     for key, value in data.items():
@@ -100,7 +130,15 @@ def load_config(path: Optional[Path] = None) -> tuple[Config, list[str]]:
             continue
         kind, valid = checks[key]
         if not isinstance(value, kind) or isinstance(value, bool) and kind is int or (valid and not valid(value)):
+            if key == "ndif":  # never quoted: it may hold the API key
+                problems.append(
+                    f"{path.name}: the [ndif] table was ignored (api_key and endpoint are text, "
+                    "timeout_s a number of seconds above 0)."
+                )
+                continue
             problems.append(f"{path.name}: {key} = {quoted(value)} is not allowed and was ignored.")
             continue
+        if key == "ndif":
+            value = NdifSettings(**value)
         setattr(config, key, value)
     return config, problems

@@ -63,7 +63,9 @@ EXPLORER_ACTIONS: tuple[Action, ...] = (
     Action("attribute_cell", "a", "Attribute", "lenstui.attribute", show=False, while_typing=False),
     Action("next_lens", "f5", "Lens variant", "lenstui.lens_variant", show=False, over_screens=False),
     Action("focus_prompt", "slash,i", "Edit prompt", "lenstui.focus_prompt", show=False, while_typing=False, over_screens=False),
-    # Escape puts the clean run back while a patch or steer is on the grid.
+    # Escape stops waiting for NDIF while it runs a request (a model opened with --remote),
+    # and otherwise puts the clean run back while a patch or steer is on the grid.
+    Action("cancel_remote", "escape", "Stop NDIF request", "lenstui.cancel_remote", show=False, over_screens=False),
     Action("restore_clean", "escape", "Clean run", "lenstui.restore_clean", over_screens=False),
     Action("focus_grid", "escape", "To the grid", "lenstui.focus_grid", show=False, over_screens=False),
     Action("steer_more", "plus", "Steer +", "lenstui.steer_more", while_typing=False, over_screens=False),

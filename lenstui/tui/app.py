@@ -55,6 +55,7 @@ from lenstui.jobs.protocol import (
     LoadModel,
     ModelInfo,
     Request,
+    RunCompare,
     RunLens,
     RunPatch,
     RunSteer,
@@ -90,6 +91,10 @@ LETTER_ACTIONS = resting_while_typing(EXPLORER_ACTIONS)
 GRID_ACTIONS = resting_over_screens(EXPLORER_ACTIONS)
 
 
+# The requests a model on NDIF answers through the network (Esc stops waiting for them).
+REMOTE_KINDS = (RunLens, RunCompare, RunPatch, RunSweep, RunSteer)
+
+
 class ExplorerScreen(Guarded, Screen):
     """The explorer's own (first) screen: Textual's default screen, with the safety net."""
 
@@ -119,6 +124,9 @@ class LenstuiApp(Guarded, App):
         strict_crashes: bool = False,
         in_process: Optional[bool] = None,
         worker: Optional[ProcessWorker] = None,
+        backend: Optional[str] = None,
+        remote: bool = False,
+        endpoint: Optional[str] = None,
     ) -> None:
         super().__init__()
         # Unexpected exceptions become notices (strict: also re-raised when a test ends).
@@ -127,10 +135,13 @@ class LenstuiApp(Guarded, App):
         self.initial_prompt = prompt
         # Hub ids load from the local cache only, unless --allow-download or the config says so.
         downloads = bool(allow_download or self.config.allow_download)
+        # Who reads the model (--backend, else the config's; --remote: nnsight on NDIF).
+        if backend is None and not remote and self.config.backend != "native":
+            backend = self.config.backend
         # Where models load: the command line's, else config.toml's (device, dtype, placement keys).
         self.model_request = LoadModel(
             model, device or self.config.device, dtype or self.config.dtype, allow_download=downloads,
-            placement=placement or self.config.placement(),
+            placement=placement or self.config.placement(), backend=backend, remote=remote, endpoint=endpoint,
         )
         self.show_timings = show_timings
         self.model_info: Optional[ModelInfo] = None
@@ -342,7 +353,7 @@ class LenstuiApp(Guarded, App):
                 resubmit()
 
     def on_model_chosen(self, message: ModelChosen) -> None:
-        self.model_switch.begin(message.spec, message.label, message.placement)
+        self.model_switch.begin(message.spec, message.label, message.placement, message.backend, message.remote)
 
     # ------------------------------------------------------------ the lens (tui/state/lens_flow.py)
 
@@ -416,6 +427,9 @@ class LenstuiApp(Guarded, App):
         # Letters like "i", "s" and "t" belong to the prompt while typing.
         if action in LETTER_ACTIONS and isinstance(self.focused, Input):
             return False
+        if action == "cancel_remote":  # Esc stops a request NDIF is running, else means what it did
+            info = self.model_info
+            return bool(info is not None and info.remote and any(self.link.busy(kind) for kind in REMOTE_KINDS))
         for feature in self.lens.features:  # p, Esc, + and - mean more at times
             applies = feature.check_action(action)
             if applies is not None:
@@ -560,6 +574,13 @@ class LenstuiApp(Guarded, App):
 
     def action_patch_cell(self) -> None:
         causal.patch_cursor(self)
+
+    def action_cancel_remote(self) -> None:
+        """Esc while NDIF runs a request: stop waiting for it (its answer is dropped)."""
+        stopped = [kind for kind in REMOTE_KINDS if self.cancel(kind)]
+        if stopped:
+            self.status.set_job("")
+            self.notify("Stopped waiting for NDIF; the grid shows the last answer.", title="NDIF", timeout=4)
 
     def action_restore_clean(self) -> None:
         causal.restore_clean(self)

@@ -36,11 +36,15 @@ class ModelChosen(Message):
     ("" for the embedded model); ``placement``: the flags typed after it (None: the
     start's)."""
 
-    def __init__(self, spec: str, label: str, placement: Optional[dict] = None) -> None:
+    def __init__(
+        self, spec: str, label: str, placement: Optional[dict] = None, backend: str | None = None, remote: bool = False
+    ) -> None:
         super().__init__()
         self.spec = spec
         self.label = label
         self.placement = placement
+        self.backend = backend  # None: the backend the app started with
+        self.remote = remote  # nnsight on NDIF
 
 
 # The load flags the picker takes after a typed spec, as the command line spells them.
@@ -83,6 +87,20 @@ def typed_spec(query: str) -> str:
     return text
 
 
+# What typed after a spec picks a backend in the picker.
+BACKEND_SUFFIXES = {"nnsight": " through nnsight", "ndif": " on NDIF"}
+
+
+def typed_backend(text: str) -> tuple[str, str | None]:
+    """("spec", "nnsight" | "ndif" | None) from "X through nnsight" / "X on NDIF"."""
+    lowered = text.lower()
+    for backend, suffix in BACKEND_SUFFIXES.items():
+        for ending in (suffix.strip().lower(), suffix.strip().split()[-1].lower()):
+            if lowered.endswith(" " + ending) or lowered == ending:
+                return text[: len(text) - len(ending)].strip(), backend
+    return text, None
+
+
 def looks_like_spec(text: str) -> bool:
     """A path, a .gguf file or an org/name id: worth offering to open as typed."""
     if not text or " " in text.strip():
@@ -111,6 +129,11 @@ class ModelCommands(Provider):
             score = matcher.match(text)
             if score > 0:
                 yield Hit(score, matcher.highlight(text), partial(self._choose, entry.spec, entry.label), text=text, help=_help(entry))
+        spec, backend = typed_backend(typed_spec(query))
+        if backend is not None:  # "model: open X through nnsight" / "... on NDIF"
+            for hit in self._backend_hits(spec, backend):
+                yield hit
+            return
         spec, flags = split_placement(typed_spec(query))
         typed = PREFIX + typed_spec(query)
         if flags and spec:
@@ -120,6 +143,22 @@ class ModelCommands(Provider):
         elif looks_like_spec(spec) and not any(e.spec == spec or e.label == spec for e in self._entries):
             # Below the listed models, so a typed path never hides a match.
             yield Hit(0.1, PREFIX + spec, partial(self._choose, spec, spec), text=PREFIX + spec, help="open this spec as typed")
+
+    def _backend_hits(self, spec: str, backend: str) -> Iterator[Hit]:
+        """The typed model (or every listed one whose name matches) through nnsight: here,
+        or on NDIF (a Hugging Face id; docs/guide/ndif.md)."""
+        remote = backend == "ndif"
+        suffix = BACKEND_SUFFIXES[backend]
+        chosen = [(spec, spec)] if spec else []
+        if not remote:
+            chosen += [(e.spec, e.label) for e in self._entries if spec.lower() in e.label.lower() and e.spec != spec]
+        for target, label in chosen:
+            if remote and "/" not in target:
+                continue
+            text = f"{PREFIX}{label}{suffix}"
+            help = "nnsight on NDIF (needs NDIF_API_KEY)" if remote else "read through nnsight, on this machine"
+            chosen_one = ModelChosen(target, label, backend="nnsight", remote=remote)
+            yield Hit(0.5, text, partial(self.app.post_message, chosen_one), text=text, help=help)
 
 
 class PaletteHost(ExplorerHost, Protocol):

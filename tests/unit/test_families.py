@@ -36,8 +36,9 @@ ENTROPY_TOLERANCE = 1e-4
 
 
 @pytest.fixture(scope="session")
-def families_root(request):
-    return request.config.cache.mkdir("lenstui-families")
+def families_root(request, tmp_path_factory):
+    cache = getattr(request.config, "cache", None)  # None under -p no:cacheprovider
+    return cache.mkdir("lenstui-families") if cache is not None else tmp_path_factory.mktemp("lenstui-families")
 
 
 _outcomes: dict = {}

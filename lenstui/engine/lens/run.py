@@ -76,6 +76,7 @@ def run_lens(
     positions: Union[None, str, Sequence[int]] = None,
     slot: str = "a",
     should_stop: Optional[StopCheck] = None,
+    state=None,
 ) -> LensResult:
     """Run the lens on a prompt (text or token ids): the whole grid, or only the columns
     at ``positions`` (indices, negative from the end, or a spec for :func:`parse_positions`).
@@ -84,10 +85,11 @@ def run_lens(
     the last run shares with this one (its token prefix, its forward pass, cells read
     with the same settings) is reused. Raises InputError on bad input and Cancelled when
     ``should_stop()`` turns true between chunks. ``slot``: which of the model's lens
-    states to use ("a", "b": two prompts side by side stay incremental).
+    states to use ("a", "b": two prompts side by side stay incremental). ``state``: the lens
+    state to run in instead (another backend's: ``engine.backends.engine_for(model).run_lens``).
     """
     started = time.perf_counter()
-    state = lens_state(model, slot)
+    state = lens_state(model, slot) if state is None else state
     plan = state.prepare(prompt, options, should_stop)
     if positions is None:
         return state.result(should_stop, started=started)

@@ -98,7 +98,19 @@ def empty_model(config: Any, dtype: torch.dtype) -> Any:
 
     config = copy.deepcopy(config)
     with init_empty_weights(), no_init_weights(), _quiet():
-        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+        try:
+            model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+        except ValueError as err:
+            # A multimodal checkpoint (Qwen-VL style) loads through the image-text-to-text
+            # class (load.auto_causal_lm): its plan is that class's too.
+            if "Unrecognized configuration class" not in str(err):
+                raise
+            from transformers import AutoModelForImageTextToText
+
+            try:
+                model = AutoModelForImageTextToText.from_config(config, dtype=dtype)
+            except ValueError:
+                raise err from None
     return model
 
 
@@ -270,7 +282,8 @@ def working_bytes(config: Any, tokens: int, act_bytes: int) -> tuple[int, int]:
     heads = int(getattr(text, "num_attention_heads", 0) or getattr(text, "n_head", 0) or 1)
     kv_heads = int(getattr(text, "num_key_value_heads", 0) or heads)
     head_dim = int(_largest_per_layer(text, "head_dim") or (d // heads if heads else 0))
-    inner = int(getattr(text, "intermediate_size", 0) or getattr(text, "n_inner", 0) or 4 * d)
+    inner = getattr(text, "intermediate_size", 0) or getattr(text, "n_inner", 0) or 4 * d
+    inner = int(max(inner) if isinstance(inner, (list, tuple)) else inner)  # Gemma 3n: one per layer
     vocab = int(getattr(text, "vocab_size", 0) or 0)
     p = max(1, int(tokens))
     kv = 2 * layers * kv_heads * head_dim * p * act_bytes

@@ -17,7 +17,6 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.screen import Screen
 from textual.widgets import Footer, Static
-from textual_plotext import PlotextPlot
 
 from lenstui.core.learned_lens import LensEval, short_path
 from lenstui.jobs.protocol import Done, EvaluateLenses, Failed, Progress, Stopped

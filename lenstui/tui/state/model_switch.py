@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Optional, Protocol
 from textual.widget import Widget
 
 from lenstui.core.scan_result import ScanMarks
+from lenstui.core.backends import backend_label
 from lenstui.jobs.protocol import Done, Failed, LoadModel, ModelInfo, Progress, Result
 from lenstui.tui.state import causal
 from lenstui.tui.state.causal import CausalHost
@@ -68,6 +69,9 @@ class ModelSwitch:
             for note in info.notes:
                 app.notify(note, title="Model", severity="warning", timeout=10)
             app.status.set_model(info.name, where_loaded(info), info.dtype, info.n_layers, info.load_seconds, info.from_cache)
+            app.status.set_backend(backend_label(info.backend, info.remote, info.endpoint))
+            if info.limits:  # what the backend cannot do there, said once
+                app.notify(" ".join(info.limits), title=backend_label(info.backend, info.remote, info.endpoint), timeout=10)
             wrong = info.wiring is not None and not info.wiring.ok
             app.status.set_wiring(info.wiring.sentence if wrong else "")
             if wrong:
@@ -98,9 +102,12 @@ class ModelSwitch:
 
     # ------------------------------------------------------------ a switch
 
-    def begin(self, spec: str, label: str, flags: Optional[dict] = None) -> None:
+    def begin(
+        self, spec: str, label: str, flags: Optional[dict] = None, backend: Optional[str] = None, remote: bool = False
+    ) -> None:
         """Load ``spec``; ``flags``: device, dtype and placement typed in the picker for
-        this load (``commands.split_placement``), over the start's."""
+        this load (``commands.split_placement``), over the start's; ``backend``/``remote``:
+        the backend the picker named ("... through nnsight", "... on NDIF")."""
         app = self.app
         self.pending = label or spec or "the embedded model"
         app.model_settled.clear()
@@ -111,6 +118,8 @@ class ModelSwitch:
             placement = replace(request.placement, **{k: v for k, v in flags.items() if k not in ("device", "dtype")})
             request = replace(request, device=flags.get("device", request.device),
                               dtype=flags.get("dtype", request.dtype), placement=placement)
+        if backend is not None:
+            request = replace(request, backend=backend, remote=remote)
         app.submit(request)
 
     def failed(self, result: Failed) -> bool:

@@ -42,6 +42,7 @@ class StatusBar(Guarded, Static):
     job_info: reactive[str] = reactive("")  # a long job's progress (a lens fit)
     causal: reactive[str] = reactive("")  # the patch or steer on show (tui/state/causal.py)
     wiring: reactive[str] = reactive("")  # the wiring check's warning ("" when the lens reads the model true)
+    backend: reactive[str] = reactive("")  # who reads the model: "" native, "nnsight · NDIF host", ...
 
     def __init__(self, *, show_timings: bool = True, id=None) -> None:
         super().__init__("", id=id, markup=False)
@@ -62,6 +63,10 @@ class StatusBar(Guarded, Static):
         precision = "" if dtype == "float32" else f" · {dtype}"
         self.model = f"{name} · {device}{precision} · {n_layers} layers"
         self.state = f"loaded{how}{self.seconds(load_seconds)}"
+
+    def set_backend(self, text: str) -> None:
+        """Who reads the model ("" for the native backend): nnsight here, or on NDIF."""
+        self.backend = text
 
     def set_error(self, message: str) -> None:
         self.add_class("-error")
@@ -95,8 +100,8 @@ class StatusBar(Guarded, Static):
 
     def render(self) -> Text:
         # A patch or steer on show comes first: at 80 columns the end of the line is cut.
-        parts = [p for p in (self.causal, self.wiring, self.model, self.state, self.job_info, self.lens_info,
-                             self.run_info) if p]
+        parts = [p for p in (self.causal, self.wiring, self.model, self.backend, self.state, self.job_info,
+                             self.lens_info, self.run_info) if p]
         return Text(" │ ".join(parts), no_wrap=True, overflow="ellipsis")
 
 
