@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 from typing import Optional
 
-from lenstui.cli.common import add_model_options, lens_options, load_from_args, print_json
+from lenstui.cli.common import add_model_options, add_patchscope_option, announce_lens, lens_options, load_from_args, print_json
 from lenstui.core.errors import InputError, quoted
 from lenstui.core.lens_result import LensResult
-from lenstui.core.lenses import LENS_KINDS
+from lenstui.core.lenses import LENS_KINDS, patchscope_target_line
 from lenstui.core.textfmt import fit, visible
 from lenstui.engine.lens.run import run_lens
 
@@ -24,8 +24,10 @@ def configure(parser: argparse.ArgumentParser, command: str) -> None:
     )
     parser.add_argument(
         "--lens-path", metavar="PATH", default=None,
-        help="--lens tuned/jacobian: a tuned-lens directory or J-lens file (default: the one fitted for the model)",
+        help="--lens tuned/jacobian: a tuned-lens directory or J-lens file, or registry:NAME for a published one "
+        "(`lenstui lenses list --published`; fetched only with --allow-download) (default: the one fitted for the model)",
     )
+    add_patchscope_option(parser)
     parser.add_argument("--mid", action="store_true", help="also read the mid-block residual")
     parser.add_argument("--target", default=None, help="target token text (default: the model's top-1)")
     parser.add_argument("--target-id", type=int, default=None, help="target token id")
@@ -78,6 +80,7 @@ def run(args: argparse.Namespace) -> int:
     if args.vs is not None:
         return run_compare(args, options)
     model = load_from_args(args)
+    announce_lens(args, model, options, len(model.tokenizer(args.prompt)["input_ids"]))
     result = run_lens(model, args.prompt, options, positions=args.positions)
     if args.json:
         print_json(result.to_json())
@@ -93,6 +96,7 @@ def run_compare(args: argparse.Namespace, options) -> int:
         raise InputError("--vs compares whole prompts: use --compare-positions PA,PB instead of --positions.")
     pos_a, pos_b = _compare_positions(args.compare_positions)
     model = load_from_args(args)
+    announce_lens(args, model, options, 2)
     comparison = compare_rows(model, args.prompt, pos_a, args.vs, pos_b, options)
     if args.json:
         print_json(comparison.to_json())
@@ -154,6 +158,8 @@ def format_table(result: LensResult, position: Optional[int] = None) -> str:
     lines = [f"{result.model} · {result.lens} lens · {n} tokens{scope} · {result.seconds:.2f}s", ""]
     if result.lens_file is not None:
         lines[1:1] = [f"{result.lens_file.origin} · {result.lens_file.path}", f"({result.lens_file.note})"]
+    if result.patchscope_target is not None:
+        lines[1:1] = [f"target {patchscope_target_line(result.patchscope_target)!r}: each row patched over its last token"]
     shown = list(range(max(0, len(column_pos) - 8), len(column_pos)))  # the last 8 columns fit a terminal
     lines.append(" " * label_w + " ".join(fit(visible(result.tokens[column_pos[c]].text), col) for c in shown))
     for label, row in zip(result.layers, result.grid):

@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 from typing import Optional
 
-from lenstui.cli.common import add_model_options, lens_options, load_from_args, print_json
+from lenstui.cli.common import add_model_options, add_patchscope_option, announce_lens, lens_options, load_from_args, print_json
 from lenstui.cli.lens_cmd import table_column
 from lenstui.core.errors import InputError
 from lenstui.core.lenses import LENS_KINDS
@@ -59,6 +59,7 @@ def configure(parser: argparse.ArgumentParser, command: str = "") -> None:
     add_model_options(parser)
     parser.add_argument("--top-k", type=int, default=5, help="tokens per cell (default 5)")
     parser.add_argument("--lens", choices=LENS_KINDS, default="logit", help="lens variant (default logit)")
+    add_patchscope_option(parser)
     parser.add_argument("--extended-blocks", type=int, default=1, metavar="N", help="decoder blocks for --lens extended")
     parser.add_argument("--mid", action="store_true", help="also read the mid-block residual")
     parser.add_argument(
@@ -111,6 +112,7 @@ def run(args: argparse.Namespace) -> int:
         from_position=args.from_position,
     )
     model = load_from_args(args)
+    announce_lens(args, model, options)
     prompt = _encoded(model, args.prompt, args.chat)
     source = _encoded(model, args.source, args.chat)
     if args.sweep is not None:

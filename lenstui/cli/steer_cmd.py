@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from lenstui.cli.common import add_model_options, lens_options, load_from_args, print_json
+from lenstui.cli.common import add_model_options, add_patchscope_option, announce_lens, lens_options, load_from_args, print_json
 from lenstui.cli.lens_cmd import format_table
 from lenstui.core.lenses import LENS_KINDS
 from lenstui.core.patch_result import SteerResult, SteerSetting
@@ -34,6 +34,7 @@ def configure(parser: argparse.ArgumentParser, command: str = "") -> None:
     add_model_options(parser)
     parser.add_argument("--top-k", type=int, default=5, help="tokens per cell (default 5)")
     parser.add_argument("--lens", choices=LENS_KINDS, default="logit", help="lens variant (default logit)")
+    add_patchscope_option(parser)
     parser.add_argument("--extended-blocks", type=int, default=1, metavar="N", help="decoder blocks for --lens extended")
     parser.add_argument("--mid", action="store_true", help="also read the mid-block residual")
     parser.add_argument("--target", default=None, help="target token text (default: each position's top-1)")
@@ -57,6 +58,7 @@ def run(args: argparse.Namespace) -> int:
         position=args.position,
     )
     model = load_from_args(args)
+    announce_lens(args, model, options)
     prompt = args.prompt
     if args.chat:
         from lenstui.engine.model.chat import chat_prompt_ids

@@ -478,7 +478,9 @@ class LenstuiApp(Guarded, App):
             self.model_settled.set()
 
     def _on_lens_reply(self, result: Result) -> None:
-        if isinstance(result, Progress):
+        if isinstance(result, Progress):  # a costly lens's columns so far (the Patchscope)
+            if result.request == self.session.last_request:
+                self.status.set_running(True, result.message, result.fraction)
             return
         if result.request != self.session.last_request:
             # The answer to a state the session has left without asking the worker again
@@ -777,7 +779,7 @@ class LenstuiApp(Guarded, App):
             self.notify(lenses.missing_lens_sentence(kind), severity="warning", timeout=6)
             return
         self.session.set_lens(kind)
-        self.notify(f"Lens: {kind}", timeout=2)
+        self.notify(lenses.lens_notice(kind, self.model_info), timeout=6 if kind == "patchscope" else 2)
         self.rerun_lens()
 
     def action_toggle_mid(self) -> None:

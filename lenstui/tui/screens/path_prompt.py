@@ -26,19 +26,24 @@ class PathPrompt(Guarded, ModalScreen[Optional[str]]):
     PathPrompt Static { color: $text-muted; }
     """
 
-    def __init__(self, label: str, placeholder: str = "") -> None:
+    def __init__(self, label: str, placeholder: str = "", *, value: str = "", path: bool = True) -> None:
         super().__init__()
         self.label = label
         self.placeholder = placeholder
+        self.value = value
+        self.path = path  # False: any one-line text (a Patchscope target), ``~`` kept
 
     def compose(self) -> ComposeResult:
         with Vertical():
             yield Static(self.label)
-            yield Input(placeholder=self.placeholder, id="path-input")
+            yield Input(self.value, placeholder=self.placeholder, id="path-input")
 
     def on_input_submitted(self, event: Input.Submitted) -> None:
-        text = event.value.strip()
-        self.dismiss(os.path.expanduser(text) if text else None)
+        text = event.value.strip() if self.path else event.value
+        if not text.strip():
+            self.dismiss(None)
+        else:
+            self.dismiss(os.path.expanduser(text) if self.path else text)
 
     def action_cancel(self) -> None:
         self.dismiss(None)

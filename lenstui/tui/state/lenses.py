@@ -14,7 +14,13 @@ from typing import Optional
 from textual.app import SystemCommand
 
 from lenstui.core.learned_lens import FitReport, format_duration, short_path
-from lenstui.core.lenses import LEARNED_LENSES
+from lenstui.core.lenses import (
+    DEFAULT_PATCHSCOPE_TARGET,
+    LEARNED_LENSES,
+    patchscope_cost,
+    patchscope_target_line,
+    patchscope_target_text,
+)
 from lenstui.jobs.protocol import Done, EvaluateLenses, FitLens, ModelInfo, Progress, Result, Stopped
 from lenstui.tui.host import ExplorerHost
 from lenstui.tui.screens.lens_eval import LensEvalScreen
@@ -148,9 +154,43 @@ def ask_eval_text(host: ExplorerHost) -> None:
 
 
 def show_lens_file(host: ExplorerHost, lens_result) -> None:
-    """The status line names the learned lens a result on show read, and its file."""
+    """The status line names the learned lens a result on show read, and its file (the
+    Patchscope: its target)."""
     lens_file = lens_result.lens_file
-    host.status.set_lens(f"{lens_file.kind} lens · {short_path(lens_file.path)}" if lens_file else "")
+    if lens_file is not None:
+        host.status.set_lens(f"{lens_file.kind} lens · {short_path(lens_file.path)}")
+    elif lens_result.patchscope_target is not None:
+        host.status.set_lens(f"patchscope · target {patchscope_target_line(lens_result.patchscope_target)}")
+    else:
+        host.status.set_lens("")
+
+
+def lens_notice(kind: str, info: Optional[ModelInfo]) -> str:
+    """What switching to ``kind`` says (the Patchscope: its cost, up front)."""
+    if kind != "patchscope":
+        return f"Lens: {kind}"
+    cost = patchscope_cost(info.n_layers) if info is not None else "the Patchscope runs the model once per cell"
+    return f"Lens: patchscope. {cost[0].upper()}{cost[1:]}; the status line shows its progress."
+
+
+def ask_patchscope_target(host: ExplorerHost) -> None:
+    """Type the Patchscope's target prompt (``\\n`` for a line break); the run checks it."""
+    current = host.session.patchscope_target or DEFAULT_PATCHSCOPE_TARGET
+
+    def typed(text: Optional[str]) -> None:
+        if text:
+            host.session.set_patchscope_target(patchscope_target_text(text))
+            host.notify(f"Patchscope target: {patchscope_target_line(host.session.patchscope_target)}", timeout=3)
+            host.rerun_lens()
+
+    label = "The Patchscope's target prompt (\\n is a line break; its last token is where a residual is patched):"
+    host.push_screen(PathPrompt(label, value=patchscope_target_line(current), path=False), typed)
+
+
+def default_patchscope_target(host: ExplorerHost) -> None:
+    host.session.set_patchscope_target(None)
+    host.notify(f"Patchscope target: {patchscope_target_line(DEFAULT_PATCHSCOPE_TARGET)} (token identity)", timeout=3)
+    host.rerun_lens()
 
 
 def commands(host: ExplorerHost):
@@ -161,5 +201,7 @@ def commands(host: ExplorerHost):
     yield SystemCommand("lens: stop fitting", "nothing is saved", lambda: cancel_fit(host))
     yield SystemCommand("lens: read the tuned lens from a folder…", "any tuned-lens directory (config.json + params.pt)", lambda: ask_lens_file(host, "tuned"))
     yield SystemCommand("lens: read the J-lens from a file…", "a TransformerLens JacobianLens .pt", lambda: ask_lens_file(host, "jacobian"))
+    yield SystemCommand("lens: Patchscope target…", "the prompt a residual is patched into (default: token identity)", lambda: ask_patchscope_target(host))
+    yield SystemCommand("lens: Patchscope default target", patchscope_target_line(DEFAULT_PATCHSCOPE_TARGET), lambda: default_patchscope_target(host))
     yield SystemCommand("lens: evaluate the lenses on this prompt", f"KL, top-1 agreement and rank per layer, plotted ({key('lenstui.lens_eval')})", lambda: show_eval(host))
     yield SystemCommand("lens: evaluate the lenses on a text file…", "the same plot over a text (as `lenstui lenses eval`)", lambda: ask_eval_text(host))
