@@ -105,30 +105,39 @@ def published_lenses(kind: Optional[str] = None) -> list[PublishedLens]:
     if kind in (None, "tuned"):
         for model_id in TUNED_LENS_MODELS:
             folder = f"{TUNED_LENS_SUBFOLDER}/{_TUNED_FOLDERS.get(model_id, model_id)}"
-            found.append(PublishedLens("tuned", model_id, (model_id,), TUNED_LENS_REPO, TUNED_LENS_REPO_TYPE, folder, None))
+            names = (model_id, f"openai-community/{model_id}") if model_id.startswith("gpt2") else (model_id,)
+            found.append(PublishedLens("tuned", model_id, names, TUNED_LENS_REPO, TUNED_LENS_REPO_TYPE, folder, None))
     return found
 
 
 def model_ids(model: Any) -> list[str]:
-    """The names the loaded model goes by: its Hugging Face id where known, its name."""
+    """The names the loaded model goes by: its Hugging Face id where known (a local
+    folder: its name), then its own name."""
     from lenstui.engine.lens.learned import base_model_name
 
-    names = [base_model_name(model), model.name]
-    return [n for i, n in enumerate(names) if n and n not in names[:i]]
-
-
-def _same_model(a: str, b: str) -> bool:
-    """Whether two model names name one model: equal ids, or an id and its bare name."""
-    a, b = a.strip().lower().rstrip("/"), b.strip().lower().rstrip("/")
-    if a == b:
-        return True
-    if "/" in a and "/" in b:
-        return False  # two owners' ids: other models even where the names match
-    return a.rsplit("/", 1)[-1] == b.rsplit("/", 1)[-1]
+    names = []
+    for name in (base_model_name(model), model.name):
+        if name and (name.startswith(("/", "~", ".")) or Path(name).expanduser().exists()):
+            name = Path(name).name  # a folder on disk: no owner to go by
+        if name and name not in names:
+            names.append(name)
+    return names
 
 
 def is_for(lens: PublishedLens, model: Any) -> bool:
-    return any(_same_model(name, own) for name in lens.for_models for own in model_ids(model))
+    """Whether ``lens`` was made for ``model``: the same Hugging Face id, or the same bare
+    name where one side has no owner (a lens that names its model's owner is not another
+    owner's model of the same name)."""
+    made_for = [n.lower() for n in lens.for_models]
+    owned = [n for n in made_for if "/" in n]
+    bare = {n.rsplit("/", 1)[-1] for n in made_for}
+    for own in (n.lower() for n in model_ids(model)):
+        if "/" in own:
+            if own in owned or (not owned and own.rsplit("/", 1)[-1] in bare):
+                return True
+        elif own in bare:
+            return True
+    return False
 
 
 def published_for(model: Any) -> list[PublishedLens]:
