@@ -363,7 +363,7 @@ def evaluate_lenses_handler(model, request: EvaluateLenses, ctx):
     else:
         source = [list(request.prompt_ids)]
     return evaluate_lenses(
-        model, source, request.lenses, lens_path=request.lens_path,
+        model, source, request.lenses, lens_path=request.lens_path, patchscope_target=request.patchscope_target,
         should_stop=_between_chunks(ctx), progress=ctx.progress,
     )
 

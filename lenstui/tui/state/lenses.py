@@ -124,8 +124,10 @@ def eval_request(host: ExplorerHost, text_path: Optional[str] = None) -> Optiona
         lenses.append(session.lens_kind)
     lenses += [k for k in LEARNED_LENSES if session.lens_ready(k) and k not in lenses]
     path = next((session.lens_paths[k] for k in lenses if k in session.lens_paths), None)
+    patch_target = session.patchscope_target
     if text_path:
-        return EvaluateLenses(tuple(lenses), text_path=text_path, lens_path=path), short_path(text_path)
+        request = EvaluateLenses(tuple(lenses), text_path=text_path, lens_path=path, patchscope_target=patch_target)
+        return request, short_path(text_path)
     result = host.shown_result
     if result is None or len(result.tokens) < 2:
         host.notify("Run the lens on a prompt of two tokens or more first.", severity="warning", timeout=3)
@@ -133,7 +135,7 @@ def eval_request(host: ExplorerHost, text_path: Optional[str] = None) -> Optiona
     if len(lenses) == 1:
         host.notify("No learned lens for this model yet: the plot shows the logit lens alone "
                     "(palette: \"lens: fit a tuned lens for this model\").", timeout=5)
-    request = EvaluateLenses(tuple(lenses), prompt_ids=tuple(result.token_ids), lens_path=path)
+    request = EvaluateLenses(tuple(lenses), prompt_ids=tuple(result.token_ids), lens_path=path, patchscope_target=patch_target)
     return request, f"the prompt ({len(result.tokens)} tokens)"
 
 
