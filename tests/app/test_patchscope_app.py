@@ -20,15 +20,13 @@ from testkit.patchscope_reference import hooked_patchscope
 PROMPT = CORPUS[0]
 
 
-def _command(app, title: str):
-    for command in app.get_system_commands(app.screen):
-        if command.title == title:
-            return command.callback
-    raise AssertionError(f"no palette entry {title!r}")
+def _palette(app) -> dict:
+    """The palette's entries now, by title."""
+    return {command.title: command.callback for command in app.get_system_commands(app.screen)}
 
 
 def _status(app) -> str:
-    return app.query_one(StatusBar).render().plain
+    return str(app.query_one(StatusBar).render())
 
 
 async def test_f5_reaches_the_patchscope_and_the_grid_is_the_hooked_patch(make_tiny_app, tiny_llama):
@@ -85,7 +83,7 @@ async def test_the_palette_sets_the_target_and_the_status_line_names_it(make_tin
     app = make_tiny_app(PROMPT)
     async with app.run_test(size=(80, 24)) as pilot:
         await settle(app, pilot)
-        _command(app, "lens: Patchscope target…")()
+        _palette(app)["lens: Patchscope target…"]()
         await pilot.pause()
         assert isinstance(app.screen, PathPrompt)
         field = app.screen.query_one("#path-input")
@@ -96,7 +94,7 @@ async def test_the_palette_sets_the_target_and_the_status_line_names_it(make_tin
         assert app.session.lens_kind == "patchscope"
         assert app.shown_result.patchscope_target == "~ hello -> hello\n~ world ->"  # ~ kept, \n a line break
         assert "patchscope · target ~ hello -> hello\\n~ world ->" in _status(app)
-        _command(app, "lens: Patchscope default target")()
+        _palette(app)["lens: Patchscope default target"]()
         await settle(app, pilot)
         assert app.shown_result.patchscope_target == DEFAULT_PATCHSCOPE_TARGET
         await pilot.press("f5")  # patchscope -> logit: the status line drops the target
