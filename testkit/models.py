@@ -70,15 +70,18 @@ def tiny_gpt2_hf(seed: int = 0):
     return GPT2LMHeadModel(config).eval(), tokenizer
 
 
-def tiny_llama(seed: int = 0, initializer_range: float = 0.02, name: str = "tiny-llama") -> LoadedModel:
-    """Llama style: RMSNorm, rotary positions, tied embeddings. A larger
-    ``initializer_range`` (0.3) gives peaked distributions whose middle rows the logit
-    lens reads badly: what a learned lens has to fix."""
-    model, tokenizer = tiny_llama_hf(seed, initializer_range)
+def tiny_llama(
+    seed: int = 0, initializer_range: float = 0.02, name: str = "tiny-llama", *, context: int = 64, tied: bool = True
+) -> LoadedModel:
+    """Llama style: RMSNorm, rotary positions, tied embeddings (``tied=False``: its own
+    lm_head). A larger ``initializer_range`` (0.3) gives peaked distributions whose middle
+    rows the logit lens reads badly: what a learned lens has to fix. ``context``: positions
+    (the under-trained verification prompts need a few hundred)."""
+    model, tokenizer = tiny_llama_hf(seed, initializer_range, context=context, tied=tied)
     return wrap_model(model, tokenizer, name=name, device="cpu")
 
 
-def tiny_llama_hf(seed: int = 0, initializer_range: float = 0.02):
+def tiny_llama_hf(seed: int = 0, initializer_range: float = 0.02, *, context: int = 64, tied: bool = True):
     """The plain Hugging Face model and tokenizer behind tiny_llama (not wrapped:
     TransformerLens' bridge rewires the modules it wraps)."""
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -92,8 +95,8 @@ def tiny_llama_hf(seed: int = 0, initializer_range: float = 0.02):
         num_hidden_layers=3,
         num_attention_heads=4,
         num_key_value_heads=2,
-        max_position_embeddings=64,
-        tie_word_embeddings=True,
+        max_position_embeddings=context,
+        tie_word_embeddings=tied,
         bos_token_id=0,
         eos_token_id=0,
         pad_token_id=0,

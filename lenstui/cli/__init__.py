@@ -1,7 +1,7 @@
 """`lenstui`: the app, plus headless subcommands that print tables or --json.
 
 `lenstui [PROMPT] [--model SPEC] [--theme NAME]` opens the explorer;
-`lenstui lens|token|speak|scan|aim|attribute|patch|steer ...` run the same engine without a screen;
+`lenstui lens|token|speak|scan|aim|undertrained|attribute|patch|steer ...` run the same engine without a screen;
 `lenstui lenses fit|eval|list` fits, measures and lists learned lenses (tuned, jacobian);
 `lenstui serve` serves the app to a web browser; `lenstui present FILE --check` checks a talk file.
 """
@@ -28,6 +28,7 @@ SUBCOMMANDS = {
     "serve": "lenstui.cli.serve_cmd",
     "present": "lenstui.cli.present_cmd",
     "aim": "lenstui.cli.aim_cmd",
+    "undertrained": "lenstui.cli.undertrained_cmd",
     "lenses": "lenstui.cli.lenses_cmd",
     "patch": "lenstui.cli.patch_cmd",
     "steer": "lenstui.cli.steer_cmd",

@@ -17,6 +17,13 @@ def configure(parser: argparse.ArgumentParser, command: str = "aim") -> None:
     add_token_arguments(parser)
     add_model_options(parser)
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    parser.add_argument(
+        "--share",
+        action="store_true",
+        help="also estimate the share of directions (or of the reachable ball) that say it, with a 95%% interval",
+    )
+    parser.add_argument("--samples", type=int, default=None, metavar="N", help="samples per level of the share estimate (default 128)")
+    parser.add_argument("--seed", type=int, default=0, metavar="S", help="random seed of the share estimate (default 0)")
     parser.set_defaults(func=run)
 
 
@@ -28,14 +35,50 @@ def run(args: argparse.Namespace) -> int:
         raise InputError("Pass exactly one of a token's text or --id N.")
     model = load_from_args(args)
     token_id = resolve_token(model, args.id if args.id is not None else args.token)
+    if not args.share and args.samples is not None:
+        raise InputError("--samples sets the share estimate: add --share.")
     result = aim(model, token_id)
+    share = None
+    if args.share:
+        from lenstui.cli.speak_cmd import _StderrBar
+        from lenstui.engine.speak.share import DEFAULT_SAMPLES, estimate_share
+
+        bar = _StderrBar("share")
+        try:
+            share = estimate_share(
+                model, token_id, samples=args.samples or DEFAULT_SAMPLES, seed=args.seed, aim_result=result, progress=bar
+            )
+        finally:
+            bar.clear()
     if args.json:
-        print_json(result.to_json())
+        payload = result.to_json()
+        if share is not None:
+            payload["share"] = share.share_json()
+        print_json(payload)
         return 0
     from lenstui.cli.speak_cmd import token_label
 
     print(format_aim(result, token_label(model, token_id)))
+    if share is not None:
+        print(format_share(share))
     return 0
+
+
+def format_share(share) -> str:
+    """The share estimate in words (after ``format_aim``)."""
+    what = "directions" if share.measure == "cap" else "points of the reachable ball"
+    if share.exact_zero:
+        return f"share: exactly 0 — no {what[:-1] if what.endswith('s') else what} says it (certified unspeakable; log10 = -inf)"
+    floor = (
+        f"; the certified cap alone guarantees 1 in 10^{-share.log10_certified_lower:.1f}"
+        if share.log10_certified_lower is not None
+        else ""
+    )
+    return (
+        f"share: about 1 in 10^{-share.log10:.1f} {what} say it "
+        f"(95%: 1 in 10^{-share.log10_lo:.1f} to 1 in 10^{-share.log10_hi:.1f}){floor}\n"
+        f"  {share.method}: {share.levels} levels of {share.samples} samples, seed {share.seed}, {share.seconds:.1f} s"
+    )
 
 
 def format_aim(result, label: str) -> str:

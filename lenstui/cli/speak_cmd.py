@@ -140,21 +140,19 @@ def run_scan(args: argparse.Namespace) -> int:
     model = load_from_args(args)
     bar = _StderrBar("scan", always=True)
     started = time.perf_counter()
-    try:
-        result = scan_vocabulary(model, progress=bar, resume=not args.no_resume, limit=args.limit)
-    except KeyboardInterrupt:
-        bar.clear()
-        print(
-            "lenstui: interrupted; the tokens done so far are saved, run the same command again to resume.",
-            file=sys.stderr,
-        )
+    result = run_resumable(
+        bar, "the tokens done so far", lambda: scan_vocabulary(model, progress=bar, resume=not args.no_resume, limit=args.limit)
+    )
+    if result is None:
         return 130
-    finally:
-        bar.clear()
     for note in result.notes:  # e.g. a damaged cache was set aside and the scan started over
         print(f"lenstui: note: {note}", file=sys.stderr)
     if out is not None:
-        write_scan(result, out)
+        from lenstui.engine.speak.undertrained import find_undertrained
+
+        # A kept under-trained run (lenstui undertrained) adds its columns; none: none.
+        undertrained = find_undertrained(model, cached_only=True) if args.limit is None else None
+        write_scan(result, out, undertrained)
     counts = result.counts()
     folder = scan_dir(as_readout(model)) if args.limit is None else None
     if args.json:
@@ -218,6 +216,19 @@ def _has_batched_theta(result) -> bool:
     import numpy as np
 
     return bool(np.isfinite(result.theta_lower).any())
+
+
+def run_resumable(bar, what: str, work):
+    """``work()``, its bar cleared after; None after Ctrl-C, with a line saying that ``what``
+    is saved and the same command resumes."""
+    try:
+        return work()
+    except KeyboardInterrupt:
+        bar.clear()
+        print(f"lenstui: interrupted; {what} are saved, run the same command again to resume.", file=sys.stderr)
+        return None
+    finally:
+        bar.clear()
 
 
 class _StderrBar:

@@ -407,3 +407,66 @@ def model_info(model) -> ModelInfo:
         notes=tuple(getattr(model, "notes", ())),
         lenses=lenses,
     )
+
+
+# ---------------------------------------------------------------- speakability: issue 32
+
+
+def undertrained_handler(model, request, ctx):
+    """-> UndertrainedMarks (None when ``cached_only`` and nothing was verified before)."""
+    from lenstui.core.undertrained_result import marks_for_undertrained
+    from lenstui.engine.speak.undertrained import find_undertrained
+
+    def between_batches() -> bool:
+        ctx.checkpoint()  # raises Cancelled when superseded
+        return False
+
+    result = find_undertrained(
+        model,
+        share=request.share,
+        limit=request.limit,
+        verify_candidates=request.verify,
+        cached_only=request.cached_only,
+        should_stop=between_batches,
+        progress=ctx.progress,
+    )
+    if result is None:  # cached_only, and nothing kept
+        return None
+    return marks_for_undertrained(result)
+
+
+def share_handler(model, request, ctx):
+    """-> ShareReply for one token."""
+    from lenstui.engine.speak.aim import aim
+    from lenstui.engine.speak.share import estimate_share
+    from lenstui.jobs.protocol import ShareReply
+
+    measured = aim(model, request.token_id, should_stop=ctx.should_stop)
+    estimate = estimate_share(
+        model, request.token_id, samples=request.samples, seed=request.seed, aim_result=measured,
+        should_stop=ctx.should_stop, progress=ctx.progress,
+    )
+    return ShareReply(request.token_id, estimate.text, measured.to_json(), estimate.share_json())
+
+
+def share_sample_handler(model, request, ctx):
+    """-> ShareSample (None when ``cached_only`` and none is kept)."""
+    from lenstui.engine.speak.share_sample import share_sample
+
+    def between_tokens() -> bool:
+        ctx.checkpoint()
+        return False
+
+    return share_sample(
+        model, count=request.count, hardest=request.hardest, cached_only=request.cached_only,
+        should_stop=between_tokens, progress=ctx.progress,
+    )
+
+
+def _speakability_handlers() -> dict:
+    from lenstui.jobs.protocol import EstimateShare, FindUndertrained, SampleShares
+
+    return {FindUndertrained: undertrained_handler, EstimateShare: share_handler, SampleShares: share_sample_handler}
+
+
+HANDLERS.update(_speakability_handlers())

@@ -24,6 +24,8 @@ from lenstui.core.lenses import LensOptions
 from lenstui.core.patch_result import PatchResult, PatchSite, SteerResult, SteerSetting, SweepResult
 from lenstui.core.scan_result import ScanMarks
 from lenstui.core.speak_result import SpeakResult
+from lenstui.core.share_result import ShareSample
+from lenstui.core.undertrained_result import UndertrainedMarks
 from lenstui.core.token_bytes import JoinedSequence
 from lenstui.core.token_report import TokenReport
 
@@ -372,3 +374,66 @@ def check_reply(request: Request, value: Any) -> None:
     if allowed is not None and not isinstance(value, allowed):
         names = " or ".join(t.__name__ for t in allowed)
         raise TypeError(f"{type(request).__name__} answered with a {type(value).__name__}, not {names}")
+
+
+# ---------------------------------------------------------------- speakability: issue 32
+# (kept together at the end: under-trained tokens and the share of directions)
+
+
+@dataclass(frozen=True)
+class FindUndertrained(Request):
+    """Under-trained tokens (Magikarp): candidates from the indicator, verified by repetition
+    prompts; long, batched, resumable (the verifications are cached per model)."""
+
+    share: float = 2.0  # percent of the reachable tokens taken as candidates
+    limit: Optional[int] = None  # verify only the first N candidates
+    verify: bool = True
+    cached_only: bool = False  # just what earlier runs verified (no prompting)
+
+    title: ClassVar[str] = "Under-trained tokens"
+    priority: ClassVar[int] = 3
+    long_running: ClassVar[bool] = True
+
+
+@dataclass(frozen=True)
+class EstimateShare(Request):
+    """One token's aim and share of directions (``lenstui aim --share``)."""
+
+    token_id: int
+    samples: int = 128
+    seed: int = 0
+
+    title: ClassVar[str] = "Share of directions"
+    priority: ClassVar[int] = 2
+
+
+@dataclass(frozen=True)
+class SampleShares(Request):
+    """Share estimates over a sample of the vocabulary (the share-vs-theta plot)."""
+
+    count: int = 40
+    hardest: int = 8
+    cached_only: bool = False
+
+    title: ClassVar[str] = "Share sample"
+    priority: ClassVar[int] = 3
+    long_running: ClassVar[bool] = True
+
+
+@dataclass(frozen=True)
+class ShareReply:
+    """EstimateShare's answer: the aim (``AimResult.to_json``) and ``ShareResult.share_json``."""
+
+    token_id: int
+    text: str
+    aim: dict
+    share: dict
+
+
+REPLIES.update(
+    {
+        FindUndertrained: (UndertrainedMarks, type(None)),  # None: only what was kept, and none is
+        EstimateShare: (ShareReply,),
+        SampleShares: (ShareSample, type(None)),
+    }
+)

@@ -22,6 +22,10 @@ from lenstui.store.atomic import target_of, write_text_atomic
 
 OUT_SUFFIXES = (".csv", ".json")
 CSV_COLUMNS = ["id", "text", "verdict", "hard_to_speak", "best_match", "best_match_text", "margin", "method"]
+# Added after theta_lower_deg when an under-trained run is kept for the model
+# (``lenstui undertrained``): the round-trip class, the Magikarp indicator, whether the token
+# is a candidate, and its verification (empty when not verified).
+UNDERTRAINED_COLUMNS = ["category", "indicator", "undertrained_candidate", "max_prob", "undertrained_verified"]
 
 
 def _reason(err: OSError) -> str:
@@ -51,7 +55,22 @@ def check_out_path(path: Union[str, Path]) -> Path:
     return path
 
 
-def scan_json(result) -> str:
+def _undertrained_values(undertrained, i: int) -> list:
+    record = undertrained.token_record(i)
+    return [
+        record["category"],
+        repr(record["indicator"]) if record["indicator"] is not None else "",
+        record["candidate"],
+        repr(record["max_prob"]) if record["max_prob"] is not None else "",
+        record["verified"] if record["verified"] is not None else "",
+    ]
+
+
+def scan_json(result, undertrained=None) -> str:
+    tokens = [result.token_record(i) for i in range(result.n_scanned)]
+    if undertrained is not None:
+        for i, token in enumerate(tokens):
+            token["undertrained"] = undertrained.token_record(i)
     payload = {
         "model": result.model,
         "key": result.key,
@@ -60,15 +79,25 @@ def scan_json(result) -> str:
         "tolerances": {"speak": result.speak_tolerance, "certificate": result.certificate_tolerance},
         "counts": result.counts(),
         "seconds": result.seconds,
-        "tokens": [result.token_record(i) for i in range(result.n_scanned)],
+        "tokens": tokens,
     }
+    if undertrained is not None:
+        payload["undertrained"] = {
+            "reference": undertrained.reference_ids,
+            "reference_why": undertrained.reference_why,
+            "share": undertrained.candidate_share,
+            "threshold": undertrained.threshold,
+            "indicator": undertrained.indicator_name,
+            "complete": undertrained.complete,
+        }
     return json.dumps(payload, ensure_ascii=False) + "\n"
 
 
-def scan_csv(result) -> str:
+def scan_csv(result, undertrained=None) -> str:
     out = io.StringIO(newline="")
     writer = csv.writer(out)
-    writer.writerow(CSV_COLUMNS + ["certificate", "theta_lower_deg"])
+    extra = UNDERTRAINED_COLUMNS if undertrained is not None else []
+    writer.writerow(CSV_COLUMNS + ["certificate", "theta_lower_deg"] + extra)
     for i in range(result.n_scanned):
         record = result.token_record(i)
         cert = record.get("certificate")
@@ -77,18 +106,20 @@ def scan_csv(result) -> str:
         writer.writerow(
             [record[c] if record[c] is not None else "" for c in CSV_COLUMNS]
             + [cert_text, repr(theta) if theta is not None else ""]
+            + (_undertrained_values(undertrained, i) if undertrained is not None else [])
         )
     return out.getvalue()
 
 
-def write_scan(result, path: Union[str, Path]) -> Path:
+def write_scan(result, path: Union[str, Path], undertrained=None) -> Path:
     """Write a ScanResult to ``path`` (CSV or JSON by its extension), atomically;
-    LenstuiError (one sentence) when it cannot be written."""
+    LenstuiError (one sentence) when it cannot be written. ``undertrained``: an
+    UndertrainedResult whose columns join each token's row."""
     path = Path(path).expanduser()
     suffix = path.suffix.lower()
     if suffix not in OUT_SUFFIXES:
         raise InputError(f"Cannot write {path.name}: use a .csv or .json file name.")
-    text = scan_json(result) if suffix == ".json" else scan_csv(result)
+    text = scan_json(result, undertrained) if suffix == ".json" else scan_csv(result, undertrained)
     try:
         write_text_atomic(path, text)
     except OSError as err:

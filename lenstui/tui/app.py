@@ -64,7 +64,7 @@ from lenstui.tui.panes.prompt import PRESETS, Preset, PromptPane
 from lenstui.tui.panes.speak import WiredSpeak
 from lenstui.tui.screens.aim import open_aim_distribution
 from lenstui.tui.screens.attribution import AttributionScreen, open_attribution
-from lenstui.tui.state import causal, lenses, pins
+from lenstui.tui.state import causal, lenses, pins, speakability
 from lenstui.tui.state.causal import CausalState
 from lenstui.tui.state.model_switch import ModelSwitch
 from lenstui.tui.safety import Guarded, SafetyNet
@@ -720,7 +720,7 @@ class LenstuiApp(Guarded, App):
 
     def action_cancel_speak(self) -> None:
         # `|`, not `or`: both kinds must be cancelled, whichever of them is running.
-        if not (self.cancel(CheckSpeakable) | self.cancel(ScanVocabulary)):
+        if not (self.cancel(CheckSpeakable) | self.cancel(ScanVocabulary) | speakability.cancel_running(self)):
             self.notify("No speakability check or scan is running.", timeout=2)
 
     def action_scan_vocabulary(self) -> None:

@@ -26,7 +26,7 @@ from lenstui.store.config import load_config
 from lenstui.store.model_catalog import ModelEntry, discover_models
 from lenstui.tui.host import ExplorerHost
 from lenstui.tui.panes.prompt import PRESETS, Preset
-from lenstui.tui.state import causal, lenses, pins
+from lenstui.tui.state import causal, lenses, pins, speakability
 
 PREFIX = "model: open "
 
@@ -141,6 +141,7 @@ def explorer_commands(app: PaletteHost) -> Iterator[SystemCommand]:
     yield SystemCommand("speak: check the selected token", f"certified LP check ({key('lenstui.speak_check')}; {key('lenstui.speak_cancel')} cancels)", app.action_check_speakable)
     yield SystemCommand("speak: scan the whole vocabulary", "every token a verdict; resumable, cached per model", app.action_scan_vocabulary)
     yield SystemCommand("speak: aim distribution", f"θ over the scanned vocabulary, the selected token marked ({key('lenstui.aim_view')})", app.action_aim_distribution)
+    yield from speakability.commands(app)
     yield SystemCommand("speak: stop the check or scan", key("lenstui.speak_cancel"), app.action_cancel_speak)
     yield SystemCommand("attribute: the selected cell", f"which components and heads wrote its token ({key('lenstui.attribute')})", app.action_attribute_cell)
     yield SystemCommand("attribute: contrast with the selected token", "attribute logit(token) - logit(this one)", app.action_attribute_contrast)

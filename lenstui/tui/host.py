@@ -15,6 +15,7 @@ from textual.widget import Widget
 
 from lenstui.core.lens_result import LensResult
 from lenstui.core.scan_result import ScanMarks
+from lenstui.core.undertrained_result import UndertrainedMarks
 from lenstui.core.token_report import TokenReport
 from lenstui.jobs.protocol import LoadModel, ModelInfo, Request, RunLens
 from lenstui.tui.state.session import LensSession
@@ -38,6 +39,7 @@ class SpeakSide(Protocol):
     token_id: Optional[int]
     token_text: str
     aim: Optional[dict]  # the shown token's aim measure, once checked
+    undertrained: Optional[UndertrainedMarks]  # verified under-trained tokens, once found
 
     def check(self, token_id: int, text: str) -> None: ...
 

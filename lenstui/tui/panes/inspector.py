@@ -26,13 +26,28 @@ from textual.widgets import Static
 from lenstui.core.textfmt import cell_len, fit, neighbor_row, report_rows, visible, visible_bytes
 from lenstui.core.token_bytes import JoinedSequence, TokenGroup
 from lenstui.core.token_report import Neighbor, TokenReport
-from lenstui.jobs.protocol import Done, Failed, InspectReply, InspectToken
+from lenstui.core.share_result import share_words
+from lenstui.jobs.protocol import Done, EstimateShare, Failed, InspectReply, InspectToken, Progress
 from lenstui.tui.host import explorer
 from lenstui.tui.safety import Guarded
 from lenstui.tui.widgets.events import TokenFocused
 
 LABEL_WIDTH = 16
 _TONES = {"": "", "good": "$success", "warn": "$warning", "bad": "$error"}
+
+
+def labelled_lines(rows, width: int) -> list[Content]:
+    """``(label, value, tone)`` rows as lines no wider than ``width``: long values wrap under
+    their own column (a hanging indent past the labels)."""
+    width = max(width, 20)
+    label_width = min(LABEL_WIDTH, width // 3)
+    lines: list[Content] = []
+    for label, value, tone in rows:
+        style = _TONES.get(tone, tone)
+        wrapped = Content.styled(value, style).wrap(width - label_width) or [Content("")]
+        lines.append(Content.assemble((fit(label, label_width), "$text-muted"), wrapped[0]))
+        lines += [Content(" " * label_width) + more for more in wrapped[1:]]
+    return lines
 
 
 def report_lines(report: TokenReport, width: int = 80) -> list[Content]:
@@ -42,12 +57,7 @@ def report_lines(report: TokenReport, width: int = 80) -> list[Content]:
     neighbour rows are cut at the width rather than wrapped, so columns stay columns.
     """
     width = max(width, 20)
-    label_width = min(LABEL_WIDTH, width // 3)
-    lines: list[Content] = []
-    for label, value, tone in report_rows(report):
-        wrapped = Content.styled(value, _TONES[tone]).wrap(width - label_width) or [Content("")]
-        lines.append(Content.assemble((fit(label, label_width), "$text-muted"), wrapped[0]))
-        lines += [Content(" " * label_width) + more for more in wrapped[1:]]
+    lines = labelled_lines(report_rows(report), width)
     lines += _neighbor_lines("nearest by readout direction", report.neighbors, width)
     if report.embedding_neighbors is not None:
         lines += _neighbor_lines("nearest by embedding W_E", report.embedding_neighbors, width)
@@ -163,6 +173,24 @@ class ReportView(LinesView):
         return [] if self.report is None else report_lines(self.report, width)
 
 
+class SpeakLinesView(LinesView):
+    """The token's speakability class and aim line (``speak_lines`` rows), wrapped."""
+
+    def __init__(self, *, id: Optional[str] = None, classes: Optional[str] = None) -> None:
+        super().__init__(id=id, classes=classes)
+        self.rows: list[tuple[str, str, str]] = []
+
+    def set_rows(self, rows) -> None:
+        self.rows = list(rows)
+        self.refresh(layout=True)
+
+    def lines_for(self, width: int) -> list[Content]:
+        return labelled_lines(self.rows, width)
+
+    def render(self) -> Content:
+        return Content("\n").join(self.lines_for(self.content_size.width or 80))
+
+
 class JoinedSequenceView(LinesView):
     """Blocks of characters with their tokens underneath; reflows with its width."""
 
@@ -204,6 +232,10 @@ class InspectorPane(Guarded, VerticalScroll):
         height: auto;
         margin-bottom: 1;
     }
+    InspectorPane #inspector-speak {
+        height: auto;
+        margin-bottom: 1;
+    }
     InspectorPane #inspector-message {
         height: auto;
         color: $text-muted;
@@ -232,6 +264,13 @@ class InspectorPane(Guarded, VerticalScroll):
             id="inspector.use_as_target",
             tooltip="Make the inspected token the lens grid's target token",
         ),
+        Binding(
+            "S",
+            "estimate_share",
+            "Share",
+            id="inspector.share",
+            tooltip="Estimate the share of directions that make the inspected token the argmax",
+        ),
     ]
 
     @dataclass
@@ -248,6 +287,7 @@ class InspectorPane(Guarded, VerticalScroll):
 
     def compose(self) -> ComposeResult:
         yield Static(id="inspector-heading", classes="-hidden")
+        yield SpeakLinesView(id="inspector-speak", classes="-hidden")
         yield Static("Select a prompt token or a grid cell to inspect it.", id="inspector-message")
         yield ReportView(id="inspector-body", classes="-hidden")
         yield Static("prompt, joined into characters", id="inspector-sequence-title", classes="-hidden")
@@ -288,6 +328,15 @@ class InspectorPane(Guarded, VerticalScroll):
         if self.report is not None:
             self.post_message(self.TargetRequested(self.report.id))
 
+    def show_speak_lines(self, rows) -> None:
+        """The token's speakability class and aim (hidden when there is nothing to say)."""
+        node = self.query_one("#inspector-speak", SpeakLinesView)
+        node.set_rows(rows)
+        node.set_class(not rows or self.report is None, "-hidden")
+
+    def action_estimate_share(self) -> None:
+        """Overridden where a worker is at hand (``WiredInspector``)."""
+
 
 INSPECT_NEIGHBORS = 12
 
@@ -304,6 +353,7 @@ class WiredInspector(InspectorPane):
 
     def forget_model(self) -> None:
         """Another model was loaded: the shown report and marks were about the old one."""
+        self.forget_shares()
         self.prompt_ids = None
         self.border_subtitle = ""
         self.show_message("Select a prompt token or a grid cell to inspect it.")
@@ -316,13 +366,61 @@ class WiredInspector(InspectorPane):
 
     def on_worker_reply(self, message) -> None:
         result = message.result
+        if isinstance(result.request, EstimateShare):
+            self._on_share_reply(result)
+            return
         if isinstance(result, Done):
             reply: InspectReply = result.value
             self.show_report(reply.report)
             self.show_sequence(reply.sequence, reply.selected)
             self._show_scan_mark(reply.report.id)
+            self.refresh_speak_lines()
         elif isinstance(result, Failed):
             self.show_message(result.message, error=True)
+
+    # -- the speakability class and the aim line ------------------------------------
+
+    def action_estimate_share(self) -> None:
+        if self.report is None:
+            self.notify("Inspect a token first.", severity="warning", timeout=3)
+            return
+        self._share_state()[self.report.id] = "estimating the share of directions…"
+        explorer(self).submit(EstimateShare(self.report.id), reply_to=self)
+        self.refresh_speak_lines()
+
+    def _share_state(self) -> dict:
+        """Token id -> its ShareReply, or a sentence while it runs or after it failed."""
+        if not hasattr(self, "_shares_by_id"):
+            self._shares_by_id = {}
+        return self._shares_by_id
+
+    def _on_share_reply(self, result) -> None:
+        token = result.request.token_id
+        state = self._share_state()
+        if isinstance(result, Progress):
+            state[token] = f"estimating the share: {result.message}"
+        elif isinstance(result, Done):
+            state[token] = result.value
+        elif isinstance(result, Failed):
+            state[token] = f"share not estimated: {result.message}"
+        else:  # stopped or superseded
+            state.pop(token, None)
+        if self.report is not None and self.report.id == token:
+            self.refresh_speak_lines()
+
+    def refresh_speak_lines(self) -> None:
+        if self.report is None:
+            return
+        host = explorer(self)
+        pane = getattr(host, "speak_pane", None)
+        undertrained = getattr(pane, "undertrained", None)
+        share = self._share_state().get(self.report.id)
+        self.show_speak_lines(
+            speak_lines(self.report.id, host.scan_marks, undertrained, share, "S")
+        )
+
+    def forget_shares(self) -> None:
+        self._share_state().clear()
 
     def _show_scan_mark(self, token_id: int) -> None:
         marks = explorer(self).scan_marks
@@ -334,3 +432,81 @@ class WiredInspector(InspectorPane):
             self.border_subtitle = f"° {marks.hard_rule} (vocabulary scan)"
         else:
             self.border_subtitle = "speakable (vocabulary scan)" if marks.complete else ""
+
+
+def speakability_class(token_id: int, marks, undertrained) -> tuple[str, str]:
+    """(the token's class in words, tone): certified unspeakable / under-trained (verified) /
+    hard to speak (theta) / fine, from the vocabulary scan and the under-trained run; an empty
+    class when neither has run."""
+    parts, tone = [], ""
+    if marks is not None and token_id in marks.unspeakable:
+        return "certified unspeakable: no residual makes it the argmax (vocabulary scan)", "bad"
+    if undertrained is not None and token_id in undertrained.verified:
+        prob = undertrained.max_prob.get(token_id)
+        where = undertrained.prompt.get(token_id, "")
+        parts.append(f"under-trained (verified: max prob {prob:.1e} on {where})" if prob is not None else "under-trained (verified)")
+        tone = "warn"
+    if marks is not None and token_id in marks.hard_to_speak:
+        bound = _theta_bound(marks, token_id)
+        parts.append("hard to speak" + (f" (θ ≥ {bound:.2f}°, {marks.hard_rule})" if bound is not None else f" ({marks.hard_rule})"))
+        tone = "warn"
+    if parts:
+        return " · ".join(parts), tone
+    if marks is None and undertrained is None:
+        return "", ""
+    known = []
+    if marks is not None:
+        known.append("speakable" if marks.complete else "not in the partial scan")
+        bound = _theta_bound(marks, token_id)
+        if bound is not None:
+            known[-1] += f", θ ≥ {bound:.1f}°"
+    if undertrained is not None:
+        if token_id in undertrained.candidates and token_id in undertrained.max_prob:
+            known.append(f"candidate, rejected (max prob {undertrained.max_prob[token_id]:.2g})")
+        elif token_id in undertrained.candidates:
+            known.append("under-trained candidate, not yet verified")
+    return "fine: " + "; ".join(known), "good"
+
+
+def _theta_bound(marks, token_id: int) -> Optional[float]:
+    scan = marks.scan
+    if token_id >= scan.n_scanned:
+        return None
+    value = float(scan.theta_lower[token_id])
+    return value if value == value else None
+
+
+def speak_lines(token_id: int, marks, undertrained, share, share_key: str = "S") -> list[tuple[str, str, str]]:
+    """The inspector's class row and aim row for one token: ``(label, value, tone)``; none
+    until there is something to say (a vocabulary scan, an under-trained run, a share)."""
+    rows: list[tuple[str, str, str]] = []
+    if marks is None and undertrained is None and share is None:
+        return rows
+    words, tone = speakability_class(token_id, marks, undertrained)
+    if words:
+        rows.append(("class", words, tone))
+    measured = share is not None and not isinstance(share, str)
+    if isinstance(share, str):
+        aim = share
+    elif measured:
+        aim = _aim_words(share.aim, share.share)
+    else:
+        bound = _theta_bound(marks, token_id) if marks is not None else None
+        start = f"θ ≥ {bound:.2f}° (scan) · " if bound is not None else ""
+        aim = f"{start}press {share_key} for the share of directions that say it"
+        if marks is not None and token_id in marks.unspeakable:
+            aim = "share of directions exactly 0 (log10 = -inf): certified unspeakable"
+    rows.append(("aim", aim, "$accent" if measured else ""))
+    return rows
+
+
+def _aim_words(aim: dict, share: dict) -> str:
+    if share.get("exact_zero"):
+        return "no direction says it: share exactly 0 (log10 = -inf, certified)"
+    theta = aim.get("theta_deg")
+    words = f"θ {theta:.2f}° · " if theta else ""
+    words += share_words(share)
+    floor = share.get("log10_certified_lower")
+    if isinstance(floor, (int, float)):
+        words += f" · the cap alone: ≥ 10^{floor:.1f}"
+    return words

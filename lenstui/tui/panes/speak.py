@@ -20,7 +20,17 @@ from textual.widgets import ProgressBar, Static
 from lenstui.core.scan_result import ScanMarks
 from lenstui.core.textfmt import aim_lines, visible
 from lenstui.core.verdicts import DECIDED, Method, Verdict
-from lenstui.jobs.protocol import CheckSpeakable, Done, Failed, Progress, ScanVocabulary, Stopped
+from lenstui.core.undertrained_result import UndertrainedMarks
+from lenstui.jobs.protocol import (
+    CheckSpeakable,
+    Done,
+    Failed,
+    FindUndertrained,
+    Progress,
+    SampleShares,
+    ScanVocabulary,
+    Stopped,
+)
 from lenstui.tui.host import explorer
 from lenstui.tui.safety import Guarded
 from lenstui.tui.widgets.events import ModelLoaded, TokenFocused
@@ -51,6 +61,8 @@ class SpeakPane(Guarded, Vertical):
         & > #speak-hint { color: $text-muted; }
         & > #speak-body { color: $text; }
         & > #speak-scan { color: $text-muted; margin-top: 1; }
+        & > #speak-undertrained { color: $text-muted; }
+        & > #speak-undertrained.-empty { display: none; }
         &.-running > #speak-progress { display: block; }
         &.-error > #speak-body { color: $error; }
     }
@@ -73,6 +85,7 @@ class SpeakPane(Guarded, Vertical):
         self.token_text = ""
         self.verdict: Optional[str] = None  # the last shown verdict (tests and the app read it)
         self.aim: Optional[dict] = None  # the last shown result's aim measure (the aim view reads it)
+        self.undertrained: Optional[UndertrainedMarks] = None  # verified under-trained tokens, once found
         self._shown: dict[str, Content] = {}  # what each line of the pane says now (``_show``)
 
     def compose(self) -> ComposeResult:
@@ -81,6 +94,7 @@ class SpeakPane(Guarded, Vertical):
         yield Static("", id="speak-hint", markup=False)
         yield Static("Select a token to check whether the model can say it.", id="speak-body", markup=False)
         yield Static("", id="speak-scan", markup=False)
+        yield Static("", id="speak-undertrained", markup=False, classes="-empty")
 
     # -- what the app calls -------------------------------------------------
 
@@ -142,6 +156,19 @@ class SpeakPane(Guarded, Vertical):
     def show_scan(self, scan) -> None:
         """Summarize a ``lenstui.engine.speak.scan.ScanResult`` (counts only)."""
         self.query_one("#speak-scan", Static).update(render_scan_summary(scan, show_timings=self.show_timings))
+
+    def show_undertrained_progress(self, message: str, fraction: Optional[float]) -> None:
+        percent = f"{fraction * 100:.0f}% " if fraction is not None else ""
+        line = self.query_one("#speak-undertrained", Static)
+        line.update(Content(f"under-trained tokens {percent}{message} (press {self.cancel_key} to stop; it resumes later)"))
+        line.remove_class("-empty")
+
+    def show_undertrained(self, marks: Optional[UndertrainedMarks]) -> None:
+        """Keep and summarize an under-trained run's marks (None: the model changed)."""
+        self.undertrained = marks
+        node = self.query_one("#speak-undertrained", Static)
+        node.update(Content("") if marks is None else Content.assemble(("‡ ", "$warning"), marks.summary()))
+        node.set_class(marks is None, "-empty")  # no line at all until there is something to say
 
     # -- internals ----------------------------------------------------------
 
@@ -243,8 +270,10 @@ class WiredSpeak(SpeakPane):
         self.show_token(cell.token_id, cell.text, known_verdict=self.known_verdict(cell.token_id))
 
     def on_model_loaded(self, message: ModelLoaded) -> None:
-        # A scan cached earlier for this model lights up the grid's marks at once.
+        # A scan cached earlier for this model lights up the grid's marks at once (and the
+        # under-trained tokens verified earlier).
         explorer(self).submit(ScanVocabulary(cached_only=True), reply_to=self)
+        self.find_undertrained(cached_only=True)
 
     def forget_model(self) -> None:
         """Another model was loaded: its verdicts and scan are not this one's."""
@@ -255,6 +284,8 @@ class WiredSpeak(SpeakPane):
         self._body(Content("Select a token to check whether the model can say it."))
         self._hint("")
         self.query_one("#speak-scan", Static).update("")
+        self.show_undertrained(None)
+        explorer(self).grid.set_undertrained(frozenset())
 
     def forget_running(self) -> None:
         """The worker restarted: a check that was running has no answer coming."""
@@ -280,10 +311,22 @@ class WiredSpeak(SpeakPane):
         self.show_scan_progress("starting", 0.0)
         explorer(self).submit(ScanVocabulary(), reply_to=self)
 
+    def find_undertrained(self, cached_only: bool = False) -> None:
+        """Find and verify under-trained tokens (long; progress on the pane's last line)."""
+        if not cached_only:
+            self.show_undertrained_progress("starting", 0.0)
+        explorer(self).submit(FindUndertrained(cached_only=cached_only), reply_to=self)
+
     def on_worker_reply(self, message) -> None:
         result = message.result
         if isinstance(result.request, ScanVocabulary):
             self._on_scan_reply(result)
+            return
+        if isinstance(result.request, FindUndertrained):
+            self._on_undertrained_reply(result)
+            return
+        if isinstance(result.request, SampleShares):
+            self._on_sample_reply(result)
             return
         if isinstance(result, Progress):
             self.show_progress(result.message, result.fraction)
@@ -303,7 +346,45 @@ class WiredSpeak(SpeakPane):
                 self.notify(note, title="Vocabulary scan", severity="warning", timeout=10)
             self.show_scan(marks.scan)
             self.post_message(self.ScanMarked(marks))
+            self.call_after_refresh(self._refresh_inspector)  # its class line reads the marks
         elif isinstance(result, Stopped):
             self.show_scan_progress("stopped", None)
         elif isinstance(result, Failed):
             self.show_scan_progress(f"failed: {result.message}", None)
+
+    def _refresh_inspector(self) -> None:
+        refresh = getattr(explorer(self).inspector_pane, "refresh_speak_lines", None)
+        if refresh is not None:
+            refresh()
+
+    def _on_undertrained_reply(self, result) -> None:
+        if isinstance(result, Progress):
+            if not result.request.cached_only:  # reading what is kept needs no progress line
+                self.show_undertrained_progress(result.message, result.fraction)
+        elif isinstance(result, Done):
+            marks: Optional[UndertrainedMarks] = result.value
+            if marks is not None or not result.request.cached_only:
+                self.show_undertrained(marks)
+                explorer(self).grid.set_undertrained(marks.verified if marks else frozenset())
+                self._refresh_inspector()
+        elif isinstance(result, Stopped):
+            self.show_undertrained_progress("stopped", None)
+        elif isinstance(result, Failed):
+            self.show_undertrained_progress(f"failed: {result.message}", None)
+
+    def _on_sample_reply(self, result) -> None:
+        from lenstui.tui.screens.share import ShareVsTheta
+
+        if isinstance(result, Progress):
+            self.show_undertrained_progress(result.message, result.fraction)
+        elif isinstance(result, Done):
+            self.show_undertrained(self.undertrained)
+            if result.value is not None and result.value.points:
+                explorer(self).push_screen(ShareVsTheta(result.value, self.token_id))
+            elif result.request.cached_only:
+                explorer(self).submit(SampleShares(), reply_to=self)  # nothing kept: measure now
+                self.show_undertrained_progress("sampling the vocabulary", 0.0)
+        elif isinstance(result, Stopped):
+            self.show_undertrained_progress("share sample stopped", None)
+        elif isinstance(result, Failed):
+            self.show_undertrained_progress(f"share sample failed: {result.message}", None)

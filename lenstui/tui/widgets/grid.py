@@ -53,6 +53,7 @@ ENTROPY_W = 6
 KL_W = 7
 UNSPEAKABLE_MARK = "†"
 HARD_TO_SPEAK_MARK = "°"
+UNDERTRAINED_MARK = "‡"  # verified under-trained (Magikarp's repetition prompts)
 HEAT_LEVELS = 20  # shading steps (a 256-colour terminal cannot show finer ones anyway)
 DEPTH_MARK = "◆"  # the cell where a position's answer settles (prediction depth)
 PIN_MARK = "^"  # heads the pinned tokens' rank columns in the top-k view
@@ -196,6 +197,7 @@ view their ranks follow the top-k columns. **T**: their trajectories.
         # From a vocabulary scan (plain id sets): marked in the cells' last column.
         self._unspeakable: frozenset[int] = frozenset()
         self._hard_to_speak: frozenset[int] = frozenset()
+        self._undertrained: frozenset[int] = frozenset()
         # Pinned token ids: highlighted wherever they appear.
         self._pinned: frozenset[int] = frozenset()
         self._depth_of = None  # the result _depth was computed for
@@ -298,6 +300,11 @@ view their ranks follow the top-k columns. **T**: their trajectories.
         self._hard_to_speak = hard_to_speak
         self.refresh()
 
+    def set_undertrained(self, token_ids: frozenset[int]) -> None:
+        """Mark tokens verified under-trained (‡), after the unspeakable ones."""
+        self._undertrained = frozenset(token_ids)
+        self.refresh()
+
     def set_pins(self, token_ids) -> None:
         """Highlight these token ids wherever they appear."""
         self._pinned = frozenset(t for t in token_ids if isinstance(t, int))
@@ -320,6 +327,8 @@ view their ranks follow the top-k columns. **T**: their trajectories.
     def _token_text(self, token_id: int, text: str, width: int) -> str:
         if token_id in self._unspeakable:
             return _cell_text(text, width - 1) + UNSPEAKABLE_MARK
+        if token_id in self._undertrained:
+            return _cell_text(text, width - 1) + UNDERTRAINED_MARK
         if token_id in self._hard_to_speak:
             return _cell_text(text, width - 1) + HARD_TO_SPEAK_MARK
         return _cell_text(text, width)
