@@ -10,7 +10,7 @@ from lenstui.core.errors import InputError, quoted
 from lenstui.core.lens_result import LensResult
 from lenstui.core.lenses import LENS_KINDS, patchscope_target_line
 from lenstui.core.textfmt import fit, visible
-from lenstui.engine.lens.run import run_lens
+from lenstui.engine.lens.run import parse_positions, run_lens
 
 
 def configure(parser: argparse.ArgumentParser, command: str) -> None:
@@ -80,7 +80,9 @@ def run(args: argparse.Namespace) -> int:
     if args.vs is not None:
         return run_compare(args, options)
     model = load_from_args(args)
-    announce_lens(args, model, options, len(model.tokenizer(args.prompt)["input_ids"]))
+    n_tokens = len(model.tokenizer(args.prompt)["input_ids"])
+    computed = len(parse_positions(args.positions, n_tokens)) if args.positions else n_tokens
+    announce_lens(args, model, options, computed)
     result = run_lens(model, args.prompt, options, positions=args.positions)
     if args.json:
         print_json(result.to_json())
@@ -96,7 +98,7 @@ def run_compare(args: argparse.Namespace, options) -> int:
         raise InputError("--vs compares whole prompts: use --compare-positions PA,PB instead of --positions.")
     pos_a, pos_b = _compare_positions(args.compare_positions)
     model = load_from_args(args)
-    announce_lens(args, model, options, 2)
+    announce_lens(args, model, options)
     comparison = compare_rows(model, args.prompt, pos_a, args.vs, pos_b, options)
     if args.json:
         print_json(comparison.to_json())

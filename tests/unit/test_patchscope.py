@@ -206,3 +206,64 @@ def test_compare_reads_both_prompts_through_the_patchscope(tiny_llama):
     for row, kl in enumerate(comparison.kl):
         p, q = ref_a[(row, len(ids_a) - 1)], ref_b[(row, len(ids_b) - 1)]
         assert kl == pytest.approx(float((p * (p.log() - q.log())).sum()), abs=1e-4)
+
+
+def test_a_talk_scene_keeps_its_patchscope_target_and_renders_through_it(tiny_llama, tmp_path):
+    from pathlib import Path
+
+    from lenstui.jobs.handlers import render_scene
+    from lenstui.jobs.protocol import RenderScenes
+    from lenstui.talks.format import parse_talk, scene_to_toml
+
+    talk = parse_talk(
+        f'[[scene]]\nprompt = "{PROMPT}"\nlens = "patchscope"\npatchscope_target = "a -> a\\nb -> b\\n?"\n'
+        '[[scene]]\nprompt = "x"\nlens = "patchscope"\npatchscope_target = 7\n',
+        Path(tmp_path / "talk.toml"),
+    )
+    scene, bad = talk.scenes
+    assert scene.ok and scene.patchscope_target == "a -> a\nb -> b\n?"
+    assert "patchscope_target must be a prompt" in bad.problem
+    assert 'patchscope_target = "a -> a\\nb -> b\\n?"' in scene_to_toml(scene)
+
+    class Ctx:
+        def should_stop(self):
+            return False
+
+    rendered = render_scene(tiny_llama, scene, RenderScenes((scene,), (1,), top_k=4, incl_mid=True), Ctx())
+    assert rendered.problem is None
+    assert rendered.result.lens == "patchscope" and rendered.result.patchscope_target == "a -> a\nb -> b\n?"
+    assert rendered.request.options.incl_mid is False  # the Patchscope reads block outputs only
+    assert_cells_match(tiny_llama, rendered.result, "a -> a\nb -> b\n?")
+
+
+def test_the_sessions_options_carry_the_target_under_the_patchscope_only():
+    from lenstui.tui.state.session import LensSession
+
+    session = LensSession(prompt_text=PROMPT)
+    assert session.next_lens() == "extended"
+    session.lens_kind = "raw"
+    assert session.next_lens() == "patchscope"  # no learned lens file: tuned and jacobian skipped
+    session.incl_mid = True
+    session.set_patchscope_target("a -> a\n?")
+    assert session.lens_kind == "patchscope" and not session.incl_mid
+    assert session.request().options.patchscope_target == "a -> a\n?"
+    session.toggle_mid()  # mid rows wanted: the Patchscope cannot read them, the logit lens can
+    assert session.incl_mid and session.lens_kind == "logit"
+    assert session.options().patchscope_target is None  # another lens: the target is not its business
+    session.set_lens("patchscope")
+    assert session.options().patchscope_target == "a -> a\n?" and not session.incl_mid
+    session.set_patchscope_target(None)
+    assert session.options().patchscope_target is None and session.lens_kind == "patchscope"
+
+
+def test_transformer_lens_bridge_runs_the_same_cells(tiny_llama, monkeypatch):
+    """A model only the bridge knows runs its cells through TransformerLens' hook points."""
+    from lenstui.engine.model.forward import BridgeForward
+
+    bridge = BridgeForward(tiny_llama)
+    monkeypatch.setattr(patchscope, "forward_for", lambda model, sites=(): bridge)
+    tiny_llama.caches.patchscope_targets.clear()
+    state = LensState(tiny_llama)
+    state.prepare(PROMPT, LensOptions(lens="patchscope", top_k=5, patchscope_target="x -> x\n?"))
+    assert_cells_match(tiny_llama, state.result(), "x -> x\n?")
+    tiny_llama.caches.patchscope_targets.clear()  # (the next tests prepare theirs natively)
