@@ -53,6 +53,7 @@ def launch_in_pty(timeout: float = 180.0) -> dict[str, float]:
 
 
 def timed_app_class():
+    from lenstui.jobs.protocol import RunLens
     from lenstui.tui.app import LenstuiApp
 
     class TimedApp(LenstuiApp):
@@ -67,10 +68,17 @@ def timed_app_class():
                 self.key_at = time.perf_counter()
             super().on_prompt_pane_run(message)
 
-        def _on_lens_reply(self, result) -> None:
-            super()._on_lens_reply(result)
-            # call_after_refresh runs once the screen holding the new grid was drawn.
-            self.call_after_refresh(self._painted)
+        def reply_routes(self):
+            routes = super().reply_routes()
+            on_lens = routes[RunLens]
+
+            def timed(result) -> None:
+                on_lens(result)
+                # call_after_refresh runs once the screen holding the new grid was drawn.
+                self.call_after_refresh(self._painted)
+
+            routes[RunLens] = timed
+            return routes
 
         def _painted(self) -> None:
             self.painted_at = time.perf_counter()
@@ -129,15 +137,21 @@ LONG_TEXT = (
 
 
 def stream_app_class():
-    from lenstui.jobs.protocol import Done, Partial
+    from lenstui.jobs.protocol import Done, Partial, RunLens
     from lenstui.tui.app import LenstuiApp
 
     class StreamTimedApp(LenstuiApp):
         """Stamps each lens submit and when each partial / complete grid was painted."""
 
-        def _submit_lens(self) -> None:
-            self.submitted_at = time.perf_counter()
-            super()._submit_lens()
+        def __init__(self, *args, **kwargs) -> None:
+            super().__init__(*args, **kwargs)
+            submit = self.lens.submit  # every lens submit, the flow's own calls included
+
+            def stamped() -> None:
+                self.submitted_at = time.perf_counter()
+                submit()
+
+            self.lens.submit = stamped
 
         def action_step(self) -> None:
             self.key_at = time.perf_counter()
@@ -147,11 +161,18 @@ def stream_app_class():
             self.key_at = time.perf_counter()
             super().on_input_changed(event)
 
-        def _on_lens_reply(self, result) -> None:
-            super()._on_lens_reply(result)
-            if isinstance(result, (Partial, Done)) and self.worker.is_current(result):
-                kind = "partial" if isinstance(result, Partial) else "done"
-                self.call_after_refresh(lambda: self._painted(kind))
+        def reply_routes(self):
+            routes = super().reply_routes()
+            on_lens = routes[RunLens]
+
+            def timed(result) -> None:
+                on_lens(result)
+                if isinstance(result, (Partial, Done)) and self.worker.is_current(result):
+                    kind = "partial" if isinstance(result, Partial) else "done"
+                    self.call_after_refresh(lambda: self._painted(kind))
+
+            routes[RunLens] = timed
+            return routes
 
         def _painted(self, kind: str) -> None:
             now = time.perf_counter()

@@ -200,3 +200,31 @@ async def test_steer_from_the_palette_alpha_keys_steps_and_clear(make_app, embed
         await pilot.press("plus")  # rests again
         await settle(app, pilot)
         assert app.causal.shown is None
+
+
+async def test_two_steps_under_a_steer_in_one_frame_wait_for_each_other(make_app, embedded):
+    """Two ^n faster than the lens answers: the second waits for the first one's clean
+    and steered runs, and appends the next steered token, never the same one twice."""
+    app = make_app("My favourite place to spend a summer day is")
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(app, pilot)
+        await pilot.press("escape")
+        clean = app.shown_result
+        app.grid.place_cursor("L24", len(clean.tokens) - 1)
+        causal.steer_selected(app)
+        await until(pilot, lambda: isinstance(app.causal.shown, SteerResult), "the steered run")
+        app.action_step()
+        app.action_step()  # before the first step's runs can have answered
+        await until(
+            pilot,
+            lambda: isinstance(app.causal.shown, SteerResult)
+            and len(app.causal.shown.steered.tokens) == len(clean.tokens) + 2,
+            "two steered steps",
+        )
+        await settle(app, pilot)
+        assert [len(step.ids) for step in app.session.steps] == [len(clean.tokens) + 1, len(clean.tokens) + 2]
+        assert all(step.steered for step in app.session.steps)
+        # Each step is the steered run's next token on the prompt before it.
+        setting = SteerSetting(toward=app.causal.steer.toward, layer="L24", alpha=causal.DEFAULT_ALPHA)
+        expected = engine_causal.steer(embedded, clean.token_ids, setting, steps=2, options=LensOptions(top_k=app.session.top_k))
+        assert [step.ids[-1] for step in app.session.steps] == [t.id for t in expected.generated]

@@ -135,7 +135,7 @@ async def test_on_screen_key_hints_follow_the_keymap(tmp_path):
         info = str(app.prompt_pane.query_one("#prompt-info").render())
         assert "chat template off (^g)" in info and "^n appends the model's next token" in info
         app.session.step((1, 2), " a", "Ġa")
-        app._refresh_prompt_info()
+        app.lens.show_prompt_info()
         await pilot.pause()
         assert "(f9 undo)" in str(app.prompt_pane.query_one("#prompt-info").render())
         assert app.speak_pane.check_key == "c" and app.speak_pane.cancel_key == "x"

@@ -78,7 +78,7 @@ async def test_switch_to_a_local_model_and_back_and_a_failed_spec_keeps_the_old(
         assert "not loaded" not in str(app.status.render())
         # ... and the old model still serves: a new prompt runs on it.
         app.prompt_pane.set_text("The capital of France is")
-        app._run_text("The capital of France is", immediate=True)
+        app.lens.run_text("The capital of France is", immediate=True)
         await asyncio.wait_for(app.lens_settled.wait(), TIMEOUT)
         await pilot.pause()
         assert app.grid.result.layers[-1] == "L29" and app.grid.result.tokens[-1].text == " is"

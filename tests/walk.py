@@ -290,7 +290,7 @@ def _cells_match(got, want, where: str) -> None:
     assert math.isclose(got.target_prob, want.target_prob, abs_tol=PROB_TOL), (where, got.target_prob, want.target_prob)
     assert abs(got.target_rank - want.target_rank) <= (0 if got.target_prob > 1e-3 else 2), (where, got.target_rank, want.target_rank)
     assert math.isclose(got.entropy, want.entropy, abs_tol=1e-3), where
-    assert math.isclose(got.kl_to_final, want.kl_to_final, abs_tol=1e-3), where
+    assert math.isclose(got.kl_to_final, want.kl_to_final, abs_tol=1e-3, rel_tol=1e-5), where  # float32 sums: KLs in the thousands (a raw lens on the first position) differ in the 6th digit
     assert [t.id for t in got.tracked] == [t.id for t in want.tracked], where
     for a, b in zip(got.tracked, want.tracked):
         assert math.isclose(a.prob, b.prob, abs_tol=PROB_TOL), (where, a, b)

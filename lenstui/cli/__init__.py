@@ -2,6 +2,7 @@
 
 `lenstui [PROMPT] [--model SPEC] [--theme NAME]` opens the explorer;
 `lenstui lens|token|speak|scan|aim|undertrained|attribute|patch|steer ...` run the same engine without a screen;
+`lenstui plan` says what a model's load would take and where it would go, before it is read;
 `lenstui lenses fit|eval|list` fits, measures and lists learned lenses (tuned, jacobian);
 `lenstui serve` serves the app to a web browser; `lenstui present FILE --check` checks a talk file.
 """
@@ -32,6 +33,7 @@ SUBCOMMANDS = {
     "lenses": "lenstui.cli.lenses_cmd",
     "patch": "lenstui.cli.patch_cmd",
     "steer": "lenstui.cli.steer_cmd",
+    "plan": "lenstui.cli.plan_cmd",
 }
 
 

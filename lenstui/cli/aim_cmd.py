@@ -54,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
         payload = result.to_json()
         if share is not None:
             payload["share"] = share.share_json()
-        print_json(payload)
+        print_json(payload, model)
         return 0
     from lenstui.cli.speak_cmd import token_label
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from lenstui.cli.common import add_model_options
+from lenstui.cli.common import add_model_options, load_settings
 
 
 def configure(parser: argparse.ArgumentParser, command: str = "") -> None:
@@ -38,11 +38,13 @@ def run(args: argparse.Namespace) -> int:
         # Imported here so `lenstui lens ...` never pays for Textual.
         from lenstui.tui.app import LenstuiApp
 
+        device, dtype, placement = load_settings(args)
         app = LenstuiApp(
             args.prompt,
             model=args.model,
-            device=args.device,
-            dtype=args.dtype,
+            device=device,
+            dtype=dtype,
+            placement=placement,
             theme=args.theme,
             chat=args.chat,
             allow_download=args.allow_download,

@@ -97,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
         heads=args.heads,
     )
     if args.json:
-        print_json(result.to_json())
+        print_json(result.to_json(), model)
     else:
         print(format_result(result, sort=args.sort))
     return 0

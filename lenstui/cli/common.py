@@ -5,9 +5,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from lenstui.core.errors import InputError
+from lenstui.core.lenses import LENS_KINDS
+from lenstui.core.placement import DTYPE_CHOICES, QUANTIZE_CHOICES
 
 
 def add_model_options(parser: argparse.ArgumentParser) -> None:
@@ -19,7 +21,29 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:N or mps (default: best available)")
     parser.add_argument(
-        "--dtype", default="float32", choices=("float32", "float16", "bfloat16"), help="weights dtype"
+        "--dtype",
+        default=None,
+        choices=DTYPE_CHOICES,
+        help="weights dtype (default auto: the model's own on a GPU, float32 on a CPU)",
+    )
+    parser.add_argument(
+        "--device-map",
+        metavar="MAP",
+        default=None,
+        help="spread the model over devices (accelerate): auto, balanced, balanced_low_0, sequential, "
+        "or a JSON object / .json file {module: device}",
+    )
+    parser.add_argument(
+        "--max-memory",
+        metavar="BUDGETS",
+        default=None,
+        help='what each device may hold of the weights, e.g. "0=70GiB,1=70GiB,cpu=200GiB" (implies --device-map auto)',
+    )
+    parser.add_argument(
+        "--offload-dir", metavar="PATH", default=None, help="where the weights that fit on no device are read from"
+    )
+    parser.add_argument(
+        "--quantize", choices=QUANTIZE_CHOICES, default=None, help="load the blocks' linear layers in 8 or 4 bits (bitsandbytes)"
     )
     parser.add_argument(
         "--allow-download",
@@ -28,6 +52,29 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
         help="let a Hugging Face model id that is not in the local cache be downloaded "
         "(default: never, unless allow_download = true in config.toml)",
     )
+
+
+def add_lens_options(parser: argparse.ArgumentParser, *, target_help: str, track_help: str) -> None:
+    """How a command reads its lens grid: --top-k, --lens, --extended-blocks, --mid,
+    --target or --target-id, --track and --patchscope-target (``lens_options`` reads them
+    back, as a ``LensOptions``)."""
+    parser.add_argument("--top-k", type=int, default=5, help="tokens per cell (default 5)")
+    parser.add_argument("--lens", choices=LENS_KINDS, default="logit", help="lens variant (default logit)")
+    parser.add_argument("--extended-blocks", type=int, default=1, metavar="N", help="decoder blocks for --lens extended")
+    parser.add_argument("--mid", action="store_true", help="also read the mid-block residual")
+    parser.add_argument("--target", default=None, help=target_help)
+    parser.add_argument("--target-id", type=int, default=None, help="target token id")
+    parser.add_argument("--track", action="append", default=[], metavar="TOKEN", help=track_help)
+    add_patchscope_option(parser)
+
+
+def encoded_prompt(model, prompt: str, chat: bool):
+    """A prompt as the engine takes it: the text, or (--chat) its chat template's ids."""
+    if not chat:
+        return prompt
+    from lenstui.engine.model.chat import chat_prompt_ids
+
+    return chat_prompt_ids(model, prompt)
 
 
 def downloads_allowed(args: argparse.Namespace) -> bool:
@@ -46,8 +93,26 @@ def add_token_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--id", type=int, default=None, metavar="N", help="the token id instead of its text")
 
 
+def load_settings(args: argparse.Namespace):
+    """(device, dtype, PlacementOptions) from the flags, each falling back to config.toml's."""
+    from lenstui.core.placement import PlacementOptions
+    from lenstui.store.config import load_config
+
+    config = load_config()[0]
+
+    def pick(name: str):
+        value = getattr(args, name, None)
+        return value if value is not None else getattr(config, name)
+
+    placement = PlacementOptions(
+        device_map=pick("device_map"), max_memory=pick("max_memory"), offload_dir=pick("offload_dir"),
+        quantize=pick("quantize"),
+    )
+    return pick("device"), pick("dtype"), placement
+
+
 def load_from_args(args: argparse.Namespace):
-    """Load the model named by --model/--device/--dtype, reporting progress on stderr."""
+    """Load the model named by --model and the placement flags, reporting progress on stderr."""
     from lenstui.engine.model.load import load_model
 
     def progress(message: str, fraction: Optional[float]) -> None:
@@ -55,8 +120,10 @@ def load_from_args(args: argparse.Namespace):
             print(f"\r\033[2K{message}…", end="", file=sys.stderr, flush=True)
 
     try:
+        device, dtype, placement = load_settings(args)
         model = load_model(
-            args.model, device=args.device, dtype=args.dtype, progress=progress, allow_download=downloads_allowed(args)
+            args.model, device=device, dtype=dtype, placement=placement, progress=progress,
+            allow_download=downloads_allowed(args),
         )
     finally:
         if sys.stderr.isatty():
@@ -118,9 +185,24 @@ def announce_lens(args: argparse.Namespace, model, options, n_positions: int = 0
         print(f"lenstui: note: {patchscope_cost(model.n_layers, n_positions)}.", file=sys.stderr)
 
 
-def print_json(payload: Any) -> None:
+def print_json(payload: Any, model: Any = None) -> None:
+    """``payload`` as one line of JSON; with the ``model`` it was computed on, an object
+    payload also says where that model is (``"placement"``: module -> device)."""
+    if model is not None and isinstance(payload, dict):
+        payload = {**payload, "placement": dict(getattr(model, "placement", {}) or {"": str(model.device)})}
     json.dump(payload, sys.stdout, ensure_ascii=False)
     sys.stdout.write("\n")
+
+
+def print_result(result: Any, as_json: bool, readable: Callable[[Any], str], model: Any = None) -> int:
+    """A result as JSON (--json: its ``to_json()``, saying where ``model`` is, as
+    ``print_json``), else as ``readable`` writes it for a terminal. Returns the exit
+    status, 0."""
+    if as_json:
+        print_json(result.to_json(), model)
+    else:
+        print(readable(result))
+    return 0
 
 
 def fail(message: str, status: int = 2) -> int:

@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 from typing import Optional
 
-from lenstui.cli.common import add_model_options, add_patchscope_option, announce_lens, lens_options, load_from_args, print_json
+from lenstui.cli.common import add_lens_options, add_model_options, announce_lens, lens_options, load_from_args, print_result
 from lenstui.core.errors import InputError, quoted
 from lenstui.core.lens_result import LensResult
-from lenstui.core.lenses import LENS_KINDS, patchscope_target_line
+from lenstui.core.lenses import patchscope_target_line
 from lenstui.core.textfmt import fit, visible
 from lenstui.engine.lens.run import parse_positions, run_lens
 
@@ -17,20 +17,16 @@ def configure(parser: argparse.ArgumentParser, command: str) -> None:
     parser.description = "Decode every layer x position of a prompt through the model's own readout."
     parser.add_argument("prompt", help="the prompt text")
     add_model_options(parser)
-    parser.add_argument("--top-k", type=int, default=5, help="tokens per cell (default 5)")
-    parser.add_argument("--lens", choices=LENS_KINDS, default="logit", help="lens variant (default logit)")
-    parser.add_argument(
-        "--extended-blocks", type=int, default=1, metavar="N", help="decoder blocks for --lens extended"
+    add_lens_options(
+        parser,
+        target_help="target token text (default: the model's top-1)",
+        track_help="follow a token through every cell (text, vocabulary piece like ĠðŁ, or #ID); repeat, up to 8",
     )
     parser.add_argument(
         "--lens-path", metavar="PATH", default=None,
         help="--lens tuned/jacobian: a tuned-lens directory or J-lens file, or registry:NAME for a published one "
         "(`lenstui lenses list --published`; fetched only with --allow-download) (default: the one fitted for the model)",
     )
-    add_patchscope_option(parser)
-    parser.add_argument("--mid", action="store_true", help="also read the mid-block residual")
-    parser.add_argument("--target", default=None, help="target token text (default: the model's top-1)")
-    parser.add_argument("--target-id", type=int, default=None, help="target token id")
     parser.add_argument(
         "--positions",
         default=None,
@@ -43,13 +39,6 @@ def configure(parser: argparse.ArgumentParser, command: str) -> None:
         default=None,
         help="the column shown as the layer x top-k table: a prompt position among those computed "
         "(default: the last computed)",
-    )
-    parser.add_argument(
-        "--track",
-        action="append",
-        default=[],
-        metavar="TOKEN",
-        help="follow a token through every cell (text, vocabulary piece like ĠðŁ, or #ID); repeat, up to 8",
     )
     parser.add_argument(
         "--vs",
@@ -84,11 +73,7 @@ def run(args: argparse.Namespace) -> int:
     computed = len(parse_positions(args.positions, n_tokens)) if args.positions else n_tokens
     announce_lens(args, model, options, computed)
     result = run_lens(model, args.prompt, options, positions=args.positions)
-    if args.json:
-        print_json(result.to_json())
-    else:
-        print(format_table(result, args.position))
-    return 0
+    return print_result(result, args.json, lambda r: format_table(r, args.position), model)
 
 
 def run_compare(args: argparse.Namespace, options) -> int:
@@ -100,11 +85,7 @@ def run_compare(args: argparse.Namespace, options) -> int:
     model = load_from_args(args)
     announce_lens(args, model, options)
     comparison = compare_rows(model, args.prompt, pos_a, args.vs, pos_b, options)
-    if args.json:
-        print_json(comparison.to_json())
-    else:
-        print(format_compare(comparison))
-    return 0
+    return print_result(comparison, args.json, format_compare, model)
 
 
 def format_compare(comparison) -> str:

@@ -96,7 +96,7 @@ def run_fit(args: argparse.Namespace) -> int:
         estimate = estimate_jacobian(model, args.prompts or 100)
         if args.json:
             print_json({"device": estimate.device, "prompts": estimate.prompts, "seconds": estimate.seconds,
-                        "per_prompt": estimate.per_prompt, "backward_passes": estimate.backward_passes})
+                        "per_prompt": estimate.per_prompt, "backward_passes": estimate.backward_passes}, model)
         else:
             print(estimate.sentence())
         return 0
@@ -109,7 +109,7 @@ def run_fit(args: argparse.Namespace) -> int:
     finally:
         progress.clear()
     if args.json:
-        print_json(report.to_json())
+        print_json(report.to_json(), model)
     else:
         print(format_fit(report))
     return 0
@@ -158,7 +158,7 @@ def run_eval(args: argparse.Namespace) -> int:
     finally:
         progress.clear()
     if args.json:
-        print_json(result.to_json())
+        print_json(result.to_json(), model)
     else:
         print(format_eval(result))
     return 0
@@ -205,7 +205,8 @@ def run_list(args: argparse.Namespace) -> int:
         return _list_published(args, model)
     found = available_lenses(model)
     if args.json:
-        print_json({"model": model.name, "folder": str(model_folder(model)), "lenses": [f.to_json() for f in found]})
+        payload = {"model": model.name, "folder": str(model_folder(model)), "lenses": [f.to_json() for f in found]}
+        print_json(payload, model)
         return 0
     if not found:
         print(f"No lenses fitted for {model.name} yet (they go in {short_path(str(model_folder(model)))}): "
@@ -225,7 +226,7 @@ def _list_published(args: argparse.Namespace, model) -> int:
         payload = {"lenses": [{**lens.to_json(), "cached": str(cached[lens.spec + lens.kind] or "") or None} for lens in found]}
         if model is not None:
             payload["model"] = model_ids(model)[0]
-        print_json(payload)
+        print_json(payload, model)  # with a model: where it is, as every --json says
         return 0
     if not found:
         print(f"No published lens is listed for {model_ids(model)[0]} (TransformerLens' J-lens registry and the "

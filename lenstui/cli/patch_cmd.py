@@ -7,10 +7,17 @@ from __future__ import annotations
 import argparse
 from typing import Optional
 
-from lenstui.cli.common import add_model_options, add_patchscope_option, announce_lens, lens_options, load_from_args, print_json
+from lenstui.cli.common import (
+    add_lens_options,
+    add_model_options,
+    announce_lens,
+    encoded_prompt,
+    lens_options,
+    load_from_args,
+    print_result,
+)
 from lenstui.cli.lens_cmd import table_column
 from lenstui.core.errors import InputError
-from lenstui.core.lenses import LENS_KINDS
 from lenstui.core.patch_result import ABLATIONS, SWEEPS, PatchResult, PatchSite, SweepResult
 from lenstui.core.textfmt import fit, visible
 
@@ -57,15 +64,11 @@ def configure(parser: argparse.ArgumentParser, command: str = "") -> None:
     parser.add_argument("--sweep", choices=SWEEPS, default=None, help="patch at every layer, or every position")
     parser.add_argument("--chat", action="store_true", help="wrap both prompts in the chat template")
     add_model_options(parser)
-    parser.add_argument("--top-k", type=int, default=5, help="tokens per cell (default 5)")
-    parser.add_argument("--lens", choices=LENS_KINDS, default="logit", help="lens variant (default logit)")
-    add_patchscope_option(parser)
-    parser.add_argument("--extended-blocks", type=int, default=1, metavar="N", help="decoder blocks for --lens extended")
-    parser.add_argument("--mid", action="store_true", help="also read the mid-block residual")
-    parser.add_argument(
-        "--target", default=None, help="target token text (default: the clean run's top-1 at each position)"
+    add_lens_options(
+        parser,
+        target_help="target token text (default: the clean run's top-1 at each position)",
+        track_help="follow a token through every cell (text, vocabulary piece or #ID); repeat, up to 8",
     )
-    parser.add_argument("--target-id", type=int, default=None, help="target token id")
     parser.add_argument(
         "--positions",
         default=None,
@@ -79,25 +82,8 @@ def configure(parser: argparse.ArgumentParser, command: str = "") -> None:
         metavar="POS",
         help="the position whose layers the readable output lists (default: the last)",
     )
-    parser.add_argument(
-        "--track",
-        action="append",
-        default=[],
-        metavar="TOKEN",
-        help="follow a token through every cell (text, vocabulary piece or #ID); repeat, up to 8",
-    )
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     parser.set_defaults(func=run)
-
-
-def _encoded(model, prompt: Optional[str], chat: bool):
-    if prompt is None:
-        return None
-    if chat:
-        from lenstui.engine.model.chat import chat_prompt_ids
-
-        return chat_prompt_ids(model, prompt)
-    return prompt
 
 
 def run(args: argparse.Namespace) -> int:
@@ -113,8 +99,8 @@ def run(args: argparse.Namespace) -> int:
     )
     model = load_from_args(args)
     announce_lens(args, model, options)
-    prompt = _encoded(model, args.prompt, args.chat)
-    source = _encoded(model, args.source, args.chat)
+    prompt = encoded_prompt(model, args.prompt, args.chat)
+    source = None if args.source is None else encoded_prompt(model, args.source, args.chat)
     if args.sweep is not None:
         from lenstui.engine.causal import sweep
 
@@ -122,22 +108,14 @@ def run(args: argparse.Namespace) -> int:
             model, prompt, site, mode=args.sweep, source_prompt=source, ablate=args.ablate,
             target=options.target, track=options.track,
         )
-        if args.json:
-            print_json(result.to_json())
-        else:
-            print(format_sweep(result))
-        return 0
+        return print_result(result, args.json, format_sweep, model)
     from lenstui.engine.causal import patch
     from lenstui.engine.lens.run import parse_positions
 
     result = patch(model, prompt, site, source_prompt=source, ablate=args.ablate, options=options)
     if args.positions is not None:
         result = result.select(parse_positions(args.positions, len(result.patched.tokens)))
-    if args.json:
-        print_json(result.to_json())
-    else:
-        print(format_patch(result, args.show))
-    return 0
+    return print_result(result, args.json, lambda r: format_patch(r, args.show), model)
 
 
 def _names_block(component: str) -> bool:

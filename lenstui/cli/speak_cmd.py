@@ -52,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
     finally:
         bar.clear()
     if args.json:
-        print_json(result.to_json())
+        print_json(result.to_json(), model)
     else:
         print(format_result(result, label=lambda token_id: token_label(model, token_id)))
     return 0
@@ -168,7 +168,8 @@ def run_scan(args: argparse.Namespace) -> int:
                 "seconds": result.seconds,
                 "cache": str(folder) if folder else None,
                 "out": str(out) if out else None,
-            }
+            },
+            model,
         )
         return 0
     print(format_scan(result, counts, time.perf_counter() - started, folder, out))

@@ -5,9 +5,16 @@ from __future__ import annotations
 
 import argparse
 
-from lenstui.cli.common import add_model_options, add_patchscope_option, announce_lens, lens_options, load_from_args, print_json
+from lenstui.cli.common import (
+    add_lens_options,
+    add_model_options,
+    announce_lens,
+    encoded_prompt,
+    lens_options,
+    load_from_args,
+    print_result,
+)
 from lenstui.cli.lens_cmd import format_table
-from lenstui.core.lenses import LENS_KINDS
 from lenstui.core.patch_result import SteerResult, SteerSetting
 from lenstui.core.textfmt import visible
 from lenstui.core.tokens import token_spec
@@ -32,15 +39,10 @@ def configure(parser: argparse.ArgumentParser, command: str = "") -> None:
     parser.add_argument("--steps", type=int, default=0, metavar="N", help="greedy tokens generated under the steer")
     parser.add_argument("--chat", action="store_true", help="wrap the prompt in the chat template")
     add_model_options(parser)
-    parser.add_argument("--top-k", type=int, default=5, help="tokens per cell (default 5)")
-    parser.add_argument("--lens", choices=LENS_KINDS, default="logit", help="lens variant (default logit)")
-    add_patchscope_option(parser)
-    parser.add_argument("--extended-blocks", type=int, default=1, metavar="N", help="decoder blocks for --lens extended")
-    parser.add_argument("--mid", action="store_true", help="also read the mid-block residual")
-    parser.add_argument("--target", default=None, help="target token text (default: each position's top-1)")
-    parser.add_argument("--target-id", type=int, default=None, help="target token id")
-    parser.add_argument(
-        "--track", action="append", default=[], metavar="TOKEN", help="follow a token through every cell; repeat"
+    add_lens_options(
+        parser,
+        target_help="target token text (default: each position's top-1)",
+        track_help="follow a token through every cell; repeat",
     )
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     parser.set_defaults(func=run)
@@ -59,17 +61,8 @@ def run(args: argparse.Namespace) -> int:
     )
     model = load_from_args(args)
     announce_lens(args, model, options)
-    prompt = args.prompt
-    if args.chat:
-        from lenstui.engine.model.chat import chat_prompt_ids
-
-        prompt = chat_prompt_ids(model, prompt)
-    result = steer(model, prompt, setting, steps=args.steps, options=options)
-    if args.json:
-        print_json(result.to_json())
-    else:
-        print(format_steer(result))
-    return 0
+    result = steer(model, encoded_prompt(model, args.prompt, args.chat), setting, steps=args.steps, options=options)
+    return print_result(result, args.json, format_steer, model)
 
 
 def format_steer(result: SteerResult) -> str:

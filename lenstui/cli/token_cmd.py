@@ -45,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
     model = load_from_args(args)
     report = inspect_token(model, token, args.neighbors)
     if args.json:
-        print_json(report.to_json())
+        print_json(report.to_json(), model)
     else:
         print(format_report(report))
     return 0

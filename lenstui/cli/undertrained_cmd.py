@@ -73,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
         return 130
     scan = load_cached_scan(model)
     if args.json:
-        print_json(undertrained_json(result, scan))
+        print_json(undertrained_json(result, scan), model)
     else:
         print(format_undertrained(result, scan, time.perf_counter() - started))
     return 0

@@ -35,6 +35,7 @@ from lenstui.core.attribution_result import AttributionResult, Component, HeadAt
 from lenstui.core.callbacks import StopCheck, check_stop
 from lenstui.core.errors import InputError
 from lenstui.core.tokens import TokenSpec
+from lenstui.engine.model.dispatch import fill_head_results
 from lenstui.engine.model.load import LoadedModel
 from lenstui.engine.model.vocab import encode_prompt, resolve_token, token_ref
 
@@ -136,7 +137,7 @@ def attribute(
         if cache is not None and all(n in cache.cache_dict for n in names):
             cache = _at_position(model, cache, names, position)
         else:
-            tokens = torch.tensor([ids], device=model.device)
+            tokens = torch.tensor([ids], device=model.input_device)
             # Only the hooks needed, and only at the position (attention: the query row).
             _, cache = bridge.run_with_cache(
                 tokens, names_filter=names, pos_slice=(position, position + 1)
@@ -145,6 +146,7 @@ def attribute(
 
         # [components, batch=1, pos=1, d_model]; its sum is the residual at the row.
         stack, tl_labels = cache.decompose_resid(layer=row, return_labels=True)
+        fill_head_results(model, cache)  # (offloaded blocks: each W_O loaded for its own block's heads)
         head_stack = cache.stack_head_results(layer=row)  # [row * heads, 1, 1, d_model]
         residual = stack.sum(dim=0)[0, 0]
         check_cancel()

@@ -406,6 +406,9 @@ def model_info(model) -> ModelInfo:
         has_chat_template=has_chat_template(model),
         notes=tuple(getattr(model, "notes", ())),
         lenses=lenses,
+        placement=tuple((name, str(device)) for name, device in (getattr(model, "placement", None) or {}).items()),
+        placement_summary=getattr(model, "placement_summary", "") or str(model.device),
+        quantize=getattr(model, "quantize", None),
     )
 
 

@@ -22,6 +22,7 @@ from lenstui.core.learned_lens import FitReport, LensEval, LensFile
 from lenstui.core.lens_result import LensResult
 from lenstui.core.lenses import LensOptions
 from lenstui.core.patch_result import PatchResult, PatchSite, SteerResult, SteerSetting, SweepResult
+from lenstui.core.placement import PlacementOptions
 from lenstui.core.scan_result import ScanMarks
 from lenstui.core.speak_result import SpeakResult
 from lenstui.core.share_result import ShareSample
@@ -51,8 +52,9 @@ class Request:
 class LoadModel(Request):
     spec: Optional[str] = None  # None: the embedded model
     device: Optional[str] = None
-    dtype: str = "float32"
+    dtype: Optional[str] = None  # None: auto (the model's own on a GPU, float32 on a CPU)
     allow_download: bool = False  # a hub id not in the local cache may be fetched
+    placement: PlacementOptions = PlacementOptions()  # device map, memory budgets, offload, quantization
 
     title: ClassVar[str] = "Model"
     priority: ClassVar[int] = 0
@@ -315,6 +317,9 @@ class ModelInfo:
     has_chat_template: bool
     notes: tuple[str, ...] = ()  # sentences about the load (the GGUF cache could not be written, ...)
     lenses: tuple[LensFile, ...] = ()  # learned lenses fitted for these weights (found in the cache)
+    placement: tuple[tuple[str, str], ...] = ()  # (module, device) pairs: where the weights are
+    placement_summary: str = ""  # one line of it ("cuda:0 embed L0-39 · cuda:1 L40-79 norm unembed")
+    quantize: Optional[str] = None  # "4bit", "8bit", a checkpoint's own method, or None
 
 
 # handler(model or None, request, ctx: lenstui.jobs.scheduler.JobContext) -> value; runs on

@@ -344,6 +344,7 @@ class ModelWorker:
                 request.spec,
                 device=request.device,
                 dtype=request.dtype,
+                placement=request.placement,
                 progress=ctx.progress,
                 allow_download=request.allow_download,
             )

@@ -1,106 +1,93 @@
-"""The Textual app: composes the panes, routes worker results, runs the lens.
+"""The Textual app: the explorer's layout, its keys and their one-line actions.
 
-No torch here and no tensors: the model lives in the scheduler's thread
-(``lenstui.jobs.scheduler``). The app submits typed requests (``lenstui.jobs.protocol``)
-and gets ``WorkerReply`` messages back (posted thread-safely from the worker), drops any
-that ``worker.is_current`` calls stale, and hands the rest to the pane that asked.
+The app composes the panes and holds the parts that do the work, one object each:
+
+- ``link`` (``tui/worker_link.py``): the model worker and its restarts. The model runs in
+  a child process (``jobs/process.py``: this process never imports torch), or on a
+  thread of this one (``jobs/scheduler.py``) for a loader given to the app or under
+  LENSTUI_IN_PROCESS=1. Requests go out typed (``jobs/protocol.py``); replies come back
+  as ``WorkerReply`` messages, stale ones are dropped, the pane that asked gets its own,
+  and ``reply_routes`` is the one table from request type to the part that handles it.
+- ``lens`` (``tui/state/lens_flow.py``): the lens runs, from typing, Enter and ^n to the
+  grid. The features that ride on them (the causal lens, pins, learned lenses) hear of
+  them through one seam (``tui/state/lens_feature.py``); one place decides whether the
+  grid shows the clean, patched or steered run (``tui/state/grid_run.py``).
+- ``session`` (``tui/state/session.py``): what the next lens run is made of;
+  ``model_switch`` (``tui/state/model_switch.py``): every model load's replies, and the
+  palette's "model: open ..."; ``causal`` (``tui/state/causal.py``): patches, sweeps and
+  steering.
 
 The keys come from the action registry (``tui/actions.py``), the palette's entries from
-``tui/commands.py``. The panes are composed here directly. The app forwards the grid's
-cursor (``TokenFocused``) and ``ModelLoaded`` to the side panes, hands them what they
-need (the shown prompt's ids), and handles what they post (``WiredSpeak.ScanMarked``,
+``tui/commands.py``. The app forwards the grid's cursor (``TokenFocused``) and
+``ModelLoaded`` to the side panes and handles what they post (``WiredSpeak.ScanMarked``,
 ``InspectorPane.TargetRequested``). Screens, panes and helpers use the app only through
 its typed host protocol (``tui/host.py``). A pane asks the worker with::
 
     seq = explorer(pane).submit(InspectToken(token_id), reply_to=pane)  # pane gets WorkerReply
 
 No exception ends the app (``tui/safety.py``): actions, message handlers, timers and
-callbacks that fail become a notice and a crash-log entry, and a worker thread that died
-is noticed, restarted and given the model again, with the prompt and session kept.
+callbacks that fail become a notice and a crash-log entry, and a model worker that died
+is restarted and given the model again, with the prompt and session kept.
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
-from dataclasses import replace
+from functools import partial
 from pathlib import Path
 from typing import Callable, Iterable, Optional
 
 from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding
 from textual.containers import Container, Vertical
-from textual.message import Message
 from textual.screen import Screen
 from textual.widget import Widget
 from textual.widgets import Footer, Input
 
+from lenstui.core.errors import quoted
 from lenstui.core.lens_result import LensResult
+from lenstui.core.placement import PlacementOptions
 from lenstui.core.scan_result import ScanMarks
 from lenstui.jobs.protocol import (
     CheckSpeakable,
-    Done,
-    Failed,
     FitLens,
     Handler,
     LoadModel,
     ModelInfo,
-    Partial,
-    Progress,
     Request,
-    Result,
     RunLens,
+    RunPatch,
+    RunSteer,
+    RunSweep,
     ScanVocabulary,
 )
 from lenstui.jobs.process import ProcessWorker
 from lenstui.jobs.scheduler import ModelWorker
 from lenstui.store.config import load_config
-from lenstui.core.errors import quoted
 from lenstui.store.export import export_dir, reserve_stem, save_json, save_svg
 from lenstui.tui.actions import EXPLORER_ACTIONS, bindings, resting_over_screens, resting_while_typing
 from lenstui.tui.commands import ModelChosen, ModelCommands, explorer_commands
 from lenstui.tui.panes.inspector import InspectorPane, WiredInspector
 from lenstui.tui.panes.prompt import PRESETS, Preset, PromptPane
 from lenstui.tui.panes.speak import WiredSpeak
+from lenstui.tui.safety import Guarded, SafetyNet
 from lenstui.tui.screens.aim import open_aim_distribution
 from lenstui.tui.screens.attribution import AttributionScreen, open_attribution
 from lenstui.tui.state import causal, lenses, pins, speakability
 from lenstui.tui.state.causal import CausalState
+from lenstui.tui.state.lens_flow import LensFlow
 from lenstui.tui.state.model_switch import ModelSwitch
-from lenstui.tui.safety import Guarded, SafetyNet
 from lenstui.tui.state.session import LensSession, Step
 from lenstui.tui.theming import DEFAULT_THEME, load_themes
-from lenstui.tui.widgets.events import ModelLoaded, TokenFocused
+from lenstui.tui.widgets.events import TokenFocused
 from lenstui.tui.widgets.grid import LensGrid
 from lenstui.tui.widgets.status import StatusBar
+from lenstui.tui.worker_link import WORKER_WATCH_SECONDS, ReplyRoute, WorkerLink, WorkerReply, runs_in_process
 
 # Printable keys that belong to the prompt while it has the focus, and the grid's and
 # lens's actions that rest while the attribution screen covers the grid.
 LETTER_ACTIONS = resting_while_typing(EXPLORER_ACTIONS)
 GRID_ACTIONS = resting_over_screens(EXPLORER_ACTIONS)
-
-
-class WorkerReply(Message, bubble=False):
-    """A worker result, delivered on the UI thread."""
-
-    def __init__(self, result: Result) -> None:
-        super().__init__()
-        self.result = result
-
-    def can_replace(self, message: Message) -> bool:
-        # Only progress merges: a burst of load/scan progress collapses to the latest.
-        return (
-            isinstance(message, WorkerReply)
-            and isinstance(self.result, Progress)
-            and isinstance(message.result, Progress)
-            and message.result.seq == self.result.seq
-        )
-
-
-# How often the app checks that the worker thread is alive (seconds), and how many times
-# it starts a new one before it gives up (a worker that dies at once every time).
-WORKER_WATCH_SECONDS = 0.5
-WORKER_RESTARTS = 5
 
 
 class ExplorerScreen(Guarded, Screen):
@@ -122,7 +109,8 @@ class LenstuiApp(Guarded, App):
         *,
         model: Optional[str] = None,
         device: Optional[str] = None,
-        dtype: str = "float32",
+        dtype: Optional[str] = None,
+        placement: Optional[PlacementOptions] = None,
         theme: Optional[str] = None,
         chat: Optional[bool] = None,
         loader: Optional[Callable] = None,
@@ -139,27 +127,22 @@ class LenstuiApp(Guarded, App):
         self.initial_prompt = prompt
         # Hub ids load from the local cache only, unless --allow-download or the config says so.
         downloads = bool(allow_download or self.config.allow_download)
-        self.model_request = LoadModel(model, device, dtype, allow_download=downloads)
-        self.loader = loader  # tests pass one that returns an already loaded model
-        # The model runs in a child process (jobs/process.py: this process never imports
-        # torch and keeps its latency whatever the model does), except for a loader given
-        # here (a model built in this process) or when asked (LENSTUI_IN_PROCESS=1, tests
-        # that register their own handlers): then on a thread of this process.
-        if in_process is None:
-            in_process = loader is not None or os.environ.get("LENSTUI_IN_PROCESS", "") not in ("", "0")
-        self.in_process = in_process
-        # A model process started before the UI was built (cli/app_cmd): the first worker.
-        self._early_worker = None if in_process else worker
+        # Where models load: the command line's, else config.toml's (device, dtype, placement keys).
+        self.model_request = LoadModel(
+            model, device or self.config.device, dtype or self.config.dtype, allow_download=downloads,
+            placement=placement or self.config.placement(),
+        )
         self.show_timings = show_timings
         self.model_info: Optional[ModelInfo] = None
         self.loaded_request: Optional[LoadModel] = None  # the load that gave model_info
-        self.worker: Optional[ModelWorker | ProcessWorker] = None
-        self._extra_handlers: dict[type, Handler] = {}  # register_handler's, kept for a restart
-        self._worker_restarts = 0
-        self._reloading = False  # a restarted worker is loading the model again
+        # The model's worker: a child process (a model process started before the UI was
+        # built, cli/app_cmd, when given), or a thread of this one (``loader``: tests pass
+        # one that returns an already loaded model).
+        self.in_process = runs_in_process(loader, in_process)
+        self.link = WorkerLink(self, in_process=self.in_process, loader=loader, early=worker)
         # What the lens shows next (prompt, steps, target, variant): plain, testable state.
         self.session = LensSession(top_k=self.config.top_k, chat=bool(chat if chat is not None else self.config.chat))
-        self.shown_result = None  # the LensResult on screen (plain data)
+        self.shown_result: Optional[LensResult] = None  # the LensResult on screen (plain data)
         self.shown_request: Optional[RunLens] = None
         # Set when no lens run is pending / when the model load has finished either way:
         # tests and the benchmark await these instead of sleeping.
@@ -167,12 +150,14 @@ class LenstuiApp(Guarded, App):
         self.lens_settled.set()
         self.model_settled = asyncio.Event()
         self.worker_stop_timeout = 0.5
-        self._reply_to: dict[type, tuple[int, Widget]] = {}
         self._preset_index = -1
         self.scan_marks: Optional[ScanMarks] = None  # once a vocabulary scan exists: held here only
         self.attribution_contrast: Optional[tuple[int, str]] = None  # (id, text) pinned by the palette
         self.causal = CausalState()  # patches, sweeps and steering (tui/state/causal.py)
-        self.model_switch = ModelSwitch(self)  # the palette's "model: open ..."
+        features = (causal.CausalFeature(self), pins.PinFeature(self), lenses.LearnedLensFeature(self))
+        self.lens = LensFlow(self, self.link, features)  # the lens runs (tui/state/lens_flow.py)
+        self.model_switch = ModelSwitch(self, self.lens)  # every load's replies; the palette's "model: open ..."
+        self.link.routes.update(self.reply_routes())
         self._install_themes(theme)
         if self.config.keymap:
             self.set_keymap(self.config.keymap)
@@ -261,24 +246,23 @@ class LenstuiApp(Guarded, App):
             self.notify(problem, title="Settings", severity="warning", timeout=10)
         for problem in self.prompt_pane.history.problems:
             self.notify(problem, title="History", severity="warning", timeout=10)
-        self.worker = self._new_worker()
+        self.link.start()
         self.submit(self.model_request)
-        self.set_interval(WORKER_WATCH_SECONDS, self._watch_worker, name="worker watch")
+        self.set_interval(WORKER_WATCH_SECONDS, self.link.watch, name="worker watch")
         name = self.model_request.spec or "the embedded SmolLM2-135M-Instruct"
         self.grid.show_hint(f"Loading {name}… type a prompt meanwhile.")
         self.status.model = self.model_request.spec or "embedded model"
         self.status.set_loading("starting", 0.0)
         if self.initial_prompt:
             self.prompt_pane.set_text(self.initial_prompt)
-            self._run_text(self.initial_prompt, immediate=True)
+            self.lens.run_text(self.initial_prompt, immediate=True)
         self.prompt_pane.input.focus()
-        self._refresh_prompt_info()
+        self.lens.show_prompt_info()
         self.safety_net.armed = True  # from now on, no exception ends the app
 
     def on_unmount(self) -> None:
         self.safety_net.armed = False
-        if self.worker is not None:
-            self.worker.stop(timeout=self.worker_stop_timeout)
+        self.link.stop(self.worker_stop_timeout)
 
     # ------------------------------------------------------------ the safety net (tui/safety.py)
 
@@ -306,345 +290,82 @@ class LenstuiApp(Guarded, App):
         if self._exception is None:
             self._exception = error
 
-    def _new_worker(self) -> ModelWorker | ProcessWorker:
-        early, self._early_worker = self._early_worker, None
-        if early is not None:
-            return early.attach(self._post_from_worker, on_restart=self._process_restarted)
-        if not self.in_process:
-            return ProcessWorker(self._post_from_worker, on_restart=self._process_restarted).start()
-        from lenstui.jobs.handlers import HANDLERS  # the engine's handlers, torch only on use
+    # ------------------------------------------------------------ the worker (tui/worker_link.py)
 
-        worker = ModelWorker(self._post_from_worker, loader=self.loader, handlers=HANDLERS)
-        for kind, handler in self._extra_handlers.items():
-            worker.register(kind, handler)
-        return worker.start()
+    @property
+    def worker(self) -> Optional[ModelWorker | ProcessWorker]:
+        """The model worker the app talks to now (a restart replaces it)."""
+        return self.link.worker
 
-    def _process_restarted(self, message: str) -> None:
-        """The model's process ended (killed, out of memory, a crash in torch) and
-        ProcessWorker started another and asked it for the model again (on its reader
-        thread): the app forgets what was in flight and runs the lens again once the
-        model is back, as after a thread worker's restart."""
-        try:
-            self.call_from_thread(self._after_process_restart, message)
-        except RuntimeError:
-            pass  # the app is not running (any more)
+    def register_handler(self, kind: type, handler: Handler) -> None:
+        """Route requests of ``kind`` to ``handler`` on the worker thread."""
+        self.link.register(kind, handler)
 
-    def _after_process_restart(self, message: str) -> None:
-        gave_up = isinstance(self.worker, ProcessWorker) and self.worker.gave_up is not None
-        self.notify(message, title="Worker", severity="error", timeout=30 if gave_up else 12, markup=False)
-        if gave_up:
-            self.status.set_error("the model worker keeps failing")
-            return
-        self._forget_in_flight("restarting the worker")
+    def submit(self, request: Request, reply_to: Optional[Widget] = None) -> int:
+        """Send a request to the worker; ``reply_to`` receives its WorkerReply messages."""
+        return self.link.submit(request, reply_to)
 
-    def _watch_worker(self) -> None:
-        """The worker thread died (a bug in the scheduler itself: handlers' errors are
-        results): say so, start a new one and give it the model again. The prompt, the
-        session and what is on screen stay; the lens runs again once the model is back."""
-        worker = self.worker
-        if not isinstance(worker, ModelWorker) or worker.alive or worker.stopping:
-            return  # (a ProcessWorker restarts its own child and says so: _process_restarted)
-        self._worker_restarts += 1
-        where = f" Details in {worker.death}." if worker.death is not None else ""
-        if self._worker_restarts > WORKER_RESTARTS:
-            worker.stop(timeout=0)  # (marks it stopping: this is said once)
-            self.status.set_error("the model worker keeps failing")
-            self.notify(
-                f"The model worker keeps stopping; quit and start lenstui again.{where}",
-                title="Worker",
-                severity="error",
-                timeout=30,
-                markup=False,
-            )
-            return
-        self.notify(
-            f"The model worker stopped unexpectedly; restarting it and loading the model again.{where}",
-            title="Worker",
-            severity="error",
-            timeout=12,
-            markup=False,
-        )
-        self.worker = self._new_worker()
-        self.submit(self.loaded_request or self.model_request)
-        self._forget_in_flight("restarting the worker")
+    def cancel(self, kind: type) -> bool:
+        """Stop a request of ``kind`` (queued or running); whether there was one."""
+        return self.link.cancel(kind)
 
-    def _forget_in_flight(self, why: str) -> None:
-        """A new worker is loading the model again (submitted already): nothing asked of
-        the old one has an answer coming. The prompt, the session and what is on screen
-        stay; the lens runs again once the model is back, and open views ask again."""
-        self._reply_to.clear()  # their answers died with the old worker
-        self._reloading = True
-        self.model_settled.clear()
-        self.status.set_running(False)
-        self.status.set_loading(why, 0.0)
-        self.session.last_request = None
-        self.session.queued_steps = 0
+    def reply_routes(self) -> dict[type, ReplyRoute]:
+        """The one table from request type to what handles its replies (after the pane
+        that asked, if one did, got them; a failure's sentence is a notice already)."""
+        on_causal = partial(causal.on_reply, self)
+        return {
+            LoadModel: self.model_switch.on_load_reply,
+            RunLens: self.lens.on_reply,
+            FitLens: partial(lenses.fit_reply, self),
+            RunPatch: on_causal,
+            RunSteer: on_causal,
+            RunSweep: on_causal,
+        }
+
+    def on_worker_reply(self, message: WorkerReply) -> None:
+        self.link.deliver(message.result)
+
+    def reload_request(self) -> LoadModel:
+        """What a new worker thread loads: the model loaded last, else the one asked for."""
+        return self.loaded_request or self.model_request
+
+    def worker_restarted(self, why: str) -> None:
+        """A new worker is loading the model again: nothing asked of the old one has an
+        answer coming. The prompt, the session and what is on screen stay; the lens runs
+        again once the model is back, and open views ask again."""
+        self.model_switch.reload(why)
+        self.lens.forget_in_flight()
         self.speak_pane.forget_running()
         for screen in self.screen_stack:  # a view waiting for an answer asks again
             resubmit = getattr(screen, "resubmit", None)
             if callable(resubmit):
                 resubmit()
-        self._worker_restarted()
-
-    def _worker_restarted(self) -> None:
-        """After a new worker was started and the model load submitted (present mode
-        computes its scenes again)."""
-
-    # ------------------------------------------------------------ features
-
-    def register_handler(self, kind: type, handler: Handler) -> None:
-        """Route requests of ``kind`` to ``handler`` on the worker thread."""
-        if self.worker is None:
-            raise RuntimeError("register handlers from on_mount or later")
-        self._extra_handlers[kind] = handler
-        self.worker.register(kind, handler)
-
-    def submit(self, request: Request, reply_to: Optional[Widget] = None) -> int:
-        """Send a request to the worker; ``reply_to`` receives its WorkerReply messages."""
-        assert self.worker is not None
-        seq = self.worker.submit(request)
-        # Only the newest request of a kind is ever answered, so one entry per kind
-        # (and superseded requests leave nothing behind).
-        if reply_to is not None:
-            self._reply_to[type(request)] = (seq, reply_to)
-        else:
-            self._reply_to.pop(type(request), None)
-        return seq
-
-    def cancel(self, kind: type) -> bool:
-        """Stop a request of ``kind`` (queued or running); whether there was one."""
-        return self.worker is not None and self.worker.cancel(kind)
-
-    def _post_from_worker(self, result: Result) -> None:
-        # Called on the worker thread; post_message is thread-safe.
-        self.post_message(WorkerReply(result))
-
-    # ------------------------------------------------------------ worker results
-
-    def on_worker_reply(self, message: WorkerReply) -> None:
-        result = message.result
-        if self.worker is None or not self.worker.is_current(result):
-            return  # a newer request of the same kind was sent: this answer is stale
-        seq, target = self._reply_to.get(result.kind, (None, None))
-        if seq != result.seq:
-            target = None
-        elif not isinstance(result, (Progress, Partial)):
-            del self._reply_to[result.kind]
-        if isinstance(result, Failed):
-            self.notify(result.message, title=result.request.title, severity="error", timeout=10)
-        if target is not None:
-            target.post_message(WorkerReply(result))
-        if isinstance(result.request, LoadModel):
-            self._on_load_reply(result)
-        elif isinstance(result.request, RunLens):
-            self._on_lens_reply(result)
-        elif isinstance(result.request, FitLens):
-            lenses.fit_reply(self, result)
-        elif causal.handles(result.request):
-            causal.on_reply(self, result)
 
     def on_model_chosen(self, message: ModelChosen) -> None:
-        self.model_switch.begin(message.spec, message.label)
+        self.model_switch.begin(message.spec, message.label, message.placement)
 
-    def _on_load_reply(self, result: Result) -> None:
-        if isinstance(result, Failed) and self.model_switch.failed(result):
-            return  # the old model is still loaded and in use
-        if isinstance(result, Progress):
-            self.status.set_loading(result.message, result.fraction)
-        elif isinstance(result, Done):
-            info: ModelInfo = result.value
-            self.model_info = info
-            self.loaded_request = result.request
-            for note in info.notes:
-                self.notify(note, title="Model", severity="warning", timeout=10)
-            self.status.set_model(info.name, info.device, info.dtype, info.n_layers, info.load_seconds, info.from_cache)
-            if self.shown_result is None:
-                self.grid.show_hint("Type a prompt and press Enter (F2 cycles through presets).")
-            if self.session.chat and not info.has_chat_template:
-                self.session.chat = False
-            for pane in self.side_panes():
-                pane.post_message(ModelLoaded(info))
-            lenses.model_loaded(self, info)
-            self._refresh_prompt_info()
-            switched = self.model_switch.done(info)
-            if self._reloading:
-                self._reloading = False
-                if not switched:
-                    self.rerun_lens()
-            self.model_settled.set()
-        elif isinstance(result, Failed):
-            self.status.set_error(f"not loaded: {result.message}")
-            self.grid.show_hint(f"No model loaded. {result.message}")
-            self.model_settled.set()
-
-    def _on_lens_reply(self, result: Result) -> None:
-        if isinstance(result, Progress):  # a costly lens's columns so far (the Patchscope)
-            if result.request == self.session.last_request:
-                self.status.set_running(True, result.message, result.fraction)
-            return
-        if result.request != self.session.last_request:
-            # The answer to a state the session has left without asking the worker again
-            # (a talk's scene was put on screen meanwhile, with its own computed grid): it
-            # must not paint over what is shown. Nothing else is on its way.
-            if not isinstance(result, Partial):
-                self.status.set_running(False)
-                self.lens_settled.set()
-            return
-        if isinstance(result, Partial):  # some columns, before the whole grid
-            if not causal.lens_partial(self):  # a steered grid stays until it is steered again
-                self.grid.show_partial(result.value, result.request)
-            self._set_inspector_prompt(result.value.token_ids)  # the prompt on screen now
-            return
-        self.status.set_running(False)
-        stepping = False
-        try:
-            if isinstance(result, Done):
-                self.show_lens_result(result.value, result.request)
-                if result.request == self.session.last_request and self.session.take_queued_step():
-                    stepping = True
-                    self.action_step()  # submits the next run: lens_settled stays clear
-            elif isinstance(result, Failed):
-                dropped = self.session.failed()
-                if self.session.drop_failed_step(result.request):
-                    # The prompt line lists the steps shown, not one that could not run.
-                    if self.shown_request is not None and self.session.request() == self.shown_request:
-                        self.session.submitted(self.shown_request)
-                    self._refresh_prompt_info()
-                pins.lens_failed(self, dropped)
-                if self.grid.result is not None and self.grid.result is not self.shown_result:
-                    # Not a half-painted run that will never finish: the last complete one.
-                    if self.shown_result is not None:
-                        self.grid.show_result(self.shown_result)
-                        self._set_inspector_prompt(self.shown_result.token_ids)
-                    else:
-                        self.grid.clear(result.message)
-                if self.shown_result is None:
-                    self.grid.show_hint(result.message)
-        finally:
-            # Even if showing the answer failed (the safety net reports it), the run is over.
-            if not (stepping and self._lens_running()):
-                self.lens_settled.set()
-
-    def show_lens_result(self, result: LensResult, request: RunLens) -> None:
-        """Put a complete lens result on screen: the grid, the inspector's prompt, the
-        pins (typed pins become ids), the status line. Every result takes this path: a
-        worker's answer and a talk's computed scene alike."""
-        self.shown_result = result
-        self.shown_request = request
-        self._set_inspector_prompt(result.token_ids)
-        if not causal.lens_shown(self, result, request):  # a steer shows this run steered
-            self.grid.show_result(result)
-        pins.lens_answered(self, request, result)
-        lenses.show_lens_file(self, result)
-        self.status.set_run(len(result.tokens), result.seconds)
-        self._refresh_prompt_info()
-
-    def _set_inspector_prompt(self, token_ids) -> None:
-        ids = tuple(token_ids)
-        for inspector in self.base_screen.query(WiredInspector):
-            inspector.prompt_ids = ids
-
-    # ------------------------------------------------------------ running the lens
+    # ------------------------------------------------------------ the lens (tui/state/lens_flow.py)
 
     def on_input_changed(self, event: Input.Changed) -> None:
-        # The prompt pane handled this event first (it bubbles up to the app last): only
-        # when it started a debounce is a run on its way. (A Changed of a value the app
-        # itself set, arriving after the app set another, starts none; and a debounce that
-        # set_text cancels is the app's to settle.)
-        if (
-            event.input.id == "prompt-input"
-            and self.prompt_pane.debounce_pending
-            and event.value != self.session.prompt_text
-        ):
-            self.lens_settled.clear()  # a debounced run is coming
+        self.lens.input_changed(event)
 
     def on_prompt_pane_run(self, message: PromptPane.Run) -> None:
-        self._run_text(message.text, message.immediate)
-
-    def _run_text(self, text: str, immediate: bool) -> None:
-        self.session.set_text(text)
-        if not text.strip() and not immediate:
-            self.lens_settled.set()  # erasing the prompt is not an error worth a notice
-            self._refresh_prompt_info()
-            return
-        self._submit_lens()
-
-    def _submit_lens(self) -> None:
-        request = self.session.request()
-        self._refresh_prompt_info()
-        if not self.session.wants_run(request):
-            if self.worker is not None and RunLens not in self.worker.busy_kinds():
-                self.lens_settled.set()
-            return
-        self.session.submitted(request)
-        self.lens_settled.clear()
-        self.status.set_running(True)
-        self.submit(replace(request, first_positions=self.grid.wanted_positions()))
+        self.lens.run_text(message.text, message.immediate)
 
     def on_lens_grid_columns_wanted(self, message: LensGrid.ColumnsWanted) -> None:
-        """The view reached columns the running stream has not computed: the same run
-        again with those first (the worker reuses every column already computed)."""
-        if message.run == self.session.last_request and self._lens_running():
-            self.submit(replace(self.session.last_request, first_positions=message.positions))
+        self.lens.columns_wanted(message)
 
     def rerun_lens(self) -> None:
         """Run the lens again for the session's current state (when there is a prompt)."""
-        if self.session.has_prompt:
-            self._submit_lens()
-
-    def _refresh_prompt_info(self) -> None:
-        chat_available = self.model_info is None or self.model_info.has_chat_template
-        self.prompt_pane.show_info(
-            self.session.info(
-                chat_available=chat_available,
-                chat_key=self.key_for("lenstui.chat"),
-                unstep_key=self.key_for("lenstui.unstep"),
-                step_key=self.key_for("lenstui.step"),
-            )
-        )
+        self.lens.rerun()
 
     # ------------------------------------------------------------ actions
 
     def action_step(self) -> None:
-        if causal.step_under_steer(self):  # the steered run's next token
-            self._refresh_prompt_info()
-            return
-        result = self.shown_result
-        if self._lens_running():
-            # Each step extends the previous one's answer: queue it (the reply takes it).
-            self.session.queue_step()
-            self._refresh_prompt_info()
-            return
-        if result is None or self.shown_request != self.session.last_request:
-            why = (
-                "The last lens run failed: fix the prompt first."
-                if self.session.last_failed
-                else "Wait for the lens to finish, then step."
-            )
-            self.notify(why, severity="warning", timeout=3)
-            return
-        token = result.next_token
-        self.session.step(tuple(result.token_ids) + (token.id,), token.text, token.piece)
-        self._submit_lens()
-
-    def _lens_running(self) -> bool:
-        """A lens run for the current request is on its way (not failed, not shown yet)."""
-        return (
-            self.session.last_request is not None
-            and self.shown_request != self.session.last_request
-            and not self.session.last_failed
-            and self.worker is not None
-            and RunLens in self.worker.busy_kinds()
-        )
+        self.lens.step()
 
     def action_unstep(self) -> None:
-        if self.session.take_queued_step():  # undo a step that has not run yet
-            self._refresh_prompt_info()
-            return
-        if not self.session.unstep():
-            self.notify("No generated token to undo.", severity="warning", timeout=3)
-            return
-        self._submit_lens()
+        self.lens.unstep()
 
     def action_switch_view(self) -> None:
         self.grid.action_switch_view()
@@ -655,9 +376,9 @@ class LenstuiApp(Guarded, App):
             return
         self.session.set_chat(not self.session.chat)
         if self.session.prompt_text.strip():
-            self._submit_lens()
+            self.lens.submit()
         else:
-            self._refresh_prompt_info()
+            self.lens.show_prompt_info()
 
     def action_next_preset(self) -> None:
         self._preset_index = (self._preset_index + 1) % len(PRESETS)
@@ -667,7 +388,7 @@ class LenstuiApp(Guarded, App):
         self.session.set_chat(preset.chat and (self.model_info is None or self.model_info.has_chat_template))
         self.prompt_pane.set_text(preset.text)
         self.session.set_text(preset.text)
-        self._submit_lens()
+        self.lens.submit()
         self.notify(f"Preset: {preset.name}", timeout=2)
 
     def action_next_theme(self) -> None:
@@ -695,9 +416,10 @@ class LenstuiApp(Guarded, App):
         # Letters like "i", "s" and "t" belong to the prompt while typing.
         if action in LETTER_ACTIONS and isinstance(self.focused, Input):
             return False
-        applies = causal.check_action(self, action)  # p, Esc, + and - mean more at times
-        if applies is not None:
-            return applies
+        for feature in self.lens.features:  # p, Esc, + and - mean more at times
+            applies = feature.check_action(action)
+            if applies is not None:
+                return applies
         if action in GRID_ACTIONS and isinstance(self.screen, AttributionScreen):
             return False  # the grid is behind the attribution screen: its keys rest
         return True

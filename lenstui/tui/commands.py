@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 from functools import partial
 from pathlib import Path
-from typing import Callable, Iterator, Protocol
+from typing import Callable, Iterator, Optional, Protocol
 
 from textual.app import SystemCommand
 from textual.command import DiscoveryHit, Hit, Hits, Provider
@@ -33,12 +33,39 @@ PREFIX = "model: open "
 
 class ModelChosen(Message):
     """The user picked a model in the palette: ``spec`` is what load_model takes
-    ("" for the embedded model)."""
+    ("" for the embedded model); ``placement``: the flags typed after it (None: the
+    start's)."""
 
-    def __init__(self, spec: str, label: str) -> None:
+    def __init__(self, spec: str, label: str, placement: Optional[dict] = None) -> None:
         super().__init__()
         self.spec = spec
         self.label = label
+        self.placement = placement
+
+
+# The load flags the picker takes after a typed spec, as the command line spells them.
+PLACEMENT_FLAGS = {"--device": "device", "--dtype": "dtype", "--device-map": "device_map",
+                   "--max-memory": "max_memory", "--offload-dir": "offload_dir", "--quantize": "quantize"}
+
+
+def split_placement(text: str) -> tuple[str, dict]:
+    """ "meta-llama/Llama-3.3-70B-Instruct --device-map auto --quantize 4bit" -> (the spec,
+    {"device_map": "auto", "quantize": "4bit"}); words that are not such a flag and its
+    value stay in the spec."""
+    words = text.split()
+    spec, flags, index = [], {}, 0
+    while index < len(words):
+        word = words[index]
+        name, _, value = word.partition("=")
+        if name in PLACEMENT_FLAGS and (value or index + 1 < len(words)):
+            if not value:
+                index += 1
+                value = words[index]
+            flags[PLACEMENT_FLAGS[name]] = value
+        else:
+            spec.append(word)
+        index += 1
+    return " ".join(spec), flags
 
 
 def _help(entry: ModelEntry) -> str:
@@ -70,8 +97,8 @@ class ModelCommands(Provider):
         config, _ = load_config()
         self._entries: list[ModelEntry] = await asyncio.to_thread(discover_models, models_dir=config.models_dir)
 
-    def _choose(self, spec: str, label: str) -> None:
-        self.app.post_message(ModelChosen(spec, label))
+    def _choose(self, spec: str, label: str, placement: Optional[dict] = None) -> None:
+        self.app.post_message(ModelChosen(spec, label, placement))
 
     async def discover(self) -> Hits:
         for entry in self._entries:
@@ -84,8 +111,13 @@ class ModelCommands(Provider):
             score = matcher.match(text)
             if score > 0:
                 yield Hit(score, matcher.highlight(text), partial(self._choose, entry.spec, entry.label), text=text, help=_help(entry))
-        spec = typed_spec(query)
-        if looks_like_spec(spec) and not any(e.spec == spec or e.label == spec for e in self._entries):
+        spec, flags = split_placement(typed_spec(query))
+        typed = PREFIX + typed_spec(query)
+        if flags and spec:
+            # "model: open SPEC --device-map auto --max-memory 0=70GiB,1=70GiB ...": this load only.
+            where = ", ".join(f"{key.replace('_', '-')} {value}" for key, value in flags.items())
+            yield Hit(0.1, typed, partial(self._choose, spec, spec, flags), text=typed, help=f"open it with {where}")
+        elif looks_like_spec(spec) and not any(e.spec == spec or e.label == spec for e in self._entries):
             # Below the listed models, so a typed path never hides a match.
             yield Hit(0.1, PREFIX + spec, partial(self._choose, spec, spec), text=PREFIX + spec, help="open this spec as typed")
 
@@ -148,6 +180,14 @@ def explorer_commands(app: PaletteHost) -> Iterator[SystemCommand]:
     yield SystemCommand("attribute: no contrast", "attribute logit(token) - mean logit", app.action_attribute_no_contrast)
     yield from pins.commands(app)
     yield from causal.commands(app)
+    info = getattr(app, "model_info", None)
+    if info is not None:
+        where = info.placement_summary or info.device
+        quant = f", {info.quantize}" if info.quantize else ""
+        yield SystemCommand(
+            "model: where it is", f"{where}{quant}",
+            lambda: app.notify(f"{info.name}: {where} ({info.dtype}{quant})", title="Model", timeout=10),
+        )
     yield SystemCommand("export: grid as JSON", "same shape as `lenstui lens --json`", app.export_json)
     yield SystemCommand("export: screen as SVG", "a screenshot for slides", app.export_svg)
     yield SystemCommand("keys: show or hide bindings", "the keys panel (F1 or ?)", app.action_toggle_help)

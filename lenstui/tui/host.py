@@ -2,12 +2,15 @@
 
 ``LenstuiApp`` implements ``ExplorerHost``; the helpers in ``tui/state`` and the screens
 take a host, not an untyped ``app``, and never call the app's private methods. A pane
-reaches its host with ``explorer(self)``.
+reaches its host with ``explorer(self)``. A part that needs more of the app names it in a
+protocol of its own that extends this one: ``state/causal.CausalHost`` (the causal
+lens's state), ``state/lens_flow.LensFlowHost`` (the prompt pane, ``lens_settled``),
+``state/model_switch.ModelHost`` (the model loads), ``commands.PaletteHost`` (the actions
+the palette runs); ``worker_link.LinkOwner`` is what the worker link uses.
 """
 
 from __future__ import annotations
 
-import asyncio
 from typing import Callable, Optional, Protocol, cast
 
 from textual.screen import Screen
@@ -17,7 +20,7 @@ from lenstui.core.lens_result import LensResult
 from lenstui.core.scan_result import ScanMarks
 from lenstui.core.undertrained_result import UndertrainedMarks
 from lenstui.core.token_report import TokenReport
-from lenstui.jobs.protocol import LoadModel, ModelInfo, Request, RunLens
+from lenstui.jobs.protocol import ModelInfo, Request, RunLens
 from lenstui.tui.state.session import LensSession
 from lenstui.tui.widgets.grid import LensGrid
 from lenstui.tui.widgets.status import StatusBar
@@ -55,8 +58,6 @@ class ExplorerHost(Protocol):
     shown_result: Optional[LensResult]  # the lens result on screen
     shown_request: Optional[RunLens]  # the request it answered
     model_info: Optional[ModelInfo]
-    model_request: LoadModel  # the device and dtype models are loaded with
-    model_settled: asyncio.Event
     scan_marks: Optional[ScanMarks]  # the vocabulary scan's marks: held here only
 
     @property
@@ -93,12 +94,6 @@ class ExplorerHost(Protocol):
 
     def rerun_lens(self) -> None:
         """Run the lens again for the session's current state (when there is a prompt)."""
-
-    def show_lens_result(self, result: LensResult, request: RunLens) -> None:
-        """Put a complete lens result on screen: the one path every result takes."""
-
-    def set_scan_marks(self, marks: Optional[ScanMarks]) -> None:
-        """A vocabulary scan landed (or, None, the model changed): mark its tokens."""
 
 
 def explorer(widget: Widget) -> ExplorerHost:

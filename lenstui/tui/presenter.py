@@ -32,7 +32,7 @@ from typing import Optional
 from textual.widgets import Input, Static
 
 from lenstui.core.errors import LenstuiError
-from lenstui.jobs.protocol import Done, Failed, Partial, RenderScenes, Result, RunLens, SceneRender, Stopped
+from lenstui.jobs.protocol import Done, Failed, LoadModel, Partial, RenderScenes, Result, RunLens, SceneRender, Stopped
 from lenstui.talks.format import Cursor, Scene, Talk, append_scene
 from lenstui.tui.actions import PRESENTER_ACTIONS, bindings, resting_while_typing
 from lenstui.tui.app import LenstuiApp
@@ -40,6 +40,7 @@ from lenstui.tui.safety import Guarded
 from lenstui.tui.screens.attribution import AttributionScreen, open_attribution
 from lenstui.tui.state.session import Step
 from lenstui.tui.widgets.grid import VIEWS as GRID_VIEWS
+from lenstui.tui.worker_link import ReplyRoute
 
 # Present mode's keys rest while the prompt has the focus (typing is typing).
 RESTING_WHILE_TYPING = resting_while_typing(PRESENTER_ACTIONS)
@@ -163,12 +164,15 @@ class PresenterApp(LenstuiApp):
     def _next_in_flight(self) -> Optional[int]:
         return next((n for n in self._render_order if n not in self.renders), None)
 
-    def on_worker_reply(self, message) -> None:
-        # LenstuiApp.on_worker_reply also sees this message (it notifies a Failed).
-        result: Result = message.result
-        if not isinstance(result.request, RenderScenes) or result.seq != self._render_seq:
-            return
-        if self.worker is None or not self.worker.is_current(result):
+    def reply_routes(self) -> dict[type, ReplyRoute]:
+        routes = super().reply_routes()
+        on_load = routes[LoadModel]
+        routes[LoadModel] = lambda result: self._on_load_reply(on_load, result)
+        routes[RenderScenes] = self._on_render_reply
+        return routes
+
+    def _on_render_reply(self, result: Result) -> None:
+        if result.seq != self._render_seq:
             return
         if isinstance(result, Partial):
             render: SceneRender = result.value
@@ -183,15 +187,16 @@ class PresenterApp(LenstuiApp):
             if isinstance(result, Failed) and self.scene.number not in self.renders and self.scene.ok:
                 self._show_message(f"Scene {self.scene.number} could not be computed: {result.message}", problem=True)
 
-    def _worker_restarted(self) -> None:
+    def worker_restarted(self, why: str) -> None:
+        super().worker_restarted(why)
         # The RenderScenes in flight died with the old worker: compute what is left again.
         self._render_seq = None
         self._render_order = ()
         self._submit_renders()
 
-    def _on_load_reply(self, result: Result) -> None:
+    def _on_load_reply(self, on_load: ReplyRoute, result: Result) -> None:
         switching = self.model_switch.pending is not None
-        super()._on_load_reply(result)
+        on_load(result)
         if isinstance(result, Done) and switching:
             # Another model (or the first): what was computed belongs to the old one.
             self.renders.clear()
@@ -257,7 +262,7 @@ class PresenterApp(LenstuiApp):
         )
         self.prompt_pane.set_text(text)
         self._hide_message()
-        self.show_lens_result(result, request)
+        self.lens.show(result, request)
         if scene.view in GRID_VIEWS:
             self.grid.view = scene.view
         else:
@@ -265,7 +270,7 @@ class PresenterApp(LenstuiApp):
             if scene.view != "attribution":
                 self.notify(f"view {scene.view} not available yet", title=f"Scene {scene.number}", severity="warning", timeout=4)
         self.grid.place_cursor(render.cursor_layer, render.cursor_position)
-        if not self._lens_running():
+        if not self.lens.running():
             self.lens_settled.set()  # the scene's grid is the answer (a debounce set_text cancelled included)
         if scene.view == "attribution":
             # The cursor's cell, attributed as the `a` key would (the target, when set).

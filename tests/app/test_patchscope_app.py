@@ -11,7 +11,7 @@ from lenstui.core.lenses import DEFAULT_PATCHSCOPE_TARGET
 from lenstui.jobs.protocol import RunLens
 from lenstui.tui.screens.compare import CompareScreen
 from lenstui.tui.screens.lens_eval import LensEvalScreen
-from lenstui.tui.screens.path_prompt import PathPrompt
+from lenstui.tui.screens.target_prompt import TargetPrompt
 from lenstui.tui.screens.trajectory import TrajectoryScreen
 from lenstui.tui.widgets.status import StatusBar
 from testkit.models import CORPUS
@@ -85,8 +85,8 @@ async def test_the_palette_sets_the_target_and_the_status_line_names_it(make_tin
         await settle(app, pilot)
         _palette(app)["lens: Patchscope target…"]()
         await pilot.pause()
-        assert isinstance(app.screen, PathPrompt)
-        field = app.screen.query_one("#path-input")
+        assert isinstance(app.screen, TargetPrompt)
+        field = app.screen.query_one("#target-input")
         assert field.value == "cat -> cat\\n1135 -> 1135\\nhello -> hello\\n?"
         field.value = "~ hello -> hello\\n~ world ->"
         await pilot.press("enter")

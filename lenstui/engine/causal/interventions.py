@@ -128,12 +128,12 @@ def run_intervened(model, clean: LensState, start: int, intervention, reads: Seq
     needed = [site for site in reads if site not in values]
     forward = forward_for(model, [intervention.site, *needed])
     if kv is None:
-        tokens = torch.tensor([ids], device=model.device)
+        tokens = torch.tensor([ids], device=model.input_device)
         run = forward.run(tokens, edits=intervention.edits(0, n), reads=needed)
         values.update({site: value[0, start:] for site, value in run.values.items()})
         return Intervened(values, None, ForwardCost("full", n, n_layers, time.perf_counter() - started))
     prefix = kv_prefix(kv, start) if start > 0 else DynamicCache()
-    tokens = torch.tensor([ids[start:]], device=model.device)
+    tokens = torch.tensor([ids[start:]], device=model.input_device)
     hidden = clean.residual(first)[start:][None] if first > 0 else None
     run = forward.run(
         tokens, kv=prefix, start_block=first, hidden=hidden, edits=intervention.edits(start, m), reads=needed
@@ -174,7 +174,7 @@ def _capture_at(model, state: LensState, site: Site, positions: Sequence[int]) -
     first = min(positions)
     kv = state.kv_cache
     offset = first if (kv is not None and first > 0) else 0
-    tokens = torch.tensor([ids[offset:]], device=model.device)
+    tokens = torch.tensor([ids[offset:]], device=model.input_device)
     run = forward_for(model, [site]).run(
         tokens, kv=kv_prefix(kv, first) if offset else None, reads=[site], stop_after=site.layer
     )

@@ -229,7 +229,7 @@ def fit_tuned(
             if budget is not None and collector.count >= budget:
                 windows = windows[:index]
                 break
-            _, rows = rows_forward(model, torch.tensor([window], device=model.device), None)
+            _, rows = rows_forward(model, torch.tensor([window], device=model.input_device), None)
             collector(rows, (torch.arange(len(window)) >= 1)[None, :])
             clock.report(collector.count, total, f"reading the text: {collector.count:,}/{total:,} tokens")
         source, source_words = (text_name or "text"), "text"
@@ -398,7 +398,7 @@ def estimate_jacobian(
     n_layers, d = model.n_layers, model.d_model
     seq_len = min(seq_len, model.n_ctx)
     tokens = torch.randint(0, model.d_vocab, (1, seq_len), generator=torch.Generator().manual_seed(0))
-    tokens = tokens.to(model.device).expand(dim_batch, -1)
+    tokens = tokens.to(model.input_device).expand(dim_batch, -1)
     captured: dict[str, torch.Tensor] = {}
     root, target = "blocks.0.hook_out", f"blocks.{n_layers - 1}.hook_out"
 

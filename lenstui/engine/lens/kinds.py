@@ -192,7 +192,7 @@ def extended_decode(model: Any, ids: list[int], pre: torch.Tensor, n_blocks: int
         return out
     forward = forward_for(model)
     last = Site("resid", n_layers - 1)
-    tokens = torch.tensor([ids], device=model.device)
+    tokens = torch.tensor([ids], device=model.input_device)
     per_pass = max(1, EXTENDED_TOKENS_PER_PASS // len(ids))
     for first in range(0, len(early), per_pass):
         rows = early[first : first + per_pass]

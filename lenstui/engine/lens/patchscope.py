@@ -96,7 +96,7 @@ def _prepare(model: Any, text: str, ids: list[int], use_cache: bool = True) -> P
     if len(ids) == 1:
         return PatchscopeTarget(text, ids)  # nothing before the patched position
     if use_cache:
-        prefix = torch.tensor([ids[:-1]], device=model.device)
+        prefix = torch.tensor([ids[:-1]], device=model.input_device)
         kv = DynamicCache()
         forward.run(prefix, kv=kv)
         if kv.get_seq_length() == len(ids) - 1:
@@ -104,7 +104,7 @@ def _prepare(model: Any, text: str, ids: list[int], use_cache: bool = True) -> P
     # The cache did not take (a model the bridge runs without one): keep the target's
     # clean residuals instead and run each cell over the whole target.
     sites = [Site("resid", layer) for layer in range(-1, model.n_layers)]
-    run = forward.run(torch.tensor([ids], device=model.device), reads=sites)
+    run = forward.run(torch.tensor([ids], device=model.input_device), reads=sites)
     clean = torch.stack([run.values[site][0] for site in sites])
     return PatchscopeTarget(text, ids, clean=clean)
 
@@ -170,11 +170,11 @@ def _run_group(model: Any, target: PatchscopeTarget, stack: torch.Tensor, first:
     forward = forward_for(model)
     if target.clean is None:
         kv = kv_prefix(target.prefix_kv, t - 1, batch=batch) if target.prefix_kv is not None else None
-        tokens = torch.full((batch, 1), target.last_id, dtype=torch.long, device=model.device)
+        tokens = torch.full((batch, 1), target.last_id, dtype=torch.long, device=model.input_device)
         run = forward.run(tokens, kv=kv, start_block=first, hidden=rows[:, None, :], edits=edits, reads=[last])
     else:  # no cache: the whole target, its last position written over
         hidden = target.clean[first].expand(batch, -1, -1).clone()
         hidden[:, -1] = rows.to(hidden.dtype)
-        whole = torch.tensor([target.ids], device=model.device).expand(batch, -1)
+        whole = torch.tensor([target.ids], device=model.input_device).expand(batch, -1)
         run = forward.run(whole, start_block=first, hidden=hidden, edits=edits, reads=[last])
     return run.values[last][:, -1]

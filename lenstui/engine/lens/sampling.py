@@ -128,7 +128,7 @@ def _sample_batch(
     after every forward; True ends the batch (the budget is reached)."""
     from transformers import DynamicCache
 
-    device = model.device
+    device = model.input_device
     kv = DynamicCache() if model.caches.fit_kv_works else None
     tokens = torch.tensor([s.ids for s in streams], device=device)
     first = 0  # prompt position of tokens[:, 0]

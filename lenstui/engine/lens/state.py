@@ -252,7 +252,7 @@ class LensState:
         model = self.model
         use_kv = self._kv_works is not False
         kv = self._kv if (use_kv and start > 0) else (DynamicCache() if use_kv else None)
-        tokens = torch.tensor([ids[start:]], device=model.device)
+        tokens = torch.tensor([ids[start:]], device=model.input_device)
         # The model computes its logits for the new positions anyway: their argmax is
         # each position's own top-1, the default target (as the lens always defined it).
         edits = list(self.intervention.edits(start, len(ids) - start)) if self.intervention is not None else []
@@ -283,7 +283,7 @@ class LensState:
 
     def _append(self, start: int, pre: torch.Tensor, mid: Optional[torch.Tensor]) -> None:
         """Positions ``start..`` of the stack (and mid rows), float32 on a CPU."""
-        if self.model.device == "cpu":
+        if pre.device.type == "cpu":  # (float32 on a CPU, whatever the weights)
             pre = pre.to(torch.float32)
             mid = mid.to(torch.float32) if mid is not None else None
         if start == 0:

@@ -113,6 +113,16 @@ class Forward:
         return plan
 
 
+def _gathered(values: dict[Site, torch.Tensor], model: Any) -> dict[Site, torch.Tensor]:
+    """A model spread over devices (accelerate's device map) leaves each site's value on
+    its block's device: they come back on the unembedding's, where the lens stacks and
+    reads them (residuals move, never weights)."""
+    if not getattr(model, "dispatched", False):
+        return values
+    home = model.output_device
+    return {site: value.to(home) for site, value in values.items()}
+
+
 def _apply(steps: list, value: torch.Tensor, site: Site, read: dict[Site, torch.Tensor]) -> tuple[torch.Tensor, bool]:
     """Run a site's plan on its value. -> (the value to pass on, whether to stop here)."""
     stop = False
@@ -240,7 +250,9 @@ class NativeForward(Forward):
                     del block.forward
                 else:
                     block.forward = forward
-        return RunOutput(read, out.logits if (logits and out is not None) else None, kv, skipped=skip_below > 0)
+        return RunOutput(
+            _gathered(read, self.model), out.logits if (logits and out is not None) else None, kv, skipped=skip_below > 0
+        )
 
     def _learn_output(self, module, args, output) -> None:
         self._block_output = len(output) if isinstance(output, tuple) else "tensor"
@@ -322,7 +334,7 @@ class BridgeForward(Forward):
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)  # HF renamed past_key_values -> cache
             out = bridge.run_with_hooks(tokens, return_type="logits" if logits else None, fwd_hooks=hooks, **kwargs)
-        return RunOutput(read, out if logits else None, kv)
+        return RunOutput(_gathered(read, self.model), out if logits else None, kv)
 
 
 def install_cache_shim(bridge) -> None:

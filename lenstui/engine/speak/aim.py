@@ -573,9 +573,9 @@ _SEGMENT = 1024
 
 def _squared_row_norms(readout: Readout) -> torch.Tensor:
     """|v_j|^2, float64 (memoized)."""
-    if "aim_squared_norms" not in readout.memo:
-        readout.memo["aim_squared_norms"] = readout.V.pow(2).sum(dim=1)
-    return readout.memo["aim_squared_norms"]
+    if readout.tables.aim_squared_norms is None:
+        readout.tables.aim_squared_norms = readout.V.pow(2).sum(dim=1)
+    return readout.tables.aim_squared_norms
 
 
 def cap_lower_bounds(

@@ -73,6 +73,17 @@ def float32_gamma(n: int) -> float:
 
 
 @dataclass
+class ReadoutTables:
+    """What a Readout derives once from its rows, one field each (built on first use)."""
+
+    direction_only: Optional[bool] = None  # every offset the same: only z's direction matters
+    screen: Optional[tuple[torch.Tensor, torch.Tensor]] = None  # float32 rows and offsets for screening
+    host_tables: Optional[tuple[Any, Any]] = None  # (V, c) as numpy arrays, for the LP (speak/lp.py)
+    aim_squared_norms: Optional[torch.Tensor] = None  # |v_j|^2, float64 (speak/aim.py)
+    summaries: Optional[dict[str, Any]] = None  # costly summaries by name, also kept on disk (``store``)
+
+
+@dataclass
 class Readout:
     """One model's final norm + unembedding, as plain tensors (no model needed).
 
@@ -95,7 +106,7 @@ class Readout:
     V: torch.Tensor = field(init=False, repr=False)  # [n, d] float64 projected effective rows
     row_mean: torch.Tensor = field(init=False, repr=False)  # [n] mean of each effective row (LN)
     c: torch.Tensor = field(init=False, repr=False)  # [n] float64 offsets
-    memo: dict = field(default_factory=dict, repr=False)
+    tables: "ReadoutTables" = field(default_factory=lambda: ReadoutTables(), repr=False)
     # Where the geometry's costly summaries (whitening, norms, fingerprint) are kept
     # between runs, keyed by the raw weights (``readout_for_model``); None: not kept.
     store: Optional[Path] = field(default=None, repr=False)
@@ -137,9 +148,9 @@ class Readout:
     @property
     def direction_only(self) -> bool:
         """True when every offset is the same: then only the direction of z matters."""
-        if "direction_only" not in self.memo:
-            self.memo["direction_only"] = bool((self.c == self.c[0]).all())
-        return self.memo["direction_only"]
+        if self.tables.direction_only is None:
+            self.tables.direction_only = bool((self.c == self.c[0]).all())
+        return self.tables.direction_only
 
     @property
     def witness_radius(self) -> float:
@@ -233,14 +244,14 @@ class Readout:
 
     def screen_table(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(float32 rows, float32 offsets) for bulk screening; rows equal fl(V)."""
-        if "screen" not in self.memo:
+        if self.tables.screen is None:
             if self.screen_rows is not None and self.kind == "RMS":
                 # fl(W_U * gain) in float32 is exactly fl of the exact product: same as fl(V).
                 rows32 = self.screen_rows
             else:
                 rows32 = self.V.to(torch.float32)
-            self.memo["screen"] = (rows32, self.c.to(torch.float32))
-        return self.memo["screen"]
+            self.tables.screen = (rows32, self.c.to(torch.float32))
+        return self.tables.screen
 
     def screen_error_bound(self, z_norms: torch.Tensor, *, full_rows: bool = False) -> torch.Tensor:
         """Rigorous bound on |float32 screened logit - exact logit| for witnesses z that are
@@ -304,23 +315,18 @@ class Readout:
     def _summary(self, key: str, compute: Callable[[], Any]) -> Any:
         """``compute()``, memoized, and kept in ``store`` so a later process (a one-off
         ``lenstui speak``) reads it instead of spending a second or two on it again."""
-        if key in self.memo:
-            return self.memo[key]
         stored = self._stored()
-        if key in stored:
-            value = stored[key]
-        else:
-            value = compute()
-            stored[key] = value
+        if key not in stored:
+            stored[key] = compute()
             if self.store is not None:
                 _write_summaries(self.store, stored)
-        self.memo[key] = value
-        return value
+        return stored[key]
 
     def _stored(self) -> dict:
-        if "_stored" not in self.memo:
-            self.memo["_stored"] = _read_summaries(self.store, self.d, self.V.device) if self.store is not None else {}
-        return self.memo["_stored"]
+        """The summaries by name (those kept in ``store``, read once, and those computed since)."""
+        if self.tables.summaries is None:
+            self.tables.summaries = _read_summaries(self.store, self.d, self.V.device) if self.store is not None else {}
+        return self.tables.summaries
 
     # -- whitening -----------------------------------------------------------
 

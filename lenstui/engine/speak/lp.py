@@ -101,9 +101,9 @@ def polish_certificate(readout: Readout, token_id: int, ids: Sequence[int]) -> O
 
 def _host_tables(readout: Readout) -> tuple[np.ndarray, np.ndarray]:
     """V and c as numpy arrays for building LPs (a view on CPU; one copy per model on a GPU)."""
-    if "host_tables" not in readout.memo:
-        readout.memo["host_tables"] = (readout.V.cpu().numpy(), readout.c.cpu().numpy())
-    return readout.memo["host_tables"]
+    if readout.tables.host_tables is None:
+        readout.tables.host_tables = (readout.V.cpu().numpy(), readout.c.cpu().numpy())
+    return readout.tables.host_tables
 
 
 def _initial_set(readout: Readout, token_id: int, seeds: Sequence[torch.Tensor], k: int) -> list[int]:

@@ -5,7 +5,8 @@ the lens target) into an ``AttributeCell`` request, or one sentence saying why t
 cell cannot be attributed. ``AttributionScreen`` is pushed over the grid: it submits
 the request to the worker (``lenstui.jobs.handlers.attribute_handler`` runs the engine),
 shows a loading line, then the result in an ``AttributionView``; Esc or q goes back.
-Everything here is plain UI: the engine and torch stay on the worker thread.
+Everything here is plain UI: the engine and torch stay with the model's worker (a child
+process, or a thread when the app was given a loader).
 """
 
 from __future__ import annotations

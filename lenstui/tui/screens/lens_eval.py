@@ -88,15 +88,7 @@ class EvalPlot(TrajectoryPlot):
         else:
             plt.ylim(0, 1.05)
         plt.ylabel(MEASURE_NAMES[self.measure])
-        step = max(1, len(x) // 8)
-        shown = list(range(0, len(x), step))
-        if shown[-1] != len(x) - 1:
-            shown.append(len(x) - 1)
-        plt.xticks(shown, [self.row_labels[i] for i in shown])
-        if self.cursor_row is not None:
-            plt.vline(self.cursor_row, "gray")
-        plt.title(self.heading)
-        self.refresh()
+        self._finish_rows()
 
 
 class LensEvalScreen(Guarded, Screen):

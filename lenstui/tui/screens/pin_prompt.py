@@ -9,13 +9,9 @@ from __future__ import annotations
 
 from typing import Optional, Union
 
-from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.containers import Vertical
-from textual.screen import ModalScreen
-from textual.widgets import Input, Static
 
-from lenstui.tui.safety import Guarded
+from lenstui.tui.screens.line_prompt import LinePrompt
 
 
 def typed_pin(text: str) -> Optional[Union[int, str]]:
@@ -29,26 +25,15 @@ def typed_pin(text: str) -> Optional[Union[int, str]]:
     return text
 
 
-class PinPrompt(Guarded, ModalScreen[Optional[Union[int, str]]]):
+class PinPrompt(LinePrompt):
     """Dismisses with the pin typed (None on Escape or nothing typed)."""
 
     BINDINGS = [Binding("escape", "cancel", "Cancel", id="pin.cancel")]
-    DEFAULT_CSS = """
-    PinPrompt { align: center middle; }
-    PinPrompt > Vertical {
-        width: 60; max-width: 100%; height: auto; padding: 0 1;
-        background: $panel; border: round $accent;
-    }
-    PinPrompt Static { color: $text-muted; }
-    """
+    WIDTH = 60
+    INPUT_ID = "pin-input"
 
-    def compose(self) -> ComposeResult:
-        with Vertical():
-            yield Static("Pin a token: its text (leading space counts), a piece like ĠðŁ, or #ID")
-            yield Input(placeholder=" sea", id="pin-input")
+    def __init__(self) -> None:
+        super().__init__("Pin a token: its text (leading space counts), a piece like ĠðŁ, or #ID", " sea")
 
-    def on_input_submitted(self, event: Input.Submitted) -> None:
-        self.dismiss(typed_pin(event.value))
-
-    def action_cancel(self) -> None:
-        self.dismiss(None)
+    def read(self, text: str) -> Optional[Union[int, str]]:
+        return typed_pin(text)

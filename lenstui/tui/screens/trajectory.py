@@ -154,10 +154,15 @@ class TrajectoryPlot(Guarded, PlotextPlot):
             plt.yticks(ticks, [f"#{10 ** -t:g}" for t in ticks])
             plt.ylim(-depth, 0.1)
             plt.ylabel("rank (log; #1 at the top)")
-        step = max(1, len(x) // 8)
-        shown = list(range(0, len(x), step))
-        if shown[-1] != len(x) - 1:
-            shown.append(len(x) - 1)
+        self._finish_rows()
+
+    def _finish_rows(self) -> None:
+        """The rest of a plot against the rows: about eight row labels along x (the last
+        always), the cursor's row as a vertical line, the heading; then draw."""
+        plt, count = self.plt, len(self.row_labels)
+        shown = list(range(0, count, max(1, count // 8)))
+        if shown[-1] != count - 1:
+            shown.append(count - 1)
         plt.xticks(shown, [self.row_labels[i] for i in shown])
         if self.cursor_row is not None:
             plt.vline(self.cursor_row, "gray")

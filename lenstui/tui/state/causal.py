@@ -17,7 +17,9 @@
 
 The state here is plain (``CausalState``); the helpers take the app as a ``CausalHost``.
 While a steer is on, every new clean lens answer (a step, an edit, a pin) is steered
-again before it is shown, so the grid never flickers to the clean run.
+again (``CausalFeature``, the lens flow's seam); which run the grid shows, clean, patched
+or steered, is decided in one place (``grid_run.py``), so it never flickers to the clean
+run.
 """
 
 from __future__ import annotations
@@ -30,8 +32,10 @@ from textual.app import SystemCommand
 from lenstui.core.lens_result import LensResult
 from lenstui.core.patch_result import PatchResult, PatchSite, SteerResult, SteerSetting
 from lenstui.core.textfmt import visible
-from lenstui.jobs.protocol import Done, Failed, Request, Result, RunLens, RunPatch, RunSteer, RunSweep
+from lenstui.jobs.protocol import Done, Failed, Result, RunLens, RunPatch, RunSteer, RunSweep
 from lenstui.tui.host import ExplorerHost
+from lenstui.tui.state.grid_run import paint
+from lenstui.tui.state.lens_feature import LensFeature
 
 ALPHA_STEP = 0.05  # alpha is in median residual norms: 0.1-0.5 already steer SmolLM2
 DEFAULT_ALPHA = 0.25
@@ -199,8 +203,7 @@ def restore_clean(host: CausalHost) -> None:
     state.steer = None
     state.queued_steps = 0
     host.status.set_causal("")
-    if host.shown_result is not None:
-        host.grid.show_result(host.shown_result)
+    paint(host)
     host.notify(f"{was.capitalize()}: the clean grid, from the cache.", timeout=2)
 
 
@@ -302,10 +305,14 @@ def step_under_steer(host: CausalHost) -> bool:
         return False
     shown = state.shown
     result = host.shown_result
+    session = host.session
     if (
         not isinstance(shown, SteerResult)
         or result is None
         or shown.steered.token_ids != result.token_ids
+        # The clean run of a step just taken is on its way: the steered answer on show is
+        # for the prompt before it (stepping from it would append the same token again).
+        or (session.last_request != host.shown_request and not session.last_failed)
     ):
         state.queued_steps += 1
         return True
@@ -318,33 +325,37 @@ def step_under_steer(host: CausalHost) -> bool:
 # ---------------------------------------------------------------- the lens and the worker
 
 
-def lens_partial(host: CausalHost) -> bool:
-    """A new clean run's first columns: True while steering (the steered grid stays
-    until the new steered answer); a patch on show gives way to the new run."""
+def _drop_patch(host: CausalHost) -> None:
+    """A new clean run of the lens: a patch on show gives way to it."""
     state = host.causal
-    if state.steering:
-        return True
     if isinstance(state.shown, PatchResult):
         state.shown = None
         host.status.set_causal("")
-    return False
 
 
-def lens_shown(host: CausalHost, result: LensResult, request: RunLens) -> bool:
-    """A new clean answer (now ``host.shown_result``): True when the grid keeps the causal
-    view (a steer re-runs on it), False to paint the clean run."""
-    state = host.causal
-    if state.steering:
-        _submit_steer(host)
-        return True
-    if isinstance(state.shown, PatchResult):
-        state.shown = None
-        host.status.set_causal("")
-    return False
+class CausalFeature(LensFeature):
+    """The causal lens on the lens flow's seam (``lens_feature.py``): a new clean
+    run drops a patch on show, and is steered again while a steer is on; ^n steps the
+    steered run; ``p``, ``Esc``, ``+`` and ``-`` apply at times."""
 
+    def __init__(self, host: CausalHost) -> None:
+        self.host = host
 
-def handles(request: Request) -> bool:
-    return isinstance(request, (RunPatch, RunSteer, RunSweep))
+    def run_streaming(self) -> None:
+        if not self.host.causal.steering:  # (a steered run stays until it is steered again)
+            _drop_patch(self.host)
+
+    def run_shown(self, result: LensResult, request: RunLens) -> None:
+        if self.host.causal.steering:
+            _submit_steer(self.host)  # the grid keeps the steered run until this lands
+        else:
+            _drop_patch(self.host)
+
+    def take_step(self) -> bool:
+        return step_under_steer(self.host)
+
+    def check_action(self, action: str) -> Optional[bool]:
+        return check_action(self.host, action)
 
 
 def on_reply(host: CausalHost, result: Result) -> None:
@@ -357,8 +368,7 @@ def on_reply(host: CausalHost, result: Result) -> None:
             state.queued_steps = 0
             if isinstance(state.shown, SteerResult):  # the last steered grid goes too
                 state.shown = None
-                if host.shown_result is not None:
-                    host.grid.show_result(host.shown_result)
+            paint(host)
         _refresh_status(host)  # whatever is still on show (a failed patch leaves the last one)
         return  # the app has shown the failure as a notice
     if not isinstance(result, Done):
@@ -379,7 +389,7 @@ def _show_patch(host: CausalHost, value: PatchResult) -> None:
     if state.steering:  # a steer started meanwhile: it owns the grid
         return
     state.shown = value
-    host.grid.show_causal(value.patched, value.cone, f"patched: {value.spec.label}")
+    paint(host)
     _refresh_status(host)
 
 
@@ -392,7 +402,7 @@ def _show_steer(host: CausalHost, request: RunSteer, value: SteerResult) -> None
     if steer.scale is None:
         steer.scale = value.spec.scale
     state.shown = value
-    host.grid.show_causal(value.steered, value.cone, steer.label)
+    paint(host)
     _refresh_status(host)
     if state.queued_steps and host.shown_result is not None and value.steered.token_ids == host.shown_result.token_ids:
         state.queued_steps -= 1

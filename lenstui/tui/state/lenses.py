@@ -4,7 +4,9 @@ status line, cancellable), reading one from a folder or file, and the evaluation
 The lens kinds themselves are the session's (``LensSession.lens_kind``, cycled by F5 and
 chosen in the palette's "lens: tuned lens"); these helpers keep the session told which
 learned lenses the model has a file for (``learned_available``, from ``ModelInfo.lenses``
-and finished fits) and run the palette's "lens: …" entries through the typed host.
+and finished fits), name the lens file of the result on show in the status line (those
+two through ``LearnedLensFeature``, their side of the lens flow's seam), and run the
+palette's "lens: …" entries through the typed host.
 """
 
 from __future__ import annotations
@@ -21,23 +23,43 @@ from lenstui.core.lenses import (
     patchscope_target_line,
     patchscope_target_text,
 )
-from lenstui.jobs.protocol import Done, EvaluateLenses, FitLens, ModelInfo, Progress, Result, Stopped
+from lenstui.core.lens_result import LensResult
+from lenstui.jobs.protocol import Done, EvaluateLenses, FitLens, ModelInfo, Progress, Result, RunLens, Stopped
 from lenstui.tui.host import ExplorerHost
 from lenstui.tui.screens.lens_eval import LensEvalScreen
 from lenstui.tui.screens.path_prompt import PathPrompt
+from lenstui.tui.screens.target_prompt import TargetPrompt
+from lenstui.tui.state.lens_feature import LensFeature
 
 FIT_HINT = "least squares on ~6,000 tokens the model writes itself: 2-5 min on 2 cores; kept per model"
 
 
-def model_loaded(host: ExplorerHost, info: ModelInfo) -> None:
-    """A model is ready: which learned lenses it has; a learned lens it lacks is left."""
-    session = host.session
-    session.learned_available = frozenset(f.kind for f in info.lenses)
-    if not session.lens_ready(session.lens_kind):
-        session.set_lens("logit")
-    if info.lenses:
-        found = ", ".join(f"{f.kind} ({f.origin})" for f in info.lenses)
-        host.notify(f"Learned lens found for {info.name}: {found}. F5 or the palette's \"lens: …\" reads it.", timeout=6)
+class LearnedLensFeature(LensFeature):
+    """Learned lenses on the lens flow's seam (``lens_feature.py``)."""
+
+    def __init__(self, host: ExplorerHost) -> None:
+        self.host = host
+
+    def model_loaded(self, info: ModelInfo) -> None:
+        """A model is ready: which learned lenses it has; a learned lens it lacks is left."""
+        host, session = self.host, self.host.session
+        session.learned_available = frozenset(f.kind for f in info.lenses)
+        if not session.lens_ready(session.lens_kind):
+            session.set_lens("logit")
+        if info.lenses:
+            found = ", ".join(f"{f.kind} ({f.origin})" for f in info.lenses)
+            host.notify(f"Learned lens found for {info.name}: {found}. F5 or the palette's \"lens: …\" reads it.", timeout=6)
+
+    def run_shown(self, result: LensResult, request: RunLens) -> None:
+        """The status line names the learned lens a result on show read, and its file (the
+        Patchscope: its target)."""
+        lens_file = result.lens_file
+        if lens_file is not None:
+            self.host.status.set_lens(f"{lens_file.kind} lens · {short_path(lens_file.path)}")
+        elif result.patchscope_target is not None:
+            self.host.status.set_lens(f"patchscope · target {patchscope_target_line(result.patchscope_target)}")
+        else:
+            self.host.status.set_lens("")
 
 
 def missing_lens_sentence(kind: str) -> str:
@@ -155,18 +177,6 @@ def ask_eval_text(host: ExplorerHost) -> None:
     host.push_screen(PathPrompt("Evaluate the lenses on a text file (paragraphs separated by blank lines):", "~/text.txt"), typed)
 
 
-def show_lens_file(host: ExplorerHost, lens_result) -> None:
-    """The status line names the learned lens a result on show read, and its file (the
-    Patchscope: its target)."""
-    lens_file = lens_result.lens_file
-    if lens_file is not None:
-        host.status.set_lens(f"{lens_file.kind} lens · {short_path(lens_file.path)}")
-    elif lens_result.patchscope_target is not None:
-        host.status.set_lens(f"patchscope · target {patchscope_target_line(lens_result.patchscope_target)}")
-    else:
-        host.status.set_lens("")
-
-
 def lens_notice(kind: str, info: Optional[ModelInfo]) -> str:
     """What switching to ``kind`` says (the Patchscope: its cost, up front)."""
     if kind != "patchscope":
@@ -186,7 +196,7 @@ def ask_patchscope_target(host: ExplorerHost) -> None:
             host.rerun_lens()
 
     label = "The Patchscope's target prompt (\\n is a line break; its last token is where a residual is patched):"
-    host.push_screen(PathPrompt(label, value=patchscope_target_line(current), path=False), typed)
+    host.push_screen(TargetPrompt(label, value=patchscope_target_line(current)), typed)
 
 
 def default_patchscope_target(host: ExplorerHost) -> None:

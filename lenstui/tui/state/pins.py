@@ -3,7 +3,8 @@ what a lens answer changes about them (typed pins become ids).
 
 The pins themselves are the session's (``LensSession.pins``: the ``RunLens.track`` of the
 next run); these helpers keep the grid's highlight and the open trajectory view in step,
-and re-run the lens through the host.
+and re-run the lens through the host; ``PinFeature`` is their side of the lens flow's
+seam.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from lenstui.tui.host import ExplorerHost
 from lenstui.tui.screens.compare import CompareScreen
 from lenstui.tui.screens.pin_prompt import PinPrompt
 from lenstui.tui.screens.trajectory import TrajectoryScreen
+from lenstui.tui.state.lens_feature import LensFeature
 
 
 def _after_pins_changed(host: ExplorerHost) -> None:
@@ -66,24 +68,31 @@ def ask_pin(host: ExplorerHost) -> None:
     host.push_screen(PinPrompt(), typed)
 
 
-def lens_answered(host: ExplorerHost, request: RunLens, result: LensResult) -> None:
-    """A lens answer: typed pins become ids; an open trajectory view redraws."""
-    before = host.session.last_request
-    host.session.pins_resolved(request, [t.id for t in result.tracked])
-    if host.shown_request == before and host.session.last_request != before:
-        host.shown_request = host.session.last_request
-    host.grid.set_pins(host.session.pins)
-    for screen in host.screen_stack:
-        if isinstance(screen, TrajectoryScreen):
-            screen.show_result(result)
+class PinFeature(LensFeature):
+    """Pins on the lens flow's seam (``lens_feature.py``)."""
 
+    def __init__(self, host: ExplorerHost) -> None:
+        self.host = host
 
-def lens_failed(host: ExplorerHost, dropped: Optional[Union[int, str]]) -> None:
-    """A lens run failed; ``dropped`` is the typed pin it failed on (unpinned again)."""
-    if dropped is not None:
-        host.notify(f"Unpinned {quoted(dropped)}: it is not one token of this model.", severity="warning", timeout=6)
+    def run_shown(self, result: LensResult, request: RunLens) -> None:
+        """A lens answer: typed pins become ids; an open trajectory view redraws."""
+        host = self.host
+        before = host.session.last_request
+        host.session.pins_resolved(request, [t.id for t in result.tracked])
+        if host.shown_request == before and host.session.last_request != before:
+            host.shown_request = host.session.last_request
         host.grid.set_pins(host.session.pins)
-        host.rerun_lens()
+        for screen in host.screen_stack:
+            if isinstance(screen, TrajectoryScreen):
+                screen.show_result(result)
+
+    def run_failed(self, dropped: Optional[Union[int, str]]) -> None:
+        """A lens run failed; ``dropped`` is the typed pin it failed on (unpinned again)."""
+        if dropped is not None:
+            host = self.host
+            host.notify(f"Unpinned {quoted(dropped)}: it is not one token of this model.", severity="warning", timeout=6)
+            host.grid.set_pins(host.session.pins)
+            host.rerun_lens()
 
 
 def show_trajectory(host: ExplorerHost) -> None:

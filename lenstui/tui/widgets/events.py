@@ -4,8 +4,8 @@ A pane in one of the side slots (``#inspector``, ``#speak``) receives these on i
 
 - ``TokenFocused``: the grid's cursor moved (``selected``: Enter or a click);
 - ``ModelLoaded``: a model finished loading (plain facts: no tensors);
-- ``WorkerReply`` (from ``lenstui.tui.app``): results for requests it submitted with
-  ``app.submit(request, reply_to=pane)``.
+- ``WorkerReply`` (``lenstui.tui.worker_link``): results for requests it submitted with
+  ``explorer(pane).submit(request, reply_to=pane)``.
 """
 
 from __future__ import annotations

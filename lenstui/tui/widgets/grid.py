@@ -25,6 +25,7 @@ clamped to the shown result whenever it changes shape (``show_result``, ``clear`
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, replace
 from functools import lru_cache
 from typing import Optional
@@ -84,6 +85,10 @@ class GridCell:
     text: str
     piece: str
     prob: float
+
+
+# How long after a digit the next one continues the block number (LensGrid.on_key).
+JUMP_SECONDS = 1.5
 
 
 class LensGrid(Guarded, ScrollView, can_focus=True):
@@ -193,7 +198,8 @@ view their ranks follow the top-k columns. **T**: their trajectories.
         self.cursor_row = 0  # index into _rows
         self.cursor_pos = 0  # prompt position
         self.cursor_k = 0  # rank, in the top-k view
-        self._heat_styles: Optional[list[tuple[Style, Style]]] = None
+        self._jump, self._jump_at = "", 0.0  # a block number being typed (on_key)
+        self._ramps: dict[str, list[tuple[Style, Style]]] = {}  # the shading, per theme variable (_ramp)
         # From a vocabulary scan (plain id sets): marked in the cells' last column.
         self._unspeakable: frozenset[int] = frozenset()
         self._hard_to_speak: frozenset[int] = frozenset()
@@ -211,7 +217,6 @@ view their ranks follow the top-k columns. **T**: their trajectories.
         # A causal run on show (tui/state/causal.py): (its result, the first row each
         # position's cone starts at, the heading). Only while that result is shown.
         self._cone: Optional[tuple[LensResult, list, str]] = None
-        self._cone_styles: Optional[list[tuple[Style, Style]]] = None
 
     # ------------------------------------------------------------ data in
 
@@ -271,28 +276,40 @@ view their ranks follow the top-k columns. **T**: their trajectories.
         return first is not None and layer_index >= first
 
     def _cell_heat(self, layer_index: int, pos: int, prob: float) -> tuple[Style, Style]:
-        """The shading of one cell: inside a causal cone from a faint tint towards the
-        cone colour (the ``lens-cone`` theme variable, else ``$success``), elsewhere the
-        usual heat scale; both by probability."""
-        if not self.in_cone(layer_index, pos):
-            return self._heat(prob)
-        if self._cone_styles is None:
-            cone_value = self.app.theme_variables.get("lens-cone")
+        """The shading of one cell (plain, underlined), by probability: the usual heat
+        scale from the background towards the heat colour (the ``lens-heat`` theme
+        variable, else ``$primary``), and inside a causal cone from a faint tint towards
+        the cone colour (``lens-cone``, else ``$success``)."""
+        if self.in_cone(layer_index, pos):
+            ramp = self._ramp("lens-cone", "lens-grid--cone", tint=0.2)
+        else:
+            ramp = self._ramp("lens-heat", "lens-grid--heat")
+        return ramp[max(0, min(HEAT_LEVELS, round(prob * HEAT_LEVELS)))]
+
+    def _ramp(self, variable: str, component: str, tint: float = 0.0) -> list[tuple[Style, Style]]:
+        """HEAT_LEVELS + 1 shades (plain, underlined) from the background (tinted ``tint``
+        of the way) to a colour: the theme variable ``variable``, else the ``component``
+        class's background. Computed once per theme."""
+        ramp = self._ramps.get(variable)
+        if ramp is None:
+            value = self.app.theme_variables.get(variable)
             try:
-                cone = Color.parse(cone_value) if cone_value else None
+                colour = Color.parse(value) if value else None
             except Exception:
-                cone = None
-            if cone is None:
-                cone = self.get_component_styles("lens-grid--cone").background
-            base = self.background_colors[1].blend(cone, 0.2)
-            styles = []
+                colour = None
+            if colour is None:
+                colour = self.get_component_styles(component).background
+            base = self.background_colors[1]
+            if tint:
+                base = base.blend(colour, tint)
+            ramp = []
             for level in range(HEAT_LEVELS + 1):
-                background = base.blend(cone, level / HEAT_LEVELS)
+                background = base.blend(colour, level / HEAT_LEVELS)
                 foreground = background + background.get_contrast_text(0.95)
                 plain = Style(color=foreground.rich_color, bgcolor=background.rich_color)
-                styles.append((plain, plain + Style(underline=True)))
-            self._cone_styles = styles
-        return self._cone_styles[max(0, min(HEAT_LEVELS, round(prob * HEAT_LEVELS)))]
+                ramp.append((plain, plain + Style(underline=True)))
+            self._ramps[variable] = ramp
+        return ramp
 
     def set_marks(self, unspeakable: frozenset[int], hard_to_speak: frozenset[int]) -> None:
         """Mark tokens a vocabulary scan found unspeakable (†) or hard to speak (°)."""
@@ -508,29 +525,7 @@ view their ranks follow the top-k columns. **T**: their trajectories.
 
     def notify_style_update(self) -> None:
         super().notify_style_update()
-        self._heat_styles = None  # theme or CSS changed: recompute the shading
-        self._cone_styles = None
-
-    def _heat(self, prob: float) -> Style:
-        if self._heat_styles is None:
-            base = self.background_colors[1]
-            variables = self.app.theme_variables
-            heat_value = variables.get("lens-heat")
-            try:
-                heat = Color.parse(heat_value) if heat_value else None
-            except Exception:
-                heat = None
-            if heat is None:
-                heat = self.get_component_styles("lens-grid--heat").background
-            styles = []
-            for level in range(HEAT_LEVELS + 1):
-                background = base.blend(heat, level / HEAT_LEVELS)
-                foreground = background + background.get_contrast_text(0.95)
-                plain = Style(color=foreground.rich_color, bgcolor=background.rich_color)
-                styles.append((plain, plain + Style(underline=True)))
-            self._heat_styles = styles
-        level = max(0, min(HEAT_LEVELS, round(prob * HEAT_LEVELS)))
-        return self._heat_styles[level]
+        self._ramps = {}  # theme or CSS changed: recompute the shading
 
     def render_line(self, y: int) -> Strip:
         try:
@@ -739,6 +734,21 @@ view their ranks follow the top-k columns. **T**: their trajectories.
 
     def action_last_layer(self) -> None:
         self._set_cursor(row=len(self._rows) - 1)
+
+    def on_key(self, event: events.Key) -> None:
+        """Typing a block's number jumps to its row: "5" goes to L5, and "2" typed within
+        JUMP_SECONDS after it to L52 (an 80-block model is two keys from any row)."""
+        digit = event.character
+        if self.result is None or digit is None or not digit.isdigit():
+            return
+        now = time.monotonic()
+        typed = (self._jump if now - self._jump_at < JUMP_SECONDS else "") + digit
+        if f"L{int(typed)}" not in self.result.layers:
+            typed = digit  # past the last block: this digit starts a new number
+        self._jump, self._jump_at = typed, now
+        self.place_cursor(layer=f"L{int(typed)}")
+        event.stop()
+        event.prevent_default()
 
     def action_position(self, delta: int) -> None:
         self._set_cursor(pos=self.cursor_pos + delta)

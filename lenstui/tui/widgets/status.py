@@ -8,6 +8,7 @@ from rich.text import Text
 from textual.reactive import reactive
 from textual.widgets import Static
 
+from lenstui.core.placement import short_placement
 from lenstui.core.textfmt import bar
 from lenstui.tui.safety import Guarded
 
@@ -92,3 +93,12 @@ class StatusBar(Guarded, Static):
         # A patch or steer on show comes first: at 80 columns the end of the line is cut.
         parts = [p for p in (self.causal, self.model, self.state, self.job_info, self.lens_info, self.run_info) if p]
         return Text(" │ ".join(parts), no_wrap=True, overflow="ellipsis")
+
+
+def where_loaded(info) -> str:
+    """Where a loaded model is, for the status line: its device, or per device its blocks
+    for a model spread by a device map ("cuda:0 L0-39 · cuda:1 L40-79"), and its
+    quantization."""
+    where = short_placement(dict(getattr(info, "placement", ()) or ())) or info.device
+    quantize = getattr(info, "quantize", None)
+    return f"{where} · {quantize}" if quantize else where
