@@ -112,8 +112,7 @@ async def test_the_status_line_shows_the_patchscopes_progress_while_it_streams(m
         app.session.set_lens("patchscope")
         gate.hold()
         app.prompt_pane.set_text(PROMPT)
-        app.session.set_text(PROMPT)
-        app._submit_lens()
+        app.lens.run_text(PROMPT, immediate=True)  # what Enter in the prompt pane does
         await until(pilot, lambda: gate.holding.is_set(), "the first part")
         await until(pilot, lambda: "patchscope: 0/" in _status(app), "the progress")
         assert "running the lens…" in _status(app) and "columns" in _status(app)
