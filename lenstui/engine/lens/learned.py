@@ -49,7 +49,7 @@ import torch
 from lenstui.core.errors import InputError
 from lenstui.core.learned_lens import LensFile, short_path
 from lenstui.core.lenses import LEARNED_LENSES
-from lenstui.engine.lens.published import is_registry_path, published_path, resolve
+from lenstui.engine.lens.published import base_model_name, is_registry_path, published_path, resolve
 from lenstui.engine.model.load import LoadedModel, gguf_digest
 from lenstui.store.atomic import atomic_file, write_text_atomic
 from lenstui.store.paths import lens_root
@@ -59,8 +59,6 @@ TUNED_PARAMS = "params.pt"
 JACOBIAN_FILE = "lens.pt"  # JacobianLens.from_pretrained's default file name
 SIDECAR = "lenstui.json"  # how lenstui fitted a lens (the formats have no room for it)
 LENS_TYPE = "linear_tuned_lens"
-# The Hugging Face id of the embedded model (its config's name_or_path is lenstui's cache).
-EMBEDDED_HF_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 # Positions before this one read as the logit lens under a learned lens (the sink).
 LOGIT_POSITIONS = 1
 POSITION_NOTE = "position 0 (the attention sink) reads as the logit lens"
@@ -135,16 +133,6 @@ def cached_path(model: LoadedModel, kind: str) -> Path:
     """The lens of ``kind`` fitted for this model's weights (it may not exist)."""
     folder = model_folder(model)
     return folder / "tuned" if kind == "tuned" else folder / "jacobian" / JACOBIAN_FILE
-
-
-def base_model_name(model: LoadedModel) -> str:
-    """What a tuned-lens config names the model by (a Hugging Face id where known)."""
-    if model.source == "embedded":
-        return EMBEDDED_HF_ID
-    if model.source == "hub":
-        return model.name
-    name = getattr(getattr(model.hf, "config", None), "name_or_path", "") or ""
-    return name or model.name
 
 
 # ---------------------------------------------------------------- the lens itself

@@ -27,6 +27,8 @@ from typing import Any, Optional
 from lenstui.core.errors import InputError, quoted
 
 REGISTRY_PREFIX = "registry:"
+# The Hugging Face id of the embedded model (its config's name_or_path is lenstui's cache).
+EMBEDDED_HF_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 TUNED_LENS_REPO = "AlignmentResearch/tuned-lens"  # tuned_lens.load_artifacts' default
 TUNED_LENS_REPO_TYPE = "space"
 TUNED_LENS_SUBFOLDER = "lens"
@@ -110,11 +112,20 @@ def published_lenses(kind: Optional[str] = None) -> list[PublishedLens]:
     return found
 
 
+def base_model_name(model: Any) -> str:
+    """What a tuned-lens config names the model by (a Hugging Face id where known). Here,
+    not in ``learned.py`` (which reads published lenses through this module): one home."""
+    if model.source == "embedded":
+        return EMBEDDED_HF_ID
+    if model.source == "hub":
+        return model.name
+    name = getattr(getattr(model.hf, "config", None), "name_or_path", "") or ""
+    return name or model.name
+
+
 def model_ids(model: Any) -> list[str]:
     """The names the loaded model goes by: its Hugging Face id where known (a local
     folder: its name), then its own name."""
-    from lenstui.engine.lens.learned import base_model_name
-
     names = []
     for name in (base_model_name(model), model.name):
         if name and (name.startswith(("/", "~", ".")) or Path(name).expanduser().exists()):
