@@ -5,15 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from lenstui.cli.common import (
-    add_lens_options,
-    add_model_options,
-    announce_lens,
-    encoded_prompt,
-    lens_options,
-    load_from_args,
-    print_result,
-)
+from lenstui.cli.common import add_lens_options, add_model_options, announce_lens, encoded_prompt, lens_options, load_from_args, print_result
 from lenstui.cli.lens_cmd import format_table
 from lenstui.core.patch_result import SteerResult, SteerSetting
 from lenstui.core.textfmt import visible
