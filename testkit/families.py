@@ -508,11 +508,11 @@ def evaluate(family: Family, root: Optional[Path] = None) -> Outcome:
     from lenstui.core.lenses import LensOptions
     from lenstui.engine.lens.run import run_lens
     from lenstui.engine.model.anatomy import has_recurrent_state
-    from lenstui.engine.model.load import load_model
+    from lenstui.engine.model.wiring import load_checked
 
     folder = build(family, root)
     try:
-        model = load_model(str(folder))
+        model = load_checked(str(folder))
     except ModelLoadError as err:
         return Outcome(family, "refuses", sentence=str(err))
     anatomy = model.anatomy

@@ -90,8 +90,8 @@ _LOADED: dict = {}
 
 def add_lens_options(parser: argparse.ArgumentParser, *, target_help: str, track_help: str) -> None:
     """How a command reads its lens grid: --top-k, --lens, --extended-blocks, --mid,
-    --target or --target-id, and --track (``lens_options`` reads them back, as a
-    ``LensOptions``)."""
+    --target or --target-id, --track and --patchscope-target (``lens_options`` reads them
+    back, as a ``LensOptions``)."""
     parser.add_argument("--top-k", type=int, default=5, help="tokens per cell (default 5)")
     parser.add_argument("--lens", choices=LENS_KINDS, default="logit", help="lens variant (default logit)")
     parser.add_argument("--extended-blocks", type=int, default=1, metavar="N", help="decoder blocks for --lens extended")
@@ -99,6 +99,7 @@ def add_lens_options(parser: argparse.ArgumentParser, *, target_help: str, track
     parser.add_argument("--target", default=None, help=target_help)
     parser.add_argument("--target-id", type=int, default=None, help="target token id")
     parser.add_argument("--track", action="append", default=[], metavar="TOKEN", help=track_help)
+    add_patchscope_option(parser)
 
 
 def encoded_prompt(model, prompt: str, chat: bool):
@@ -210,13 +211,22 @@ def one_token(args: argparse.Namespace, message: str):
     return args.id if args.id is not None else args.token
 
 
+def add_patchscope_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--patchscope-target", metavar="TEXT", default=None,
+        help="--lens patchscope: the prompt a residual is patched into, at its last token (\\n is a line break; "
+        "default: the token-identity prompt 'cat -> cat\\n1135 -> 1135\\nhello -> hello\\n?')",
+    )
+
+
 def lens_options(args: argparse.Namespace):
     """The lens options a subcommand's --top-k, --lens, --extended-blocks, --mid, --target
     (or --target-id), --track and --lens-path give (those it has; the rest default)."""
-    from lenstui.core.lenses import LensOptions
+    from lenstui.core.lenses import LensOptions, patchscope_target_text
     from lenstui.core.tokens import token_spec
 
     target = getattr(args, "target_id", None)
+    patch_target = getattr(args, "patchscope_target", None)
     return LensOptions(
         top_k=getattr(args, "top_k", 10),
         lens=getattr(args, "lens", "logit"),
@@ -225,7 +235,24 @@ def lens_options(args: argparse.Namespace):
         target=target if target is not None else getattr(args, "target", None),
         track=tuple(token_spec(t) for t in getattr(args, "track", [])),
         lens_path=getattr(args, "lens_path", None),
+        patchscope_target=patchscope_target_text(patch_target) if patch_target is not None else None,
     )
+
+
+def announce_lens(args: argparse.Namespace, model, options, n_positions: int = 0) -> None:
+    """Before a lens run: fetch a published lens (``--lens-path registry:NAME``) into the
+    Hugging Face cache when downloads are allowed (the engine reads it from there, and
+    refuses it there otherwise), and state a costly lens's cost on stderr."""
+    from lenstui.core.lenses import LEARNED_LENSES, patchscope_cost
+    from lenstui.engine.lens.published import is_registry_path, published_path
+
+    if is_registry_path(options.lens_path):
+        if options.lens not in LEARNED_LENSES:
+            raise InputError("--lens-path registry:NAME names a published tuned lens or J-lens: add --lens tuned or --lens jacobian.")
+        if downloads_allowed(args):
+            published_path(model, options.lens, options.lens_path, allow_download=True)
+    if options.lens == "patchscope":
+        print(f"lenstui: note: {patchscope_cost(model.n_layers, n_positions)}.", file=sys.stderr)
 
 
 def print_json(payload: Any, model: Any = None) -> None:

@@ -5,11 +5,21 @@ from __future__ import annotations
 import argparse
 from typing import Optional
 
-from lenstui.cli.common import add_lens_options, add_model_options, encoded_prompt, lens_options, load_from_args, print_result
+from lenstui.cli.common import (
+    add_lens_options,
+    add_model_options,
+    announce_lens,
+    encoded_prompt,
+    lens_options,
+    load_from_args,
+    print_result,
+)
 from lenstui.core.errors import InputError, quoted
 from lenstui.core.lens_result import LensResult
+from lenstui.core.lenses import patchscope_target_line
 from lenstui.core.textfmt import fit, visible
 from lenstui.engine.backends import engine_for
+from lenstui.engine.lens.run import parse_positions
 
 
 def configure(parser: argparse.ArgumentParser, command: str) -> None:
@@ -23,7 +33,8 @@ def configure(parser: argparse.ArgumentParser, command: str) -> None:
     )
     parser.add_argument(
         "--lens-path", metavar="PATH", default=None,
-        help="--lens tuned/jacobian: a tuned-lens directory or J-lens file (default: the one fitted for the model)",
+        help="--lens tuned/jacobian: a tuned-lens directory or J-lens file, or registry:NAME for a published one "
+        "(`lenstui lenses list --published`; fetched only with --allow-download) (default: the one fitted for the model)",
     )
     parser.add_argument(
         "--positions",
@@ -68,7 +79,11 @@ def run(args: argparse.Namespace) -> int:
     if args.vs is not None:
         return run_compare(args, options)
     model = load_from_args(args)
-    result = engine_for(model).run_lens(model, encoded_prompt(model, args.prompt, args.chat), options, positions=args.positions)
+    prompt = encoded_prompt(model, args.prompt, args.chat)
+    n_tokens = len(model.tokenizer(prompt)["input_ids"]) if isinstance(prompt, str) else len(prompt)
+    computed = len(parse_positions(args.positions, n_tokens)) if args.positions else n_tokens
+    announce_lens(args, model, options, computed)
+    result = engine_for(model).run_lens(model, prompt, options, positions=args.positions)
     return print_result(result, args.json, lambda r: format_table(r, args.position), model)
 
 
@@ -79,6 +94,7 @@ def run_compare(args: argparse.Namespace, options) -> int:
         raise InputError("--vs compares whole prompts: use --compare-positions PA,PB instead of --positions.")
     pos_a, pos_b = _compare_positions(args.compare_positions)
     model = load_from_args(args)
+    announce_lens(args, model, options)
     comparison = engine_for(model).compare_rows(model, args.prompt, pos_a, args.vs, pos_b, options)
     return print_result(comparison, args.json, format_compare, model)
 
@@ -136,6 +152,8 @@ def format_table(result: LensResult, position: Optional[int] = None) -> str:
     lines = [f"{result.model} · {result.lens} lens · {n} tokens{scope} · {result.seconds:.2f}s", ""]
     if result.lens_file is not None:
         lines[1:1] = [f"{result.lens_file.origin} · {result.lens_file.path}", f"({result.lens_file.note})"]
+    if result.patchscope_target is not None:
+        lines[1:1] = [f"target {patchscope_target_line(result.patchscope_target)!r}: each row patched over its last token"]
     shown = list(range(max(0, len(column_pos) - 8), len(column_pos)))  # the last 8 columns fit a terminal
     lines.append(" " * label_w + " ".join(fit(visible(result.tokens[column_pos[c]].text), col) for c in shown))
     for label, row in zip(result.layers, result.grid):

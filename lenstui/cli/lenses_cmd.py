@@ -12,9 +12,18 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 from pathlib import Path
 
-from lenstui.cli.common import add_model_options, load_from_args, needs_weights, print_json
+from lenstui.cli.common import (
+    add_model_options,
+    add_patchscope_option,
+    downloads_allowed,
+    lens_options,
+    load_from_args,
+    needs_weights,
+    print_json,
+)
 from lenstui.core.errors import InputError
 from lenstui.core.learned_lens import FitReport, LensEval, format_duration, short_path
 
@@ -49,14 +58,20 @@ def configure(parser: argparse.ArgumentParser, command: str = "lenses") -> None:
     ev.add_argument("textfile", help="the text (paragraphs separated by blank lines)")
     add_model_options(ev)
     ev.add_argument("--lens", default="logit,tuned", metavar="LIST",
-                    help="comma-separated lenses: logit, extended, raw, tuned, jacobian (default logit,tuned)")
+                    help="comma-separated lenses: logit, extended, raw, tuned, jacobian, patchscope (default logit,tuned)")
     ev.add_argument("--lens-path", metavar="PATH", default=None,
-                    help="a tuned-lens directory or a J-lens file to read (default: the ones fitted for the model)")
+                    help="a tuned-lens directory or a J-lens file to read, or registry:NAME for a published one "
+                    "(default: the ones fitted for the model)")
+    add_patchscope_option(ev)
     ev.add_argument("--json", action="store_true", help='print {"tokens", "rows", "lenses": {name: {"kl", "top1_agree", "final_rank"}}}')
     ev.set_defaults(func=run_eval)
 
-    ls = verbs.add_parser("list", help="the lenses fitted for the model")
+    ls = verbs.add_parser("list", help="the lenses fitted for the model (or published for it)")
     add_model_options(ls)
+    ls.add_argument("--published", action="store_true",
+                    help="the published lenses for the model: TransformerLens' J-lens registry and the tuned-lens "
+                    "space (read with --lens-path registry:NAME; fetched once with --allow-download)")
+    ls.add_argument("--all", action="store_true", help="with --published: every published lens, for any model")
     ls.add_argument("--json", action="store_true", help="print them as JSON")
     ls.set_defaults(func=run_list)
 
@@ -122,14 +137,25 @@ def format_fit(report: FitReport) -> str:
 
 def run_eval(args: argparse.Namespace) -> int:
     from lenstui.cli.speak_cmd import _StderrBar
+    from lenstui.core.lenses import LEARNED_LENSES, patchscope_cost
     from lenstui.engine.lens.evaluate import evaluate_lenses, parse_lenses
+    from lenstui.engine.lens.published import is_registry_path, published_path
 
     names = parse_lenses(args.lens)
     text = _read_text(args.textfile)
+    options = lens_options(args)
     model = needs_weights(load_from_args(args), "Evaluating lenses")
+    if is_registry_path(args.lens_path) and downloads_allowed(args):
+        learned = [name for name in names if name in LEARNED_LENSES]
+        if len(learned) == 1:
+            published_path(model, learned[0], args.lens_path, allow_download=True)
+    if "patchscope" in names:
+        print(f"lenstui: note: {patchscope_cost(model.n_layers)}.", file=sys.stderr)
     progress = _StderrBar("evaluating", always=True)
     try:
-        result = evaluate_lenses(model, text, names, lens_path=args.lens_path, progress=progress)
+        result = evaluate_lenses(
+            model, text, names, lens_path=args.lens_path, patchscope_target=options.patchscope_target, progress=progress
+        )
     finally:
         progress.clear()
     if args.json:
@@ -171,7 +197,14 @@ def format_eval(result: LensEval) -> str:
 def run_list(args: argparse.Namespace) -> int:
     from lenstui.engine.lens.learned import available_lenses, model_folder
 
-    model = needs_weights(load_from_args(args), "Listing fitted lenses")
+    if args.all and not args.published:
+        raise InputError("--all lists the published lenses: add --published.")
+    if args.published and args.all:
+        return _list_published(args, None)
+    model = load_from_args(args)
+    if args.published:
+        return _list_published(args, model)
+    model = needs_weights(model, "Listing fitted lenses")
     found = available_lenses(model)
     if args.json:
         payload = {"model": model.name, "folder": str(model_folder(model)), "lenses": [f.to_json() for f in found]}
@@ -182,4 +215,29 @@ def run_list(args: argparse.Namespace) -> int:
               "`lenstui lenses fit`.")
     for lens_file in found:
         print(lens_file.describe())
+    return 0
+
+
+def _list_published(args: argparse.Namespace, model) -> int:
+    """The published lenses for ``model`` (None: all of them), and which are cached."""
+    from lenstui.engine.lens.published import KIND_NAMES, cached_file, model_ids, published_for, published_lenses
+
+    found = published_lenses() if model is None else published_for(model)
+    cached = {lens.spec + lens.kind: cached_file(lens) for lens in found}
+    if args.json:
+        payload = {"lenses": [{**lens.to_json(), "cached": str(cached[lens.spec + lens.kind] or "") or None} for lens in found]}
+        if model is not None:
+            payload["model"] = model_ids(model)[0]
+        print_json(payload, model)  # with a model: where it is, as every --json says
+        return 0
+    if not found:
+        print(f"No published lens is listed for {model_ids(model)[0]} (TransformerLens' J-lens registry and the "
+              "tuned-lens space); `lenstui lenses list --published --all` lists every one, "
+              "`lenstui lenses fit` fits a tuned lens here.")
+        return 0
+    for lens in found:
+        where = cached[lens.spec + lens.kind]
+        state = f"cached in {short_path(str(where))}" if where else "not cached: fetch it once with --allow-download"
+        made_for = next((n for n in lens.for_models if "/" in n), lens.for_models[0])
+        print(f"{KIND_NAMES[lens.kind]:<10} --lens {lens.kind} --lens-path {lens.spec:<28} for {made_for} · {state}")
     return 0

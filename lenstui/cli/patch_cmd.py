@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 from typing import Optional
 
-from lenstui.cli.common import add_lens_options, add_model_options, encoded_prompt, lens_options, load_from_args, print_result
+from lenstui.cli.common import add_lens_options, add_model_options, announce_lens, encoded_prompt, lens_options, load_from_args, print_result
 from lenstui.cli.lens_cmd import table_column
 from lenstui.core.errors import InputError
 from lenstui.core.patch_result import ABLATIONS, SWEEPS, PatchResult, PatchSite, SweepResult
@@ -90,6 +90,7 @@ def run(args: argparse.Namespace) -> int:
         from_position=args.from_position,
     )
     model = load_from_args(args)
+    announce_lens(args, model, options)
     prompt = encoded_prompt(model, args.prompt, args.chat)
     source = None if args.source is None else encoded_prompt(model, args.source, args.chat)
     if args.sweep is not None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from lenstui.cli.common import add_lens_options, add_model_options, encoded_prompt, lens_options, load_from_args, print_result
+from lenstui.cli.common import add_lens_options, add_model_options, announce_lens, encoded_prompt, lens_options, load_from_args, print_result
 from lenstui.cli.lens_cmd import format_table
 from lenstui.core.patch_result import SteerResult, SteerSetting
 from lenstui.core.textfmt import visible
@@ -52,6 +52,7 @@ def run(args: argparse.Namespace) -> int:
         position=args.position,
     )
     model = load_from_args(args)
+    announce_lens(args, model, options)
     result = engine_for(model).steer(model, encoded_prompt(model, args.prompt, args.chat), setting, steps=args.steps, options=options)
     return print_result(result, args.json, format_steer, model)
 

@@ -130,6 +130,7 @@ class LensResult:
     tracked: list[TokenRef] = field(default_factory=list)  # tokens followed in every cell
     top_k: int = 0  # tokens per cell (0: read it from the cells)
     lens_file: Optional[LensFile] = None  # the learned lens's file (lens "tuned", "jacobian")
+    patchscope_target: Optional[str] = None  # the target prompt (lens "patchscope")
 
     @property
     def depth(self) -> list[Depth]:
@@ -186,6 +187,7 @@ class LensResult:
             tracked=self.tracked,
             top_k=self.top_k,
             lens_file=self.lens_file,
+            patchscope_target=self.patchscope_target,
         )
 
     @property
@@ -215,4 +217,6 @@ class LensResult:
         payload["depth"] = [d.to_json() for d in self.depth]
         if self.lens_file is not None:
             payload["lens_file"] = self.lens_file.to_json()
+        if self.patchscope_target is not None:
+            payload["patchscope_target"] = self.patchscope_target
         return payload

@@ -22,7 +22,7 @@ from dataclasses import replace
 from typing import Optional
 
 from lenstui.core.attribution_result import AttributionResult
-from lenstui.core.lenses import LensOptions
+from lenstui.core.lenses import BLOCK_OUTPUT_LENSES, LensOptions
 from lenstui.core.scan_result import ScanMarks, ScanResult, marks_for
 from lenstui.core.speak_result import SpeakResult
 from lenstui.jobs.protocol import (
@@ -80,6 +80,9 @@ def run_lens_handler(model, request: RunLens, ctx):
     plan = state.prepare(_encoded(model, request.prompt, request.chat), _options(model, request.options), ctx.should_stop)
     n = plan.n_positions
     first = stream_order(request.first_positions, n) if engine.streams else []
+    # A costly lens (the Patchscope: a forward per cell) streams in small parts, the first
+    # visible column alone, with its progress in the status line.
+    per_pass = getattr(state.lens, "positions_per_pass", None)
     if first:
         ready = set(state.computed_positions())  # free: a prefix kept, or a re-prioritised run
         wanted = [p for p in first if p not in ready]
@@ -87,12 +90,30 @@ def run_lens_handler(model, request: RunLens, ctx):
         rest = [p for p in range(n) if p not in head]
         # Nearest to what is in view first, so a small scroll finds its cells ready.
         rest.sort(key=lambda p: min(abs(p - f) for f in first))
-        if rest:  # (with nothing left to stream, the whole grid follows at once as the Done)
-            ctx.partial(plan.result(state.cells(sorted(head), ctx.should_stop)))
-        for start in range(0, len(rest), STREAM_POSITIONS):
-            chunk = rest[start : start + STREAM_POSITIONS]
-            ctx.partial(plan.result(state.cells(chunk, ctx.should_stop)))
+        if per_pass:
+            parts = costly_parts(ready, wanted, rest, per_pass)
+        else:
+            parts = [sorted(head)] + [rest[i : i + STREAM_POSITIONS] for i in range(0, len(rest), STREAM_POSITIONS)]
+        if len(parts) > 1:  # (with nothing left to stream, the whole grid follows at once as the Done)
+            done = len(ready)
+            for part in parts:
+                if per_pass:
+                    ctx.progress(f"{plan.settings.lens}: {done:,}/{n:,} columns", done / n)
+                ctx.partial(plan.result(state.cells(part, ctx.should_stop)))
+                done += len([p for p in part if p not in ready])
     return state.result(ctx.should_stop, started=started)
+
+
+def costly_parts(ready: set[int], wanted: list[int], rest: list[int], per_pass: int) -> list[list[int]]:
+    """The parts a costly lens streams: what is ready with the last visible column (where
+    the cursor follows the prompt's end), the other visible ones from the end, then the
+    rest, ``per_pass`` columns each."""
+    order = list(reversed(wanted)) + rest
+    if not order:
+        return [sorted(ready)]
+    parts = [sorted(ready | {order[0]})]
+    parts += [order[i : i + per_pass] for i in range(1, len(order), per_pass)]
+    return parts
 
 
 def compare_handler(model, request: RunCompare, ctx):
@@ -263,9 +284,10 @@ def render_scene(model, scene: Scene, request: RenderScenes, ctx) -> SceneRender
             top_k=request.top_k,
             lens=scene.lens,
             extended_blocks=scene.extended_blocks or 1,
-            incl_mid=request.incl_mid and scene.lens != "extended",
+            incl_mid=request.incl_mid and scene.lens not in BLOCK_OUTPUT_LENSES,
             target=resolved.target_id,
             track=tuple(resolved.pinned_ids),  # as the session sends its pins
+            patchscope_target=scene.patchscope_target if scene.lens == "patchscope" else None,
         )
         # The same request the app's session makes for this state: generated steps and
         # id prompts run as ids, a text prompt as text (templated on this thread).
@@ -359,7 +381,7 @@ def evaluate_lenses_handler(model, request: EvaluateLenses, ctx):
     else:
         source = [list(request.prompt_ids)]
     return evaluate_lenses(
-        model, source, request.lenses, lens_path=request.lens_path,
+        model, source, request.lenses, lens_path=request.lens_path, patchscope_target=request.patchscope_target,
         should_stop=_between_chunks(ctx), progress=ctx.progress,
     )
 

@@ -199,6 +199,7 @@ class EvaluateLenses(Request):
     prompt_ids: tuple[int, ...] = ()  # the grid's ids (chat template and steps included)
     text_path: Optional[str] = None  # or a text file (paragraphs)
     lens_path: Optional[str] = None  # a learned lens's file; None: the ones fitted for the model
+    patchscope_target: Optional[str] = None  # the Patchscope's target (None: token identity)
 
     title: ClassVar[str] = "Lens evaluation"
     priority: ClassVar[int] = 3

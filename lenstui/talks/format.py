@@ -14,8 +14,9 @@ and ``theme`` (the default for every scene), then one ``[[scene]]`` table per sc
     cursor = { layer = "L20", position = -1 }   # a row label or index; -1 = last position
     target = " Paris"       # token text, a vocabulary piece, "#7042" or 7042
     pinned = [" Paris", "#5"]
-    lens = "logit"          # logit | extended | raw | tuned | jacobian
+    lens = "logit"          # logit | extended | raw | tuned | jacobian | patchscope
     extended_blocks = 1     # with lens = "extended"
+    patchscope_target = "cat -> cat\n?"  # with lens = "patchscope" (default: token identity)
     theme = "lenstui-contrast"
 
 Loading never stops at a bad scene: it comes back with ``problem`` set (one sentence)
@@ -44,7 +45,7 @@ MAX_STEPS = 1024
 TOP_KEYS = ("title", "model", "theme", "scene")
 SCENE_KEYS = (
     "title", "prompt", "prompt_ids", "chat", "steps", "view", "cursor", "target", "pinned",
-    "lens", "extended_blocks", "theme",
+    "lens", "extended_blocks", "patchscope_target", "theme",
 )
 _LAYER_LABEL = re.compile(r"^(embed|L\d+(\.attn)?)$")
 _TOKEN_ID = re.compile(r"^#(\d+)$")
@@ -73,6 +74,7 @@ class Scene:
     pinned: list[TokenSpec] = field(default_factory=list)
     lens: str = "logit"
     extended_blocks: Optional[int] = None
+    patchscope_target: Optional[str] = None  # None: the token-identity prompt
     theme: Optional[str] = None
     line: Optional[int] = None  # where its [[scene]] header is in the file
     problem: Optional[str] = None  # why it cannot be shown; None when it can
@@ -185,6 +187,12 @@ def parse_scene(data: Any, number: int, default_theme: Optional[str] = None) -> 
             scene.extended_blocks = blocks
         else:
             bad("extended_blocks must be a whole number, 1 or more")
+    patch_target = data.get("patchscope_target")
+    if patch_target is not None:
+        if isinstance(patch_target, str) and patch_target.strip():
+            scene.patchscope_target = patch_target
+        else:
+            bad("patchscope_target must be a prompt (text whose last token is read)")
     theme = data.get("theme", default_theme)
     if theme is None or isinstance(theme, str) and theme:
         scene.theme = theme
@@ -327,6 +335,8 @@ def scene_to_toml(scene: Scene) -> str:
     lines.append(f"lens = {toml_string(scene.lens)}")
     if scene.extended_blocks is not None:
         lines.append(f"extended_blocks = {scene.extended_blocks}")
+    if scene.patchscope_target is not None:
+        lines.append(f"patchscope_target = {toml_string(scene.patchscope_target)}")
     if scene.theme:
         lines.append(f"theme = {toml_string(scene.theme)}")
     return "\n".join(lines) + "\n"

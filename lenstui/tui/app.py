@@ -515,7 +515,7 @@ class LenstuiApp(Guarded, App):
             self.notify(lenses.missing_lens_sentence(kind), severity="warning", timeout=6)
             return
         self.session.set_lens(kind)
-        self.notify(f"Lens: {kind}", timeout=2)
+        self.notify(lenses.lens_notice(kind, self.model_info), timeout=6 if kind == "patchscope" else 2)
         self.rerun_lens()
 
     def action_toggle_mid(self) -> None:

@@ -362,6 +362,8 @@ class PresenterApp(LenstuiApp):
         scene.target = session.target
         scene.pinned = list(session.pins)
         scene.lens = session.lens_kind
+        if session.lens_kind == "patchscope":
+            scene.patchscope_target = session.patchscope_target
         scene.theme = self.theme
         return scene
 

@@ -41,7 +41,11 @@ async def test_fit_a_tuned_lens_from_the_palette_then_read_the_grid_with_it():
         assert any("attribution decomposes the logit lens" in t for t in app.notice_texts)
         await pilot.press("escape")
 
-        await pilot.press("f5")  # tuned -> (no J-lens) -> logit
+        await pilot.press("f5")  # tuned -> (no J-lens) -> patchscope, the cycle's last
+        await settle(app, pilot)
+        assert app.session.lens_kind == "patchscope" and app.shown_result.lens_file is None
+        assert "tuned lens · " not in status_text(app) and "patchscope · target" in status_text(app)
+        await pilot.press("f5")  # patchscope -> logit
         await settle(app, pilot)
         assert app.session.lens_kind == "logit" and app.shown_result.lens_file is None
         assert "tuned lens · " not in status_text(app)

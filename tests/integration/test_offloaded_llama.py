@@ -56,7 +56,12 @@ before = rss()
 model = load_model(folder, device="cpu")
 # safetensors maps the file: a weight's pages are resident once read, as a forward reads them
 for tensor in list(model.hf.parameters()) + list(model.hf.buffers()):
-    float(tensor.sum())
+    float(tensor.detach().sum())
+# The load's own forwards (the anatomy's probe, the wiring check) leave freed heap that glibc
+# keeps mapped for a while: memory the process may reuse, not memory the model holds.
+import ctypes, gc
+gc.collect()
+ctypes.CDLL("libc.so.6").malloc_trim(0)
 print(json.dumps({"plan": plan.bytes, "resident": rss() - before, "params": plan.params,
                   "numel": sum(p.numel() for p in model.hf.parameters())}))
 """

@@ -26,7 +26,7 @@ from lenstui.core.errors import InputError, ModelLoadError
 from lenstui.core.lenses import LensOptions
 from lenstui.engine.lens.run import run_lens
 from lenstui.engine.model.load import load_model, wrap_model
-from lenstui.engine.model.wiring import check_wiring
+from lenstui.engine.model.wiring import check_wiring, load_checked
 from testkit.families import DOCS_PAGE, FAMILIES, PROMPT, build, by_name, evaluate, reference_probs, render_table
 from testkit.families import _compare as compare_rows
 
@@ -113,7 +113,7 @@ def _dropped(model, *, transform=False, norm=False):
 def test_the_reference_and_the_wiring_check_fail_when_the_readout_drops_a_step(name, drop, families_root):
     family = by_name(name)
     folder = build(family, families_root)
-    model = load_model(str(folder))
+    model = load_checked(str(folder))
     assert model.wiring.ok
     if drop == "transform":
         assert model.anatomy.logit_transform is not None
@@ -161,7 +161,7 @@ def test_the_wiring_check_catches_the_bridges_falcon_40b_qkv_split(families_root
     wiring = check_wiring(_through_the_bridge(folder))
     assert not wiring.ok and wiring.max_abs_dp > 0.01
     assert "TransformerLens' bridge" in wiring.sentence and one_sentence(wiring.sentence)
-    assert load_model(str(folder)).wiring.ok
+    assert load_checked(str(folder)).wiring.ok
 
 
 def test_a_failing_wiring_check_is_a_warning_on_stderr_and_in_every_json(families_root, monkeypatch, capsys):
@@ -202,7 +202,7 @@ def test_mid_on_a_parallel_family_is_one_sentence_on_the_cli(families_root, caps
 def test_a_bridge_that_will_not_boot_is_a_model_load_error_saying_what_still_works(families_root):
     """TransformerLens 4.3 cannot boot CodeGen (``embed_positions`` moved in transformers
     5): the lens reads it natively; asking for the bridge (attribution) is one sentence."""
-    model = load_model(str(build(by_name("CodeGen"), families_root)))
+    model = load_checked(str(build(by_name("CodeGen"), families_root)))
     assert model.anatomy is not None and model.wiring.ok
     with pytest.raises(ModelLoadError) as caught:
         model.bridge

@@ -55,6 +55,8 @@ def test_lens_variants_cycle_and_mid_rows_exclude_the_extended_lens():
     session.toggle_mid()
     assert session.incl_mid and session.lens_kind == "logit"
     session.set_lens("raw")
+    assert session.next_lens() == "patchscope"  # (no tuned or jacobian file)
+    session.set_lens("patchscope")
     assert session.next_lens() == "logit"
 
 
@@ -107,15 +109,15 @@ def test_learned_lenses_are_cycled_only_once_the_model_has_a_file():
     session = LensSession()
     session.set_text("x")
     cycle = []
-    for _ in range(4):
+    for _ in range(5):
         session.set_lens(session.next_lens())
         cycle.append(session.lens_kind)
-    assert cycle == ["extended", "raw", "logit", "extended"]  # no tuned or jacobian file yet
+    assert cycle == ["extended", "raw", "patchscope", "logit", "extended"]  # no tuned or jacobian file yet
     session.learned_available = frozenset({"tuned"})
     session.set_lens("raw")
     assert session.next_lens() == "tuned"
     session.set_lens("tuned")
-    assert session.next_lens() == "logit"  # no J-lens: skipped
+    assert session.next_lens() == "patchscope"  # no J-lens: skipped
     assert session.request() == RunLens("x", options=LensOptions(lens="tuned"))  # the model's own fitted lens
     session.use_lens_file("jacobian", "/lenses/j.pt")
     assert session.lens_kind == "jacobian" and session.request().options.lens_path == "/lenses/j.pt"

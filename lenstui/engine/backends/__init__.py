@@ -126,10 +126,10 @@ def open_model(
 
         return open_nnsight(spec, device=device, dtype=dtype, placement=placement, progress=progress,
                             allow_download=allow_download, remote=remote, endpoint=endpoint)
-    from lenstui.engine.model.load import load_model
+    from lenstui.engine.model.wiring import load_checked
 
-    return load_model(spec, device=device, dtype=dtype, placement=placement, progress=progress,
-                      allow_download=allow_download)
+    return load_checked(spec, device=device, dtype=dtype, placement=placement, progress=progress,
+                        allow_download=allow_download)
 
 
 def native_model(model: Any, what: str, vocabulary: bool = False) -> Any:

@@ -54,6 +54,7 @@ def evaluate_lenses(
     *,
     lens_path: Optional[str] = None,
     extended_blocks: int = 1,
+    patchscope_target: Optional[str] = None,
     should_stop: Optional[StopCheck] = None,
     progress: Optional[Progress] = None,
 ) -> LensEval:
@@ -66,6 +67,11 @@ def evaluate_lenses(
     if not windows:
         raise InputError("Nothing to evaluate on: the prompt needs at least two tokens.")
     path_kind = kind_of_path(lens_path) if lens_path else None
+    if lens_path and path_kind is None:  # registry:NAME: the one learned lens named
+        learned = [name for name in names if name in LEARNED_LENSES]
+        if len(learned) != 1:
+            raise InputError("--lens-path registry:NAME reads one learned lens: name exactly one of tuned, jacobian in --lens.")
+        path_kind = learned[0]
     if path_kind is not None and path_kind not in names:
         raise InputError(f"--lens-path is a {path_kind} lens, but --lens does not name {path_kind}.")
     paths = {kind: (lens_path if kind == path_kind else None) for kind in LEARNED_LENSES}
@@ -78,7 +84,10 @@ def evaluate_lenses(
     for index, window in enumerate(windows):
         for name in names:
             check_stop(should_stop)
-            options = LensOptions(top_k=1, lens=name, extended_blocks=extended_blocks, lens_path=paths.get(name))
+            options = LensOptions(
+                top_k=1, lens=name, extended_blocks=extended_blocks, lens_path=paths.get(name),
+                patchscope_target=patchscope_target,
+            )
             plan = state.prepare(window, options, should_stop)
             if plan.lens_file is not None:
                 files[name] = plan.lens_file

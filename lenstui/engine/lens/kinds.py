@@ -8,7 +8,9 @@ readout reads (tuned-lens style: a lens transforms a row; the readout is shared)
   position, rows batched); rows from the cut on read as the model's output (nostalgebraist's
   "extended decoder" for gpt-neo);
 - ``tuned`` and ``jacobian``: a fitted translator per row, read from a file
-  (``lens/learned.py``).
+  (``lens/learned.py``);
+- ``patchscope``: each row patched into a target prompt's last position, the model run
+  on from that row, its output read there (``lens/patchscope.py``).
 
 :func:`make_lens` validates a request's options against the model and returns the kind's
 object; a ``LensState`` keeps it while the options stay the same (the extended lens's decoded
@@ -48,6 +50,10 @@ class Lens(Protocol):
 
     def rows(self, state: Any, positions: Sequence[int]) -> torch.Tensor:
         """[rows, len(positions), d]: what the readout reads at ``positions``."""
+
+    # Optional: positions read per pass by a lens that runs the model per cell (absent or
+    # None: as many as the readout takes at once). Streams and cancels in parts that size.
+    # positions_per_pass: Optional[int]
 
 
 @dataclass
@@ -115,6 +121,27 @@ class TranslatedLens:
         return isinstance(other, TranslatedLens) and other.kind == self.kind and other.stamp == self.stamp
 
 
+@dataclass
+class PatchscopeLens:
+    """The Patchscope: the rows are the target run's last residual after patching."""
+
+    target: str  # the target prompt's text
+    kind: str = "patchscope"
+    apply_norm: bool = True
+    incl_mid: bool = False
+    file: Optional[LensFile] = None
+    positions_per_pass: int = 8  # a column is ~(L+1)/2 forwards of one token: stream in small parts
+
+    @property
+    def stamp(self) -> str:
+        return f"patchscope|{self.target}"  # another target: other cells
+
+    def rows(self, state, positions):
+        from lenstui.engine.lens.patchscope import patched_rows, patchscope_target
+
+        return patched_rows(state.model, patchscope_target(state.model, self.target), state.stack(positions, False))
+
+
 def make_lens(model: Any, options: LensOptions, current: Optional[Lens] = None) -> Lens:
     """The lens ``options`` ask for on ``model`` (``current`` when it is the same lens, so
     what it built is kept). Raises InputError for options the model cannot read."""
@@ -139,6 +166,13 @@ def make_lens(model: Any, options: LensOptions, current: Optional[Lens] = None) 
         if options.incl_mid:
             raise InputError(f"The {kind} lens has translators for block outputs only: turn mid-block rows off.")
         lens = TranslatedLens(learned_lens(model, kind, options.lens_path), kind=kind)
+    elif kind == "patchscope":
+        from lenstui.engine.lens.patchscope import patchscope_target, target_text
+
+        if options.incl_mid:
+            raise InputError("The Patchscope patches block outputs only: turn mid-block rows off.")
+        lens = PatchscopeLens(target_text(options.patchscope_target))
+        patchscope_target(model, lens.target)  # a target the model cannot read fails here, in one sentence
     elif kind == "raw":
         lens = RawLens(options.incl_mid)
     else:

@@ -40,7 +40,7 @@ import json
 import re
 import shutil
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Optional, Union
 
@@ -49,6 +49,7 @@ import torch
 from lenstui.core.errors import InputError
 from lenstui.core.learned_lens import LensFile, short_path
 from lenstui.core.lenses import LEARNED_LENSES
+from lenstui.engine.lens.published import base_model_name, is_registry_path, published_path, resolve
 from lenstui.engine.model.load import LoadedModel, gguf_digest
 from lenstui.store.atomic import atomic_file, write_text_atomic
 from lenstui.store.paths import lens_root
@@ -58,8 +59,6 @@ TUNED_PARAMS = "params.pt"
 JACOBIAN_FILE = "lens.pt"  # JacobianLens.from_pretrained's default file name
 SIDECAR = "lenstui.json"  # how lenstui fitted a lens (the formats have no room for it)
 LENS_TYPE = "linear_tuned_lens"
-# The Hugging Face id of the embedded model (its config's name_or_path is lenstui's cache).
-EMBEDDED_HF_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 # Positions before this one read as the logit lens under a learned lens (the sink).
 LOGIT_POSITIONS = 1
 POSITION_NOTE = "position 0 (the attention sink) reads as the logit lens"
@@ -136,16 +135,6 @@ def cached_path(model: LoadedModel, kind: str) -> Path:
     return folder / "tuned" if kind == "tuned" else folder / "jacobian" / JACOBIAN_FILE
 
 
-def base_model_name(model: LoadedModel) -> str:
-    """What a tuned-lens config names the model by (a Hugging Face id where known)."""
-    if model.source == "embedded":
-        return EMBEDDED_HF_ID
-    if model.source == "hub":
-        return model.name
-    name = getattr(getattr(model.hf, "config", None), "name_or_path", "") or ""
-    return name or model.name
-
-
 # ---------------------------------------------------------------- the lens itself
 
 
@@ -198,9 +187,12 @@ class LearnedLens:
 # ---------------------------------------------------------------- loading
 
 
-def kind_of_path(path: Union[str, Path]) -> str:
+def kind_of_path(path: Union[str, Path]) -> Optional[str]:
     """"tuned" for a folder with config.json and params.pt, "jacobian" for a ``.pt`` file
-    (or a folder holding ``lens.pt``); InputError for anything else."""
+    (or a folder holding ``lens.pt``), None for ``registry:NAME`` (either kind publishes
+    by name); InputError for anything else."""
+    if is_registry_path(str(path)):
+        return None
     where = Path(path).expanduser()
     if where.is_dir():
         if (where / TUNED_CONFIG).is_file() or (where / TUNED_PARAMS).is_file():
@@ -228,10 +220,14 @@ def learned_lens(model: LoadedModel, kind: str, path: Union[str, Path, None] = N
     InputError with a sentence when there is none or it does not fit the model."""
     if kind not in LEARNED_LENSES:
         raise InputError(f"{kind!r} is not a learned lens: choose one of {', '.join(LEARNED_LENSES)}.")
+    published = None
     if path is None:
         where = cached_path(model, kind)
         if not where.exists():
             raise InputError(_no_lens_sentence(model, kind))
+    elif is_registry_path(path):  # a published lens, from the Hugging Face cache (never downloaded here)
+        published = resolve(model, kind, str(path))
+        where = published_path(model, kind, str(path))
     else:
         where = Path(path).expanduser()
         if kind == "jacobian" and where.is_dir() and (where / JACOBIAN_FILE).is_file():
@@ -245,6 +241,9 @@ def learned_lens(model: LoadedModel, kind: str, path: Union[str, Path, None] = N
     if hit is not None and hit[0] == (str(where), stamp):
         return hit[1]
     lens = load_tuned(where, model) if kind == "tuned" else load_jacobian(where, model)
+    if published is not None:
+        revision = f" @ {published.revision[:7]}" if published.revision else ""
+        lens.file = replace(lens.file, origin=f"published {published.spec} ({published.repo_id}{revision}); {lens.file.origin}")
     lens.stamp = f"{where}|{stamp}"
     memo[kind] = ((str(where), stamp), lens)
     return lens

@@ -72,6 +72,7 @@ class LensPlan:
     forward_positions: int  # positions the model's forward pass ran for
     tracked: list[TokenRef] = field(default_factory=list)
     lens_file: Optional[LensFile] = None  # the learned lens's file, when the lens is one
+    patchscope_target: Optional[str] = None  # the Patchscope's target prompt, when the lens is one
 
     @property
     def n_positions(self) -> int:
@@ -96,6 +97,7 @@ class LensPlan:
             tracked=self.tracked,
             top_k=settings.top_k,
             lens_file=self.lens_file,
+            patchscope_target=self.patchscope_target,
         )
 
 
@@ -203,6 +205,7 @@ class LensState:
             forward_positions=ran,
             tracked=[token_ref(model, i) for i in track_ids],
             lens_file=lens.file,
+            patchscope_target=getattr(lens, "target", None) if lens.kind == "patchscope" else None,
         )
         return self._plan
 
@@ -398,6 +401,9 @@ class LensState:
         # Always: the final top-1 is an extra target of every row (prediction depth).
         self._read_final_top1(missing, should_stop)
         per_chunk = max(1, VECTORS_PER_CHUNK // n_rows)
+        # A lens that runs the model per cell (the Patchscope) reads a few positions at a
+        # time, so a superseding request waits for one small part only.
+        per_chunk = min(per_chunk, getattr(self._lens, "positions_per_pass", None) or per_chunk)
         for first in range(0, len(missing), per_chunk):
             check_stop(should_stop)
             self._read_positions(missing[first : first + per_chunk], should_stop)

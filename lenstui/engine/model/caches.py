@@ -41,6 +41,9 @@ class ModelCaches:
     unembed_hash: Optional[str] = None
     weights_key: Optional[str] = None
     learned_lenses: dict[str, tuple[Any, Any]] = field(default_factory=dict)
+    # engine.lens.patchscope.PatchscopeTarget per target text (its prefix's KV cache), the
+    # newest few, so every cell of every run under a target reuses its prefix.
+    patchscope_targets: dict[str, Any] = field(default_factory=dict)
     # engine.inspect.geometry: (W_eff, c) and the final norm's affine part.
     effective_unembedding: Optional[tuple[Any, Any]] = None
     final_norm_affine: Any = None

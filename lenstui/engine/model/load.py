@@ -59,7 +59,6 @@ from lenstui.engine.model.anatomy import (
 )
 from lenstui.engine.model.caches import ModelCaches
 from lenstui.engine.model.devices import DTYPES, parse_dtype, resolve_device  # noqa: F401 - their home was here
-from lenstui.engine.model.wiring import check_wiring
 from lenstui.store.atomic import file_lock, write_text_atomic
 from lenstui.store.paths import cache_root
 
@@ -106,6 +105,7 @@ class LoadedModel:
     quantize: Optional[str] = None  # "4bit", "8bit", or a checkpoint's own method ("gptq", ...)
     plan: Optional[MemoryPlan] = field(default=None, repr=False)  # the plan the load was checked against
     # engine/model/wiring.py: the lens's reading of a short prompt against the model's own
+    # (set by wiring.load_checked, the load every CLI command and the worker go through)
     # (checked by load_model; None for a model wrapped without it)
     wiring: Optional[WiringCheck] = None
     _bridge: Any = field(default=None, repr=False)
@@ -821,8 +821,6 @@ def load_model(
         loaded.plan = plan
         loaded.weights_sha256, loaded.weights_files = _weights_identity(spec)
         notes.extend(family_notes(loaded))
-        _report(progress, "checking the lens against the model", 0.95)
-        loaded.wiring = check_wiring(loaded)
     except ModelLoadError:
         raise
     except OSError as err:

@@ -10,6 +10,10 @@ One short prompt, three forwards of a few tokens:
 - the lens's own forward (``engine/model/forward.py``: the plain model with hooks, or
   TransformerLens' bridge) and readout (``engine/lens/readout.py``).
 
+``load_checked`` is ``load_model`` followed by the check: the load the CLI and the worker
+go through (``engine.backends.open_model``). It is not inside ``load_model`` because the
+check runs the lens, and the lens's modules import ``load.py``.
+
 The last row of the lens must give the model's probabilities and the intermediate row the
 head's, within ``tolerance``. A mismatch (a bridge that splits a fused QKV the wrong way, a
 transform the readout does not apply) is a sentence the user sees on stderr, in ``--json``
@@ -33,6 +37,27 @@ def tolerance(model: Any) -> float:
     probability by ~1e-6 (a missed soft-cap or scale by 1e-3 and more); a half-precision
     model computes its own logits in steps several hundred times coarser."""
     return 1e-4 if model.dtype == "float32" else 3e-2
+
+
+def load_checked(spec: Optional[str] = None, **load_options: Any) -> Any:
+    """``load_model(spec, **load_options)`` with its wiring check in ``.wiring``; a check
+    that cannot run is the load's failure, in one sentence."""
+    from lenstui.core.errors import ModelLoadError
+    from lenstui.engine.model.load import describe_spec, load_model
+
+    loaded = load_model(spec, **load_options)
+    progress = load_options.get("progress")
+    if progress is not None:
+        progress("checking the lens against the model", 0.97)
+    try:
+        loaded.wiring = check_wiring(loaded)
+    except Exception as err:  # noqa: BLE001 - one sentence, never a traceback
+        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        raise ModelLoadError(
+            f"Loading {describe_spec(spec)} failed while holding the lens to the model "
+            f"({type(err).__name__}: {first})."
+        ) from None
+    return loaded
 
 
 def check_wiring(model: Any) -> WiringCheck:

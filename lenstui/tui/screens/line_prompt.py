@@ -1,6 +1,6 @@
 """A one-line prompt over the explorer: a sentence, an input; Enter dismisses with what
-was typed (as the subclass reads it), Escape with None. ``PathPrompt`` (a file or folder)
-and ``PinPrompt`` (a token to pin) are its uses."""
+was typed (as the subclass reads it), Escape with None. ``PathPrompt`` (a file or folder),
+``PinPrompt`` (a token to pin) and ``TargetPrompt`` (the Patchscope's target) are its uses."""
 
 from __future__ import annotations
 
@@ -26,16 +26,17 @@ class LinePrompt(Guarded, ModalScreen):
     WIDTH = 76  # the box's columns (at most the screen's)
     INPUT_ID = "line-input"
 
-    def __init__(self, label: str, placeholder: str = "") -> None:
+    def __init__(self, label: str, placeholder: str = "", *, value: str = "") -> None:
         super().__init__()
         self.label = label
         self.placeholder = placeholder
+        self.value = value  # the text the input starts with (to edit rather than retype)
 
     def compose(self) -> ComposeResult:
         with Vertical() as box:
             box.styles.width = self.WIDTH
             yield Static(self.label)
-            yield Input(placeholder=self.placeholder, id=self.INPUT_ID)
+            yield Input(self.value, placeholder=self.placeholder, id=self.INPUT_ID)
 
     def read(self, text: str) -> Any:
         """What the prompt dismisses with for ``text`` as typed (None: nothing)."""

@@ -15,17 +15,19 @@ call ``paint``; neither paints the grid itself.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Literal, Optional
+from typing import Any, Literal, Optional
 
 from lenstui.core.patch_result import PatchResult, SteerResult
 
-if TYPE_CHECKING:
-    from lenstui.tui.state.causal import CausalHost, CausalState
+# causal.py imports this module: its types are named in words here, not imported (even for
+# type checking: the contracts count every import, lazy ones included).
+CausalState = Any  # tui/state/causal.CausalState
+CausalHost = Any  # tui/state/causal.CausalHost
 
 GridRun = Literal["clean", "patched", "steered"]
 
 
-def grid_run(state: "CausalState") -> GridRun:
+def grid_run(state: CausalState) -> GridRun:
     """Which run the grid shows now."""
     if state.steer is not None:
         return "steered"
@@ -34,7 +36,7 @@ def grid_run(state: "CausalState") -> GridRun:
     return "clean"
 
 
-def paint(host: "CausalHost", hint: Optional[str] = None) -> None:
+def paint(host: CausalHost, hint: Optional[str] = None) -> None:
     """Put the run ``grid_run`` picks on the grid, unless it is there already. With no
     clean result to show, ``hint`` (when given) takes the grid's place."""
     state, grid = host.causal, host.grid

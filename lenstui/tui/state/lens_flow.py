@@ -158,7 +158,9 @@ class LensFlow:
     def on_reply(self, result: Result) -> None:
         """A worker answer to a RunLens (stale ones were dropped already)."""
         host, session = self.host, self.host.session
-        if isinstance(result, Progress):
+        if isinstance(result, Progress):  # a costly lens's columns so far (the Patchscope)
+            if result.request == session.last_request:
+                host.status.set_running(True, result.message, result.fraction)
             return
         if result.request != session.last_request:
             # The answer to a state the session has left without asking the worker again

@@ -16,12 +16,19 @@ from typing import Optional
 from textual.app import SystemCommand
 
 from lenstui.core.learned_lens import FitReport, format_duration, short_path
-from lenstui.core.lenses import LEARNED_LENSES
+from lenstui.core.lenses import (
+    DEFAULT_PATCHSCOPE_TARGET,
+    LEARNED_LENSES,
+    patchscope_cost,
+    patchscope_target_line,
+    patchscope_target_text,
+)
 from lenstui.core.lens_result import LensResult
 from lenstui.jobs.protocol import Done, EvaluateLenses, FitLens, ModelInfo, Progress, Result, RunLens, Stopped
 from lenstui.tui.host import ExplorerHost
 from lenstui.tui.screens.lens_eval import LensEvalScreen
 from lenstui.tui.screens.path_prompt import PathPrompt
+from lenstui.tui.screens.target_prompt import TargetPrompt
 from lenstui.tui.state.lens_feature import LensFeature
 
 FIT_HINT = "least squares on ~6,000 tokens the model writes itself: 2-5 min on 2 cores; kept per model"
@@ -44,9 +51,15 @@ class LearnedLensFeature(LensFeature):
             host.notify(f"Learned lens found for {info.name}: {found}. F5 or the palette's \"lens: …\" reads it.", timeout=6)
 
     def run_shown(self, result: LensResult, request: RunLens) -> None:
-        """The status line names the learned lens a result on show read, and its file."""
+        """The status line names the learned lens a result on show read, and its file (the
+        Patchscope: its target)."""
         lens_file = result.lens_file
-        self.host.status.set_lens(f"{lens_file.kind} lens · {short_path(lens_file.path)}" if lens_file else "")
+        if lens_file is not None:
+            self.host.status.set_lens(f"{lens_file.kind} lens · {short_path(lens_file.path)}")
+        elif result.patchscope_target is not None:
+            self.host.status.set_lens(f"patchscope · target {patchscope_target_line(result.patchscope_target)}")
+        else:
+            self.host.status.set_lens("")
 
 
 def missing_lens_sentence(kind: str) -> str:
@@ -133,8 +146,10 @@ def eval_request(host: ExplorerHost, text_path: Optional[str] = None) -> Optiona
         lenses.append(session.lens_kind)
     lenses += [k for k in LEARNED_LENSES if session.lens_ready(k) and k not in lenses]
     path = next((session.lens_paths[k] for k in lenses if k in session.lens_paths), None)
+    patch_target = session.patchscope_target
     if text_path:
-        return EvaluateLenses(tuple(lenses), text_path=text_path, lens_path=path), short_path(text_path)
+        request = EvaluateLenses(tuple(lenses), text_path=text_path, lens_path=path, patchscope_target=patch_target)
+        return request, short_path(text_path)
     result = host.shown_result
     if result is None or len(result.tokens) < 2:
         host.notify("Run the lens on a prompt of two tokens or more first.", severity="warning", timeout=3)
@@ -142,7 +157,7 @@ def eval_request(host: ExplorerHost, text_path: Optional[str] = None) -> Optiona
     if len(lenses) == 1:
         host.notify("No learned lens for this model yet: the plot shows the logit lens alone "
                     "(palette: \"lens: fit a tuned lens for this model\").", timeout=5)
-    request = EvaluateLenses(tuple(lenses), prompt_ids=tuple(result.token_ids), lens_path=path)
+    request = EvaluateLenses(tuple(lenses), prompt_ids=tuple(result.token_ids), lens_path=path, patchscope_target=patch_target)
     return request, f"the prompt ({len(result.tokens)} tokens)"
 
 
@@ -162,6 +177,34 @@ def ask_eval_text(host: ExplorerHost) -> None:
     host.push_screen(PathPrompt("Evaluate the lenses on a text file (paragraphs separated by blank lines):", "~/text.txt"), typed)
 
 
+def lens_notice(kind: str, info: Optional[ModelInfo]) -> str:
+    """What switching to ``kind`` says (the Patchscope: its cost, up front)."""
+    if kind != "patchscope":
+        return f"Lens: {kind}"
+    cost = patchscope_cost(info.n_layers) if info is not None else "the Patchscope runs the model once per cell"
+    return f"Lens: patchscope. {cost[0].upper()}{cost[1:]}; the status line shows its progress."
+
+
+def ask_patchscope_target(host: ExplorerHost) -> None:
+    """Type the Patchscope's target prompt (``\\n`` for a line break); the run checks it."""
+    current = host.session.patchscope_target or DEFAULT_PATCHSCOPE_TARGET
+
+    def typed(text: Optional[str]) -> None:
+        if text:
+            host.session.set_patchscope_target(patchscope_target_text(text))
+            host.notify(f"Patchscope target: {patchscope_target_line(host.session.patchscope_target)}", timeout=3)
+            host.rerun_lens()
+
+    label = "The Patchscope's target prompt (\\n is a line break; its last token is where a residual is patched):"
+    host.push_screen(TargetPrompt(label, value=patchscope_target_line(current)), typed)
+
+
+def default_patchscope_target(host: ExplorerHost) -> None:
+    host.session.set_patchscope_target(None)
+    host.notify(f"Patchscope target: {patchscope_target_line(DEFAULT_PATCHSCOPE_TARGET)} (token identity)", timeout=3)
+    host.rerun_lens()
+
+
 def commands(host: ExplorerHost):
     """The palette's learned-lens entries (the lens kinds are listed with the others)."""
     key = host.key_for
@@ -170,5 +213,7 @@ def commands(host: ExplorerHost):
     yield SystemCommand("lens: stop fitting", "nothing is saved", lambda: cancel_fit(host))
     yield SystemCommand("lens: read the tuned lens from a folder…", "any tuned-lens directory (config.json + params.pt)", lambda: ask_lens_file(host, "tuned"))
     yield SystemCommand("lens: read the J-lens from a file…", "a TransformerLens JacobianLens .pt", lambda: ask_lens_file(host, "jacobian"))
+    yield SystemCommand("lens: Patchscope target…", "the prompt a residual is patched into (default: token identity)", lambda: ask_patchscope_target(host))
+    yield SystemCommand("lens: Patchscope default target", patchscope_target_line(DEFAULT_PATCHSCOPE_TARGET), lambda: default_patchscope_target(host))
     yield SystemCommand("lens: evaluate the lenses on this prompt", f"KL, top-1 agreement and rank per layer, plotted ({key('lenstui.lens_eval')})", lambda: show_eval(host))
     yield SystemCommand("lens: evaluate the lenses on a text file…", "the same plot over a text (as `lenstui lenses eval`)", lambda: ask_eval_text(host))

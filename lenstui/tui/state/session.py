@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Optional, Union
 
 from lenstui.core.errors import quoted
-from lenstui.core.lenses import LEARNED_LENSES, LENS_KINDS, MAX_TRACKED, LensOptions
+from lenstui.core.lenses import BLOCK_OUTPUT_LENSES, LEARNED_LENSES, LENS_KINDS, MAX_TRACKED, LensOptions
 from lenstui.core.textfmt import visible
 from lenstui.jobs.protocol import RunLens
 
@@ -67,6 +67,8 @@ class LensSession:
     # model), and the kinds the model has a file for (cycling skips the others).
     lens_paths: dict[str, str] = field(default_factory=dict)
     learned_available: frozenset[str] = frozenset()
+    # The Patchscope's target prompt (None: the token-identity prompt).
+    patchscope_target: Optional[str] = None
 
     # ---------------------------------------------------------------- the request
 
@@ -79,6 +81,7 @@ class LensSession:
             target=self.target,
             track=tuple(self.pins),
             lens_path=self.lens_paths.get(self.lens_kind),
+            patchscope_target=self.patchscope_target if self.lens_kind == "patchscope" else None,
         )
 
     def request(self) -> RunLens:
@@ -227,6 +230,8 @@ class LensSession:
         self.pins = list(pins)
         self.lens_kind = lens
         self.incl_mid = request.options.incl_mid
+        if lens == "patchscope":
+            self.patchscope_target = request.options.patchscope_target
         self.submitted(request)
 
     def set_chat(self, chat: bool) -> None:
@@ -239,8 +244,8 @@ class LensSession:
 
     def set_lens(self, kind: str) -> None:
         self.lens_kind = kind
-        if kind == "extended" or kind in LEARNED_LENSES:
-            self.incl_mid = False  # the extended decoder and the learned lenses read block outputs only
+        if kind in BLOCK_OUTPUT_LENSES:
+            self.incl_mid = False  # the extended decoder, the learned lenses and the Patchscope read block outputs only
 
     def lens_ready(self, kind: str) -> bool:
         """Whether a run of ``kind`` has a file to read (always, for the built-in lenses)."""
@@ -256,6 +261,11 @@ class LensSession:
                 return kind
         return self.lens_kind
 
+    def set_patchscope_target(self, text: Optional[str]) -> None:
+        """Read the Patchscope through ``text`` from now on (None: the default target)."""
+        self.patchscope_target = text or None
+        self.set_lens("patchscope")
+
     def use_lens_file(self, kind: str, path: str) -> None:
         """Read the learned lens ``kind`` from ``path`` from now on (and show it)."""
         self.lens_paths[kind] = path
@@ -263,7 +273,7 @@ class LensSession:
 
     def toggle_mid(self) -> None:
         self.incl_mid = not self.incl_mid
-        if self.incl_mid and (self.lens_kind == "extended" or self.lens_kind in LEARNED_LENSES):
+        if self.incl_mid and self.lens_kind in BLOCK_OUTPUT_LENSES:
             self.lens_kind = "logit"
 
     # ---------------------------------------------------------------- what the prompt line says

@@ -72,11 +72,12 @@ class StatusBar(Guarded, Static):
         self.add_class("-error")
         self.state = message
 
-    def set_running(self, running: bool) -> None:
+    def set_running(self, running: bool, progress: str = "", fraction: Optional[float] = None) -> None:
+        """The lens is running (with a costly lens's progress: its columns so far), or not."""
         if running:
             self.remove_class("-error")
-            self.state = "running the lens…"
-        elif self.state == "running the lens…":
+            self.state = f"running the lens… {progress_bar(fraction)} {progress}" if progress else "running the lens…"
+        elif self.state.startswith("running the lens…"):
             self.state = "ready"
 
     def set_run(self, tokens: int, seconds: float) -> None:

@@ -45,7 +45,10 @@ class ModulePaths:
 
 def module_paths(hf_model: Any, name: str) -> ModulePaths:
     """The anatomy's modules of ``hf_model`` as paths; ModelLoadError for a family the
-    anatomy does not know (the trace has to know where each row is)."""
+    anatomy does not know (the trace has to know where each row is). A model on the meta
+    device (NDIF's, with no weights here) is probed through a miniature of its class."""
+    if _on_meta(hf_model):
+        return _paths_through_miniature(hf_model, name)
     anatomy = find_anatomy(hf_model)
     if anatomy is None:
         raise ModelLoadError(
@@ -74,6 +77,84 @@ def module_paths(hf_model: Any, name: str) -> ModulePaths:
     )
 
 
+def _on_meta(hf_model: Any) -> bool:
+    first = next(iter(hf_model.parameters()), None)
+    return first is not None and first.is_meta
+
+
+# A miniature keeps the class and the module tree of a config, at widths a probe forward
+# runs in milliseconds: two blocks, 64 wide, 4 heads of 16 (2 key-value heads where the
+# model shares them), a 128-wide MLP.
+_MINIATURE = {"num_hidden_layers": 2, "hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 4, "head_dim": 16}
+
+
+def _miniature(hf_model: Any) -> Any:
+    """The same class as ``hf_model``, built small on the CPU with random weights: the
+    anatomy is found by a forward (engine/model/anatomy.py), which a meta model cannot run."""
+    import copy
+
+    import torch
+
+    from lenstui.engine.model.anatomy import text_config
+
+    config = copy.deepcopy(hf_model.config)
+    text = text_config(config)
+    heads = getattr(text, "num_attention_heads", None)
+    kv_heads = getattr(text, "num_key_value_heads", None)
+    for key, value in _MINIATURE.items():
+        if hasattr(text, key):
+            setattr(text, key, value)
+    if kv_heads is not None and heads:
+        text.num_key_value_heads = 4 if kv_heads == heads else 2
+    if isinstance(getattr(text, "layer_types", None), list):
+        text.layer_types = text.layer_types[: text.num_hidden_layers]
+    for key in ("moe_intermediate_size", "shared_expert_intermediate_size"):
+        if hasattr(text, key):
+            setattr(text, key, 128)
+    mini = type(hf_model)(config)
+    return mini.to(torch.float32).eval()
+
+
+def _paths_through_miniature(hf_model: Any, name: str) -> ModulePaths:
+    """``hf_model``'s paths from its miniature's anatomy: the same names outside the blocks,
+    the same names inside each block (a block's parts are the first block's, relative)."""
+    from lenstui.engine.model.anatomy import find_blocks, text_config
+
+    try:
+        mini = _miniature(hf_model)
+    except Exception:  # noqa: BLE001 - a config the miniature cannot shrink: refused below
+        mini = None
+    anatomy = find_anatomy(mini) if mini is not None else None
+    blocks = find_blocks(hf_model)
+    if anatomy is None or blocks is None or len(set(anatomy.mixers)) > 1:
+        raise ModelLoadError(
+            f"The nnsight backend reads the families whose parts lenstui finds in a small copy of the model, "
+            f"and {quoted(name, middle=True)} ({type(hf_model).__name__}) is not one of them: open it "
+            "with --backend native."
+        )
+    names = {id(module): path for path, module in mini.named_modules()}
+    first_block = names[id(anatomy.blocks[0])]
+    block_paths = tuple(f"{blocks[0]}.{i}" for i in range(len(blocks[1])))
+
+    def per_block(modules) -> Optional[tuple[str, ...]]:
+        if modules is None or any(m is None for m in modules):
+            return None
+        relative = names[id(modules[0])].removeprefix(first_block + ".")
+        return tuple(f"{block}.{relative}" for block in block_paths)
+
+    return ModulePaths(
+        blocks=block_paths,
+        final_norm=names[id(anatomy.final_norm)],
+        unembed=names[id(anatomy.unembed)],
+        embed=names[id(anatomy.embed)],
+        mid_norms=per_block(anatomy.mid_norms),
+        attns=per_block(anatomy.attns),
+        mlps=per_block(anatomy.mlps),
+        out_projs=per_block(anatomy.out_projs),
+        n_heads=int(text_config(hf_model.config).num_attention_heads),
+    )
+
+
 @dataclass
 class NnsightModel:
     lm: Any  # nnsight.TransformersModel
@@ -94,6 +175,9 @@ class NnsightModel:
     weights_files: tuple[str, ...] = ()
     placement: dict[str, str] = field(default_factory=dict)  # module -> device (here); NDIF's own there
     quantize: Optional[str] = None
+    # The wiring check of the native model it wraps (locally); on NDIF none is run (it would
+    # cost a remote request per load): the JSON and the status line then say nothing of it.
+    wiring: Any = None
 
     backend: ClassVar[str] = "nnsight"
 
@@ -108,6 +192,12 @@ class NnsightModel:
     @property
     def n_layers(self) -> int:
         return len(self.paths.blocks)
+
+    @property
+    def anatomy(self):
+        """The native anatomy where the model runs here (the rows' labels read it); on
+        NDIF none (its rows are labelled as an attention model's)."""
+        return self.local.anatomy if self.local is not None else None
 
     # What reads only the config and the tokenizer is LoadedModel's own.
     d_model = LoadedModel.d_model
@@ -183,6 +273,7 @@ def wrap_local(model: LoadedModel, transport=None) -> NnsightModel:
         weights_sha256=model.weights_sha256,
         weights_files=model.weights_files,
         placement=dict(getattr(model, "placement", {}) or {}),
+        wiring=getattr(model, "wiring", None),
         quantize=getattr(model, "quantize", None),
     )
 

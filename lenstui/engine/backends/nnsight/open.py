@@ -37,9 +37,9 @@ def open_model(
     """The nnsight backend over ``spec``: loaded here and wrapped (``remote`` False), or
     nnsight's meta model of a Hugging Face id whose traces run on NDIF."""
     if not remote:
-        from lenstui.engine.model.load import load_model
+        from lenstui.engine.model.wiring import load_checked
 
-        loaded = load_model(spec, device=device, dtype=dtype, placement=placement, progress=progress,
+        loaded = load_checked(spec, device=device, dtype=dtype, placement=placement, progress=progress,
                             allow_download=allow_download)
         return wrap_local(loaded)
     settings = require_key(endpoint)
