@@ -1,6 +1,6 @@
 """The real explorer in a pseudo-terminal, read back with a terminal emulator (pyte).
 
-Used by the terminal-level tests (tests/test_terminal.py) and the benchmarks
+Used by the terminal-level tests (tests/system/test_terminal.py) and the benchmarks
 (bench/bench_app.py, bench/bench_input.py): a child process runs ``lenstui`` exactly as
 a person starts it, keys are written to the pty's master side as a terminal would send
 them (one at a time with a pause, or all in one write), and everything the app draws is

@@ -33,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
     # The model's process first: it imports torch and transformers while this one imports
     # Textual and draws the first frame. Not for a browser tab (``lenstui serve`` sets
     # TEXTUAL_DRIVER): a tab's start-up keeps the order its driver's start-up race was
-    # measured with (tests/test_serve.py reproduces Textual's livelock by its timing).
+    # measured with (tests/system/test_serve.py reproduces Textual's livelock by its timing).
     worker = None
     if os.environ.get("LENSTUI_IN_PROCESS", "") in ("", "0") and not os.environ.get("TEXTUAL_DRIVER"):
         from lenstui.jobs.process import ProcessWorker

@@ -14,7 +14,7 @@ Where Textual 8 lets an exception end the app, and what catches it here:
   screen, a widget; worker replies and ``call_later`` callbacks are messages too). An
   exception there makes Textual leave that node's message loop for good (a widget that
   never answers again), so it is caught there, in each class of ours: the ``Guarded``
-  mixin (``tests/test_contracts.py`` checks that every app, screen and widget class in
+  mixin (``tests/app/test_never_crashes.py`` checks that every app, screen and widget class in
   ``lenstui.tui`` has it);
 - ``App._handle_exception`` is where everything else lands (timers, idle and
   after-refresh callbacks, compose, a widget's render): ``LenstuiApp`` reports it instead

@@ -5,7 +5,7 @@ says so on the status line, in its own sentence."""
 from __future__ import annotations
 
 import torch
-from apphelpers import EIFFEL, RecordingApp, settle
+from testkit.apphelpers import EIFFEL, RecordingApp, settle
 
 from lenstui.engine.model.load import load_model, wrap_model
 from lenstui.engine.model.wiring import check_wiring

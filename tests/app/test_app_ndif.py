@@ -6,7 +6,7 @@ holding (its answer dropped, the session and the last grid kept)."""
 from __future__ import annotations
 
 import pytest
-from apphelpers import RecordingApp, settle, until
+from testkit.apphelpers import RecordingApp, settle, until
 
 from lenstui.engine.backends.nnsight.model import open_remote
 from lenstui.engine.backends.nnsight.transport import Transport

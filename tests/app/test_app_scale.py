@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from apphelpers import RecordingApp, grid_lines, settle
+from testkit.apphelpers import RecordingApp, grid_lines, settle
 from lenstui.tui.widgets.grid import LensGrid
 
 PROMPT = "The Eiffel Tower is located in the city of"

@@ -5,7 +5,7 @@ view works under it: top-k, pins, trajectories, compare, the lens evaluation."""
 
 from __future__ import annotations
 
-from apphelpers import LensGate, settle, until
+from testkit.apphelpers import LensGate, settle, until
 
 from lenstui.core.lenses import DEFAULT_PATCHSCOPE_TARGET
 from lenstui.jobs.protocol import RunLens

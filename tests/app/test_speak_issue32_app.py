@@ -23,7 +23,7 @@ def long_tiny():
 
 @pytest.fixture
 def make_long_app(long_tiny):
-    from apphelpers import RecordingApp
+    from testkit.apphelpers import RecordingApp
 
     return lambda prompt="": RecordingApp(prompt, loader=lambda spec, **kw: long_tiny)
 

@@ -26,7 +26,7 @@ PyTorch hooks on the modules its anatomy names (``engine/model/anatomy.py``): no
 TransformerLens, every family the anatomy knows. :class:`BridgeForward` runs
 TransformerLens' bridge with its hook points, for the models and sites the anatomy does not
 know. :func:`forward_for` picks one per run; both give the same tensors (the plain model
-runs eager attention, as the bridge does: tests/test_native_model.py holds them to each
+runs eager attention, as the bridge does: tests/unit/test_native_model.py holds them to each
 other).
 """
 

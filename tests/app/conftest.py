@@ -1,0 +1,10 @@
+"""The app tier: the explorer driven by the Pilot on tiny models or none, and snapshots
+(tests/conftest.py has the shared fixtures)."""
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def embedded():
+    """Refused here: a test on the embedded model belongs in tests/integration."""
+    pytest.fail("the embedded model is not for this tier: move the test to tests/integration")
