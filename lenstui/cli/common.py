@@ -84,8 +84,6 @@ def backend_choice(args: argparse.Namespace) -> Optional[str]:
     return chosen
 
 
-# The backend of the model this command loaded (every --json payload says it).
-_LOADED: dict = {}
 
 
 def add_lens_options(parser: argparse.ArgumentParser, *, target_help: str, track_help: str) -> None:
@@ -167,10 +165,7 @@ def load_from_args(args: argparse.Namespace):
         print(f"lenstui: note: {note}", file=sys.stderr)
     if model.wiring is not None and not model.wiring.ok:  # the lens does not read this model true
         print(f"lenstui: warning: {model.wiring.sentence}", file=sys.stderr)
-    from lenstui.engine.backends import backend_of
-
     remote = bool(getattr(model, "remote", False))
-    _LOADED.update(backend=backend_of(model), remote=remote, endpoint=getattr(model, "endpoint", None) if remote else None)
     if remote:  # progress while NDIF queues and runs each request (the terminal's, not the app's)
         _report_remote_progress(model)
     return model
@@ -255,18 +250,25 @@ def announce_lens(args: argparse.Namespace, model, options, n_positions: int = 0
         print(f"lenstui: note: {patchscope_cost(model.n_layers, n_positions)}.", file=sys.stderr)
 
 
+def backend_fields(model: Any) -> dict:
+    """Who read ``model``: its backend, whether on NDIF, and NDIF's endpoint then."""
+    from lenstui.engine.backends import backend_of
+
+    remote = bool(getattr(model, "remote", False))
+    return {"backend": backend_of(model), "remote": remote, "endpoint": getattr(model, "endpoint", None) if remote else None}
+
+
 def print_json(payload: Any, model: Any = None) -> None:
     """``payload`` as one line of JSON; with the ``model`` it was computed on, an object
     payload also says where that model is (``"placement"``: module -> device) and what its
-    load's wiring check found (``"wiring"``: ok, max_abs_dp, sentence); and every object
-    payload says who read the model (``"backend"``, ``"remote"``, ``"endpoint"``)."""
+    load's wiring check found (``"wiring"``: ok, max_abs_dp, sentence) and who read it
+    (``"backend"``, ``"remote"``, ``"endpoint"``)."""
     if model is not None and isinstance(payload, dict):
         payload = {**payload, "placement": dict(getattr(model, "placement", {}) or {"": str(model.device)})}
         wiring = getattr(model, "wiring", None)
         if wiring is not None:
             payload["wiring"] = wiring.to_json()
-    if isinstance(payload, dict) and _LOADED:
-        payload = {**payload, **_LOADED}
+        payload.update(backend_fields(model))
     json.dump(payload, sys.stdout, ensure_ascii=False)
     sys.stdout.write("\n")
 

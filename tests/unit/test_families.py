@@ -232,7 +232,7 @@ def test_the_readouts_preparation_through_the_bridge_fails_in_one_sentence(famil
 
 def test_an_unloadable_family_is_a_model_load_error_with_the_nearest_names(families_root):
     with pytest.raises(ModelLoadError) as caught:
-        load_model(str(build(by_name("Gemma 3n (text)"), families_root)))
+        load_checked(str(build(by_name("Gemma 3n (text)"), families_root)))
     assert "Gemma3nForCausalLM" in str(caught.value) and "Gemma3ForCausalLM" in str(caught.value)
 
 

@@ -92,6 +92,10 @@ class Context:
     def __init__(self, stop_after_partials: int | None = None):
         self.partials = []
         self.stop_after = stop_after_partials
+        self.progress_lines = []
+
+    def progress(self, message: str, fraction=None) -> None:
+        self.progress_lines.append((message, fraction))
 
     def should_stop(self) -> bool:
         return self.stop_after is not None and len(self.partials) >= self.stop_after

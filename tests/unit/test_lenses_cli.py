@@ -38,7 +38,7 @@ def test_fit_then_eval_then_read_the_lens(loaded, tmp_path, capsys):
     text.write_text("\n\n".join(CORPUS))
     assert main(["lenses", "eval", str(text), "--lens", "logit,tuned", "--lens-path", str(out), "--json"]) == 0
     payload = json.loads(capsys.readouterr().out)
-    assert list(payload) == ["tokens", "rows", "lenses", "placement"]  # (every --json says where the model is)
+    assert list(payload) == ["tokens", "rows", "lenses", "placement", "backend", "remote", "endpoint"]  # (where the model is, who read it)
     assert list(payload["lenses"]) == ["logit", "tuned"]
     for curves in payload["lenses"].values():
         assert list(curves) == ["kl", "top1_agree", "final_rank"]

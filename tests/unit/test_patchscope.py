@@ -229,6 +229,9 @@ def test_a_talk_scene_keeps_its_patchscope_target_and_renders_through_it(tiny_ll
         def should_stop(self):
             return False
 
+        def progress(self, message, fraction=None):
+            pass
+
     rendered = render_scene(tiny_llama, scene, RenderScenes((scene,), (1,), top_k=4, incl_mid=True), Ctx())
     assert rendered.problem is None
     assert rendered.result.lens == "patchscope" and rendered.result.patchscope_target == "a -> a\nb -> b\n?"

@@ -191,7 +191,7 @@ def test_cli_vs_json_and_bad_positions(tiny_llama, monkeypatch, capsys):
     monkeypatch.setattr(lens_cmd, "load_from_args", lambda args: tiny_llama)
     assert main(["lens", PROMPT, "--vs", PROMPT_B, "--json", "--top-k", "2"]) == 0
     payload = json.loads(capsys.readouterr().out)
-    assert set(payload) == {"a", "b", "compare", "placement"}
+    assert set(payload) == {"a", "b", "compare", "placement", "backend", "remote", "endpoint"}
     assert "".join(t["text"] for t in payload["b"]["tokens"]) == PROMPT_B
     n_a, n_b = len(payload["a"]["tokens"]), len(payload["b"]["tokens"])
     assert payload["compare"]["positions"] == [n_a - 1, n_b - 1]

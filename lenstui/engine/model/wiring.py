@@ -51,6 +51,8 @@ def load_checked(spec: Optional[str] = None, **load_options: Any) -> Any:
         progress("checking the lens against the model", 0.97)
     try:
         loaded.wiring = check_wiring(loaded)
+    except ModelLoadError:  # what reads the model would not boot (a family neither path reads)
+        raise
     except Exception as err:  # noqa: BLE001 - one sentence, never a traceback
         first = str(err).strip().splitlines()[0] if str(err).strip() else ""
         raise ModelLoadError(
