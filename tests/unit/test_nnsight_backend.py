@@ -191,6 +191,8 @@ def test_what_the_backend_cannot_do_says_so(pair):
     _, nnsight = pair
     with pytest.raises(InputError, match="extended lens"):
         lens(nnsight, PROMPT, LensOptions(lens="extended", extended_blocks=1))
+    with pytest.raises(InputError, match="Patchscope runs a second prompt"):
+        lens(nnsight, PROMPT, LensOptions(lens="patchscope"))
     # Locally the whole-vocabulary work runs on the plain model nnsight wraps.
     assert native_model(nnsight, "The speakability check") is nnsight.local
 

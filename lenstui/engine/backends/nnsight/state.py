@@ -167,6 +167,11 @@ def check_lens(model: NnsightModel, options: LensOptions) -> None:
             "The extended lens runs the last blocks again over every row, which the nnsight backend "
             "does not do: use the logit, raw or tuned lens, or --backend native."
         )
+    if options.lens == "patchscope":
+        raise InputError(
+            "The Patchscope runs a second prompt per row with the row patched in, which the nnsight "
+            "backend does not do: use the logit, raw or tuned lens, or --backend native."
+        )
     if options.lens in ("tuned", "jacobian") and model.local is None:
         raise InputError(
             f"The {options.lens} lens checks its file against the model's unembedding, which stays on "
