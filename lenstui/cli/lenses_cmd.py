@@ -173,14 +173,19 @@ def format_eval(result: LensEval) -> str:
     for name, lens_file in result.files.items():
         lines.append(f"{name}: {lens_file.origin} · {short_path(lens_file.path)}")
     lines.append("")
-    header = "row".ljust(7) + "".join(f"{name + ' KL nats/bits':>24}" for name in names)
-    header += "".join(f"{name + ' top-1':>14}" for name in names) + "".join(f"{name + ' rank':>13}" for name in names)
+    # Each column as wide as its header (a gap of 2): "patchscope top-1" outgrows a fixed width.
+    kl_w = max([24] + [len(n) + 15 for n in names])
+    top_w = max([14] + [len(n) + 8 for n in names])
+    rank_w = max([13] + [len(n) + 7 for n in names])
+    header = "row".ljust(7) + "".join(f"{name + ' KL nats/bits':>{kl_w}}" for name in names)
+    header += "".join(f"{name + ' top-1':>{top_w}}" for name in names)
+    header += "".join(f"{name + ' rank':>{rank_w}}" for name in names)
     lines.append(header)
     for r, label in enumerate(result.rows):
         line = label.ljust(7)
-        line += "".join(f"{result.lenses[n].kl[r]:>15.3f} /{result.lenses[n].kl_bits[r]:>7.2f}" for n in names)
-        line += "".join(f"{result.lenses[n].top1_agree[r]:>14.3f}" for n in names)
-        line += "".join(f"{result.lenses[n].final_rank[r]:>13.1f}" for n in names)
+        line += "".join(f"{result.lenses[n].kl[r]:>{kl_w - 9}.3f} /{result.lenses[n].kl_bits[r]:>7.2f}" for n in names)
+        line += "".join(f"{result.lenses[n].top1_agree[r]:>{top_w}.3f}" for n in names)
+        line += "".join(f"{result.lenses[n].final_rank[r]:>{rank_w}.1f}" for n in names)
         lines.append(line)
     last = len(result.rows) - 2
     span = f"{result.rows[0]}..{result.rows[last]}"
