@@ -45,8 +45,11 @@ def load_checked(spec: Optional[str] = None, **load_options: Any) -> Any:
     from lenstui.core.errors import ModelLoadError
     from lenstui.engine.model.load import describe_spec, load_model
 
-    loaded = load_model(spec, **load_options)
     progress = load_options.get("progress")
+    if progress is not None:  # the load's own steps up to 95%, the check after them
+        load_options = {**load_options, "progress": lambda message, fraction=None: progress(
+            message, None if fraction is None else 0.95 * fraction)}
+    loaded = load_model(spec, **load_options)
     if progress is not None:
         progress("checking the lens against the model", 0.97)
     try:
@@ -59,6 +62,8 @@ def load_checked(spec: Optional[str] = None, **load_options: Any) -> Any:
             f"Loading {describe_spec(spec)} failed while holding the lens to the model "
             f"({type(err).__name__}: {first})."
         ) from None
+    if progress is not None:
+        progress("ready", 1.0)
     return loaded
 
 
