@@ -735,7 +735,7 @@ def model_config(spec: Optional[str], *, allow_download: bool = False) -> tuple[
     except OSError as err:
         raise ModelLoadError(_explain_os_error(spec, err, offline)) from None
     except Exception as err:  # noqa: BLE001 - one sentence, not a traceback
-        raise ModelLoadError(f"Cannot read {describe_spec(spec)}'s config ({type(err).__name__}: {_first_line(err)}).") from None
+        raise ModelLoadError(f"Cannot read {describe_spec(spec)}'s config ({type(err).__name__}: {first_line(err)}).") from None
 
 
 def plan_model(
@@ -827,11 +827,11 @@ def load_model(
         raise ModelLoadError(_explain_os_error(spec, err, offline)) from None
     except (ValueError, NotImplementedError, KeyError) as err:
         raise ModelLoadError(
-            f"Cannot load {describe_spec(spec)}: {_first_line(err)} (lenstui reads decoder-only causal LMs)."
+            f"Cannot load {describe_spec(spec)}: {first_line(err)} (lenstui reads decoder-only causal LMs)."
         ) from None
     except Exception as err:  # anything else still ends in one sentence, not a traceback
         raise ModelLoadError(
-            f"Loading {describe_spec(spec)} failed ({type(err).__name__}: {_first_line(err)})."
+            f"Loading {describe_spec(spec)} failed ({type(err).__name__}: {first_line(err)})."
         ) from None
     loaded.notes = notes + list(plan.notes if loaded.quantize else ())
     loaded.load_seconds = time.perf_counter() - started
@@ -906,7 +906,7 @@ def bridge_failure(model: LoadedModel, err: BaseException) -> str:
         near = difflib.get_close_matches(family.lower(), list(by_lower), n=3, cutoff=0.6)
         hint = f" (the nearest it knows: {', '.join(by_lower[n] for n in near)})" if near else ""
         return f"TransformerLens {_tl_version()} has no adapter for {family}{hint}{tail}"
-    return f"TransformerLens' bridge cannot read {family} ({type(err).__name__}: {_first_line(err)}){tail}"
+    return f"TransformerLens' bridge cannot read {family} ({type(err).__name__}: {first_line(err)}){tail}"
 
 
 def _bridge_architectures() -> list[str]:
@@ -950,7 +950,8 @@ def _weights_identity(spec: Optional[str]) -> tuple[Optional[str], tuple[str, ..
     return None, tuple(files)
 
 
-def _first_line(err: BaseException) -> str:
+def first_line(err: BaseException) -> str:
+    """An exception's first line, clipped, for a one-sentence message."""
     text = str(err).strip().splitlines()
     return clipped(text[0].rstrip("."), 200) if text else type(err).__name__
 
@@ -974,4 +975,4 @@ def _explain_os_error(spec: Optional[str], err: OSError, offline: bool = True) -
             f"Model {quoted(spec, middle=True)} is not in the local Hugging Face cache and the hub could "
             "not be reached or has no such model: check the name, or pass a local directory or .gguf file."
         )
-    return f"Cannot read {describe_spec(spec)}: {_first_line(err)}."
+    return f"Cannot read {describe_spec(spec)}: {first_line(err)}."

@@ -43,7 +43,7 @@ def load_checked(spec: Optional[str] = None, **load_options: Any) -> Any:
     """``load_model(spec, **load_options)`` with its wiring check in ``.wiring``; a check
     that cannot run is the load's failure, in one sentence."""
     from lenstui.core.errors import ModelLoadError
-    from lenstui.engine.model.load import describe_spec, load_model
+    from lenstui.engine.model.load import describe_spec, first_line, load_model
 
     progress = load_options.get("progress")
     if progress is not None:  # the load's own steps up to 95%, the check after them
@@ -57,10 +57,9 @@ def load_checked(spec: Optional[str] = None, **load_options: Any) -> Any:
     except ModelLoadError:  # what reads the model would not boot (a family neither path reads)
         raise
     except Exception as err:  # noqa: BLE001 - one sentence, never a traceback
-        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
         raise ModelLoadError(
             f"Loading {describe_spec(spec)} failed while holding the lens to the model "
-            f"({type(err).__name__}: {first})."
+            f"({type(err).__name__}: {first_line(err)})."
         ) from None
     if progress is not None:
         progress("ready", 1.0)
