@@ -24,6 +24,33 @@ from lenstui.engine.model.load import LoadedModel
 from lenstui.engine.model.vocab import resolve_token, token_ref
 
 
+def sweep_site(model, site: PatchSite, mode: str) -> tuple[str, int, Optional[int]]:
+    """(component, block, head) a sweep patches; a positions sweep must name its layer.
+    Shared by every backend's sweep."""
+    if mode == "positions" and site.layer is None:
+        raise InputError("A positions sweep patches every position at one layer: say which (--layer L12).")
+    return read_site(model, site, layer=site.layer if site.layer is not None else 0)
+
+
+def sweep_points(
+    site: PatchSite, mode: str, comp: str, block: int, n_layers: int, n: int, n_b: Optional[int]
+) -> list[tuple[int, int, Optional[int]]]:
+    """The (block, position, position in B) of each patched run: every layer at the
+    site's position ("layers": from the embedding for the residual), or every position at
+    its block ("positions", each from the same position of B, as long as A). ``n`` and
+    ``n_b``: the tokens of A and of B (None: no source prompt). Shared by every backend."""
+    if mode == "layers":
+        p = position_in(site.position, n, "prompt A")
+        q = from_position(site.position, site.from_position, n_b) if n_b is not None else None
+        return [(b, p, q) for b in range(-1 if comp == "resid" else 0, n_layers)]
+    if n_b is not None and n_b != n:
+        raise InputError(
+            f"A positions sweep patches each position of A from the same position of B: "
+            f"A has {n} tokens and B {n_b}."
+        )
+    return [(block, p, p if n_b is not None else None) for p in range(n)]
+
+
 def sweep(
     model: LoadedModel,
     prompt: Prompt,
@@ -48,9 +75,7 @@ def sweep(
         raise InputError(f"Unknown sweep {mode!r}: choose layers or positions.")
     source = source_kind(source_prompt, ablate)
     n_layers = model.n_layers
-    if mode == "positions" and site.layer is None:
-        raise InputError("A positions sweep patches every position at one layer: say which (--layer L12).")
-    comp, block, head = read_site(model, site, layer=site.layer if site.layer is not None else 0)
+    comp, block, head = sweep_site(model, site, mode)
     # A sweep reads no cells: keeping the explorer's settings keeps the cells it read.
     options = lens_state(model, "a").options or LensOptions()
     prepared = prepare_prompts(model, prompt, options, source=source, source_prompt=source_prompt, should_stop=should_stop)
@@ -58,17 +83,7 @@ def sweep(
     n = prepared.n
     n_b = prepared.other_plan.n_positions if prepared.other_plan is not None else None
     measured = n - 1
-    if mode == "layers":
-        p = position_in(site.position, n, "prompt A")
-        q = from_position(site.position, site.from_position, n_b) if n_b is not None else None
-        sites = [(b, p, q) for b in range(-1 if comp == "resid" else 0, n_layers)]
-    else:
-        if n_b is not None and n_b != n:
-            raise InputError(
-                f"A positions sweep patches each position of A from the same position of B: "
-                f"A has {n} tokens and B {n_b}."
-            )
-        sites = [(block, p, p if n_b is not None else None) for p in range(n)]
+    sites = sweep_points(site, mode, comp, block, n_layers, n, n_b)
     unembed = unembedding(model)
     clean_final = state.residual(n_layers)[measured].float()
     target_id = resolve_token(model, target) if target is not None else _top1(unembed, clean_final)

@@ -39,7 +39,7 @@ from lenstui.engine.backends.nnsight.state import NnsightLensState, nnsight_lens
 from lenstui.engine.causal.prepared import Prompt, read_site
 from lenstui.engine.causal.sites import from_position, parse_layer, position_in, source_kind
 from lenstui.engine.causal.steer import MAX_STEER_STEPS
-from lenstui.engine.causal.sweep import _top_token, _tracked  # (the same points, read alike)
+from lenstui.engine.causal.sweep import _top_token, _tracked, sweep_points, sweep_site  # (the same points, read alike)
 from lenstui.engine.model.vocab import encode_prompt, resolve_token, token_ref
 
 
@@ -237,25 +237,12 @@ def sweep(
     if mode not in SWEEPS:
         raise InputError(f"Unknown sweep {mode!r}: choose layers or positions.")
     source = source_kind(source_prompt, ablate)
-    n_layers = model.n_layers
-    if mode == "positions" and site.layer is None:
-        raise InputError("A positions sweep patches every position at one layer: say which (--layer L12).")
-    comp, block, head = read_site(model, site, layer=site.layer if site.layer is not None else 0)
+    comp, block, head = sweep_site(model, site, mode)
     ids = encode_prompt(model, prompt)
     n = len(ids)
     source_ids = None if source != "prompt" else encode_prompt(model, source_prompt)
     n_b = None if source_ids is None else len(source_ids)
-    if mode == "layers":
-        p = position_in(site.position, n, "prompt A")
-        q = from_position(site.position, site.from_position, n_b) if n_b is not None else None
-        points = [(b, p, q) for b in range(-1 if comp == "resid" else 0, n_layers)]
-    else:
-        if n_b is not None and n_b != n:
-            raise InputError(
-                f"A positions sweep patches each position of A from the same position of B: "
-                f"A has {n} tokens and B {n_b}."
-            )
-        points = [(block, p, p if n_b is not None else None) for p in range(n)]
+    points = sweep_points(site, mode, comp, block, model.n_layers, n, n_b)
     target_id = resolve_token(model, target) if target is not None else None
     tracked: list[int] = []
     for spec_token in track:
@@ -338,7 +325,7 @@ def sweep(
         source_answer_prob=None if source_probs is None else source_probs[1],
         clean_tracked=_tracked(model, extra, clean_point),
         points=swept_points,
-        cost=ForwardCost("full", n * len(points), n_layers * len(points), seconds),
+        cost=ForwardCost("full", n * len(points), model.n_layers * len(points), seconds),
         seconds=seconds,
     )
 
