@@ -209,14 +209,19 @@ class LensState:
         )
         return self._plan
 
-    def _update_stack(self, ids: list[int], incl_mid: bool) -> tuple[int, int]:
-        """Keep what is shared with the last ids, run the forward for the rest.
-        Returns (kept positions, positions the forward ran for)."""
+    def _shared_prefix(self, ids: list[int]) -> int:
+        """How many leading positions ``ids`` shares with the ids read last."""
         common = 0
         for old, new in zip(self._ids, ids):
             if old != new:
                 break
             common += 1
+        return common
+
+    def _update_stack(self, ids: list[int], incl_mid: bool) -> tuple[int, int]:
+        """Keep what is shared with the last ids, run the forward for the rest.
+        Returns (kept positions, positions the forward ran for)."""
+        common = self._shared_prefix(ids)
         if incl_mid and not self._capture_mid:
             self._capture_mid = True
             common = 0  # the mid rows were never captured: one full forward adds them

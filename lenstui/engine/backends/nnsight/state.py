@@ -87,11 +87,7 @@ class NnsightLensState(LensState):
     def _update_stack(self, ids: list[int], incl_mid: bool) -> tuple[int, int]:
         """Nothing runs here: the cells of positions that changed are read by the next
         ``cells`` (one trace for all of them). Keeps what is shared with the last ids."""
-        common = 0
-        for old, new in zip(self._ids, ids):
-            if old != new:
-                break
-            common += 1
+        common = self._shared_prefix(ids)
         if incl_mid and not self._capture_mid:
             self._capture_mid = True
         if common < len(self._ids):
